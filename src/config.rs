@@ -1,0 +1,315 @@
+//! The configuration file: a TOML contract, parsed strictly and then checked as a whole.
+//!
+//! Parsing (serde, unknown keys rejected) catches wrong names and types; [`Config::problems`]
+//! then lists every semantic problem at once, each with the key it concerns, so a user fixes
+//! a file in one pass. `moonwatch check-config` prints those and exits with [`EX_CONFIG`].
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// sysexits' EX_CONFIG: the exit status for a configuration that cannot be used.
+pub const EX_CONFIG: i32 = 78;
+
+/// Where the default configuration lives when none is named.
+pub const DEFAULT_PATH: &str = "/etc/moonwatch/moonwatch.toml";
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The Moondream2 model and how llama.cpp runs it.
+    pub model: ModelConfig,
+}
+
+/// The `[model]` section.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    /// The text model GGUF (architecture phi2). Relative paths are taken from the
+    /// directory of the configuration file.
+    pub text: PathBuf,
+    /// The vision projector GGUF (architecture clip).
+    pub mmproj: PathBuf,
+    /// CPU threads for llama.cpp; 0 means one per available core.
+    pub threads: u32,
+    /// Context size in tokens: holds the 729 image tokens, the question and the answer.
+    pub context_size: u32,
+    /// Logical batch size for prefill (llama.cpp n_batch).
+    pub batch_size: u32,
+    /// Layers offloaded to the GPU (CUDA builds); 0 runs everything on the CPU.
+    pub gpu_layers: u32,
+    /// Run the vision encoder on the GPU when llama.cpp was built with one.
+    pub vision_on_gpu: bool,
+    /// Upper bound on generated tokens for a free question.
+    pub max_tokens: u32,
+    /// Requests waiting for the engine before new ones are refused as busy.
+    pub queue_depth: u32,
+    /// Where `moonwatch model pull` fetches the model from.
+    pub download: DownloadConfig,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self {
+            text: PathBuf::from("/var/lib/moonwatch/models/moondream2-text-model-f16.gguf"),
+            mmproj: PathBuf::from("/var/lib/moonwatch/models/moondream2-mmproj-f16.gguf"),
+            threads: 0,
+            context_size: 2048,
+            batch_size: 512,
+            gpu_layers: 0,
+            vision_on_gpu: true,
+            max_tokens: 128,
+            queue_depth: 16,
+            download: DownloadConfig::default(),
+        }
+    }
+}
+
+/// The `[model.download]` section: a Hugging Face repository and the two files in it.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DownloadConfig {
+    /// Repository id on the hub.
+    pub repo: String,
+    /// A commit hash (preferred: reproducible) or a branch name.
+    pub revision: String,
+    /// File name of the text model inside the repository.
+    pub text_file: String,
+    /// File name of the vision projector inside the repository.
+    pub mmproj_file: String,
+    /// Expected SHA-256 of the text model; when empty the hub's LFS hash is used.
+    pub text_sha256: String,
+    /// Expected SHA-256 of the vision projector; when empty the hub's LFS hash is used.
+    pub mmproj_sha256: String,
+}
+
+impl Default for DownloadConfig {
+    fn default() -> Self {
+        Self {
+            repo: "moondream/moondream2-gguf".into(),
+            revision: "66f21bff432b523f311e72d4e34cf1925ae75210".into(),
+            text_file: "moondream2-text-model-f16.gguf".into(),
+            mmproj_file: "moondream2-mmproj-f16.gguf".into(),
+            text_sha256: String::new(),
+            mmproj_sha256: String::new(),
+        }
+    }
+}
+
+/// One thing wrong with a configuration, tied to the key it concerns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Dotted key, such as `model.context_size`.
+    pub key: String,
+    /// What is wrong and what would be right.
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+/// Why a configuration file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config {path} has {} problem(s):\n{}", .problems.len(), list(.problems))]
+    Invalid {
+        path: PathBuf,
+        problems: Vec<Problem>,
+    },
+}
+
+fn list(problems: &[Problem]) -> String {
+    problems
+        .iter()
+        .map(|p| format!("  {p}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The image prefix alone takes this many positions (Moondream2: 27x27 patches).
+pub const IMAGE_TOKENS: u32 = 729;
+
+impl Config {
+    /// Reads, parses and checks a file; relative model paths are resolved against the
+    /// file's directory.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut config = Self::parse(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_owned(),
+            message,
+        })?;
+        let problems = config.problems();
+        if !problems.is_empty() {
+            return Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                problems,
+            });
+        }
+        config.resolve_paths(path.parent().unwrap_or(Path::new(".")));
+        Ok(config)
+    }
+
+    /// Parses TOML text; the error names the offending key and line.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| e.to_string().trim_end().replace('\n', "\n  "))
+    }
+
+    /// Every semantic problem in the configuration (empty when it is usable).
+    pub fn problems(&self) -> Vec<Problem> {
+        let mut out = Vec::new();
+        let mut bad = |key: &str, message: String| {
+            out.push(Problem {
+                key: key.into(),
+                message,
+            })
+        };
+        let m = &self.model;
+        if m.text.as_os_str().is_empty() {
+            bad("model.text", "must name the text model GGUF file".into());
+        }
+        if m.mmproj.as_os_str().is_empty() {
+            bad("model.mmproj", "must name the vision projector GGUF file".into());
+        }
+        if m.text == m.mmproj && !m.text.as_os_str().is_empty() {
+            bad(
+                "model.mmproj",
+                "is the same file as model.text; Moondream2 needs two files".into(),
+            );
+        }
+        if m.threads > 1024 {
+            bad("model.threads", format!("{} is not a sensible thread count (0 = one per core)", m.threads));
+        }
+        let min_ctx = IMAGE_TOKENS + 64;
+        if m.context_size < min_ctx || m.context_size > 32768 {
+            bad(
+                "model.context_size",
+                format!(
+                    "{} must be between {min_ctx} (729 image tokens plus a question) and 32768",
+                    m.context_size
+                ),
+            );
+        }
+        if m.batch_size < 32 || m.batch_size > m.context_size.max(32) {
+            bad(
+                "model.batch_size",
+                format!("{} must be at least 32 and at most model.context_size", m.batch_size),
+            );
+        }
+        if m.max_tokens == 0 || m.max_tokens >= m.context_size.saturating_sub(IMAGE_TOKENS) {
+            bad(
+                "model.max_tokens",
+                format!(
+                    "{} must be at least 1 and leave room for the image in model.context_size ({})",
+                    m.max_tokens, m.context_size
+                ),
+            );
+        }
+        if m.queue_depth == 0 || m.queue_depth > 4096 {
+            bad("model.queue_depth", format!("{} must be between 1 and 4096", m.queue_depth));
+        }
+        let d = &m.download;
+        if d.repo.split('/').count() != 2 || d.repo.contains(char::is_whitespace) {
+            bad("model.download.repo", format!("{:?} must look like owner/name", d.repo));
+        }
+        if d.revision.trim().is_empty() {
+            bad("model.download.revision", "must name a commit or branch".into());
+        }
+        for (key, value) in [("model.download.text_sha256", &d.text_sha256), ("model.download.mmproj_sha256", &d.mmproj_sha256)] {
+            if !value.is_empty() && !is_sha256_hex(value) {
+                bad(key, format!("{value:?} is not 64 hexadecimal digits"));
+            }
+        }
+        out
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        for p in [&mut self.model.text, &mut self.model.mmproj] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+    }
+
+    /// Thread count for llama.cpp, with 0 meaning every available core.
+    pub fn threads(&self) -> u32 {
+        match self.model.threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
+            n => n,
+        }
+    }
+}
+
+/// True for a 64-digit hexadecimal string (a SHA-256 digest).
+pub fn is_sha256_hex(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_defaults_that_validate() {
+        let c = Config::parse("").unwrap();
+        assert_eq!(c, Config::default());
+        assert!(c.problems().is_empty(), "{:?}", c.problems());
+    }
+
+    #[test]
+    fn unknown_key_is_rejected_with_its_name() {
+        let err = Config::parse("[model]\ntexxt = \"a.gguf\"\n").unwrap_err();
+        assert!(err.contains("texxt"), "{err}");
+        let err = Config::parse("[modle]\n").unwrap_err();
+        assert!(err.contains("modle"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_is_rejected() {
+        let err = Config::parse("[model]\nthreads = \"four\"\n").unwrap_err();
+        assert!(err.contains("threads"), "{err}");
+    }
+
+    #[test]
+    fn every_problem_is_listed_with_its_key() {
+        let c = Config::parse(
+            "[model]\ntext = \"\"\ncontext_size = 100\nqueue_depth = 0\n[model.download]\nrepo = \"nope\"\ntext_sha256 = \"xyz\"\n",
+        )
+        .unwrap();
+        let keys: Vec<_> = c.problems().into_iter().map(|p| p.key).collect();
+        for k in [
+            "model.text",
+            "model.context_size",
+            "model.max_tokens",
+            "model.queue_depth",
+            "model.download.repo",
+            "model.download.text_sha256",
+        ] {
+            assert!(keys.contains(&k.to_string()), "{k} missing from {keys:?}");
+        }
+    }
+
+    #[test]
+    fn relative_model_paths_follow_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.toml");
+        std::fs::write(&path, "[model]\ntext = \"models/t.gguf\"\nmmproj = \"/abs/m.gguf\"\n").unwrap();
+        let c = Config::load(&path).unwrap();
+        assert_eq!(c.model.text, dir.path().join("models/t.gguf"));
+        assert_eq!(c.model.mmproj, PathBuf::from("/abs/m.gguf"));
+    }
+}

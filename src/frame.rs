@@ -1,0 +1,172 @@
+//! A still picture the engine can look at: RGB pixels plus where and when they came from.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use image::{ImageReader, Limits};
+
+/// Largest image side accepted from files and payloads; the model letterboxes to 378 px
+/// anyway, so bigger inputs only cost memory.
+pub const MAX_SIDE: u32 = 8192;
+
+/// Decoded RGB pixels with an identity for the frame-prefix cache.
+#[derive(Clone)]
+pub struct Frame {
+    /// Content hash of size and pixels: equal keys mean the same picture, so the engine
+    /// may reuse its encoded image prefix.
+    pub key: u64,
+    pub width: u32,
+    pub height: u32,
+    /// Packed RGB, `width * height * 3` bytes, shared without copying.
+    pub rgb: Arc<[u8]>,
+    /// When the picture was taken (for files: when it was read).
+    pub captured_at: SystemTime,
+}
+
+impl std::fmt::Debug for Frame {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Frame")
+            .field("key", &format_args!("{:016x}", self.key))
+            .field("width", &self.width)
+            .field("height", &self.height)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a picture could not be turned into a [`Frame`].
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("cannot read image {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{what} is not an image this build can decode (JPEG, PNG, BMP, WebP): {reason}")]
+    Decode { what: String, reason: String },
+    #[error("{what} is {width}x{height}; images must be between 1x1 and {MAX_SIDE}x{MAX_SIDE}")]
+    Size { what: String, width: u32, height: u32 },
+    #[error("RGB buffer holds {got} bytes, {width}x{height} needs {want}")]
+    Buffer {
+        width: u32,
+        height: u32,
+        got: usize,
+        want: usize,
+    },
+}
+
+impl Frame {
+    /// Wraps packed RGB pixels, checking the buffer length and size limits.
+    pub fn from_rgb(width: u32, height: u32, rgb: impl Into<Arc<[u8]>>) -> Result<Self, FrameError> {
+        let rgb = rgb.into();
+        let want = width as usize * height as usize * 3;
+        if rgb.len() != want {
+            return Err(FrameError::Buffer { width, height, got: rgb.len(), want });
+        }
+        check_size("RGB frame", width, height)?;
+        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        h.update(&width.to_le_bytes());
+        h.update(&height.to_le_bytes());
+        h.update(&rgb);
+        Ok(Self {
+            key: h.digest(),
+            width,
+            height,
+            rgb,
+            captured_at: SystemTime::now(),
+        })
+    }
+
+    /// Reads and decodes an image file.
+    pub fn load(path: &Path) -> Result<Self, FrameError> {
+        let bytes = std::fs::read(path).map_err(|source| FrameError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::decode(&bytes, &path.display().to_string())
+    }
+
+    /// Decodes an encoded image (format guessed from its bytes); `what` names it in errors.
+    pub fn decode(bytes: &[u8], what: &str) -> Result<Self, FrameError> {
+        let derr = |reason: String| FrameError::Decode { what: what.to_owned(), reason };
+        let mut reader = ImageReader::new(std::io::Cursor::new(bytes))
+            .with_guessed_format()
+            .map_err(|e| derr(e.to_string()))?;
+        if reader.format().is_none() {
+            return Err(derr("unrecognised file format".into()));
+        }
+        let mut limits = Limits::default();
+        limits.max_image_width = Some(MAX_SIDE);
+        limits.max_image_height = Some(MAX_SIDE);
+        limits.max_alloc = Some(512 * 1024 * 1024);
+        reader.limits(limits);
+        let img = reader.decode().map_err(|e| match e {
+            image::ImageError::Limits(_) => derr(format!("larger than {MAX_SIDE}x{MAX_SIDE} pixels")),
+            other => derr(other.to_string()),
+        })?;
+        let rgb = img.into_rgb8();
+        let (w, h) = rgb.dimensions();
+        Self::from_rgb(w, h, rgb.into_raw())
+    }
+
+    /// Encodes the frame as JPEG (for snapshots and replies).
+    pub fn to_jpeg(&self, quality: u8) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut enc = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, quality);
+        // Encoding RGB8 of a size already checked cannot fail on a Vec.
+        if let Err(e) = enc.encode(&self.rgb, self.width, self.height, image::ExtendedColorType::Rgb8) {
+            tracing::error!("JPEG encoding failed: {e}");
+        }
+        out
+    }
+}
+
+fn check_size(what: &str, width: u32, height: u32) -> Result<(), FrameError> {
+    if width == 0 || height == 0 || width > MAX_SIDE || height > MAX_SIDE {
+        return Err(FrameError::Size { what: what.into(), width, height });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn png(w: u32, h: u32) -> Vec<u8> {
+        let img = image::RgbImage::from_fn(w, h, |x, y| image::Rgb([x as u8, y as u8, 7]));
+        let mut out = std::io::Cursor::new(Vec::new());
+        img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+        out.into_inner()
+    }
+
+    #[test]
+    fn decodes_and_keys_by_content() {
+        let a = Frame::decode(&png(8, 4), "a").unwrap();
+        assert_eq!((a.width, a.height, a.rgb.len()), (8, 4, 96));
+        let b = Frame::decode(&png(8, 4), "b").unwrap();
+        assert_eq!(a.key, b.key);
+        let c = Frame::decode(&png(4, 8), "c").unwrap();
+        assert_ne!(a.key, c.key);
+    }
+
+    #[test]
+    fn rejects_text_and_truncated_files() {
+        let err = Frame::decode(b"hello, I am text", "notes.txt").unwrap_err();
+        assert!(err.to_string().contains("notes.txt"), "{err}");
+        let p = png(16, 16);
+        assert!(Frame::decode(&p[..p.len() / 2], "half.png").is_err());
+    }
+
+    #[test]
+    fn rejects_bad_buffers_and_sizes() {
+        assert!(matches!(Frame::from_rgb(2, 2, vec![0u8; 11]), Err(FrameError::Buffer { .. })));
+        assert!(matches!(Frame::from_rgb(0, 0, vec![]), Err(FrameError::Size { .. })));
+    }
+
+    #[test]
+    fn jpeg_round_trip() {
+        let f = Frame::decode(&png(32, 16), "x").unwrap();
+        let back = Frame::decode(&f.to_jpeg(90), "jpeg").unwrap();
+        assert_eq!((back.width, back.height), (32, 16));
+    }
+}

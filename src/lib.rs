@@ -1,0 +1,7 @@
+//! moonwatch: an edge vision daemon. Cameras in, Moondream2 on llama.cpp in the middle,
+//! MQTT out. See ARCHITECTURE.md for the map of modules.
+
+pub mod config;
+pub mod frame;
+pub mod model;
+pub mod vision;

@@ -1,0 +1,363 @@
+//! The `moonwatch` command line.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use moonwatch::config::{self, Config, ConfigError};
+use moonwatch::frame::{Frame, FrameError};
+use moonwatch::model::{pull, synth};
+use moonwatch::vision::moondream::{self, Settings};
+use moonwatch::vision::{Answer, CaptionLength, EngineError, Request, Response, Skill};
+
+/// Exit statuses (sysexits.h), one per kind of failure so scripts can tell them apart.
+mod exit {
+    pub const DATAERR: u8 = 65; // the image cannot be decoded or the model refuses it
+    pub const NOINPUT: u8 = 66; // the image file is missing or unreadable
+    pub const UNAVAILABLE: u8 = 69; // the model files are missing or corrupt
+    pub const SOFTWARE: u8 = 70; // inference failed
+    pub const IOERR: u8 = 74; // download or file write failed
+    pub const TEMPFAIL: u8 = 75; // the engine was busy
+    pub const CONFIG: u8 = moonwatch::config::EX_CONFIG as u8;
+}
+
+#[derive(Debug, Parser)]
+#[command(name = "moonwatch", version, about = "Edge vision daemon: Moondream2 on llama.cpp, cameras in, MQTT out")]
+struct Cli {
+    /// More logging (-v: info, -vv: debug, including llama.cpp's own messages).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Check a configuration file and list every problem in it (exit 78 when bad).
+    CheckConfig {
+        /// The file to check.
+        file: PathBuf,
+    },
+    /// Ask free questions about an image; several questions share one image encode.
+    Ask {
+        #[command(flatten)]
+        input: Input,
+        /// The questions, answered in order.
+        #[arg(required = true)]
+        questions: Vec<String>,
+    },
+    /// Describe an image.
+    Caption {
+        #[command(flatten)]
+        input: Input,
+        #[arg(long, value_enum, default_value_t = CaptionLength::Normal)]
+        length: CaptionLength,
+    },
+    /// Find boxes around an object (relative 0..1 coordinates).
+    Detect {
+        #[command(flatten)]
+        input: Input,
+        /// What to look for, such as "person" or "red car".
+        object: String,
+    },
+    /// Find points on an object (relative 0..1 coordinates).
+    Point {
+        #[command(flatten)]
+        input: Input,
+        object: String,
+    },
+    /// Answer a yes/no question with a confidence from the model's token probabilities.
+    YesNo {
+        #[command(flatten)]
+        input: Input,
+        question: String,
+    },
+    /// Manage model files.
+    Model {
+        #[command(subcommand)]
+        command: ModelCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ModelCommand {
+    /// Download the Moondream2 GGUF pair to where the configuration expects it.
+    Pull {
+        /// Configuration naming the target paths and the repository.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Download into this directory instead of the configured paths.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Write a random-weight pair with Moondream2's exact architecture (tests, benchmarks).
+    Synth {
+        #[arg(long, value_enum, default_value_t = SynthSize::Tiny)]
+        size: SynthSize,
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+        /// Also write a quantized copy of the text model.
+        #[arg(long, value_enum)]
+        quantize: Option<Quant>,
+        /// GPT-2 vocabulary directory (encoder.json, vocab.bpe).
+        #[arg(long)]
+        vocab: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum SynthSize {
+    Tiny,
+    Full,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Quant {
+    Q4KM,
+    Q8_0,
+}
+
+/// Where the picture and the model come from.
+#[derive(Debug, Args)]
+struct Input {
+    /// Image file (JPEG, PNG, BMP, WebP).
+    #[arg(long, short)]
+    image: PathBuf,
+    /// Configuration file; defaults to $MOONWATCH_CONFIG, then /etc/moonwatch/moonwatch.toml.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Text model GGUF (overrides the configuration).
+    #[arg(long, requires = "mmproj")]
+    model: Option<PathBuf>,
+    /// Vision projector GGUF (overrides the configuration).
+    #[arg(long, requires = "model")]
+    mmproj: Option<PathBuf>,
+    /// CPU threads (overrides the configuration; 0 = one per core).
+    #[arg(long)]
+    threads: Option<u32>,
+    /// Print the full result with timings as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// A failure to report: one line on stderr and an exit status.
+#[derive(Debug)]
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+impl Failure {
+    fn new(code: u8, message: impl ToString) -> Self {
+        Self { code, message: message.to_string() }
+    }
+}
+
+impl From<EngineError> for Failure {
+    fn from(e: EngineError) -> Self {
+        let code = match &e {
+            EngineError::Load(_) => exit::UNAVAILABLE,
+            EngineError::Image(_) => exit::DATAERR,
+            EngineError::Invalid(_) => 64,
+            EngineError::Busy(_) => exit::TEMPFAIL,
+            EngineError::Inference(_) | EngineError::Cancelled | EngineError::Stopped => exit::SOFTWARE,
+        };
+        Self::new(code, e)
+    }
+}
+
+impl From<FrameError> for Failure {
+    fn from(e: FrameError) -> Self {
+        let code = match &e {
+            FrameError::Read { .. } => exit::NOINPUT,
+            _ => exit::DATAERR,
+        };
+        Self::new(code, e)
+    }
+}
+
+impl From<ConfigError> for Failure {
+    fn from(e: ConfigError) -> Self {
+        Self::new(exit::CONFIG, e)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("moonwatch: {}", f.message);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn,llama_cpp_2=off",
+        1 => "info,llama_cpp_2=warn",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn run(command: Command) -> Result<(), Failure> {
+    match command {
+        Command::CheckConfig { file } => check_config(&file),
+        Command::Ask { input, questions } => {
+            let skills = questions.into_iter().map(|question| Skill::Query { question }).collect();
+            ask(&input, skills)
+        }
+        Command::Caption { input, length } => ask(&input, vec![Skill::Caption { length }]),
+        Command::Detect { input, object } => ask(&input, vec![Skill::Detect { object }]),
+        Command::Point { input, object } => ask(&input, vec![Skill::Point { object }]),
+        Command::YesNo { input, question } => ask(&input, vec![Skill::YesNo { question }]),
+        Command::Model { command } => model(command),
+    }
+}
+
+fn check_config(file: &Path) -> Result<(), Failure> {
+    let c = Config::load(file)?;
+    println!("{}: ok (text model {}, projector {})", file.display(), c.model.text.display(), c.model.mmproj.display());
+    Ok(())
+}
+
+/// The configuration named on the command line, in the environment, or installed.
+fn find_config(explicit: Option<&Path>) -> Result<Option<Config>, Failure> {
+    if let Some(p) = explicit {
+        return Ok(Some(Config::load(p)?));
+    }
+    if let Some(p) = std::env::var_os("MOONWATCH_CONFIG") {
+        return Ok(Some(Config::load(Path::new(&p))?));
+    }
+    let installed = Path::new(config::DEFAULT_PATH);
+    if installed.exists() {
+        return Ok(Some(Config::load(installed)?));
+    }
+    Ok(None)
+}
+
+fn settings(input: &Input) -> Result<Settings, Failure> {
+    let mut cfg = match (find_config(input.config.as_deref())?, &input.model) {
+        (Some(c), _) => c,
+        (None, Some(_)) => Config::default(),
+        (None, None) => {
+            return Err(Failure::new(
+                exit::CONFIG,
+                format!(
+                    "no configuration: pass --config FILE, set MOONWATCH_CONFIG, install {}, or pass --model and --mmproj",
+                    config::DEFAULT_PATH
+                ),
+            ))
+        }
+    };
+    if let (Some(m), Some(p)) = (&input.model, &input.mmproj) {
+        cfg.model.text = m.clone();
+        cfg.model.mmproj = p.clone();
+    }
+    if let Some(t) = input.threads {
+        cfg.model.threads = t;
+    }
+    Ok(Settings::from_config(&cfg))
+}
+
+fn ask(input: &Input, skills: Vec<Skill>) -> Result<(), Failure> {
+    // Read the image first: a bad path should not cost a model load.
+    let frame = Arc::new(Frame::load(&input.image)?);
+    let engine = moondream::start(settings(input)?)?;
+    let response = engine.run(Request::new(frame, skills))?;
+    engine.shutdown();
+    if input.json {
+        let text = serde_json::to_string_pretty(&response).map_err(|e| Failure::new(exit::SOFTWARE, e))?;
+        println!("{text}");
+    } else {
+        print_human(&response);
+    }
+    Ok(())
+}
+
+fn print_human(r: &Response) {
+    let several = r.answers.len() > 1;
+    for (i, a) in r.answers.iter().enumerate() {
+        let prefix = if several { format!("[{}] ", i + 1) } else { String::new() };
+        match &a.answer {
+            Answer::Caption { caption } => println!("{prefix}{caption}"),
+            Answer::Query { answer } => println!("{prefix}{answer}"),
+            Answer::Detect { objects, parsed, raw, .. } => {
+                if !parsed {
+                    println!("{prefix}no box could be read from the model's answer: {raw:?}");
+                }
+                for b in objects {
+                    println!("{prefix}x_min {:.3} y_min {:.3} x_max {:.3} y_max {:.3}", b.x_min, b.y_min, b.x_max, b.y_max);
+                }
+            }
+            Answer::Point { points, parsed, raw, .. } => {
+                if !parsed {
+                    println!("{prefix}no point could be read from the model's answer: {raw:?}");
+                }
+                for p in points {
+                    println!("{prefix}x {:.3} y {:.3}", p.x, p.y);
+                }
+            }
+            Answer::YesNo { answer, confidence, .. } => {
+                println!("{prefix}{} (confidence {:.2})", if *answer { "yes" } else { "no" }, confidence)
+            }
+        }
+    }
+    let p = &r.prefix;
+    let image = if p.reused {
+        "image prefix reused".to_owned()
+    } else {
+        format!("image encode {:.0} ms, image prefill {:.0} ms", p.image_encode_ms, p.image_prefill_ms)
+    };
+    tracing::info!("{image}, total {:.0} ms", r.total_ms);
+}
+
+fn model(command: ModelCommand) -> Result<(), Failure> {
+    match command {
+        ModelCommand::Pull { config, dir } => {
+            let mut cfg = find_config(config.as_deref())?.unwrap_or_default();
+            if let Some(dir) = dir {
+                let d = &cfg.model.download;
+                cfg.model.text = dir.join(&d.text_file);
+                cfg.model.mmproj = dir.join(&d.mmproj_file);
+            }
+            let done = pull::pull(&cfg.model, true).map_err(|e| Failure::new(exit::IOERR, e))?;
+            for p in done {
+                let what = if p.downloaded { "downloaded" } else { "already present" };
+                println!("{} {what} ({} bytes, sha256 {})", p.path.display(), p.size, p.sha256);
+            }
+            Ok(())
+        }
+        ModelCommand::Synth { size, out, quantize, vocab } => {
+            let shape = match size {
+                SynthSize::Tiny => synth::Shape::tiny(),
+                SynthSize::Full => synth::Shape::full(),
+            };
+            let vocab = vocab.unwrap_or_else(synth::default_vocab_dir);
+            let pair = synth::write_pair(&out, &shape, &vocab).map_err(|e| Failure::new(exit::IOERR, e))?;
+            println!("{}\n{}", pair.text.display(), pair.mmproj.display());
+            if let Some(q) = quantize {
+                let (ftype, name) = match q {
+                    Quant::Q4KM => (llama_cpp_sys_2::LLAMA_FTYPE_MOSTLY_Q4_K_M, "q4_k_m"),
+                    Quant::Q8_0 => (llama_cpp_sys_2::LLAMA_FTYPE_MOSTLY_Q8_0, "q8_0"),
+                };
+                let dst = out.join(format!("moondream2-text-model-{name}.gguf"));
+                let threads = std::thread::available_parallelism().map_or(1, |n| n.get() as i32);
+                synth::quantize(&pair.text, &dst, ftype, threads).map_err(|e| Failure::new(exit::IOERR, e))?;
+                println!("{}", dst.display());
+            }
+            Ok(())
+        }
+    }
+}

