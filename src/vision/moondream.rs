@@ -65,7 +65,7 @@ impl Settings {
 }
 
 /// llama.cpp's backend may be initialised once per process.
-fn backend() -> Result<&'static LlamaBackend, EngineError> {
+pub fn backend() -> Result<&'static LlamaBackend, EngineError> {
     static BACKEND: OnceLock<Result<LlamaBackend, String>> = OnceLock::new();
     BACKEND
         .get_or_init(|| {
@@ -173,8 +173,6 @@ pub struct Moondream<'m> {
     /// Token ids whose probabilities count as "yes" / "no" for the first answer token.
     yes_ids: Vec<usize>,
     no_ids: Vec<usize>,
-    /// Prepended to the image marker when the vocab does not add BOS itself.
-    bos_text: &'static str,
     cached: Option<CachedPrefix>,
 }
 
@@ -211,7 +209,8 @@ impl<'m> Moondream<'m> {
             .with_n_batch(s.batch_size)
             .with_n_ubatch(s.batch_size)
             .with_n_threads(threads)
-            .with_n_threads_batch(threads);
+            .with_n_threads_batch(threads)
+            .with_no_perf(false);
         let ctx = model
             .new_context(backend, params)
             .map_err(|e| EngineError::Load(format!("cannot create llama.cpp context: {e}")))?;
@@ -255,7 +254,6 @@ impl<'m> Moondream<'m> {
         };
         let yes_ids = single(&["yes", "Yes", "YES"]);
         let no_ids = single(&["no", "No", "NO"]);
-        let bos_text = if vocab.should_add_bos() { "" } else { "<|endoftext|>" };
         tracing::info!(
             text = %s.text.display(),
             mmproj = %s.mmproj.display(),
@@ -272,7 +270,6 @@ impl<'m> Moondream<'m> {
             max_tokens: s.max_tokens,
             yes_ids,
             no_ids,
-            bos_text,
             cached: None,
         })
     }
@@ -293,33 +290,36 @@ impl<'m> Moondream<'m> {
         self.ctx.clear_kv_cache();
         let bitmap = MtmdBitmap::from_image_data(frame.width, frame.height, &frame.rgb)
             .map_err(|e| EngineError::Image(e.to_string()))?;
-        let text = format!("{}{}", self.bos_text, mtmd_default_marker());
+        // The image chunk alone: BOS is decoded separately below, so that the timings
+        // split cleanly into encode and prefill.
         let chunks = self
             .mtmd
             .tokenize(
                 MtmdInputText {
-                    text,
-                    add_special: true,
+                    text: mtmd_default_marker().to_owned(),
+                    add_special: false,
                     parse_special: true,
                 },
                 &[&bitmap],
             )
             .map_err(|e| EngineError::Image(format!("preprocessing failed: {e}")))?;
-        if chunks.total_positions() + 16 > self.n_ctx {
+        if chunks.total_positions() + 17 > self.n_ctx {
             return Err(EngineError::Image(format!(
                 "the image takes {} positions; model.context_size {} leaves no room for a question",
                 chunks.total_positions(),
                 self.n_ctx
             )));
         }
-        // llama.cpp counts prefill (batched decode) time itself; the rest of the wall time
-        // of eval_chunks is the vision encoder.
-        // Its statistics are booked when the context synchronises, hence the explicit calls.
+        // Moondream's prompt starts with <|endoftext|> whether or not the vocab adds BOS.
+        let bos = self.model.vocab().bos();
+        self.prefill(&[bos], 0)?;
+        // llama.cpp books decode time when the context synchronises; the rest of the wall
+        // time of eval_chunks is the vision encoder.
         self.ctx.synchronize();
         let before = self.ctx.timings().t_p_eval_ms();
         let t = Instant::now();
         let n_past = chunks
-            .eval_chunks(&mut self.mtmd, &mut self.ctx, 0, 0, self.n_batch, false)
+            .eval_chunks(&mut self.mtmd, &mut self.ctx, 1, 0, self.n_batch, false)
             .map_err(|e| EngineError::Inference(format!("image prefix: {e}")))?;
         self.ctx.synchronize();
         let wall = t.elapsed().as_secs_f64() * 1e3;

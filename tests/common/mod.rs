@@ -1,0 +1,47 @@
+//! Shared fixtures: the tiny random-weight Moondream pair and small test images.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use moonwatch::frame::Frame;
+use moonwatch::model::synth::{self, Pair};
+use moonwatch::vision::moondream::Settings;
+
+/// The tiny pair, generated once into cargo's per-target scratch directory.
+pub fn tiny() -> Pair {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("tiny-moondream");
+    synth::tiny_pair_in(&dir).expect("tiny model")
+}
+
+/// Engine settings for the tiny pair: two threads, so outputs are reproducible.
+pub fn settings(pair: &Pair) -> Settings {
+    Settings {
+        text: pair.text.clone(),
+        mmproj: pair.mmproj.clone(),
+        threads: 2,
+        context_size: 2048,
+        batch_size: 512,
+        gpu_layers: 0,
+        vision_on_gpu: false,
+        max_tokens: 24,
+        queue_depth: 4,
+    }
+}
+
+/// A deterministic picture; `seed` changes its content.
+pub fn frame(seed: u8, w: u32, h: u32) -> Arc<Frame> {
+    let img = image::RgbImage::from_fn(w, h, |x, y| {
+        image::Rgb([(x as u8).wrapping_mul(seed), (y as u8).wrapping_add(seed), seed])
+    });
+    Arc::new(Frame::from_rgb(w, h, img.into_raw()).expect("frame"))
+}
+
+/// Writes a PNG for command-line tests and returns its path.
+pub fn png(dir: &Path, name: &str, seed: u8) -> PathBuf {
+    let f = frame(seed, 64, 48);
+    let img = image::RgbImage::from_raw(f.width, f.height, f.rgb.to_vec()).expect("image");
+    let path = dir.join(name);
+    img.save(&path).expect("save png");
+    path
+}
