@@ -313,3 +313,31 @@ mod tests {
         assert_eq!(c.model.mmproj, PathBuf::from("/abs/m.gguf"));
     }
 }
+
+#[cfg(test)]
+mod shipped {
+    use super::*;
+
+    /// Every file in configs/ must parse and validate.
+    #[test]
+    fn every_shipped_config_validates() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                Config::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                seen += 1;
+            }
+        }
+        assert!(seen > 0, "no configs found in {}", dir.display());
+    }
+
+    /// The default config spells out the defaults, so editing it starts from the truth.
+    #[test]
+    fn default_config_states_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/moonwatch.toml");
+        let c = Config::parse(&std::fs::read_to_string(path).unwrap()).unwrap();
+        assert_eq!(c, Config::default());
+    }
+}

@@ -199,8 +199,8 @@ fn main() -> ExitCode {
 
 fn init_logging(verbose: u8) {
     let default = match verbose {
-        0 => "warn,llama_cpp_2=off",
-        1 => "info,llama_cpp_2=warn",
+        0 => "warn,llama-cpp-2=off",
+        1 => "info,llama-cpp-2=warn",
         _ => "debug",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

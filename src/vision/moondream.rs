@@ -69,7 +69,7 @@ pub fn backend() -> Result<&'static LlamaBackend, EngineError> {
     static BACKEND: OnceLock<Result<LlamaBackend, String>> = OnceLock::new();
     BACKEND
         .get_or_init(|| {
-            // llama.cpp, ggml and mtmd log through `tracing` (target `llama_cpp_2`).
+            // llama.cpp, ggml and mtmd log through `tracing` (target `llama-cpp-2`).
             llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default());
             LlamaBackend::init().map_err(|e| e.to_string())
         })

@@ -1,0 +1,152 @@
+//! The command line as a user runs it: outputs, one-line errors and exit codes.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn moonwatch(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_moonwatch"))
+        .args(args)
+        .env_remove("MOONWATCH_CONFIG")
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap()
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// Asserts a failure with `code` and a single stderr line containing `needle`.
+fn fails(out: &Output, code: i32, needle: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(code), "stderr: {stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "one line expected: {stderr}");
+    assert!(stderr.contains(needle), "{needle:?} not in {stderr}");
+}
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    dir: PathBuf,
+    text: PathBuf,
+    mmproj: PathBuf,
+    image: PathBuf,
+}
+
+fn fixture() -> Fixture {
+    let pair = common::tiny();
+    let dir = tempfile::tempdir().unwrap();
+    let image = common::png(dir.path(), "scene.png", 4);
+    Fixture { dir: dir.path().to_owned(), _dir: dir, text: pair.text, mmproj: pair.mmproj, image }
+}
+
+fn ask_args<'a>(f: &'a Fixture, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut v = vec!["ask", "--model", s(&f.text), "--mmproj", s(&f.mmproj), "--threads", "2", "--image", s(&f.image)];
+    v.extend_from_slice(extra);
+    v
+}
+
+#[test]
+fn ask_json_prints_answers_and_timings_with_the_prefix_reused_for_the_second() {
+    let f = fixture();
+    let out = moonwatch(&ask_args(&f, &["--json", "What is this?", "Is it red?"]));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["prefix"]["reused"], false);
+    assert!(v["prefix"]["image_encode_ms"].as_f64().unwrap() > 0.0);
+    let answers = v["answers"].as_array().unwrap();
+    assert_eq!(answers.len(), 2);
+    assert_eq!(answers[0]["skill"], "query");
+    assert!(answers[0]["answer"].is_string());
+    assert!(answers[1]["timing"]["first_token_ms"].as_f64().unwrap() < v["total_ms"].as_f64().unwrap());
+}
+
+#[test]
+fn each_skill_has_a_command() {
+    let f = fixture();
+    let base = ["--model", s(&f.text), "--mmproj", s(&f.mmproj), "--image", s(&f.image)];
+    for cmd in [
+        vec!["caption", "--length", "short"],
+        vec!["detect", "car"],
+        vec!["point", "car"],
+        vec!["yes-no", "Is it daytime?"],
+    ] {
+        let mut args = vec![cmd[0]];
+        args.extend_from_slice(&base);
+        args.extend_from_slice(&cmd[1..]);
+        let out = moonwatch(&args);
+        assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(!out.stdout.is_empty(), "{cmd:?} printed nothing");
+    }
+    let out = moonwatch(&["yes-no", "--json", "--model", s(&f.text), "--mmproj", s(&f.mmproj), "--image", s(&f.image), "Is it on?"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["answers"][0]["confidence"].as_f64().unwrap() >= 0.5);
+}
+
+#[test]
+fn bad_inputs_give_one_line_and_distinct_codes() {
+    let f = fixture();
+    // A truncated text model.
+    let truncated = f.dir.join("truncated.gguf");
+    let bytes = std::fs::read(&f.text).unwrap();
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    let out = moonwatch(&["ask", "--model", s(&truncated), "--mmproj", s(&f.mmproj), "--image", s(&f.image), "q"]);
+    fails(&out, 69, "truncated.gguf");
+    // A missing vision projector.
+    let out = moonwatch(&["ask", "--model", s(&f.text), "--mmproj", "/nonexistent/mmproj.gguf", "--image", s(&f.image), "q"]);
+    fails(&out, 69, "/nonexistent/mmproj.gguf");
+    // A text file passed as the image.
+    let notes = f.dir.join("notes.txt");
+    std::fs::write(&notes, "not a picture").unwrap();
+    let out = moonwatch(&ask_args_with_image(&f, &notes));
+    fails(&out, 65, "notes.txt");
+    // A missing image.
+    let out = moonwatch(&ask_args_with_image(&f, Path::new("/nonexistent/cat.jpg")));
+    fails(&out, 66, "/nonexistent/cat.jpg");
+    // An empty question.
+    let out = moonwatch(&ask_args(&f, &["   "]));
+    fails(&out, 64, "empty");
+}
+
+fn ask_args_with_image<'a>(f: &'a Fixture, image: &'a Path) -> Vec<&'a str> {
+    vec!["ask", "--model", s(&f.text), "--mmproj", s(&f.mmproj), "--image", s(image), "q"]
+}
+
+#[test]
+fn config_errors_exit_78_and_name_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[model]\ncontext_size = 2048\nturbo = true\n").unwrap();
+    let out = moonwatch(&["check-config", s(&bad)]);
+    assert_eq!(out.status.code(), Some(78));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("turbo"));
+
+    let invalid = dir.path().join("invalid.toml");
+    std::fs::write(&invalid, "[model]\ncontext_size = 100\nqueue_depth = 0\n").unwrap();
+    let out = moonwatch(&["check-config", s(&invalid)]);
+    assert_eq!(out.status.code(), Some(78));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("model.context_size") && err.contains("model.queue_depth"), "{err}");
+
+    // The same file given to ask fails before any model is touched.
+    let img = common::png(dir.path(), "x.png", 1);
+    let out = moonwatch(&["ask", "--config", s(&bad), "--image", s(&img), "q"]);
+    assert_eq!(out.status.code(), Some(78));
+
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/moonwatch.toml");
+    let out = moonwatch(&["check-config", s(&shipped)]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn no_model_and_no_config_is_a_config_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = common::png(dir.path(), "x.png", 1);
+    if Path::new(moonwatch::config::DEFAULT_PATH).exists() {
+        eprintln!("skipped: {} exists on this machine", moonwatch::config::DEFAULT_PATH);
+        return;
+    }
+    let out = moonwatch(&["ask", "--image", s(&img), "q"]);
+    fails(&out, 78, "--config");
+}
