@@ -183,7 +183,10 @@ impl Config {
             bad("model.text", "must name the text model GGUF file".into());
         }
         if m.mmproj.as_os_str().is_empty() {
-            bad("model.mmproj", "must name the vision projector GGUF file".into());
+            bad(
+                "model.mmproj",
+                "must name the vision projector GGUF file".into(),
+            );
         }
         if m.text == m.mmproj && !m.text.as_os_str().is_empty() {
             bad(
@@ -192,7 +195,13 @@ impl Config {
             );
         }
         if m.threads > 1024 {
-            bad("model.threads", format!("{} is not a sensible thread count (0 = one per core)", m.threads));
+            bad(
+                "model.threads",
+                format!(
+                    "{} is not a sensible thread count (0 = one per core)",
+                    m.threads
+                ),
+            );
         }
         let min_ctx = IMAGE_TOKENS + 64;
         if m.context_size < min_ctx || m.context_size > 32768 {
@@ -207,7 +216,10 @@ impl Config {
         if m.batch_size < 32 || m.batch_size > m.context_size.max(32) {
             bad(
                 "model.batch_size",
-                format!("{} must be at least 32 and at most model.context_size", m.batch_size),
+                format!(
+                    "{} must be at least 32 and at most model.context_size",
+                    m.batch_size
+                ),
             );
         }
         if m.max_tokens == 0 || m.max_tokens >= m.context_size.saturating_sub(IMAGE_TOKENS) {
@@ -220,16 +232,28 @@ impl Config {
             );
         }
         if m.queue_depth == 0 || m.queue_depth > 4096 {
-            bad("model.queue_depth", format!("{} must be between 1 and 4096", m.queue_depth));
+            bad(
+                "model.queue_depth",
+                format!("{} must be between 1 and 4096", m.queue_depth),
+            );
         }
         let d = &m.download;
         if d.repo.split('/').count() != 2 || d.repo.contains(char::is_whitespace) {
-            bad("model.download.repo", format!("{:?} must look like owner/name", d.repo));
+            bad(
+                "model.download.repo",
+                format!("{:?} must look like owner/name", d.repo),
+            );
         }
         if d.revision.trim().is_empty() {
-            bad("model.download.revision", "must name a commit or branch".into());
+            bad(
+                "model.download.revision",
+                "must name a commit or branch".into(),
+            );
         }
-        for (key, value) in [("model.download.text_sha256", &d.text_sha256), ("model.download.mmproj_sha256", &d.mmproj_sha256)] {
+        for (key, value) in [
+            ("model.download.text_sha256", &d.text_sha256),
+            ("model.download.mmproj_sha256", &d.mmproj_sha256),
+        ] {
             if !value.is_empty() && !is_sha256_hex(value) {
                 bad(key, format!("{value:?} is not 64 hexadecimal digits"));
             }
@@ -307,7 +331,11 @@ mod tests {
     fn relative_model_paths_follow_the_config_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("m.toml");
-        std::fs::write(&path, "[model]\ntext = \"models/t.gguf\"\nmmproj = \"/abs/m.gguf\"\n").unwrap();
+        std::fs::write(
+            &path,
+            "[model]\ntext = \"models/t.gguf\"\nmmproj = \"/abs/m.gguf\"\n",
+        )
+        .unwrap();
         let c = Config::load(&path).unwrap();
         assert_eq!(c.model.text, dir.path().join("models/t.gguf"));
         assert_eq!(c.model.mmproj, PathBuf::from("/abs/m.gguf"));

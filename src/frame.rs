@@ -45,7 +45,11 @@ pub enum FrameError {
     #[error("{what} is not an image this build can decode (JPEG, PNG, BMP, WebP): {reason}")]
     Decode { what: String, reason: String },
     #[error("{what} is {width}x{height}; images must be between 1x1 and {MAX_SIDE}x{MAX_SIDE}")]
-    Size { what: String, width: u32, height: u32 },
+    Size {
+        what: String,
+        width: u32,
+        height: u32,
+    },
     #[error("RGB buffer holds {got} bytes, {width}x{height} needs {want}")]
     Buffer {
         width: u32,
@@ -57,11 +61,20 @@ pub enum FrameError {
 
 impl Frame {
     /// Wraps packed RGB pixels, checking the buffer length and size limits.
-    pub fn from_rgb(width: u32, height: u32, rgb: impl Into<Arc<[u8]>>) -> Result<Self, FrameError> {
+    pub fn from_rgb(
+        width: u32,
+        height: u32,
+        rgb: impl Into<Arc<[u8]>>,
+    ) -> Result<Self, FrameError> {
         let rgb = rgb.into();
         let want = width as usize * height as usize * 3;
         if rgb.len() != want {
-            return Err(FrameError::Buffer { width, height, got: rgb.len(), want });
+            return Err(FrameError::Buffer {
+                width,
+                height,
+                got: rgb.len(),
+                want,
+            });
         }
         check_size("RGB frame", width, height)?;
         let mut h = xxhash_rust::xxh3::Xxh3::new();
@@ -88,7 +101,10 @@ impl Frame {
 
     /// Decodes an encoded image (format guessed from its bytes); `what` names it in errors.
     pub fn decode(bytes: &[u8], what: &str) -> Result<Self, FrameError> {
-        let derr = |reason: String| FrameError::Decode { what: what.to_owned(), reason };
+        let derr = |reason: String| FrameError::Decode {
+            what: what.to_owned(),
+            reason,
+        };
         let mut reader = ImageReader::new(std::io::Cursor::new(bytes))
             .with_guessed_format()
             .map_err(|e| derr(e.to_string()))?;
@@ -101,7 +117,9 @@ impl Frame {
         limits.max_alloc = Some(512 * 1024 * 1024);
         reader.limits(limits);
         let img = reader.decode().map_err(|e| match e {
-            image::ImageError::Limits(_) => derr(format!("larger than {MAX_SIDE}x{MAX_SIDE} pixels")),
+            image::ImageError::Limits(_) => {
+                derr(format!("larger than {MAX_SIDE}x{MAX_SIDE} pixels"))
+            }
             other => derr(other.to_string()),
         })?;
         let rgb = img.into_rgb8();
@@ -114,7 +132,12 @@ impl Frame {
         let mut out = Vec::new();
         let mut enc = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, quality);
         // Encoding RGB8 of a size already checked cannot fail on a Vec.
-        if let Err(e) = enc.encode(&self.rgb, self.width, self.height, image::ExtendedColorType::Rgb8) {
+        if let Err(e) = enc.encode(
+            &self.rgb,
+            self.width,
+            self.height,
+            image::ExtendedColorType::Rgb8,
+        ) {
             tracing::error!("JPEG encoding failed: {e}");
         }
         out
@@ -123,7 +146,11 @@ impl Frame {
 
 fn check_size(what: &str, width: u32, height: u32) -> Result<(), FrameError> {
     if width == 0 || height == 0 || width > MAX_SIDE || height > MAX_SIDE {
-        return Err(FrameError::Size { what: what.into(), width, height });
+        return Err(FrameError::Size {
+            what: what.into(),
+            width,
+            height,
+        });
     }
     Ok(())
 }
@@ -159,8 +186,14 @@ mod tests {
 
     #[test]
     fn rejects_bad_buffers_and_sizes() {
-        assert!(matches!(Frame::from_rgb(2, 2, vec![0u8; 11]), Err(FrameError::Buffer { .. })));
-        assert!(matches!(Frame::from_rgb(0, 0, vec![]), Err(FrameError::Size { .. })));
+        assert!(matches!(
+            Frame::from_rgb(2, 2, vec![0u8; 11]),
+            Err(FrameError::Buffer { .. })
+        ));
+        assert!(matches!(
+            Frame::from_rgb(0, 0, vec![]),
+            Err(FrameError::Size { .. })
+        ));
     }
 
     #[test]

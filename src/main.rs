@@ -24,7 +24,11 @@ mod exit {
 }
 
 #[derive(Debug, Parser)]
-#[command(name = "moonwatch", version, about = "Edge vision daemon: Moondream2 on llama.cpp, cameras in, MQTT out")]
+#[command(
+    name = "moonwatch",
+    version,
+    about = "Edge vision daemon: Moondream2 on llama.cpp, cameras in, MQTT out"
+)]
 struct Cli {
     /// More logging (-v: info, -vv: debug, including llama.cpp's own messages).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
@@ -152,7 +156,10 @@ struct Failure {
 
 impl Failure {
     fn new(code: u8, message: impl ToString) -> Self {
-        Self { code, message: message.to_string() }
+        Self {
+            code,
+            message: message.to_string(),
+        }
     }
 }
 
@@ -163,7 +170,9 @@ impl From<EngineError> for Failure {
             EngineError::Image(_) => exit::DATAERR,
             EngineError::Invalid(_) => 64,
             EngineError::Busy(_) => exit::TEMPFAIL,
-            EngineError::Inference(_) | EngineError::Cancelled | EngineError::Stopped => exit::SOFTWARE,
+            EngineError::Inference(_) | EngineError::Cancelled | EngineError::Stopped => {
+                exit::SOFTWARE
+            }
         };
         Self::new(code, e)
     }
@@ -215,7 +224,10 @@ fn run(command: Command) -> Result<(), Failure> {
     match command {
         Command::CheckConfig { file } => check_config(&file),
         Command::Ask { input, questions } => {
-            let skills = questions.into_iter().map(|question| Skill::Query { question }).collect();
+            let skills = questions
+                .into_iter()
+                .map(|question| Skill::Query { question })
+                .collect();
             ask(&input, skills)
         }
         Command::Caption { input, length } => ask(&input, vec![Skill::Caption { length }]),
@@ -228,7 +240,12 @@ fn run(command: Command) -> Result<(), Failure> {
 
 fn check_config(file: &Path) -> Result<(), Failure> {
     let c = Config::load(file)?;
-    println!("{}: ok (text model {}, projector {})", file.display(), c.model.text.display(), c.model.mmproj.display());
+    println!(
+        "{}: ok (text model {}, projector {})",
+        file.display(),
+        c.model.text.display(),
+        c.model.mmproj.display()
+    );
     Ok(())
 }
 
@@ -278,7 +295,8 @@ fn ask(input: &Input, skills: Vec<Skill>) -> Result<(), Failure> {
     let response = engine.run(Request::new(frame, skills))?;
     engine.shutdown();
     if input.json {
-        let text = serde_json::to_string_pretty(&response).map_err(|e| Failure::new(exit::SOFTWARE, e))?;
+        let text =
+            serde_json::to_string_pretty(&response).map_err(|e| Failure::new(exit::SOFTWARE, e))?;
         println!("{text}");
     } else {
         print_human(&response);
@@ -289,19 +307,36 @@ fn ask(input: &Input, skills: Vec<Skill>) -> Result<(), Failure> {
 fn print_human(r: &Response) {
     let several = r.answers.len() > 1;
     for (i, a) in r.answers.iter().enumerate() {
-        let prefix = if several { format!("[{}] ", i + 1) } else { String::new() };
+        let prefix = if several {
+            format!("[{}] ", i + 1)
+        } else {
+            String::new()
+        };
         match &a.answer {
             Answer::Caption { caption } => println!("{prefix}{caption}"),
             Answer::Query { answer } => println!("{prefix}{answer}"),
-            Answer::Detect { objects, parsed, raw, .. } => {
+            Answer::Detect {
+                objects,
+                parsed,
+                raw,
+                ..
+            } => {
                 if !parsed {
                     println!("{prefix}no box could be read from the model's answer: {raw:?}");
                 }
                 for b in objects {
-                    println!("{prefix}x_min {:.3} y_min {:.3} x_max {:.3} y_max {:.3}", b.x_min, b.y_min, b.x_max, b.y_max);
+                    println!(
+                        "{prefix}x_min {:.3} y_min {:.3} x_max {:.3} y_max {:.3}",
+                        b.x_min, b.y_min, b.x_max, b.y_max
+                    );
                 }
             }
-            Answer::Point { points, parsed, raw, .. } => {
+            Answer::Point {
+                points,
+                parsed,
+                raw,
+                ..
+            } => {
                 if !parsed {
                     println!("{prefix}no point could be read from the model's answer: {raw:?}");
                 }
@@ -309,8 +344,14 @@ fn print_human(r: &Response) {
                     println!("{prefix}x {:.3} y {:.3}", p.x, p.y);
                 }
             }
-            Answer::YesNo { answer, confidence, .. } => {
-                println!("{prefix}{} (confidence {:.2})", if *answer { "yes" } else { "no" }, confidence)
+            Answer::YesNo {
+                answer, confidence, ..
+            } => {
+                println!(
+                    "{prefix}{} (confidence {:.2})",
+                    if *answer { "yes" } else { "no" },
+                    confidence
+                )
             }
         }
     }
@@ -318,7 +359,10 @@ fn print_human(r: &Response) {
     let image = if p.reused {
         "image prefix reused".to_owned()
     } else {
-        format!("image encode {:.0} ms, image prefill {:.0} ms", p.image_encode_ms, p.image_prefill_ms)
+        format!(
+            "image encode {:.0} ms, image prefill {:.0} ms",
+            p.image_encode_ms, p.image_prefill_ms
+        )
     };
     tracing::info!("{image}, total {:.0} ms", r.total_ms);
 }
@@ -334,18 +378,33 @@ fn model(command: ModelCommand) -> Result<(), Failure> {
             }
             let done = pull::pull(&cfg.model, true).map_err(|e| Failure::new(exit::IOERR, e))?;
             for p in done {
-                let what = if p.downloaded { "downloaded" } else { "already present" };
-                println!("{} {what} ({} bytes, sha256 {})", p.path.display(), p.size, p.sha256);
+                let what = if p.downloaded {
+                    "downloaded"
+                } else {
+                    "already present"
+                };
+                println!(
+                    "{} {what} ({} bytes, sha256 {})",
+                    p.path.display(),
+                    p.size,
+                    p.sha256
+                );
             }
             Ok(())
         }
-        ModelCommand::Synth { size, out, quantize, vocab } => {
+        ModelCommand::Synth {
+            size,
+            out,
+            quantize,
+            vocab,
+        } => {
             let shape = match size {
                 SynthSize::Tiny => synth::Shape::tiny(),
                 SynthSize::Full => synth::Shape::full(),
             };
             let vocab = vocab.unwrap_or_else(synth::default_vocab_dir);
-            let pair = synth::write_pair(&out, &shape, &vocab).map_err(|e| Failure::new(exit::IOERR, e))?;
+            let pair = synth::write_pair(&out, &shape, &vocab)
+                .map_err(|e| Failure::new(exit::IOERR, e))?;
             println!("{}\n{}", pair.text.display(), pair.mmproj.display());
             if let Some(q) = quantize {
                 let (ftype, name) = match q {
@@ -354,7 +413,8 @@ fn model(command: ModelCommand) -> Result<(), Failure> {
                 };
                 let dst = out.join(format!("moondream2-text-model-{name}.gguf"));
                 let threads = std::thread::available_parallelism().map_or(1, |n| n.get() as i32);
-                synth::quantize(&pair.text, &dst, ftype, threads).map_err(|e| Failure::new(exit::IOERR, e))?;
+                synth::quantize(&pair.text, &dst, ftype, threads)
+                    .map_err(|e| Failure::new(exit::IOERR, e))?;
                 println!("{}", dst.display());
             }
             Ok(())

@@ -1,4 +1,5 @@
 //! The command line as a user runs it: outputs, one-line errors and exit codes.
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
 
 mod common;
 
@@ -22,7 +23,11 @@ fn s(p: &Path) -> &str {
 fn fails(out: &Output, code: i32, needle: &str) {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(code), "stderr: {stderr}");
-    assert_eq!(stderr.trim_end().lines().count(), 1, "one line expected: {stderr}");
+    assert_eq!(
+        stderr.trim_end().lines().count(),
+        1,
+        "one line expected: {stderr}"
+    );
     assert!(stderr.contains(needle), "{needle:?} not in {stderr}");
 }
 
@@ -38,11 +43,27 @@ fn fixture() -> Fixture {
     let pair = common::tiny();
     let dir = tempfile::tempdir().unwrap();
     let image = common::png(dir.path(), "scene.png", 4);
-    Fixture { dir: dir.path().to_owned(), _dir: dir, text: pair.text, mmproj: pair.mmproj, image }
+    Fixture {
+        dir: dir.path().to_owned(),
+        _dir: dir,
+        text: pair.text,
+        mmproj: pair.mmproj,
+        image,
+    }
 }
 
 fn ask_args<'a>(f: &'a Fixture, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut v = vec!["ask", "--model", s(&f.text), "--mmproj", s(&f.mmproj), "--threads", "2", "--image", s(&f.image)];
+    let mut v = vec![
+        "ask",
+        "--model",
+        s(&f.text),
+        "--mmproj",
+        s(&f.mmproj),
+        "--threads",
+        "2",
+        "--image",
+        s(&f.image),
+    ];
     v.extend_from_slice(extra);
     v
 }
@@ -51,7 +72,11 @@ fn ask_args<'a>(f: &'a Fixture, extra: &[&'a str]) -> Vec<&'a str> {
 fn ask_json_prints_answers_and_timings_with_the_prefix_reused_for_the_second() {
     let f = fixture();
     let out = moonwatch(&ask_args(&f, &["--json", "What is this?", "Is it red?"]));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["prefix"]["reused"], false);
     assert!(v["prefix"]["image_encode_ms"].as_f64().unwrap() > 0.0);
@@ -59,13 +84,22 @@ fn ask_json_prints_answers_and_timings_with_the_prefix_reused_for_the_second() {
     assert_eq!(answers.len(), 2);
     assert_eq!(answers[0]["skill"], "query");
     assert!(answers[0]["answer"].is_string());
-    assert!(answers[1]["timing"]["first_token_ms"].as_f64().unwrap() < v["total_ms"].as_f64().unwrap());
+    assert!(
+        answers[1]["timing"]["first_token_ms"].as_f64().unwrap() < v["total_ms"].as_f64().unwrap()
+    );
 }
 
 #[test]
 fn each_skill_has_a_command() {
     let f = fixture();
-    let base = ["--model", s(&f.text), "--mmproj", s(&f.mmproj), "--image", s(&f.image)];
+    let base = [
+        "--model",
+        s(&f.text),
+        "--mmproj",
+        s(&f.mmproj),
+        "--image",
+        s(&f.image),
+    ];
     for cmd in [
         vec!["caption", "--length", "short"],
         vec!["detect", "car"],
@@ -76,10 +110,24 @@ fn each_skill_has_a_command() {
         args.extend_from_slice(&base);
         args.extend_from_slice(&cmd[1..]);
         let out = moonwatch(&args);
-        assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{cmd:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert!(!out.stdout.is_empty(), "{cmd:?} printed nothing");
     }
-    let out = moonwatch(&["yes-no", "--json", "--model", s(&f.text), "--mmproj", s(&f.mmproj), "--image", s(&f.image), "Is it on?"]);
+    let out = moonwatch(&[
+        "yes-no",
+        "--json",
+        "--model",
+        s(&f.text),
+        "--mmproj",
+        s(&f.mmproj),
+        "--image",
+        s(&f.image),
+        "Is it on?",
+    ]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(v["answers"][0]["confidence"].as_f64().unwrap() >= 0.5);
 }
@@ -91,10 +139,28 @@ fn bad_inputs_give_one_line_and_distinct_codes() {
     let truncated = f.dir.join("truncated.gguf");
     let bytes = std::fs::read(&f.text).unwrap();
     std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
-    let out = moonwatch(&["ask", "--model", s(&truncated), "--mmproj", s(&f.mmproj), "--image", s(&f.image), "q"]);
+    let out = moonwatch(&[
+        "ask",
+        "--model",
+        s(&truncated),
+        "--mmproj",
+        s(&f.mmproj),
+        "--image",
+        s(&f.image),
+        "q",
+    ]);
     fails(&out, 69, "truncated.gguf");
     // A missing vision projector.
-    let out = moonwatch(&["ask", "--model", s(&f.text), "--mmproj", "/nonexistent/mmproj.gguf", "--image", s(&f.image), "q"]);
+    let out = moonwatch(&[
+        "ask",
+        "--model",
+        s(&f.text),
+        "--mmproj",
+        "/nonexistent/mmproj.gguf",
+        "--image",
+        s(&f.image),
+        "q",
+    ]);
     fails(&out, 69, "/nonexistent/mmproj.gguf");
     // A text file passed as the image.
     let notes = f.dir.join("notes.txt");
@@ -110,7 +176,16 @@ fn bad_inputs_give_one_line_and_distinct_codes() {
 }
 
 fn ask_args_with_image<'a>(f: &'a Fixture, image: &'a Path) -> Vec<&'a str> {
-    vec!["ask", "--model", s(&f.text), "--mmproj", s(&f.mmproj), "--image", s(image), "q"]
+    vec![
+        "ask",
+        "--model",
+        s(&f.text),
+        "--mmproj",
+        s(&f.mmproj),
+        "--image",
+        s(image),
+        "q",
+    ]
 }
 
 #[test]
@@ -127,7 +202,10 @@ fn config_errors_exit_78_and_name_the_key() {
     let out = moonwatch(&["check-config", s(&invalid)]);
     assert_eq!(out.status.code(), Some(78));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("model.context_size") && err.contains("model.queue_depth"), "{err}");
+    assert!(
+        err.contains("model.context_size") && err.contains("model.queue_depth"),
+        "{err}"
+    );
 
     // The same file given to ask fails before any model is touched.
     let img = common::png(dir.path(), "x.png", 1);
@@ -136,7 +214,11 @@ fn config_errors_exit_78_and_name_the_key() {
 
     let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/moonwatch.toml");
     let out = moonwatch(&["check-config", s(&shipped)]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -144,7 +226,10 @@ fn no_model_and_no_config_is_a_config_error() {
     let dir = tempfile::tempdir().unwrap();
     let img = common::png(dir.path(), "x.png", 1);
     if Path::new(moonwatch::config::DEFAULT_PATH).exists() {
-        eprintln!("skipped: {} exists on this machine", moonwatch::config::DEFAULT_PATH);
+        eprintln!(
+            "skipped: {} exists on this machine",
+            moonwatch::config::DEFAULT_PATH
+        );
         return;
     }
     let out = moonwatch(&["ask", "--image", s(&img), "q"]);

@@ -1,4 +1,5 @@
 //! The real llama.cpp path on the tiny random-weight Moondream pair.
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
 
 mod common;
 
@@ -14,10 +15,21 @@ fn tokenizer_matches_moondream_prompt_format() {
     let pair = common::tiny();
     let backend = moondream::backend().unwrap();
     let params = llama_cpp_2::model::params::LlamaModelParams::default();
-    let model = llama_cpp_2::model::LlamaModel::load_from_file(backend, &pair.text, &params).unwrap();
-    let tail = moonwatch::vision::prompt::question_tail(&Skill::Caption { length: CaptionLength::Normal });
-    let ids: Vec<i32> = model.vocab().tokenize(tail.as_bytes(), false, false).iter().map(|t| t.0).collect();
-    assert_eq!(ids, [198, 198, 24361, 25, 39373, 4892, 428, 2939, 13, 198, 198, 33706, 25]);
+    let model =
+        llama_cpp_2::model::LlamaModel::load_from_file(backend, &pair.text, &params).unwrap();
+    let tail = moonwatch::vision::prompt::question_tail(&Skill::Caption {
+        length: CaptionLength::Normal,
+    });
+    let ids: Vec<i32> = model
+        .vocab()
+        .tokenize(tail.as_bytes(), false, false)
+        .iter()
+        .map(|t| t.0)
+        .collect();
+    assert_eq!(
+        ids,
+        [198, 198, 24361, 25, 39373, 4892, 428, 2939, 13, 198, 198, 33706, 25]
+    );
     assert_eq!(model.vocab().bos().0, 50256);
 }
 
@@ -28,27 +40,44 @@ fn second_question_on_a_frame_reuses_the_prefix_and_matches_a_cold_run() {
     let f = common::frame(3, 320, 240);
     let g = common::frame(9, 200, 300);
 
-    let first = engine.run(Request::new(f.clone(), vec![query("What is this?")])).unwrap();
+    let first = engine
+        .run(Request::new(f.clone(), vec![query("What is this?")]))
+        .unwrap();
     assert!(!first.prefix.reused);
     assert_eq!(first.prefix.tokens, 730, "BOS + 729 image tokens");
     assert!(first.prefix.image_encode_ms > 0.0 && first.prefix.image_prefill_ms > 0.0);
 
     // Same frame again, a different question: no encode, no prefill.
-    let warm = engine.run(Request::new(f.clone(), vec![query("What colour is it?")])).unwrap();
+    let warm = engine
+        .run(Request::new(f.clone(), vec![query("What colour is it?")]))
+        .unwrap();
     assert!(warm.prefix.reused);
-    assert_eq!((warm.prefix.image_encode_ms, warm.prefix.image_prefill_ms), (0.0, 0.0));
+    assert_eq!(
+        (warm.prefix.image_encode_ms, warm.prefix.image_prefill_ms),
+        (0.0, 0.0)
+    );
 
     // A different frame evicts the prefix; coming back encodes again.
-    let other = engine.run(Request::new(g, vec![query("What colour is it?")])).unwrap();
+    let other = engine
+        .run(Request::new(g, vec![query("What colour is it?")]))
+        .unwrap();
     assert!(!other.prefix.reused);
-    let cold = engine.run(Request::new(f.clone(), vec![query("What colour is it?")])).unwrap();
+    let cold = engine
+        .run(Request::new(f.clone(), vec![query("What colour is it?")]))
+        .unwrap();
     assert!(!cold.prefix.reused);
-    assert_eq!(warm.answers[0].answer, cold.answers[0].answer, "warm and cold answers differ");
+    assert_eq!(
+        warm.answers[0].answer, cold.answers[0].answer,
+        "warm and cold answers differ"
+    );
     assert_ne!(other.frame_key, cold.frame_key);
 
     // Several skills in one request share one prefix and equal their separate answers.
     let batch = engine
-        .run(Request::new(f.clone(), vec![query("What is this?"), query("What colour is it?")]))
+        .run(Request::new(
+            f.clone(),
+            vec![query("What is this?"), query("What colour is it?")],
+        ))
         .unwrap();
     assert!(batch.prefix.reused);
     assert_eq!(batch.answers[0].answer, first.answers[0].answer);
@@ -62,19 +91,34 @@ fn every_skill_runs_and_parses_whatever_the_model_says() {
     let pair = common::tiny();
     let engine = moondream::start(common::settings(&pair)).unwrap();
     let skills = vec![
-        Skill::Caption { length: CaptionLength::Short },
-        Skill::Detect { object: "car".into() },
-        Skill::Point { object: "car".into() },
-        Skill::YesNo { question: "Is there a car?".into() },
+        Skill::Caption {
+            length: CaptionLength::Short,
+        },
+        Skill::Detect {
+            object: "car".into(),
+        },
+        Skill::Point {
+            object: "car".into(),
+        },
+        Skill::YesNo {
+            question: "Is there a car?".into(),
+        },
     ];
-    let r = engine.run(Request::new(common::frame(5, 64, 64), skills)).unwrap();
+    let r = engine
+        .run(Request::new(common::frame(5, 64, 64), skills))
+        .unwrap();
     assert_eq!(r.answers.len(), 4);
     match &r.answers[0].answer {
         Answer::Caption { caption } => assert!(!caption.contains("Question:")),
         other => panic!("expected a caption, got {other:?}"),
     }
     match &r.answers[1].answer {
-        Answer::Detect { objects, method, raw, parsed } => {
+        Answer::Detect {
+            objects,
+            method,
+            raw,
+            parsed,
+        } => {
             assert_eq!(*method, Method::PromptedBoxes);
             assert_eq!(*parsed, !objects.is_empty());
             assert_eq!(objects, &moonwatch::vision::parse::boxes(raw));
@@ -82,18 +126,31 @@ fn every_skill_runs_and_parses_whatever_the_model_says() {
         other => panic!("expected a detection, got {other:?}"),
     }
     match &r.answers[2].answer {
-        Answer::Point { method, points, parsed, .. } => {
+        Answer::Point {
+            method,
+            points,
+            parsed,
+            ..
+        } => {
             assert_eq!(*method, Method::BoxCenters);
             assert_eq!(*parsed, !points.is_empty());
         }
         other => panic!("expected points, got {other:?}"),
     }
     match &r.answers[3].answer {
-        Answer::YesNo { confidence, p_yes, p_no, answer } => {
+        Answer::YesNo {
+            confidence,
+            p_yes,
+            p_no,
+            answer,
+        } => {
             assert!((0.5..=1.0).contains(confidence), "{confidence}");
             assert!(*p_yes >= 0.0 && *p_no >= 0.0 && p_yes + p_no <= 1.0 + 1e-5);
             assert_eq!(*answer, p_yes > p_no);
-            assert_eq!(r.answers[3].timing.generated_tokens, 0, "yes/no reads logits only");
+            assert_eq!(
+                r.answers[3].timing.generated_tokens, 0,
+                "yes/no reads logits only"
+            );
         }
         other => panic!("expected yes/no, got {other:?}"),
     }
@@ -104,7 +161,12 @@ fn odd_image_sizes_are_taken() {
     let pair = common::tiny();
     let engine = moondream::start(common::settings(&pair)).unwrap();
     for (w, h) in [(1, 1), (1000, 3), (3, 700)] {
-        let r = engine.run(Request::new(common::frame(1, w, h), vec![Skill::YesNo { question: "Is it dark?".into() }]));
+        let r = engine.run(Request::new(
+            common::frame(1, w, h),
+            vec![Skill::YesNo {
+                question: "Is it dark?".into(),
+            }],
+        ));
         assert!(r.is_ok(), "{w}x{h}: {r:?}");
     }
 }
@@ -127,11 +189,23 @@ fn bad_model_files_fail_to_load_with_the_path_named() {
     let base = common::settings(&pair);
     let cases = [
         (truncated.clone(), pair.mmproj.clone(), "truncated.gguf"),
-        (dir.path().join("missing.gguf"), pair.mmproj.clone(), "missing.gguf"),
-        (pair.text.clone(), dir.path().join("missing-mmproj.gguf"), "missing-mmproj.gguf"),
+        (
+            dir.path().join("missing.gguf"),
+            pair.mmproj.clone(),
+            "missing.gguf",
+        ),
+        (
+            pair.text.clone(),
+            dir.path().join("missing-mmproj.gguf"),
+            "missing-mmproj.gguf",
+        ),
         (pair.text.clone(), text_file.clone(), "not a GGUF file"),
         (pair.mmproj.clone(), pair.text.clone(), "swapped"),
-        (pair.text.clone(), truncated_mmproj.clone(), "mmproj-truncated.gguf"),
+        (
+            pair.text.clone(),
+            truncated_mmproj.clone(),
+            "mmproj-truncated.gguf",
+        ),
         (pair.text.clone(), header_only.clone(), "mmproj-header.gguf"),
     ];
     for (text, mmproj, want) in cases {
@@ -149,11 +223,16 @@ fn bad_model_files_fail_to_load_with_the_path_named() {
 fn shutdown_cancels_and_later_requests_are_refused() {
     let pair = common::tiny();
     let engine = moondream::start(common::settings(&pair)).unwrap();
-    let ticket = engine.submit(Request::new(common::frame(2, 64, 64), vec![query("Why?")])).unwrap();
+    let ticket = engine
+        .submit(Request::new(common::frame(2, 64, 64), vec![query("Why?")]))
+        .unwrap();
     engine.shutdown();
     // The request either finished before the stop or was cancelled by it; it is never lost.
     match ticket.blocking_recv().unwrap() {
         Ok(r) => assert_eq!(r.answers.len(), 1),
-        Err(e) => assert!(matches!(e, EngineError::Cancelled | EngineError::Stopped), "{e}"),
+        Err(e) => assert!(
+            matches!(e, EngineError::Cancelled | EngineError::Stopped),
+            "{e}"
+        ),
     }
 }

@@ -1,4 +1,5 @@
 //! `moonwatch model pull` against a local stand-in for the Hugging Face hub on loopback.
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
 
 use std::path::Path;
 use std::process::Command;
@@ -24,16 +25,27 @@ fn hub(files: Vec<(&'static str, Vec<u8>, String)>) -> Hub {
     std::thread::spawn(move || {
         for req in server.incoming_requests() {
             let path = req.url().to_owned();
-            let Some((_, body, etag)) = files.iter().find(|(name, _, _)| path == format!("/acme/moondream/resolve/{REV}/{name}")) else {
+            let Some((_, body, etag)) = files
+                .iter()
+                .find(|(name, _, _)| path == format!("/acme/moondream/resolve/{REV}/{name}"))
+            else {
                 let _ = req.respond(tiny_http::Response::empty(404));
                 continue;
             };
-            let range = req.headers().iter().find(|h| h.field.equiv("Range")).map(|h| h.value.as_str().to_owned());
+            let range = req
+                .headers()
+                .iter()
+                .find(|h| h.field.equiv("Range"))
+                .map(|h| h.value.as_str().to_owned());
             let (start, end) = match range.as_deref().and_then(|r| r.strip_prefix("bytes=")) {
                 Some(r) => {
                     let (a, b) = r.split_once('-').unwrap();
                     let a: usize = a.parse().unwrap();
-                    let b: usize = if b.is_empty() { body.len() - 1 } else { b.parse().unwrap() };
+                    let b: usize = if b.is_empty() {
+                        body.len() - 1
+                    } else {
+                        b.parse().unwrap()
+                    };
                     (a, b.min(body.len() - 1))
                 }
                 None => (0, body.len() - 1),
@@ -41,12 +53,17 @@ fn hub(files: Vec<(&'static str, Vec<u8>, String)>) -> Hub {
             if end > start {
                 counter.fetch_add(1, Ordering::SeqCst);
             }
-            let h = |k: &str, v: &str| tiny_http::Header::from_bytes(k.as_bytes(), v.as_bytes()).unwrap();
+            let h = |k: &str, v: &str| {
+                tiny_http::Header::from_bytes(k.as_bytes(), v.as_bytes()).unwrap()
+            };
             let resp = tiny_http::Response::from_data(body[start..=end].to_vec())
                 .with_status_code(206)
                 .with_header(h("ETag", &format!("\"{etag}\"")))
                 .with_header(h("X-Repo-Commit", REV))
-                .with_header(h("Content-Range", &format!("bytes {start}-{end}/{}", body.len())));
+                .with_header(h(
+                    "Content-Range",
+                    &format!("bytes {start}-{end}/{}", body.len()),
+                ));
             let _ = req.respond(resp);
         }
     });
@@ -85,37 +102,67 @@ fn pull(hub: &Hub, config: &Path) -> std::process::Output {
 fn pulls_verifies_and_skips_what_is_already_there() {
     let text = b"GGUF pretend text model".repeat(1000);
     let mmproj = b"GGUF pretend projector".repeat(700);
-    let hub = hub(vec![("t.gguf", text.clone(), sha(&text)), ("m.gguf", mmproj.clone(), sha(&mmproj))]);
+    let hub = hub(vec![
+        ("t.gguf", text.clone(), sha(&text)),
+        ("m.gguf", mmproj.clone(), sha(&mmproj)),
+    ]);
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), "");
 
     let out = pull(&hub, &cfg);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(std::fs::read(dir.path().join("models/text.gguf")).unwrap(), text);
-    assert_eq!(std::fs::read(dir.path().join("models/mmproj.gguf")).unwrap(), mmproj);
-    assert!(stdout.contains(&sha(&text)) && stdout.contains("downloaded"), "{stdout}");
-    assert!(!dir.path().join("models/.download-cache").exists(), "cache left behind");
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read(dir.path().join("models/text.gguf")).unwrap(),
+        text
+    );
+    assert_eq!(
+        std::fs::read(dir.path().join("models/mmproj.gguf")).unwrap(),
+        mmproj
+    );
+    assert!(
+        stdout.contains(&sha(&text)) && stdout.contains("downloaded"),
+        "{stdout}"
+    );
+    assert!(
+        !dir.path().join("models/.download-cache").exists(),
+        "cache left behind"
+    );
     let fetched = hub.gets.load(Ordering::SeqCst);
     assert_eq!(fetched, 2);
 
     // Second run: both files verified in place, nothing fetched.
     let out = pull(&hub, &cfg);
     assert!(out.status.success());
-    assert_eq!(String::from_utf8_lossy(&out.stdout).matches("already present").count(), 2);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout)
+            .matches("already present")
+            .count(),
+        2
+    );
     assert_eq!(hub.gets.load(Ordering::SeqCst), fetched);
 }
 
 #[test]
 fn a_wrong_checksum_fails_and_leaves_no_file() {
     let text = b"GGUF bytes that do not match".to_vec();
-    let hub = hub(vec![("t.gguf", text.clone(), sha(&text)), ("m.gguf", b"GGUF m".to_vec(), sha(b"GGUF m"))]);
+    let hub = hub(vec![
+        ("t.gguf", text.clone(), sha(&text)),
+        ("m.gguf", b"GGUF m".to_vec(), sha(b"GGUF m")),
+    ]);
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), &"ab".repeat(32));
     let out = pull(&hub, &cfg);
     assert_eq!(out.status.code(), Some(74));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("SHA-256") && stderr.lines().count() == 1, "{stderr}");
+    assert!(
+        stderr.contains("SHA-256") && stderr.lines().count() == 1,
+        "{stderr}"
+    );
     assert!(!dir.path().join("models/text.gguf").exists());
 }
 
@@ -124,7 +171,11 @@ fn an_unreachable_hub_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), "");
     // A port nothing listens on.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let out = Command::new(env!("CARGO_BIN_EXE_moonwatch"))
         .args(["model", "pull", "--config"])
         .arg(&cfg)
@@ -134,5 +185,8 @@ fn an_unreachable_hub_is_a_clear_error() {
         .unwrap();
     assert_eq!(out.status.code(), Some(74));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("acme/moondream") && stderr.contains("t.gguf"), "{stderr}");
+    assert!(
+        stderr.contains("acme/moondream") && stderr.contains("t.gguf"),
+        "{stderr}"
+    );
 }

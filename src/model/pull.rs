@@ -25,7 +25,11 @@ pub enum PullError {
         reason: String,
     },
     #[error("{path}: SHA-256 is {got}, expected {want}; the file was removed")]
-    Checksum { path: PathBuf, got: String, want: String },
+    Checksum {
+        path: PathBuf,
+        got: String,
+        want: String,
+    },
     #[error("{path}: {reason}")]
     Io { path: PathBuf, reason: String },
 }
@@ -75,7 +79,13 @@ pub fn pull(model: &ModelConfig, progress: bool) -> Result<Vec<Pulled>, PullErro
         .collect()
 }
 
-fn pull_one(model: &ModelConfig, file: &str, want: &str, target: &Path, progress: bool) -> Result<Pulled, PullError> {
+fn pull_one(
+    model: &ModelConfig,
+    file: &str,
+    want: &str,
+    target: &Path,
+    progress: bool,
+) -> Result<Pulled, PullError> {
     let d = &model.download;
     let io = |path: &Path, e: std::io::Error| PullError::Io {
         path: path.to_owned(),
@@ -89,13 +99,25 @@ fn pull_one(model: &ModelConfig, file: &str, want: &str, target: &Path, progress
     };
     let want = want.to_ascii_lowercase();
     // A hash recorded by an earlier pull lets a rerun skip files already in place.
-    let recorded = std::fs::read_to_string(sidecar(target)).unwrap_or_default().trim().to_owned();
-    let expect = if want.is_empty() { recorded } else { want.clone() };
+    let recorded = std::fs::read_to_string(sidecar(target))
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+    let expect = if want.is_empty() {
+        recorded
+    } else {
+        want.clone()
+    };
     if target.is_file() && is_sha256_hex(&expect) {
         let got = sha256_file(target).map_err(|e| io(target, e))?;
         if got == expect {
             let size = std::fs::metadata(target).map_err(|e| io(target, e))?.len();
-            return Ok(Pulled { path: target.to_owned(), sha256: got, size, downloaded: false });
+            return Ok(Pulled {
+                path: target.to_owned(),
+                sha256: got,
+                size,
+                downloaded: false,
+            });
         }
     }
     let dir = target.parent().unwrap_or(Path::new("."));
@@ -106,16 +128,25 @@ fn pull_one(model: &ModelConfig, file: &str, want: &str, target: &Path, progress
         .with_progress(false)
         .build()
         .map_err(|e| dl(e.to_string()))?;
-    let repo = api.repo(Repo::with_revision(d.repo.clone(), RepoType::Model, d.revision.clone()));
+    let repo = api.repo(Repo::with_revision(
+        d.repo.clone(),
+        RepoType::Model,
+        d.revision.clone(),
+    ));
     let bar = if progress {
         indicatif::ProgressBar::new(0)
     } else {
         indicatif::ProgressBar::hidden()
     };
-    let fetched = repo.download_with_progress(file, bar).map_err(|e| dl(e.to_string()))?;
+    let fetched = repo
+        .download_with_progress(file, bar)
+        .map_err(|e| dl(e.to_string()))?;
     // The cache names each blob after the hub's ETag, which for LFS files is the SHA-256.
     let blob = std::fs::canonicalize(&fetched).map_err(|e| io(&fetched, e))?;
-    let etag = blob.file_name().map(|n| n.to_string_lossy().to_ascii_lowercase()).unwrap_or_default();
+    let etag = blob
+        .file_name()
+        .map(|n| n.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default();
     let want = if !want.is_empty() {
         want
     } else if is_sha256_hex(&etag) {
@@ -125,14 +156,26 @@ fn pull_one(model: &ModelConfig, file: &str, want: &str, target: &Path, progress
     };
     let got = sha256_file(&blob).map_err(|e| io(&blob, e))?;
     if want.is_empty() {
-        tracing::warn!(file, "the hub gave no SHA-256 for this file and none is configured; it is not verified");
+        tracing::warn!(
+            file,
+            "the hub gave no SHA-256 for this file and none is configured; it is not verified"
+        );
     } else if got != want {
         let _ = std::fs::remove_dir_all(&cache);
-        return Err(PullError::Checksum { path: target.to_owned(), got, want });
+        return Err(PullError::Checksum {
+            path: target.to_owned(),
+            got,
+            want,
+        });
     }
     std::fs::rename(&blob, target).map_err(|e| io(target, e))?;
     std::fs::write(sidecar(target), format!("{got}\n")).map_err(|e| io(target, e))?;
     let size = std::fs::metadata(target).map_err(|e| io(target, e))?.len();
     let _ = std::fs::remove_dir_all(&cache);
-    Ok(Pulled { path: target.to_owned(), sha256: got, size, downloaded: true })
+    Ok(Pulled {
+        path: target.to_owned(),
+        sha256: got,
+        size,
+        downloaded: true,
+    })
 }

@@ -117,11 +117,15 @@ impl Vocab {
             dir: dir.to_owned(),
             reason,
         };
-        let enc = std::fs::read_to_string(dir.join("encoder.json")).map_err(|e| err(format!("encoder.json: {e}")))?;
+        let enc = std::fs::read_to_string(dir.join("encoder.json"))
+            .map_err(|e| err(format!("encoder.json: {e}")))?;
         let map: std::collections::HashMap<String, u32> =
             serde_json::from_str(&enc).map_err(|e| err(format!("encoder.json: {e}")))?;
         if map.len() != N_GPT2 {
-            return Err(err(format!("encoder.json has {} tokens, expected {N_GPT2}", map.len())));
+            return Err(err(format!(
+                "encoder.json has {} tokens, expected {N_GPT2}",
+                map.len()
+            )));
         }
         let mut tokens = vec![String::new(); N_VOCAB];
         for (tok, id) in map {
@@ -133,7 +137,10 @@ impl Vocab {
         let mut types = vec![1i32; N_VOCAB];
         types[ENDOFTEXT as usize] = 3;
         // phi-1.5's added tokens: runs of 31..2 spaces, then 9..2 tabs.
-        let added = (2..=31).rev().map(|n| " ".repeat(n)).chain((2..=9).rev().map(|n| "\t".repeat(n)));
+        let added = (2..=31)
+            .rev()
+            .map(|n| " ".repeat(n))
+            .chain((2..=9).rev().map(|n| "\t".repeat(n)));
         for (i, tok) in added.enumerate() {
             tokens[N_GPT2 + i] = tok;
             types[N_GPT2 + i] = 4;
@@ -142,16 +149,24 @@ impl Vocab {
             *slot = format!("[PAD{i}]");
             types[i] = 5;
         }
-        let bpe = std::fs::read_to_string(dir.join("vocab.bpe")).map_err(|e| err(format!("vocab.bpe: {e}")))?;
+        let bpe = std::fs::read_to_string(dir.join("vocab.bpe"))
+            .map_err(|e| err(format!("vocab.bpe: {e}")))?;
         let merges: Vec<String> = bpe
             .lines()
             .filter(|l| !l.starts_with("#version") && !l.is_empty())
             .map(str::to_owned)
             .collect();
         if merges.len() != 50_000 {
-            return Err(err(format!("vocab.bpe has {} merges, expected 50000", merges.len())));
+            return Err(err(format!(
+                "vocab.bpe has {} merges, expected 50000",
+                merges.len()
+            )));
         }
-        Ok(Self { tokens, types, merges })
+        Ok(Self {
+            tokens,
+            types,
+            merges,
+        })
     }
 }
 
@@ -223,13 +238,27 @@ impl Writer {
         let k = c(key);
         // SAFETY: `v` is valid for `v.len()` f32 values; gguf copies them.
         unsafe {
-            sys::gguf_set_arr_data(self.gguf, k.as_ptr(), sys::GGUF_TYPE_FLOAT32, v.as_ptr().cast(), v.len())
+            sys::gguf_set_arr_data(
+                self.gguf,
+                k.as_ptr(),
+                sys::GGUF_TYPE_FLOAT32,
+                v.as_ptr().cast(),
+                v.len(),
+            )
         }
     }
     fn i32s(&mut self, key: &str, v: &[i32]) {
         let k = c(key);
         // SAFETY: as above.
-        unsafe { sys::gguf_set_arr_data(self.gguf, k.as_ptr(), sys::GGUF_TYPE_INT32, v.as_ptr().cast(), v.len()) }
+        unsafe {
+            sys::gguf_set_arr_data(
+                self.gguf,
+                k.as_ptr(),
+                sys::GGUF_TYPE_INT32,
+                v.as_ptr().cast(),
+                v.len(),
+            )
+        }
     }
     fn strs(&mut self, key: &str, v: &[String]) {
         let k = c(key);
@@ -257,7 +286,11 @@ impl Writer {
 
     /// A 2-D (or 4-D) weight in F16, or Q8_0 where asked; a 1-D tensor in F32.
     fn weight(&mut self, name: &str, ne: &[i64], q8: bool) {
-        let ty = if q8 { sys::GGML_TYPE_Q8_0 } else { sys::GGML_TYPE_F16 };
+        let ty = if q8 {
+            sys::GGML_TYPE_Q8_0
+        } else {
+            sys::GGML_TYPE_F16
+        };
         self.tensor(name, ty, ne, Init::Scaled);
     }
     fn vector(&mut self, name: &str, n: i64, init: Init) {
@@ -297,7 +330,8 @@ impl Writer {
             let bytes = data(spec, &mut rng);
             out.write_all(&bytes).map_err(|e| werr(e.to_string()))?;
             let pad = (ALIGN - bytes.len() as u64 % ALIGN) % ALIGN;
-            out.write_all(&vec![0u8; pad as usize]).map_err(|e| werr(e.to_string()))?;
+            out.write_all(&vec![0u8; pad as usize])
+                .map_err(|e| werr(e.to_string()))?;
             written += bytes.len() as u64 + pad;
         }
         out.flush().map_err(|e| werr(e.to_string()))?;
@@ -318,7 +352,12 @@ impl Drop for Writer {
 /// Generates one tensor's values and encodes them in its type.
 fn data(spec: &TensorSpec, rng: &mut impl Rng) -> Vec<u8> {
     let n: i64 = spec.ne.iter().product();
-    let fan_in = spec.ne.iter().take(spec.ne.len().saturating_sub(1).max(1)).product::<i64>().max(1);
+    let fan_in = spec
+        .ne
+        .iter()
+        .take(spec.ne.len().saturating_sub(1).max(1))
+        .product::<i64>()
+        .max(1);
     let values: Vec<f32> = match spec.init {
         Init::Ones => vec![1.0; n as usize],
         Init::Zeros => vec![0.0; n as usize],
@@ -343,7 +382,15 @@ fn data(spec: &TensorSpec, rng: &mut impl Rng) -> Vec<u8> {
             let mut out = vec![0u8; size];
             // SAFETY: `values` holds rows*row floats and `out` the encoded size.
             unsafe {
-                sys::ggml_quantize_chunk(ty, values.as_ptr(), out.as_mut_ptr().cast::<c_void>(), 0, rows, row, std::ptr::null())
+                sys::ggml_quantize_chunk(
+                    ty,
+                    values.as_ptr(),
+                    out.as_mut_ptr().cast::<c_void>(),
+                    0,
+                    rows,
+                    row,
+                    std::ptr::null(),
+                )
             };
             out
         }
@@ -351,7 +398,12 @@ fn data(spec: &TensorSpec, rng: &mut impl Rng) -> Vec<u8> {
 }
 
 /// Writes the text model (`phi2`) to `path`; returns the bytes of tensor data.
-pub fn write_text_model(path: &Path, shape: &Shape, vocab: &Vocab, seed: u64) -> Result<u64, SynthError> {
+pub fn write_text_model(
+    path: &Path,
+    shape: &Shape,
+    vocab: &Vocab,
+    seed: u64,
+) -> Result<u64, SynthError> {
     let s = shape;
     let mut w = Writer::new(8 + 12 * s.text_layers as usize);
     w.str("general.architecture", "phi2");
@@ -463,7 +515,12 @@ pub fn write_pair(dir: &Path, shape: &Shape, vocab_dir: &Path) -> Result<Pair, S
 }
 
 /// Quantizes a text model with llama.cpp (for example to Q4_K_M, as boards run it).
-pub fn quantize(input: &Path, output: &Path, ftype: sys::llama_ftype, threads: i32) -> Result<(), SynthError> {
+pub fn quantize(
+    input: &Path,
+    output: &Path,
+    ftype: sys::llama_ftype,
+    threads: i32,
+) -> Result<(), SynthError> {
     let (i, o) = (c(&input.to_string_lossy()), c(&output.to_string_lossy()));
     // SAFETY: default params, then plain field writes; paths are NUL-terminated.
     let code = unsafe {

@@ -268,7 +268,9 @@ impl Engine {
             }
             Err(_) => {
                 let _ = worker.join();
-                Err(EngineError::Load("engine thread ended while loading".into()))
+                Err(EngineError::Load(
+                    "engine thread ended while loading".into(),
+                ))
             }
         }
     }
@@ -377,14 +379,22 @@ mod tests {
     }
 
     fn caption() -> Vec<Skill> {
-        vec![Skill::Caption { length: CaptionLength::Short }]
+        vec![Skill::Caption {
+            length: CaptionLength::Short,
+        }]
     }
 
     #[test]
     fn requests_reach_the_worker_and_come_back() {
         let seen = Arc::new(Mutex::new(vec![]));
         let s = seen.clone();
-        let e = Engine::spawn(2, move || Ok(Fake { seen: s, gate: Arc::default() })).unwrap();
+        let e = Engine::spawn(2, move || {
+            Ok(Fake {
+                seen: s,
+                gate: Arc::default(),
+            })
+        })
+        .unwrap();
         let r = e.run(Request::new(frame(), caption())).unwrap();
         assert_eq!(r.frame_key.len(), 16);
         assert_eq!(*seen.lock().unwrap(), vec![1]);
@@ -392,7 +402,8 @@ mod tests {
 
     #[test]
     fn load_errors_come_back_from_spawn() {
-        let err = Engine::spawn::<Fake, _>(1, || Err(EngineError::Load("no file".into()))).unwrap_err();
+        let err =
+            Engine::spawn::<Fake, _>(1, || Err(EngineError::Load("no file".into()))).unwrap_err();
         assert_eq!(err, EngineError::Load("no file".into()));
     }
 
@@ -401,7 +412,13 @@ mod tests {
         let gate = Arc::new(Mutex::new(()));
         let held = gate.lock().unwrap();
         let g = gate.clone();
-        let e = Engine::spawn(1, move || Ok(Fake { seen: Arc::default(), gate: g })).unwrap();
+        let e = Engine::spawn(1, move || {
+            Ok(Fake {
+                seen: Arc::default(),
+                gate: g,
+            })
+        })
+        .unwrap();
         // One job in the worker (blocked on the gate), one in the queue, then busy.
         let first = e.submit(Request::new(frame(), caption())).unwrap();
         let mut queued = vec![];
@@ -420,10 +437,26 @@ mod tests {
 
     #[test]
     fn invalid_and_cancelled_requests_are_refused() {
-        let e = Engine::spawn(1, || Ok(Fake { seen: Arc::default(), gate: Arc::default() })).unwrap();
-        let err = e.run(Request::new(frame(), vec![Skill::Query { question: " ".into() }])).unwrap_err();
+        let e = Engine::spawn(1, || {
+            Ok(Fake {
+                seen: Arc::default(),
+                gate: Arc::default(),
+            })
+        })
+        .unwrap();
+        let err = e
+            .run(Request::new(
+                frame(),
+                vec![Skill::Query {
+                    question: " ".into(),
+                }],
+            ))
+            .unwrap_err();
         assert!(matches!(err, EngineError::Invalid(_)));
-        assert!(matches!(e.run(Request::new(frame(), vec![])), Err(EngineError::Invalid(_))));
+        assert!(matches!(
+            e.run(Request::new(frame(), vec![])),
+            Err(EngineError::Invalid(_))
+        ));
         let req = Request::new(frame(), caption());
         req.cancel.cancel();
         assert_eq!(e.run(req).unwrap_err(), EngineError::Cancelled);
@@ -432,9 +465,20 @@ mod tests {
     #[test]
     fn skills_round_trip_as_json() {
         let s: Skill = serde_json::from_str(r#"{"skill":"caption"}"#).unwrap();
-        assert_eq!(s, Skill::Caption { length: CaptionLength::Normal });
-        let s: Skill = serde_json::from_str(r#"{"skill":"yes_no","question":"Is it on?"}"#).unwrap();
-        assert_eq!(s, Skill::YesNo { question: "Is it on?".into() });
+        assert_eq!(
+            s,
+            Skill::Caption {
+                length: CaptionLength::Normal
+            }
+        );
+        let s: Skill =
+            serde_json::from_str(r#"{"skill":"yes_no","question":"Is it on?"}"#).unwrap();
+        assert_eq!(
+            s,
+            Skill::YesNo {
+                question: "Is it on?".into()
+            }
+        );
         assert!(serde_json::from_str::<Skill>(r#"{"skill":"dance"}"#).is_err());
     }
 }

@@ -27,8 +27,8 @@ use llama_cpp_2::token::LlamaToken;
 use super::parse;
 use super::prompt;
 use super::{
-    Answer, Answered, Cancel, Engine, EngineError, Method, PrefixTiming, Request, Response,
-    Skill, SkillTiming, Vision,
+    Answer, Answered, Cancel, Engine, EngineError, Method, PrefixTiming, Request, Response, Skill,
+    SkillTiming, Vision,
 };
 use crate::config::Config;
 use crate::frame::Frame;
@@ -106,9 +106,6 @@ pub fn start(settings: Settings) -> Result<Engine, EngineError> {
     })
 }
 
-/// GGUF value type of strings (`GGUF_TYPE_STRING`).
-const GGUF_TYPE_STRING: u32 = 8;
-
 /// Checks a file before llama.cpp sees it, so a wrong path or a swapped pair gets a plain
 /// message instead of a loader failure. Returns the GGUF architecture.
 fn inspect(path: &Path, role: &str, key: &str) -> Result<String, EngineError> {
@@ -128,10 +125,48 @@ fn inspect(path: &Path, role: &str, key: &str) -> Result<String, EngineError> {
     let gguf = GgufContext::from_file(path)
         .ok_or_else(|| fail("corrupt or truncated GGUF header".into()))?;
     let idx = gguf.find_key(key);
-    if idx < 0 || gguf.kv_type(idx) as u32 != GGUF_TYPE_STRING {
+    if idx < 0 || gguf.kv_type(idx) != llama_cpp_sys_2::GGUF_TYPE_STRING {
         return Err(fail(format!("GGUF metadata lacks {key}")));
     }
+    let needed = tensor_data_end(path)?;
+    if needed > meta.len() {
+        return Err(fail(format!(
+            "truncated: its tensors need {needed} bytes but the file has {}; download it again",
+            meta.len()
+        )));
+    }
     Ok(gguf.val_str(idx).unwrap_or_default().to_owned())
+}
+
+/// Where the last tensor's data ends, per the GGUF header.
+fn tensor_data_end(path: &Path) -> Result<u64, EngineError> {
+    use llama_cpp_sys_2 as sys;
+    let c_path = CString::new(path.to_string_lossy().as_bytes())
+        .map_err(|e| EngineError::Load(format!("{}: {e}", path.display())))?;
+    let params = sys::gguf_init_params {
+        no_alloc: true,
+        ctx: std::ptr::null_mut(),
+    };
+    // SAFETY: metadata-only read of a file already checked to parse; freed below.
+    unsafe {
+        let ctx = sys::gguf_init_from_file(c_path.as_ptr(), params);
+        if ctx.is_null() {
+            return Err(EngineError::Load(format!(
+                "{}: corrupt GGUF header",
+                path.display()
+            )));
+        }
+        let base = sys::gguf_get_data_offset(ctx) as u64;
+        let end = (0..sys::gguf_get_n_tensors(ctx))
+            .map(|i| {
+                base + sys::gguf_get_tensor_offset(ctx, i) as u64
+                    + sys::gguf_get_tensor_size(ctx, i) as u64
+            })
+            .max()
+            .unwrap_or(base);
+        sys::gguf_free(ctx);
+        Ok(end)
+    }
 }
 
 fn load_text_model(backend: &LlamaBackend, s: &Settings) -> Result<LlamaModel, EngineError> {
@@ -202,7 +237,11 @@ impl<'m> Moondream<'m> {
         let threads = s.threads.max(1) as i32;
         let n_ctx = s.context_size;
         if n_ctx > model.n_ctx_train() {
-            tracing::warn!(n_ctx, trained = model.n_ctx_train(), "context larger than the model was trained for");
+            tracing::warn!(
+                n_ctx,
+                trained = model.n_ctx_train(),
+                "context larger than the model was trained for"
+            );
         }
         let params = LlamaContextParams::default()
             .with_n_ctx(NonZeroU32::new(n_ctx))
@@ -224,7 +263,10 @@ impl<'m> Moondream<'m> {
             image_max_tokens: -1,
         };
         let mmproj = s.mmproj.to_str().ok_or_else(|| {
-            EngineError::Load(format!("vision projector path {} is not UTF-8", s.mmproj.display()))
+            EngineError::Load(format!(
+                "vision projector path {} is not UTF-8",
+                s.mmproj.display()
+            ))
         })?;
         let mtmd = MtmdContext::init_from_file(mmproj, model, &mparams).map_err(|e| {
             EngineError::Load(format!(
@@ -243,10 +285,12 @@ impl<'m> Moondream<'m> {
             let mut ids: Vec<usize> = words
                 .iter()
                 .flat_map(|w| [w.to_string(), format!(" {w}")])
-                .filter_map(|w| match vocab.tokenize(w.as_bytes(), false, false).as_slice() {
-                    [t] => Some(t.0 as usize),
-                    _ => None,
-                })
+                .filter_map(
+                    |w| match vocab.tokenize(w.as_bytes(), false, false).as_slice() {
+                        [t] => Some(t.0 as usize),
+                        _ => None,
+                    },
+                )
                 .collect();
             ids.sort_unstable();
             ids.dedup();
@@ -275,7 +319,10 @@ impl<'m> Moondream<'m> {
     }
 
     /// Makes the KV cache hold `frame`'s prefix, encoding it only when it is not there yet.
-    fn ensure_prefix(&mut self, frame: &Frame) -> Result<(CachedPrefix, PrefixTiming), EngineError> {
+    fn ensure_prefix(
+        &mut self,
+        frame: &Frame,
+    ) -> Result<(CachedPrefix, PrefixTiming), EngineError> {
         if let Some(c) = self.cached.filter(|c| c.key == frame.key) {
             return Ok((
                 c,
@@ -414,7 +461,7 @@ impl<'m> Moondream<'m> {
         let mut sampler = LlamaSampler::greedy();
         let mut batch = LlamaBatch::new(1, 1);
         let mut bytes = Vec::new();
-        let mut pos = n_past + tokens.len() as i32;
+        let first_pos = n_past + tokens.len() as i32;
         let vocab = self.model.vocab();
         for n in 0..budget {
             if stop.is_cancelled() || cancel.is_cancelled() {
@@ -430,7 +477,11 @@ impl<'m> Moondream<'m> {
             }
             timing.generated_tokens += 1;
             bytes.extend(vocab.token_to_piece(token, false, None));
-            if n + 1 == budget || pos >= self.n_ctx || prompt::reached_stop(&String::from_utf8_lossy(&bytes)) {
+            let pos = first_pos + n as i32;
+            if n + 1 == budget
+                || pos >= self.n_ctx
+                || prompt::reached_stop(&String::from_utf8_lossy(&bytes))
+            {
                 break;
             }
             batch.clear();
@@ -443,7 +494,6 @@ impl<'m> Moondream<'m> {
                 .map_err(|e| EngineError::Inference(format!("decode: {e}")))?;
             timing.decode_ms += ms(t);
             timing.decode_steps += 1;
-            pos += 1;
             logits_at = 0;
         }
         let raw = String::from_utf8_lossy(&bytes).into_owned();
@@ -470,7 +520,9 @@ impl<'m> Moondream<'m> {
                 }
             }
             Skill::YesNo { .. } => {
-                return Err(EngineError::Inference("yes/no is read from logits, not generated".into()))
+                return Err(EngineError::Inference(
+                    "yes/no is read from logits, not generated".into(),
+                ))
             }
         };
         Ok(Answered { answer, timing })
@@ -489,7 +541,11 @@ impl Vision for Moondream<'_> {
         for skill in &req.skills {
             // Each skill's first-token time counts from when its own work began, plus the
             // prefix cost for the skill that paid it.
-            let skill_start = if answers.is_empty() { started } else { Instant::now() };
+            let skill_start = if answers.is_empty() {
+                started
+            } else {
+                Instant::now()
+            };
             answers.push(self.run_skill(skill, prefix, skill_start, stop, &req.cancel)?);
         }
         Ok(Response {

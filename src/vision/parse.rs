@@ -143,16 +143,30 @@ mod tests {
     use super::*;
 
     fn b(x_min: f32, y_min: f32, x_max: f32, y_max: f32) -> BBox {
-        BBox { x_min, y_min, x_max, y_max }
+        BBox {
+            x_min,
+            y_min,
+            x_max,
+            y_max,
+        }
     }
 
     #[test]
     fn box_parsing_table() {
         let cases: &[(&str, Vec<BBox>)] = &[
             ("[0.1, 0.2, 0.5, 0.9]", vec![b(0.1, 0.2, 0.5, 0.9)]),
-            (" [0.1,0.2,0.5,0.9] and [0.6, 0.1, 0.8, 0.4]<END>", vec![b(0.1, 0.2, 0.5, 0.9), b(0.6, 0.1, 0.8, 0.4)]),
-            ("dup [0.1,0.2,0.5,0.9] [0.1,0.2,0.5,0.9]", vec![b(0.1, 0.2, 0.5, 0.9)]),
-            ("rounding [-0.01, 0.0, 1.01, 1.0]", vec![b(0.0, 0.0, 1.0, 1.0)]),
+            (
+                " [0.1,0.2,0.5,0.9] and [0.6, 0.1, 0.8, 0.4]<END>",
+                vec![b(0.1, 0.2, 0.5, 0.9), b(0.6, 0.1, 0.8, 0.4)],
+            ),
+            (
+                "dup [0.1,0.2,0.5,0.9] [0.1,0.2,0.5,0.9]",
+                vec![b(0.1, 0.2, 0.5, 0.9)],
+            ),
+            (
+                "rounding [-0.01, 0.0, 1.01, 1.0]",
+                vec![b(0.0, 0.0, 1.0, 1.0)],
+            ),
             ("pixels [10, 20, 300, 400]", vec![]),
             ("inverted [0.5, 0.5, 0.1, 0.9]", vec![]),
             ("three [0.1, 0.2, 0.3]", vec![]),
@@ -163,7 +177,10 @@ mod tests {
             ("nested [[0.1, 0.2, 0.3, 0.4]", vec![b(0.1, 0.2, 0.3, 0.4)]),
             ("]][[ ,,, ]", vec![]),
             ("", vec![]),
-            ("гибберish 😀 [0.25, 0.25, 0.75, 0.75]", vec![b(0.25, 0.25, 0.75, 0.75)]),
+            (
+                "гибберish 😀 [0.25, 0.25, 0.75, 0.75]",
+                vec![b(0.25, 0.25, 0.75, 0.75)],
+            ),
         ];
         for (text, want) in cases {
             assert_eq!(&boxes(text), want, "input {text:?}");
@@ -194,7 +211,10 @@ mod tests {
     #[test]
     fn centers_are_points() {
         let c = b(0.2, 0.4, 0.6, 0.8).center();
-        assert!((c.x - 0.4).abs() < 1e-6 && (c.y - 0.6).abs() < 1e-6, "{c:?}");
+        assert!(
+            (c.x - 0.4).abs() < 1e-6 && (c.y - 0.6).abs() < 1e-6,
+            "{c:?}"
+        );
     }
 
     #[test]
@@ -206,7 +226,9 @@ mod tests {
         let z = e(2.0) + e(1.0) + e(0.0) + e(-1.0);
         assert!((f64::from(r.p_yes) - (e(2.0) + e(1.0)) / z).abs() < 1e-6);
         assert!((f64::from(r.p_no) - 1.0 / z).abs() < 1e-6);
-        assert!((f64::from(r.confidence) - (e(2.0) + e(1.0)) / (e(2.0) + e(1.0) + 1.0)).abs() < 1e-6);
+        assert!(
+            (f64::from(r.confidence) - (e(2.0) + e(1.0)) / (e(2.0) + e(1.0) + 1.0)).abs() < 1e-6
+        );
 
         let r = yes_no(&[0.0, 0.0, 5.0, 0.0], &[0, 1], &[2]);
         assert!(!r.answer && r.confidence > 0.9);

@@ -33,9 +33,15 @@ pub fn question(skill: &Skill) -> String {
 /// Token budget for a skill's answer, given the configured ceiling for free questions.
 pub fn max_tokens(skill: &Skill, configured: u32) -> u32 {
     match skill {
-        Skill::Caption { length: CaptionLength::Short } => 48,
-        Skill::Caption { length: CaptionLength::Normal } => configured.max(128),
-        Skill::Caption { length: CaptionLength::Long } => configured.max(256),
+        Skill::Caption {
+            length: CaptionLength::Short,
+        } => 48,
+        Skill::Caption {
+            length: CaptionLength::Normal,
+        } => configured.max(128),
+        Skill::Caption {
+            length: CaptionLength::Long,
+        } => configured.max(256),
         Skill::Query { .. } => configured,
         // A handful of boxes; each is about 25 tokens.
         Skill::Detect { .. } | Skill::Point { .. } => 128,
@@ -88,11 +94,23 @@ mod tests {
 
     #[test]
     fn tails_follow_moondreams_format() {
-        let q = Skill::Query { question: "  What is on the table? ".into() };
-        assert_eq!(question_tail(&q), "\n\nQuestion: What is on the table?\n\nAnswer:");
-        let d = Skill::Detect { object: "car".into() };
-        assert_eq!(question_tail(&d), "\n\nQuestion: Bounding box: car\n\nAnswer:");
-        let c = Skill::Caption { length: CaptionLength::Normal };
+        let q = Skill::Query {
+            question: "  What is on the table? ".into(),
+        };
+        assert_eq!(
+            question_tail(&q),
+            "\n\nQuestion: What is on the table?\n\nAnswer:"
+        );
+        let d = Skill::Detect {
+            object: "car".into(),
+        };
+        assert_eq!(
+            question_tail(&d),
+            "\n\nQuestion: Bounding box: car\n\nAnswer:"
+        );
+        let c = Skill::Caption {
+            length: CaptionLength::Normal,
+        };
         assert_eq!(question(&c), "Describe this image.");
     }
 
@@ -108,17 +126,52 @@ mod tests {
 
     #[test]
     fn bad_questions_are_refused_with_a_reason() {
-        assert!(check(&Skill::Query { question: "  ".into() }).unwrap_err().contains("empty"));
+        assert!(check(&Skill::Query {
+            question: "  ".into()
+        })
+        .unwrap_err()
+        .contains("empty"));
         let long = "x".repeat(MAX_QUESTION_CHARS + 1);
-        assert!(check(&Skill::YesNo { question: long }).unwrap_err().contains("characters long"));
-        assert!(check(&Skill::Detect { object: "a\u{7}b".into() }).is_err());
-        assert!(check(&Skill::Point { object: "person".into() }).is_ok());
+        assert!(check(&Skill::YesNo { question: long })
+            .unwrap_err()
+            .contains("characters long"));
+        assert!(check(&Skill::Detect {
+            object: "a\u{7}b".into()
+        })
+        .is_err());
+        assert!(check(&Skill::Point {
+            object: "person".into()
+        })
+        .is_ok());
     }
 
     #[test]
     fn budgets_depend_on_the_skill() {
-        assert_eq!(max_tokens(&Skill::YesNo { question: "q".into() }, 128), 1);
-        assert_eq!(max_tokens(&Skill::Query { question: "q".into() }, 77), 77);
-        assert!(max_tokens(&Skill::Caption { length: CaptionLength::Long }, 128) >= 256);
+        assert_eq!(
+            max_tokens(
+                &Skill::YesNo {
+                    question: "q".into()
+                },
+                128
+            ),
+            1
+        );
+        assert_eq!(
+            max_tokens(
+                &Skill::Query {
+                    question: "q".into()
+                },
+                77
+            ),
+            77
+        );
+        assert!(
+            max_tokens(
+                &Skill::Caption {
+                    length: CaptionLength::Long
+                },
+                128
+            ) >= 256
+        );
     }
 }

@@ -1,4 +1,5 @@
 //! Shared fixtures: the tiny random-weight Moondream pair and small test images.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
@@ -32,7 +33,11 @@ pub fn settings(pair: &Pair) -> Settings {
 /// A deterministic picture; `seed` changes its content.
 pub fn frame(seed: u8, w: u32, h: u32) -> Arc<Frame> {
     let img = image::RgbImage::from_fn(w, h, |x, y| {
-        image::Rgb([(x as u8).wrapping_mul(seed), (y as u8).wrapping_add(seed), seed])
+        image::Rgb([
+            (x as u8).wrapping_mul(seed),
+            (y as u8).wrapping_add(seed),
+            seed,
+        ])
     });
     Arc::new(Frame::from_rgb(w, h, img.into_raw()).expect("frame"))
 }
