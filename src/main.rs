@@ -142,6 +142,9 @@ struct Input {
     /// CPU threads (overrides the configuration; 0 = one per core).
     #[arg(long)]
     threads: Option<u32>,
+    /// Most tokens generated for a free question (overrides the configuration).
+    #[arg(long)]
+    max_tokens: Option<u32>,
     /// Print the full result with timings as JSON.
     #[arg(long)]
     json: bool,
@@ -284,6 +287,14 @@ fn settings(input: &Input) -> Result<Settings, Failure> {
     }
     if let Some(t) = input.threads {
         cfg.model.threads = t;
+    }
+    if let Some(n) = input.max_tokens {
+        cfg.model.max_tokens = n;
+    }
+    let problems = cfg.problems();
+    if !problems.is_empty() {
+        let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        return Err(Failure::new(exit::CONFIG, list.join("; ")));
     }
     Ok(Settings::from_config(&cfg))
 }
