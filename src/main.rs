@@ -120,7 +120,9 @@ enum SynthSize {
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum Quant {
+    #[value(name = "q4_k_m")]
     Q4KM,
+    #[value(name = "q8_0")]
     Q8_0,
 }
 
@@ -145,6 +147,9 @@ struct Input {
     /// Most tokens generated for a free question (overrides the configuration).
     #[arg(long)]
     max_tokens: Option<u32>,
+    /// Generate every allowed token, ignoring end-of-text (for benchmarks).
+    #[arg(long, hide = true)]
+    ignore_eos: bool,
     /// Print the full result with timings as JSON.
     #[arg(long)]
     json: bool,
@@ -296,7 +301,9 @@ fn settings(input: &Input) -> Result<Settings, Failure> {
         let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
         return Err(Failure::new(exit::CONFIG, list.join("; ")));
     }
-    Ok(Settings::from_config(&cfg))
+    let mut settings = Settings::from_config(&cfg);
+    settings.ignore_eos = input.ignore_eos;
+    Ok(settings)
 }
 
 fn ask(input: &Input, skills: Vec<Skill>) -> Result<(), Failure> {
@@ -424,6 +431,8 @@ fn model(command: ModelCommand) -> Result<(), Failure> {
                 };
                 let dst = out.join(format!("moondream2-text-model-{name}.gguf"));
                 let threads = std::thread::available_parallelism().map_or(1, |n| n.get() as i32);
+                // Routes llama.cpp's per-tensor log to tracing (shown with -v).
+                moondream::backend()?;
                 synth::quantize(&pair.text, &dst, ftype, threads)
                     .map_err(|e| Failure::new(exit::IOERR, e))?;
                 println!("{}", dst.display());

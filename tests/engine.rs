@@ -236,3 +236,21 @@ fn shutdown_cancels_and_later_requests_are_refused() {
         ),
     }
 }
+
+#[test]
+fn ignore_eos_generates_the_whole_budget() {
+    let pair = common::tiny();
+    let mut s = common::settings(&pair);
+    s.ignore_eos = true;
+    s.max_tokens = 20;
+    let engine = moondream::start(s).unwrap();
+    let r = engine
+        .run(Request::new(
+            common::frame(7, 64, 64),
+            vec![query("Count to ten.")],
+        ))
+        .unwrap();
+    let t = &r.answers[0].timing;
+    assert_eq!((t.generated_tokens, t.decode_steps), (20, 19));
+    assert!(t.decode_ms > 0.0);
+}

@@ -45,6 +45,9 @@ pub struct Settings {
     pub vision_on_gpu: bool,
     pub max_tokens: u32,
     pub queue_depth: u32,
+    /// Generate the full token budget regardless of end-of-text and stop sequences
+    /// (benchmarks, to compare decode speed with `llama-mtmd-cli --ignore-eos`).
+    pub ignore_eos: bool,
 }
 
 impl Settings {
@@ -60,6 +63,7 @@ impl Settings {
             vision_on_gpu: m.vision_on_gpu,
             max_tokens: m.max_tokens,
             queue_depth: m.queue_depth,
+            ignore_eos: false,
         }
     }
 }
@@ -205,6 +209,7 @@ pub struct Moondream<'m> {
     n_batch: i32,
     n_ctx: i32,
     max_tokens: u32,
+    ignore_eos: bool,
     /// Token ids whose probabilities count as "yes" / "no" for the first answer token.
     yes_ids: Vec<usize>,
     no_ids: Vec<usize>,
@@ -312,6 +317,7 @@ impl<'m> Moondream<'m> {
             n_batch: s.batch_size as i32,
             n_ctx: n_ctx as i32,
             max_tokens: s.max_tokens,
+            ignore_eos: s.ignore_eos,
             yes_ids,
             no_ids,
             cached: None,
@@ -472,7 +478,7 @@ impl<'m> Moondream<'m> {
             if n == 0 {
                 timing.first_token_ms = ms(started);
             }
-            if vocab.is_eog(token) {
+            if vocab.is_eog(token) && !self.ignore_eos {
                 break;
             }
             timing.generated_tokens += 1;
@@ -480,7 +486,7 @@ impl<'m> Moondream<'m> {
             let pos = first_pos + n as i32;
             if n + 1 == budget
                 || pos >= self.n_ctx
-                || prompt::reached_stop(&String::from_utf8_lossy(&bytes))
+                || (!self.ignore_eos && prompt::reached_stop(&String::from_utf8_lossy(&bytes)))
             {
                 break;
             }

@@ -27,6 +27,7 @@ pub fn settings(pair: &Pair) -> Settings {
         vision_on_gpu: false,
         max_tokens: 24,
         queue_depth: 4,
+        ignore_eos: false,
     }
 }
 
