@@ -42,6 +42,10 @@ pub struct ModelConfig {
     pub gpu_layers: u32,
     /// Run the vision encoder on the GPU when llama.cpp was built with one.
     pub vision_on_gpu: bool,
+    /// Map the text model file instead of reading it. Off by default: llama.cpp repacks
+    /// quantized weights for the CPU into memory of its own, and with a mapping the file's
+    /// pages for those weights stay resident too (about 0.45 GB twice for Moondream2 Q4_K_M).
+    pub mmap: bool,
     /// Upper bound on generated tokens for a free question.
     pub max_tokens: u32,
     /// Requests waiting for the engine before new ones are refused as busy.
@@ -60,6 +64,7 @@ impl Default for ModelConfig {
             batch_size: 512,
             gpu_layers: 0,
             vision_on_gpu: true,
+            mmap: false,
             max_tokens: 128,
             queue_depth: 16,
             download: DownloadConfig::default(),

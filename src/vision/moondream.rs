@@ -43,6 +43,7 @@ pub struct Settings {
     pub batch_size: u32,
     pub gpu_layers: u32,
     pub vision_on_gpu: bool,
+    pub mmap: bool,
     pub max_tokens: u32,
     pub queue_depth: u32,
     /// Generate the full token budget regardless of end-of-text and stop sequences
@@ -61,6 +62,7 @@ impl Settings {
             batch_size: m.batch_size,
             gpu_layers: m.gpu_layers,
             vision_on_gpu: m.vision_on_gpu,
+            mmap: m.mmap,
             max_tokens: m.max_tokens,
             queue_depth: m.queue_depth,
             ignore_eos: false,
@@ -184,7 +186,9 @@ fn load_text_model(backend: &LlamaBackend, s: &Settings) -> Result<LlamaModel, E
     if arch != "phi2" {
         tracing::warn!(%arch, "text model is not phi2; Moondream2's prompt format may not fit it");
     }
-    let params = LlamaModelParams::default().with_n_gpu_layers(s.gpu_layers);
+    let params = LlamaModelParams::default()
+        .with_n_gpu_layers(s.gpu_layers)
+        .with_use_mmap(s.mmap);
     LlamaModel::load_from_file(backend, &s.text, &params).map_err(|e| {
         EngineError::Load(format!(
             "text model {}: llama.cpp could not load it ({e}); the file may be truncated or corrupt",

@@ -25,6 +25,7 @@ pub fn settings(pair: &Pair) -> Settings {
         batch_size: 512,
         gpu_layers: 0,
         vision_on_gpu: false,
+        mmap: false,
         max_tokens: 24,
         queue_depth: 4,
         ignore_eos: false,
