@@ -210,8 +210,8 @@ fn bad_model_files_fail_to_load_with_the_path_named() {
     ];
     for (text, mmproj, want) in cases {
         let mut s = base.clone();
-        s.text = text;
-        s.mmproj = mmproj;
+        s.model.text = text;
+        s.model.mmproj = mmproj;
         match moondream::start(s) {
             Err(EngineError::Load(msg)) => assert!(msg.contains(want), "{want}: {msg}"),
             other => panic!("{want}: expected a load error, got {other:?}"),
@@ -242,7 +242,7 @@ fn ignore_eos_generates_the_whole_budget() {
     let pair = common::tiny();
     let mut s = common::settings(&pair);
     s.ignore_eos = true;
-    s.max_tokens = 20;
+    s.model.max_tokens = 20;
     let engine = moondream::start(s).unwrap();
     let r = engine
         .run(Request::new(

@@ -7,7 +7,7 @@
 
 use std::ffi::CString;
 use std::num::NonZeroU32;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::OnceLock;
 use std::time::Instant;
 
@@ -30,22 +30,16 @@ use super::{
     Answer, Answered, Cancel, Engine, EngineError, Method, PrefixTiming, Request, Response, Skill,
     SkillTiming, Vision,
 };
-use crate::config::Config;
+use crate::config::{Config, ModelConfig};
 use crate::frame::Frame;
 
-/// Everything needed to load and run the model; taken from the `[model]` config section.
+/// Everything needed to load and run the model: the `[model]` section with the thread
+/// count resolved.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    pub text: PathBuf,
-    pub mmproj: PathBuf,
+    pub model: ModelConfig,
+    /// CPU threads for llama.cpp and the vision encoder (never 0).
     pub threads: u32,
-    pub context_size: u32,
-    pub batch_size: u32,
-    pub gpu_layers: u32,
-    pub vision_on_gpu: bool,
-    pub mmap: bool,
-    pub max_tokens: u32,
-    pub queue_depth: u32,
     /// Generate the full token budget regardless of end-of-text and stop sequences
     /// (benchmarks, to compare decode speed with `llama-mtmd-cli --ignore-eos`).
     pub ignore_eos: bool,
@@ -53,18 +47,22 @@ pub struct Settings {
 
 impl Settings {
     pub fn from_config(c: &Config) -> Self {
-        let m = &c.model;
         Self {
-            text: m.text.clone(),
-            mmproj: m.mmproj.clone(),
+            model: c.model.clone(),
             threads: c.threads(),
-            context_size: m.context_size,
-            batch_size: m.batch_size,
-            gpu_layers: m.gpu_layers,
-            vision_on_gpu: m.vision_on_gpu,
-            mmap: m.mmap,
-            max_tokens: m.max_tokens,
-            queue_depth: m.queue_depth,
+            ignore_eos: false,
+        }
+    }
+
+    /// Settings for a model pair with every other key at its default.
+    pub fn for_files(text: &Path, mmproj: &Path, threads: u32) -> Self {
+        Self {
+            model: ModelConfig {
+                text: text.to_owned(),
+                mmproj: mmproj.to_owned(),
+                ..ModelConfig::default()
+            },
+            threads,
             ignore_eos: false,
         }
     }
@@ -85,7 +83,7 @@ pub fn backend() -> Result<&'static LlamaBackend, EngineError> {
 
 /// Starts the engine thread with Moondream loaded from `settings`.
 pub fn start(settings: Settings) -> Result<Engine, EngineError> {
-    let depth = settings.queue_depth as usize;
+    let depth = settings.model.queue_depth as usize;
     Engine::spawn_scoped(depth, move |ready, jobs, stop| {
         let loaded = (|| {
             let backend = backend()?;
@@ -176,23 +174,23 @@ fn tensor_data_end(path: &Path) -> Result<u64, EngineError> {
 }
 
 fn load_text_model(backend: &LlamaBackend, s: &Settings) -> Result<LlamaModel, EngineError> {
-    let arch = inspect(&s.text, "text model", "general.architecture")?;
+    let arch = inspect(&s.model.text, "text model", "general.architecture")?;
     if arch == "clip" {
         return Err(EngineError::Load(format!(
             "text model {} is a vision projector (clip); are model.text and model.mmproj swapped?",
-            s.text.display()
+            s.model.text.display()
         )));
     }
     if arch != "phi2" {
         tracing::warn!(%arch, "text model is not phi2; Moondream2's prompt format may not fit it");
     }
     let params = LlamaModelParams::default()
-        .with_n_gpu_layers(s.gpu_layers)
-        .with_use_mmap(s.mmap);
-    LlamaModel::load_from_file(backend, &s.text, &params).map_err(|e| {
+        .with_n_gpu_layers(s.model.gpu_layers)
+        .with_use_mmap(s.model.mmap);
+    LlamaModel::load_from_file(backend, &s.model.text, &params).map_err(|e| {
         EngineError::Load(format!(
             "text model {}: llama.cpp could not load it ({e}); the file may be truncated or corrupt",
-            s.text.display()
+            s.model.text.display()
         ))
     })
 }
@@ -236,15 +234,15 @@ impl<'m> Moondream<'m> {
         model: &'m LlamaModel,
         s: &Settings,
     ) -> Result<Self, EngineError> {
-        let arch = inspect(&s.mmproj, "vision projector", "general.architecture")?;
+        let arch = inspect(&s.model.mmproj, "vision projector", "general.architecture")?;
         if arch != "clip" {
             return Err(EngineError::Load(format!(
                 "vision projector {} has architecture {arch}, expected clip; are model.text and model.mmproj swapped?",
-                s.mmproj.display()
+                s.model.mmproj.display()
             )));
         }
         let threads = s.threads.max(1) as i32;
-        let n_ctx = s.context_size;
+        let n_ctx = s.model.context_size;
         if n_ctx > model.n_ctx_train() {
             tracing::warn!(
                 n_ctx,
@@ -254,8 +252,8 @@ impl<'m> Moondream<'m> {
         }
         let params = LlamaContextParams::default()
             .with_n_ctx(NonZeroU32::new(n_ctx))
-            .with_n_batch(s.batch_size)
-            .with_n_ubatch(s.batch_size)
+            .with_n_batch(s.model.batch_size)
+            .with_n_ubatch(s.model.batch_size)
             .with_n_threads(threads)
             .with_n_threads_batch(threads)
             .with_no_perf(false);
@@ -263,7 +261,7 @@ impl<'m> Moondream<'m> {
             .new_context(backend, params)
             .map_err(|e| EngineError::Load(format!("cannot create llama.cpp context: {e}")))?;
         let mparams = MtmdContextParams {
-            use_gpu: s.vision_on_gpu,
+            use_gpu: s.model.vision_on_gpu,
             print_timings: false,
             n_threads: threads,
             media_marker: CString::new(mtmd_default_marker())
@@ -271,22 +269,22 @@ impl<'m> Moondream<'m> {
             image_min_tokens: -1,
             image_max_tokens: -1,
         };
-        let mmproj = s.mmproj.to_str().ok_or_else(|| {
+        let mmproj = s.model.mmproj.to_str().ok_or_else(|| {
             EngineError::Load(format!(
                 "vision projector path {} is not UTF-8",
-                s.mmproj.display()
+                s.model.mmproj.display()
             ))
         })?;
         let mtmd = MtmdContext::init_from_file(mmproj, model, &mparams).map_err(|e| {
             EngineError::Load(format!(
                 "vision projector {}: llama.cpp could not load it ({e}); it may be truncated, corrupt, or not match the text model",
-                s.mmproj.display()
+                s.model.mmproj.display()
             ))
         })?;
         if !mtmd.support_vision() {
             return Err(EngineError::Load(format!(
                 "vision projector {} has no vision encoder",
-                s.mmproj.display()
+                s.model.mmproj.display()
             )));
         }
         let vocab = model.vocab();
@@ -308,8 +306,8 @@ impl<'m> Moondream<'m> {
         let yes_ids = single(&["yes", "Yes", "YES"]);
         let no_ids = single(&["no", "No", "NO"]);
         tracing::info!(
-            text = %s.text.display(),
-            mmproj = %s.mmproj.display(),
+            text = %s.model.text.display(),
+            mmproj = %s.model.mmproj.display(),
             threads,
             n_ctx,
             "Moondream2 loaded"
@@ -318,9 +316,9 @@ impl<'m> Moondream<'m> {
             model,
             ctx,
             mtmd,
-            n_batch: s.batch_size as i32,
+            n_batch: s.model.batch_size as i32,
             n_ctx: n_ctx as i32,
-            max_tokens: s.max_tokens,
+            max_tokens: s.model.max_tokens,
             ignore_eos: s.ignore_eos,
             yes_ids,
             no_ids,

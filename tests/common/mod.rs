@@ -17,19 +17,11 @@ pub fn tiny() -> Pair {
 
 /// Engine settings for the tiny pair: two threads, so outputs are reproducible.
 pub fn settings(pair: &Pair) -> Settings {
-    Settings {
-        text: pair.text.clone(),
-        mmproj: pair.mmproj.clone(),
-        threads: 2,
-        context_size: 2048,
-        batch_size: 512,
-        gpu_layers: 0,
-        vision_on_gpu: false,
-        mmap: false,
-        max_tokens: 24,
-        queue_depth: 4,
-        ignore_eos: false,
-    }
+    let mut s = Settings::for_files(&pair.text, &pair.mmproj, 2);
+    s.model.vision_on_gpu = false;
+    s.model.max_tokens = 24;
+    s.model.queue_depth = 4;
+    s
 }
 
 /// A deterministic picture; `seed` changes its content.
