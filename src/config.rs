@@ -21,6 +21,95 @@ pub const DEFAULT_PATH: &str = "/etc/moonwatch/moonwatch.toml";
 pub struct Config {
     /// The Moondream2 model and how llama.cpp runs it.
     pub model: ModelConfig,
+    /// Where pictures come from.
+    pub camera: CameraConfig,
+}
+
+/// What kind of camera feeds the engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SourceKind {
+    /// A V4L2 device read directly (USB webcams, capture cards).
+    #[default]
+    V4l2,
+    /// A V4L2 device read through GStreamer's v4l2src.
+    GstV4l2,
+    /// Raspberry Pi cameras through libcamerasrc.
+    Libcamera,
+    /// Jetson CSI cameras through nvarguscamerasrc.
+    Nvargus,
+    /// An RTSP (or any URI) stream.
+    Rtsp,
+    /// A video file, played in a loop.
+    File,
+    /// A still image, or a directory of images shown in turn.
+    Image,
+    /// GStreamer's test pattern.
+    Test,
+    /// Any GStreamer pipeline (`camera.pipeline`).
+    Gstreamer,
+}
+
+/// Pixel format asked of a V4L2 camera.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PixelFormatChoice {
+    /// The best the camera offers: MJPEG, then YUYV, RGB, BGR, NV12.
+    #[default]
+    Auto,
+    Mjpeg,
+    Yuyv,
+    Rgb,
+    Bgr,
+    Nv12,
+}
+
+/// The `[camera]` section.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CameraConfig {
+    pub source: SourceKind,
+    /// V4L2 device: `/dev/video0` or a stable `/dev/v4l/by-id/...` name.
+    pub device: PathBuf,
+    /// GStreamer pipeline for `source = "gstreamer"`; an RGB appsink is appended when it
+    /// has none.
+    pub pipeline: String,
+    /// Stream address for `source = "rtsp"`.
+    pub url: String,
+    /// File or directory for `source = "file"` and `source = "image"`.
+    pub path: PathBuf,
+    /// Size asked of the camera.
+    pub width: u32,
+    pub height: u32,
+    /// Frames per second asked of the camera.
+    pub fps: u32,
+    /// V4L2 pixel format.
+    pub pixel_format: PixelFormatChoice,
+    /// Frames per second handed to the engine; the rest are never converted.
+    pub capture_rate: f64,
+    /// Camera index for `source = "nvargus"`.
+    pub sensor_id: u32,
+    /// videotestsrc pattern for `source = "test"` (smpte, ball, snow, ...).
+    pub pattern: String,
+}
+
+impl Default for CameraConfig {
+    fn default() -> Self {
+        Self {
+            source: SourceKind::V4l2,
+            device: PathBuf::from("/dev/video0"),
+            pipeline: String::new(),
+            url: String::new(),
+            path: PathBuf::new(),
+            width: 640,
+            height: 480,
+            fps: 15,
+            pixel_format: PixelFormatChoice::Auto,
+            capture_rate: 1.0,
+            sensor_id: 0,
+            pattern: "smpte".into(),
+        }
+    }
 }
 
 /// The `[model]` section.
@@ -242,6 +331,51 @@ impl Config {
                 format!("{} must be between 1 and 4096", m.queue_depth),
             );
         }
+        let c = &self.camera;
+        if c.width == 0
+            || c.height == 0
+            || c.width > crate::frame::MAX_SIDE
+            || c.height > crate::frame::MAX_SIDE
+        {
+            bad(
+                "camera.width",
+                format!("{}x{} must be between 1x1 and 8192x8192", c.width, c.height),
+            );
+        }
+        if c.fps == 0 || c.fps > 240 {
+            bad("camera.fps", format!("{} must be between 1 and 240", c.fps));
+        }
+        if !(c.capture_rate > 0.0 && c.capture_rate <= 60.0) {
+            bad(
+                "camera.capture_rate",
+                format!(
+                    "{} must be above 0 and at most 60 frames per second",
+                    c.capture_rate
+                ),
+            );
+        }
+        match c.source {
+            SourceKind::Gstreamer if c.pipeline.trim().is_empty() => bad(
+                "camera.pipeline",
+                "source \"gstreamer\" needs a pipeline".into(),
+            ),
+            SourceKind::Rtsp if !c.url.contains("://") => bad(
+                "camera.url",
+                format!(
+                    "{:?} is not a stream address such as rtsp://host/path",
+                    c.url
+                ),
+            ),
+            SourceKind::File | SourceKind::Image if c.path.as_os_str().is_empty() => bad(
+                "camera.path",
+                "source \"file\" and \"image\" need a path".into(),
+            ),
+            SourceKind::V4l2 | SourceKind::GstV4l2 if c.device.as_os_str().is_empty() => bad(
+                "camera.device",
+                "must name a V4L2 device such as /dev/video0".into(),
+            ),
+            _ => {}
+        }
         let d = &m.download;
         if d.repo.split('/').count() != 2 || d.repo.contains(char::is_whitespace) {
             bad(
@@ -267,8 +401,12 @@ impl Config {
     }
 
     fn resolve_paths(&mut self, base: &Path) {
-        for p in [&mut self.model.text, &mut self.model.mmproj] {
-            if p.is_relative() {
+        for p in [
+            &mut self.model.text,
+            &mut self.model.mmproj,
+            &mut self.camera.path,
+        ] {
+            if p.is_relative() && !p.as_os_str().is_empty() {
                 *p = base.join(&*p);
             }
         }

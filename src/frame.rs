@@ -22,6 +22,8 @@ pub struct Frame {
     pub rgb: Arc<[u8]>,
     /// When the picture was taken (for files: when it was read).
     pub captured_at: SystemTime,
+    /// Position in its camera's stream (1, 2, ...); 0 for pictures not from a camera.
+    pub seq: u64,
 }
 
 impl std::fmt::Debug for Frame {
@@ -30,6 +32,7 @@ impl std::fmt::Debug for Frame {
             .field("key", &format_args!("{:016x}", self.key))
             .field("width", &self.width)
             .field("height", &self.height)
+            .field("seq", &self.seq)
             .finish_non_exhaustive()
     }
 }
@@ -87,6 +90,7 @@ impl Frame {
             height,
             rgb,
             captured_at: SystemTime::now(),
+            seq: 0,
         })
     }
 

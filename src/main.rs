@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use moonwatch::config::{self, Config, ConfigError};
+use moonwatch::camera;
+use moonwatch::config::{self, CameraConfig, Config, ConfigError};
 use moonwatch::frame::{Frame, FrameError};
 use moonwatch::model::{pull, synth};
 use moonwatch::vision::moondream::{self, Settings};
@@ -78,6 +79,23 @@ enum Command {
         input: Input,
         question: String,
     },
+    /// List V4L2 cameras with their formats, sizes and frame rates.
+    Cameras,
+    /// Grab one frame from a camera and write it as JPEG.
+    Snapshot {
+        /// The camera (see `ask --help`); defaults to the configuration's [camera].
+        #[arg(long, default_value = "config")]
+        camera: String,
+        /// Configuration file (for `--camera config`).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Output JPEG file.
+        #[arg(long, short)]
+        output: PathBuf,
+        /// Seconds to wait for a frame.
+        #[arg(long, default_value_t = 10)]
+        timeout: u64,
+    },
     /// Manage model files.
     Model {
         #[command(subcommand)]
@@ -130,8 +148,17 @@ enum Quant {
 #[derive(Debug, Args)]
 struct Input {
     /// Image file (JPEG, PNG, BMP, WebP).
-    #[arg(long, short)]
-    image: PathBuf,
+    #[arg(
+        long,
+        short,
+        required_unless_present = "camera",
+        conflicts_with = "camera"
+    )]
+    image: Option<PathBuf>,
+    /// Take the picture from a camera: test, v4l2[:DEVICE], /dev/videoN, libcamera,
+    /// nvargus[:N], rtsp://..., file:PATH, image:PATH, gst:PIPELINE, or config.
+    #[arg(long)]
+    camera: Option<String>,
     /// Configuration file; defaults to $MOONWATCH_CONFIG, then /etc/moonwatch/moonwatch.toml.
     #[arg(long, short)]
     config: Option<PathBuf>,
@@ -243,7 +270,76 @@ fn run(command: Command) -> Result<(), Failure> {
         Command::Point { input, object } => ask(&input, vec![Skill::Point { object }]),
         Command::YesNo { input, question } => ask(&input, vec![Skill::YesNo { question }]),
         Command::Model { command } => model(command),
+        Command::Cameras => cameras(),
+        Command::Snapshot {
+            camera,
+            config,
+            output,
+            timeout,
+        } => {
+            let cfg = find_config(config.as_deref())?.unwrap_or_default();
+            let frame = grab(&camera, &cfg.camera, timeout)?;
+            std::fs::write(&output, frame.to_jpeg(90)).map_err(|e| {
+                Failure::new(
+                    exit::IOERR,
+                    format!("cannot write {}: {e}", output.display()),
+                )
+            })?;
+            println!("{} ({}x{})", output.display(), frame.width, frame.height);
+            Ok(())
+        }
     }
+}
+
+/// One frame from the camera named by `spec`.
+fn grab(spec: &str, base: &CameraConfig, timeout: u64) -> Result<Frame, Failure> {
+    let cam = camera::parse_spec(spec, base).map_err(|e| Failure::new(64, e))?;
+    let probe = Config {
+        camera: cam.clone(),
+        ..Config::default()
+    };
+    let problems: Vec<String> = probe
+        .problems()
+        .iter()
+        .filter(|p| p.key.starts_with("camera."))
+        .map(ToString::to_string)
+        .collect();
+    if !problems.is_empty() {
+        return Err(Failure::new(exit::CONFIG, problems.join("; ")));
+    }
+    let mut source = camera::source_for(&cam);
+    camera::grab_one(source.as_mut(), std::time::Duration::from_secs(timeout))
+        .map_err(|e| Failure::new(exit::NOINPUT, format!("camera {}: {e}", source.describe())))
+}
+
+fn cameras() -> Result<(), Failure> {
+    let devices = camera::v4l2::list_devices();
+    if devices.is_empty() {
+        println!("no V4L2 cameras found (no video capture devices under /dev/video*)");
+        return Ok(());
+    }
+    for d in devices {
+        println!(
+            "{}: {} (driver {}, {})",
+            d.path.display(),
+            d.name,
+            d.driver,
+            d.bus
+        );
+        for f in d.formats {
+            println!("  {}", f.format);
+            for s in f.sizes {
+                let rates: Vec<String> = s.rates.iter().map(|r| format!("{r:.0}")).collect();
+                let rates = if rates.is_empty() {
+                    "?".into()
+                } else {
+                    rates.join("/")
+                };
+                println!("    {}x{} @ {rates} fps", s.width, s.height);
+            }
+        }
+    }
+    Ok(())
 }
 
 fn check_config(file: &Path) -> Result<(), Failure> {
@@ -307,8 +403,16 @@ fn settings(input: &Input) -> Result<Settings, Failure> {
 }
 
 fn ask(input: &Input, skills: Vec<Skill>) -> Result<(), Failure> {
-    // Read the image first: a bad path should not cost a model load.
-    let frame = Arc::new(Frame::load(&input.image)?);
+    // Get the picture first: a bad path or a missing camera should not cost a model load.
+    let frame = match (&input.image, &input.camera) {
+        (Some(path), _) => Frame::load(path)?,
+        (None, Some(spec)) => {
+            let cfg = find_config(input.config.as_deref())?.unwrap_or_default();
+            grab(spec, &cfg.camera, 10)?
+        }
+        (None, None) => return Err(Failure::new(64, "pass --image FILE or --camera SPEC")),
+    };
+    let frame = Arc::new(frame);
     let engine = moondream::start(settings(input)?)?;
     let response = engine.run(Request::new(frame, skills))?;
     engine.shutdown();
