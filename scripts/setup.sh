@@ -1,10 +1,12 @@
 # Sourced by the other scripts: installs what building moonwatch needs, only what is
 # missing, and sets up the Cargo environment. Debian/Ubuntu, as root.
 
-# Build: llama.cpp (cmake, C/C++ compiler, libclang for bindgen); GStreamer tools make the
-# demo picture.
+# Build: llama.cpp (cmake, C/C++ compiler, libclang for bindgen), GStreamer and V4L2
+# headers. Run and test: GStreamer's base and good plugins (videotestsrc, videoconvert,
+# decodebin, jpegenc, avimux), gst-launch for the demo picture.
 MOONWATCH_PACKAGES=(
   pkg-config cmake clang libclang-dev build-essential ca-certificates curl git
+  libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev linux-libc-dev
   gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good
 )
 
