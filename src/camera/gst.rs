@@ -16,10 +16,13 @@ use crate::frame::Frame;
 /// Name of the appsink moonwatch reads from.
 pub const SINK: &str = "moonwatch";
 
-/// The tail every preset ends with: packed RGB into a one-buffer, dropping appsink.
-fn rgb_tail(sync: bool) -> String {
+/// The tail every preset ends with: frames beyond the capture rate dropped before any
+/// conversion, then packed RGB into a one-buffer, dropping appsink.
+fn rgb_tail(rate: f64, sync: bool) -> String {
+    let max_rate = rate.ceil().max(1.0) as u32;
     format!(
-        "videoconvert ! video/x-raw,format=RGB ! appsink name={SINK} max-buffers=1 drop=true sync={sync}"
+        "videorate drop-only=true max-rate={max_rate} ! videoconvert ! video/x-raw,format=RGB ! \
+         appsink name={SINK} max-buffers=1 drop=true sync={sync}"
     )
 }
 
@@ -36,32 +39,32 @@ pub fn pipeline_for(c: &CameraConfig) -> String {
         SourceKind::Test => format!(
             "videotestsrc is-live=true pattern={} ! video/x-raw,{size},framerate={fps}/1 ! {}",
             c.pattern,
-            rgb_tail(false)
+            rgb_tail(c.capture_rate, false)
         ),
         SourceKind::Libcamera => format!(
             "libcamerasrc ! video/x-raw,{size},framerate={fps}/1 ! {}",
-            rgb_tail(false)
+            rgb_tail(c.capture_rate, false)
         ),
         SourceKind::Nvargus => format!(
             "nvarguscamerasrc sensor-id={} ! video/x-raw(memory:NVMM),{size},framerate={fps}/1 ! \
              nvvidconv ! video/x-raw,format=BGRx ! {}",
             c.sensor_id,
-            rgb_tail(false)
+            rgb_tail(c.capture_rate, false)
         ),
         SourceKind::Rtsp => format!(
             "uridecodebin uri={} ! videoscale ! video/x-raw,{size} ! {}",
             quote(&c.url),
-            rgb_tail(false)
+            rgb_tail(c.capture_rate, false)
         ),
         SourceKind::GstV4l2 => format!(
             "v4l2src device={} ! decodebin ! videoscale ! video/x-raw,{size} ! {}",
             quote(&c.device.to_string_lossy()),
-            rgb_tail(false)
+            rgb_tail(c.capture_rate, false)
         ),
         SourceKind::File => format!(
             "filesrc location={} ! decodebin ! videoscale ! video/x-raw,{size} ! {}",
             quote(&c.path.to_string_lossy()),
-            rgb_tail(true)
+            rgb_tail(c.capture_rate, true)
         ),
         SourceKind::Gstreamer => {
             if c.pipeline.contains("appsink") {
@@ -70,7 +73,7 @@ pub fn pipeline_for(c: &CameraConfig) -> String {
                 format!(
                     "{} ! {}",
                     c.pipeline.trim().trim_end_matches('!').trim_end(),
-                    rgb_tail(false)
+                    rgb_tail(c.capture_rate, false)
                 )
             }
         }
@@ -198,7 +201,11 @@ impl FrameSource for GstSource {
             }
             return Ok(None);
         };
-        frame_from_sample(&sample).map(Some)
+        let captured_at = std::time::SystemTime::now();
+        frame_from_sample(&sample).map(|mut f| {
+            f.captured_at = captured_at;
+            Some(f)
+        })
     }
 
     fn stop(&mut self) {
@@ -286,7 +293,7 @@ mod tests {
             pipeline: "videotestsrc ! ".into(),
             ..CameraConfig::default()
         };
-        assert!(pipeline_for(&c).starts_with("videotestsrc ! videoconvert"));
+        assert!(pipeline_for(&c).starts_with("videotestsrc ! videorate"));
         c.pipeline = "videotestsrc ! videoconvert ! appsink name=x".into();
         assert_eq!(pipeline_for(&c), c.pipeline);
     }

@@ -191,6 +191,7 @@ impl FrameSource for V4l2Source {
             return Err(CameraError::Unavailable("not started".into()));
         };
         // Drain what the driver queued while we were idle; only the newest is converted.
+        let mut captured_at;
         loop {
             let (buf, meta) = o.stream.next().map_err(|e| match e.kind() {
                 std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock => {
@@ -198,6 +199,7 @@ impl FrameSource for V4l2Source {
                 }
                 _ => CameraError::Unavailable(format!("capture failed (unplugged?): {e}")),
             })?;
+            captured_at = std::time::SystemTime::now();
             let used = (meta.bytesused as usize).min(buf.len());
             o.scratch.clear();
             o.scratch.extend_from_slice(&buf[..used]);
@@ -207,9 +209,10 @@ impl FrameSource for V4l2Source {
         }
         let (rgb, w, h) = convert::to_rgb(o.format, o.width, o.height, o.stride, &o.scratch)
             .map_err(|e| CameraError::BadFrame(e.to_string()))?;
-        Frame::from_rgb(w, h, rgb)
-            .map(Some)
-            .map_err(|e| CameraError::BadFrame(e.to_string()))
+        let mut frame =
+            Frame::from_rgb(w, h, rgb).map_err(|e| CameraError::BadFrame(e.to_string()))?;
+        frame.captured_at = captured_at;
+        Ok(Some(frame))
     }
 
     fn stop(&mut self) {
