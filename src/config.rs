@@ -23,6 +23,110 @@ pub struct Config {
     pub model: ModelConfig,
     /// Where pictures come from.
     pub camera: CameraConfig,
+    /// The broker and the topic layout.
+    pub mqtt: MqttConfig,
+    /// The running daemon: state, periodic work, limits.
+    pub daemon: DaemonConfig,
+    /// Standing triggers (`[[trigger]]` tables).
+    #[serde(rename = "trigger")]
+    pub triggers: Vec<crate::triggers::TriggerConfig>,
+}
+
+/// MQTT protocol version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+pub enum Protocol {
+    #[default]
+    #[serde(rename = "v5")]
+    V5,
+    #[serde(rename = "v3.1.1")]
+    V311,
+}
+
+/// The `[mqtt]` section.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttConfig {
+    pub host: String,
+    pub port: u16,
+    pub protocol: Protocol,
+    /// This device's id in topics and Home Assistant; empty = the host name.
+    pub device_id: String,
+    /// MQTT client id; empty = "moonwatch-" + device id.
+    pub client_id: String,
+    /// Topics live under `{prefix}/{device_id}/`.
+    pub prefix: String,
+    pub username: String,
+    pub password: String,
+    /// Read the password from this file instead (keeps it out of the config).
+    pub password_file: PathBuf,
+    /// Seconds between keepalive pings.
+    pub keepalive: u64,
+    /// Largest message accepted or sent, in bytes (requests may carry images).
+    pub max_payload: usize,
+    /// Connect with TLS.
+    pub tls: bool,
+    /// CA certificate (PEM); empty = the system's roots.
+    pub ca_file: PathBuf,
+    /// Client certificate and key (PEM) for mutual TLS.
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+    /// Publish Home Assistant discovery.
+    pub discovery: bool,
+    pub discovery_prefix: String,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        Self {
+            host: "localhost".into(),
+            port: 1883,
+            protocol: Protocol::V5,
+            device_id: String::new(),
+            client_id: String::new(),
+            prefix: "moonwatch".into(),
+            username: String::new(),
+            password: String::new(),
+            password_file: PathBuf::new(),
+            keepalive: 30,
+            max_payload: 4 * 1024 * 1024,
+            tls: false,
+            ca_file: PathBuf::new(),
+            client_cert: PathBuf::new(),
+            client_key: PathBuf::new(),
+            discovery: true,
+            discovery_prefix: "homeassistant".into(),
+        }
+    }
+}
+
+/// The `[daemon]` section.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DaemonConfig {
+    /// Runtime state (triggers added over MQTT) lives here.
+    pub state_dir: PathBuf,
+    /// Seconds between captions published on `{base}/caption`; 0 = none.
+    pub caption_interval: u64,
+    pub caption_length: crate::vision::CaptionLength,
+    /// Seconds between `{base}/stats` messages.
+    pub stats_interval: u64,
+    /// Seconds a request may wait before it is answered with a timeout error.
+    pub request_timeout: u64,
+    /// Interactive requests that may wait; more are answered `busy`.
+    pub max_pending: usize,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        Self {
+            state_dir: PathBuf::from("/var/lib/moonwatch"),
+            caption_interval: 0,
+            caption_length: crate::vision::CaptionLength::Short,
+            stats_interval: 60,
+            request_timeout: 60,
+            max_pending: 8,
+        }
+    }
 }
 
 /// What kind of camera feeds the engine.
@@ -375,6 +479,85 @@ impl Config {
                 "must name a V4L2 device such as /dev/video0".into(),
             ),
             _ => {}
+        }
+        let q = &self.mqtt;
+        if q.host.trim().is_empty() {
+            bad("mqtt.host", "must name the broker".into());
+        }
+        if q.port == 0 {
+            bad("mqtt.port", "must not be 0".into());
+        }
+        let id_ok = |s: &str| {
+            s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        };
+        if !id_ok(&q.device_id) || q.device_id.len() > 64 {
+            bad(
+                "mqtt.device_id",
+                format!("{:?} may use only letters, digits, - and _", q.device_id),
+            );
+        }
+        if q.prefix.is_empty()
+            || q.prefix.contains(['#', '+'])
+            || q.prefix.starts_with('/')
+            || q.prefix.ends_with('/')
+        {
+            bad(
+                "mqtt.prefix",
+                format!(
+                    "{:?} must be a topic without wildcards or outer slashes",
+                    q.prefix
+                ),
+            );
+        }
+        if q.keepalive < 5 || q.keepalive > 3600 {
+            bad(
+                "mqtt.keepalive",
+                format!("{} must be between 5 and 3600 seconds", q.keepalive),
+            );
+        }
+        if q.max_payload < 16 * 1024 || q.max_payload > 256 * 1024 * 1024 {
+            bad(
+                "mqtt.max_payload",
+                format!("{} must be between 16 KiB and 256 MiB", q.max_payload),
+            );
+        }
+        if !q.password.is_empty() && !q.password_file.as_os_str().is_empty() {
+            bad(
+                "mqtt.password_file",
+                "set either mqtt.password or mqtt.password_file".into(),
+            );
+        }
+        if q.client_cert.as_os_str().is_empty() != q.client_key.as_os_str().is_empty() {
+            bad(
+                "mqtt.client_key",
+                "client_cert and client_key go together".into(),
+            );
+        }
+        let dm = &self.daemon;
+        if dm.stats_interval == 0 {
+            bad("daemon.stats_interval", "must be at least 1 second".into());
+        }
+        if dm.request_timeout == 0 {
+            bad("daemon.request_timeout", "must be at least 1 second".into());
+        }
+        if dm.max_pending == 0 || dm.max_pending > 1024 {
+            bad(
+                "daemon.max_pending",
+                format!("{} must be between 1 and 1024", dm.max_pending),
+            );
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, t) in self.triggers.iter().enumerate() {
+            for (key, message) in t.problems() {
+                bad(&format!("trigger[{i}].{key}"), message);
+            }
+            if !names.insert(t.name.as_str()) {
+                bad(
+                    &format!("trigger[{i}].name"),
+                    format!("{:?} is used twice", t.name),
+                );
+            }
         }
         let d = &m.download;
         if d.repo.split('/').count() != 2 || d.repo.contains(char::is_whitespace) {

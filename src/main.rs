@@ -40,6 +40,12 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the daemon: camera, model and MQTT (stop with SIGTERM, reload with SIGHUP).
+    Run {
+        /// Configuration file; defaults to $MOONWATCH_CONFIG, then /etc/moonwatch/moonwatch.toml.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
     /// Check a configuration file and list every problem in it (exit 78 when bad).
     CheckConfig {
         /// The file to check.
@@ -231,7 +237,7 @@ impl From<ConfigError> for Failure {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.verbose);
+    init_logging(cli.verbose, matches!(cli.command, Command::Run { .. }));
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
@@ -241,8 +247,8 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(verbose: u8) {
-    let default = match verbose {
+fn init_logging(verbose: u8, daemon: bool) {
+    let default = match verbose + u8::from(daemon) {
         0 => "warn,llama-cpp-2=off",
         1 => "info,llama-cpp-2=warn",
         _ => "debug",
@@ -258,6 +264,7 @@ fn init_logging(verbose: u8) {
 fn run(command: Command) -> Result<(), Failure> {
     match command {
         Command::CheckConfig { file } => check_config(&file),
+        Command::Run { config } => run_daemon(config),
         Command::Ask { input, questions } => {
             let skills = questions
                 .into_iter()
@@ -340,6 +347,17 @@ fn cameras() -> Result<(), Failure> {
         }
     }
     Ok(())
+}
+
+fn run_daemon(config: Option<PathBuf>) -> Result<(), Failure> {
+    let path = config
+        .or_else(|| std::env::var_os("MOONWATCH_CONFIG").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from(config::DEFAULT_PATH));
+    let cfg = Config::load(&path)?;
+    moonwatch::daemon::run(cfg, path).map_err(|e| match e {
+        moonwatch::daemon::DaemonError::Engine(e) => Failure::from(e),
+        other => Failure::new(exit::SOFTWARE, other),
+    })
 }
 
 fn check_config(file: &Path) -> Result<(), Failure> {

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
+pub use crate::backoff::Backoff;
 use crate::config::{CameraConfig, SourceKind};
 use crate::frame::Frame;
 
@@ -52,33 +53,6 @@ pub fn source_for(config: &CameraConfig) -> Box<dyn FrameSource> {
         SourceKind::V4l2 => Box::new(v4l2::V4l2Source::new(config)),
         SourceKind::Image => Box::new(still::StillSource::new(&config.path)),
         _ => Box::new(gst::GstSource::new(config)),
-    }
-}
-
-/// Exponential backoff between restarts: 1 s, 2 s, 4 s ... capped.
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    first: Duration,
-    max: Duration,
-    next: Duration,
-}
-
-impl Backoff {
-    pub fn new(first: Duration, max: Duration) -> Self {
-        Self {
-            first,
-            max,
-            next: first,
-        }
-    }
-    /// The wait before the next attempt; doubles each call up to the cap.
-    pub fn next_delay(&mut self) -> Duration {
-        let d = self.next;
-        self.next = (self.next * 2).min(self.max);
-        d
-    }
-    pub fn reset(&mut self) {
-        self.next = self.first;
     }
 }
 
@@ -320,15 +294,6 @@ mod tests {
     use super::*;
     use std::collections::VecDeque;
     use std::sync::Mutex;
-
-    #[test]
-    fn backoff_doubles_to_the_cap_and_resets() {
-        let mut b = Backoff::new(Duration::from_secs(1), Duration::from_secs(5));
-        let got: Vec<u64> = (0..5).map(|_| b.next_delay().as_secs()).collect();
-        assert_eq!(got, [1, 2, 4, 5, 5]);
-        b.reset();
-        assert_eq!(b.next_delay(), Duration::from_secs(1));
-    }
 
     #[test]
     fn frames_are_due_at_the_capture_rate() {

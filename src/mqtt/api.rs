@@ -1,0 +1,500 @@
+//! The MQTT topic API: topic names, request parsing and reply payloads. Pure: bytes in,
+//! typed requests or typed errors out; see docs/mqtt-api.md for the reference.
+
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::config::MqttConfig;
+use crate::triggers::TriggerConfig;
+use crate::vision::{CaptionLength, Skill};
+
+/// All topics of one device, under `{prefix}/{device_id}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topics {
+    pub base: String,
+    pub discovery_prefix: String,
+    pub device_id: String,
+}
+
+impl Topics {
+    pub fn new(cfg: &MqttConfig, device_id: &str) -> Self {
+        Self {
+            base: format!("{}/{}", cfg.prefix, device_id),
+            discovery_prefix: cfg.discovery_prefix.clone(),
+            device_id: device_id.to_owned(),
+        }
+    }
+    /// Retained `online` / `offline` (the broker's Last Will says `offline`).
+    pub fn availability(&self) -> String {
+        format!("{}/availability", self.base)
+    }
+    /// Subscription for every request.
+    pub fn requests(&self) -> String {
+        format!("{}/request/+", self.base)
+    }
+    /// Where replies go when the request names no reply address.
+    pub fn response(&self, name: &str) -> String {
+        format!("{}/response/{name}", self.base)
+    }
+    pub fn caption(&self) -> String {
+        format!("{}/caption", self.base)
+    }
+    pub fn snapshot(&self) -> String {
+        format!("{}/snapshot", self.base)
+    }
+    pub fn stats(&self) -> String {
+        format!("{}/stats", self.base)
+    }
+    /// Retained `ON` / `OFF`.
+    pub fn trigger_state(&self, name: &str) -> String {
+        format!("{}/trigger/{name}", self.base)
+    }
+    /// Retained JSON: confidence, frame time, details.
+    pub fn trigger_attributes(&self, name: &str) -> String {
+        format!("{}/trigger/{name}/attributes", self.base)
+    }
+    /// Begin / end events (not retained).
+    pub fn trigger_event(&self, name: &str) -> String {
+        format!("{}/trigger/{name}/event", self.base)
+    }
+    /// Home Assistant's birth / last-will topic.
+    pub fn ha_status(&self) -> String {
+        format!("{}/status", self.discovery_prefix)
+    }
+    /// The request name from a topic under `{base}/request/`.
+    pub fn request_name<'t>(&self, topic: &'t str) -> Option<&'t str> {
+        topic.strip_prefix(&self.base)?.strip_prefix("/request/")
+    }
+}
+
+/// Error codes in replies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Code {
+    /// The payload is not JSON (or not a JSON object).
+    BadJson,
+    /// A field is missing, of the wrong type, or out of range.
+    BadRequest,
+    /// No such request name.
+    UnknownRequest,
+    /// The payload exceeds `mqtt.max_payload`.
+    TooLarge,
+    /// The image in the request does not decode, or the model cannot take it.
+    BadImage,
+    /// Too many requests are waiting.
+    Busy,
+    /// The request waited longer than `daemon.request_timeout`.
+    Timeout,
+    /// No frame from the camera (and no image in the request).
+    CameraUnavailable,
+    /// No such trigger.
+    NotFound,
+    /// The model failed.
+    ModelError,
+    /// The daemon is shutting down.
+    ShuttingDown,
+}
+
+/// A failed request: a code and a human message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub code: Code,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(code: Code, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// What a request asks for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Run a skill on the request's image or the newest camera frame.
+    Skill(Skill),
+    /// Publish and return the newest frame as JPEG.
+    Snapshot,
+    /// Add (or replace) a standing trigger; kept across restarts.
+    AddTrigger(TriggerConfig),
+    RemoveTrigger(String),
+    ListTriggers,
+    /// Answer at once (liveness check).
+    HealthCheck,
+}
+
+/// A parsed request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiRequest {
+    pub action: Action,
+    /// An image carried by the request (JPEG/PNG bytes, raw or base64 in JSON).
+    pub image: Option<Vec<u8>>,
+    /// Echoed in the reply (Zigbee2MQTT style), any JSON value.
+    pub transaction: Option<Value>,
+    /// Reply topic asked for in the payload (MQTT v3.1.1 clients).
+    pub reply_to: Option<String>,
+}
+
+/// Where a reply goes and what travels with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplyAddress {
+    pub topic: String,
+    /// MQTT v5 Correlation Data, echoed unchanged.
+    pub correlation: Option<Vec<u8>>,
+}
+
+/// Picks the reply address: the v5 Response Topic, else the payload's `reply_to`, else
+/// `{base}/response/{name}`.
+pub fn reply_address(
+    topics: &Topics,
+    name: &str,
+    response_topic: Option<&str>,
+    correlation: Option<&[u8]>,
+    reply_to: Option<&str>,
+) -> ReplyAddress {
+    let topic = response_topic
+        .filter(|t| valid_publish_topic(t))
+        .or(reply_to.filter(|t| valid_publish_topic(t)))
+        .map(str::to_owned)
+        .unwrap_or_else(|| topics.response(name));
+    ReplyAddress {
+        topic,
+        correlation: correlation.map(<[u8]>::to_vec),
+    }
+}
+
+fn valid_publish_topic(t: &str) -> bool {
+    !t.is_empty() && !t.contains(['#', '+', '\0']) && t.len() < 65_535
+}
+
+fn looks_like_image(b: &[u8]) -> bool {
+    b.starts_with(&[0xff, 0xd8, 0xff]) || b.starts_with(b"\x89PNG\r\n\x1a\n")
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Body {
+    question: Option<String>,
+    object: Option<String>,
+    length: Option<CaptionLength>,
+    image: Option<String>,
+    // Read from the raw JSON before this struct is built (so errors can carry them);
+    // declared so that `deny_unknown_fields` accepts them.
+    #[allow(dead_code)]
+    transaction: Option<Value>,
+    #[allow(dead_code)]
+    reply_to: Option<String>,
+    trigger: Option<TriggerConfig>,
+    name: Option<String>,
+}
+
+/// Parses a request published on `{base}/request/{name}`.
+///
+/// Errors carry whatever `transaction` and `reply_to` could still be read, so that even a
+/// bad request is answered where the client listens.
+pub fn parse_request(
+    name: &str,
+    payload: &[u8],
+    max_payload: usize,
+) -> Result<ApiRequest, (ApiError, Option<Value>, Option<String>)> {
+    let fail = |code, msg: String| (ApiError::new(code, msg), None, None);
+    if payload.len() > max_payload {
+        return Err(fail(
+            Code::TooLarge,
+            format!(
+                "payload is {} bytes; at most {max_payload} are accepted",
+                payload.len()
+            ),
+        ));
+    }
+    // A bare image is a caption request (or a snapshot-less skill without parameters).
+    if looks_like_image(payload) {
+        let action = match name {
+            "caption" => Action::Skill(Skill::Caption { length: CaptionLength::default() }),
+            _ => {
+                return Err(fail(
+                    Code::BadRequest,
+                    format!("a bare image payload is accepted by request/caption only; send JSON with \"image\" (base64) to {name}"),
+                ))
+            }
+        };
+        return Ok(ApiRequest {
+            action,
+            image: Some(payload.to_vec()),
+            transaction: None,
+            reply_to: None,
+        });
+    }
+    let value: Value = if payload.iter().all(u8::is_ascii_whitespace) {
+        json!({})
+    } else {
+        serde_json::from_slice(payload)
+            .map_err(|e| fail(Code::BadJson, format!("payload is not JSON: {e}")))?
+    };
+    if !value.is_object() {
+        return Err(fail(Code::BadJson, "payload must be a JSON object".into()));
+    }
+    let transaction = value.get("transaction").cloned();
+    let reply_to = value
+        .get("reply_to")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    let bad = |code, msg: String| {
+        (
+            ApiError::new(code, msg),
+            transaction.clone(),
+            reply_to.clone(),
+        )
+    };
+    let body: Body =
+        serde_json::from_value(value.clone()).map_err(|e| bad(Code::BadRequest, e.to_string()))?;
+    let need = |field: Option<String>, what: &str| {
+        field.filter(|s| !s.trim().is_empty()).ok_or_else(|| {
+            bad(
+                Code::BadRequest,
+                format!("request/{name} needs a non-empty \"{what}\""),
+            )
+        })
+    };
+    let action = match name {
+        "query" => Action::Skill(Skill::Query { question: need(body.question, "question")? }),
+        "yes_no" => Action::Skill(Skill::YesNo { question: need(body.question, "question")? }),
+        "caption" => Action::Skill(Skill::Caption { length: body.length.unwrap_or_default() }),
+        "detect" => Action::Skill(Skill::Detect { object: need(body.object, "object")? }),
+        "point" => Action::Skill(Skill::Point { object: need(body.object, "object")? }),
+        "snapshot" => Action::Snapshot,
+        "health_check" => Action::HealthCheck,
+        "trigger_list" => Action::ListTriggers,
+        "trigger_add" => {
+            let t = body
+                .trigger
+                .ok_or_else(|| bad(Code::BadRequest, "request/trigger_add needs a \"trigger\" object".into()))?;
+            let problems: Vec<String> = t.problems().into_iter().map(|(k, m)| format!("trigger.{k}: {m}")).collect();
+            if !problems.is_empty() {
+                return Err(bad(Code::BadRequest, problems.join("; ")));
+            }
+            Action::AddTrigger(t)
+        }
+        "trigger_remove" => Action::RemoveTrigger(need(body.name, "name")?),
+        other => {
+            return Err(bad(
+                Code::UnknownRequest,
+                format!(
+                    "unknown request {other:?}; known: query, yes_no, caption, detect, point, snapshot, \
+                     trigger_add, trigger_remove, trigger_list, health_check"
+                ),
+            ))
+        }
+    };
+    if let Action::Skill(skill) = &action {
+        crate::vision::prompt::check(skill).map_err(|m| bad(Code::BadRequest, m))?;
+    }
+    let image = match body.image {
+        Some(b64) => Some(
+            base64::engine::general_purpose::STANDARD
+                .decode(b64.trim())
+                .map_err(|e| bad(Code::BadImage, format!("\"image\" is not base64: {e}")))?,
+        ),
+        None => None,
+    };
+    Ok(ApiRequest {
+        action,
+        image,
+        transaction,
+        reply_to,
+    })
+}
+
+/// A success reply.
+pub fn ok_reply(name: &str, data: Value, transaction: Option<&Value>) -> Vec<u8> {
+    let mut v = json!({ "status": "ok", "request": name, "data": data });
+    if let Some(t) = transaction {
+        v["transaction"] = t.clone();
+    }
+    v.to_string().into_bytes()
+}
+
+/// An error reply.
+pub fn error_reply(name: &str, err: &ApiError, transaction: Option<&Value>) -> Vec<u8> {
+    let mut v = json!({
+        "status": "error",
+        "request": name,
+        "error": { "code": err.code, "message": err.message },
+    });
+    if let Some(t) = transaction {
+        v["transaction"] = t.clone();
+    }
+    v.to_string().into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn topics() -> Topics {
+        Topics::new(&MqttConfig::default(), "garage")
+    }
+
+    fn code(name: &str, payload: &[u8]) -> Code {
+        parse_request(name, payload, 1024 * 1024)
+            .unwrap_err()
+            .0
+            .code
+    }
+
+    #[test]
+    fn topic_layout() {
+        let t = topics();
+        assert_eq!(t.availability(), "moonwatch/garage/availability");
+        assert_eq!(t.requests(), "moonwatch/garage/request/+");
+        assert_eq!(
+            t.request_name("moonwatch/garage/request/query"),
+            Some("query")
+        );
+        assert_eq!(t.request_name("moonwatch/other/request/query"), None);
+        assert_eq!(t.trigger_state("door"), "moonwatch/garage/trigger/door");
+        assert_eq!(t.ha_status(), "homeassistant/status");
+    }
+
+    #[test]
+    fn good_requests_parse() {
+        let r = parse_request(
+            "query",
+            br#"{"question":"What is there?","transaction":7}"#,
+            1 << 20,
+        )
+        .unwrap();
+        assert_eq!(
+            r.action,
+            Action::Skill(Skill::Query {
+                question: "What is there?".into()
+            })
+        );
+        assert_eq!(r.transaction, Some(json!(7)));
+        let r = parse_request("caption", b"", 1 << 20).unwrap();
+        assert_eq!(
+            r.action,
+            Action::Skill(Skill::Caption {
+                length: CaptionLength::Normal
+            })
+        );
+        let r = parse_request(
+            "caption",
+            br#"{"length":"long","image":"aGVsbG8="}"#,
+            1 << 20,
+        )
+        .unwrap();
+        assert_eq!(r.image.as_deref(), Some(&b"hello"[..]));
+        let jpeg = [0xff, 0xd8, 0xff, 0xe0, 0, 0];
+        assert!(parse_request("caption", &jpeg, 1 << 20)
+            .unwrap()
+            .image
+            .is_some());
+        let r = parse_request(
+            "trigger_add",
+            br#"{"trigger":{"name":"door","question":"Is the door open?"},"reply_to":"me/replies"}"#,
+            1 << 20,
+        )
+        .unwrap();
+        assert!(
+            matches!(r.action, Action::AddTrigger(ref t) if t.name == "door" && t.consecutive == 2)
+        );
+        assert_eq!(r.reply_to.as_deref(), Some("me/replies"));
+    }
+
+    #[test]
+    fn bad_requests_get_codes() {
+        assert_eq!(code("query", b"{not json"), Code::BadJson);
+        assert_eq!(code("query", b"[1,2]"), Code::BadJson);
+        assert_eq!(code("query", b"{}"), Code::BadRequest);
+        assert_eq!(code("query", br#"{"question": 5}"#), Code::BadRequest);
+        assert_eq!(code("query", br#"{"question": "   "}"#), Code::BadRequest);
+        assert_eq!(
+            code("query", br#"{"question": "q", "colour": "red"}"#),
+            Code::BadRequest
+        );
+        assert_eq!(code("detect", br#"{"question": "q"}"#), Code::BadRequest);
+        assert_eq!(code("dance", b"{}"), Code::UnknownRequest);
+        assert_eq!(code("caption", br#"{"image": "!!!"}"#), Code::BadImage);
+        assert_eq!(code("query", &[0xff, 0xd8, 0xff, 0xe0]), Code::BadRequest);
+        assert_eq!(
+            code(
+                "trigger_add",
+                br#"{"trigger":{"name":"X Y","question":"q"}}"#
+            ),
+            Code::BadRequest
+        );
+        assert_eq!(
+            parse_request("query", &[b' '; 100], 10).unwrap_err().0.code,
+            Code::TooLarge
+        );
+    }
+
+    #[test]
+    fn errors_keep_the_transaction_when_it_can_be_read() {
+        let (e, t, r) = parse_request(
+            "query",
+            br#"{"transaction":"abc","reply_to":"x/y"}"#,
+            1 << 20,
+        )
+        .unwrap_err();
+        assert_eq!(e.code, Code::BadRequest);
+        assert_eq!((t, r.as_deref()), (Some(json!("abc")), Some("x/y")));
+    }
+
+    #[test]
+    fn reply_addresses() {
+        let t = topics();
+        let a = reply_address(
+            &t,
+            "query",
+            Some("client/inbox"),
+            Some(b"\x01\x02"),
+            Some("ignored"),
+        );
+        assert_eq!(
+            a,
+            ReplyAddress {
+                topic: "client/inbox".into(),
+                correlation: Some(vec![1, 2])
+            }
+        );
+        assert_eq!(
+            reply_address(&t, "query", None, None, Some("me/r")).topic,
+            "me/r"
+        );
+        assert_eq!(
+            reply_address(&t, "query", None, None, Some("bad/#")).topic,
+            "moonwatch/garage/response/query"
+        );
+        assert_eq!(
+            reply_address(&t, "query", None, None, None).topic,
+            "moonwatch/garage/response/query"
+        );
+    }
+
+    #[test]
+    fn reply_payloads() {
+        let ok: Value =
+            serde_json::from_slice(&ok_reply("query", json!({"answer":"a"}), Some(&json!(1))))
+                .unwrap();
+        assert_eq!(
+            ok,
+            json!({"status":"ok","request":"query","data":{"answer":"a"},"transaction":1})
+        );
+        let err: Value = serde_json::from_slice(&error_reply(
+            "query",
+            &ApiError::new(Code::Busy, "full"),
+            None,
+        ))
+        .unwrap();
+        assert_eq!(
+            err,
+            json!({"status":"error","request":"query","error":{"code":"busy","message":"full"}})
+        );
+    }
+}

@@ -1,0 +1,365 @@
+//! Standing triggers: yes/no questions or watched objects, evaluated again and again, whose
+//! state changes drive home automation.
+//!
+//! Pure: [`TriggerState::observe`] takes an observation and the time, and returns what to
+//! publish. Debounce (`consecutive` agreeing observations), a confidence `threshold` and a
+//! `cooldown` between changes keep a flickering answer from flapping the state.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// What a trigger asks about each frame.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TriggerConfig {
+    /// Identifier: lowercase letters, digits and underscores (used in topics and entity ids).
+    pub name: String,
+    /// A yes/no question ("Is the garage door open?"). Exactly one of question and object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub question: Option<String>,
+    /// An object to detect ("car"); the trigger is on while at least one is found.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object: Option<String>,
+    /// Confidence an answer needs to count (yes/no triggers), 0.5..1.
+    #[serde(default = "defaults::threshold")]
+    pub threshold: f32,
+    /// Agreeing observations in a row before the state changes.
+    #[serde(default = "defaults::consecutive")]
+    pub consecutive: u32,
+    /// Seconds after a change during which the state does not change again.
+    #[serde(default = "defaults::cooldown")]
+    pub cooldown: u64,
+    /// Seconds between evaluations (a scene change evaluates sooner).
+    #[serde(default = "defaults::interval")]
+    pub interval: u64,
+    /// Home Assistant device class of the binary sensor (occupancy, door, motion, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_class: Option<String>,
+}
+
+mod defaults {
+    pub fn threshold() -> f32 {
+        0.6
+    }
+    pub fn consecutive() -> u32 {
+        2
+    }
+    pub fn cooldown() -> u64 {
+        30
+    }
+    pub fn interval() -> u64 {
+        10
+    }
+}
+
+impl TriggerConfig {
+    /// Every problem with this trigger, as (key, message); `key` is relative ("name").
+    pub fn problems(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        if self.name.is_empty()
+            || self.name.len() > 64
+            || !self
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        {
+            out.push((
+                "name",
+                format!("{:?} must be 1-64 of a-z, 0-9 and _", self.name),
+            ));
+        }
+        match (&self.question, &self.object) {
+            (Some(q), None) if !q.trim().is_empty() => {}
+            (None, Some(o)) if !o.trim().is_empty() => {}
+            _ => out.push((
+                "question",
+                "exactly one of question and object must be set".into(),
+            )),
+        }
+        if !(0.5..=1.0).contains(&self.threshold) {
+            out.push((
+                "threshold",
+                format!("{} must be between 0.5 and 1", self.threshold),
+            ));
+        }
+        if self.consecutive == 0 || self.consecutive > 100 {
+            out.push((
+                "consecutive",
+                format!("{} must be between 1 and 100", self.consecutive),
+            ));
+        }
+        if self.interval == 0 || self.interval > 86_400 {
+            out.push((
+                "interval",
+                format!("{} must be between 1 and 86400 seconds", self.interval),
+            ));
+        }
+        out
+    }
+
+    pub fn skill(&self) -> crate::vision::Skill {
+        match (&self.question, &self.object) {
+            (Some(q), _) => crate::vision::Skill::YesNo {
+                question: q.clone(),
+            },
+            (None, Some(o)) => crate::vision::Skill::Detect { object: o.clone() },
+            (None, None) => crate::vision::Skill::YesNo {
+                question: String::new(),
+            },
+        }
+    }
+}
+
+/// One evaluation of a trigger on a frame.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Observation {
+    /// What the model said: yes / object present.
+    pub on: bool,
+    /// How sure it was (yes/no: the confidence; detection: 1 when found, else 0.5..1 never
+    /// gates it).
+    pub confidence: f32,
+}
+
+/// Something to publish after an observation.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Change {
+    /// The state became known or changed: publish it (retained).
+    State(bool),
+    /// The trigger fired (off -> on).
+    Begin,
+    /// The trigger ended (on -> off), after being on for this long.
+    End { duration: Duration },
+}
+
+/// The state machine of one trigger. Times are seconds since any fixed origin.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TriggerState {
+    /// Known state; `None` until enough agreeing observations.
+    pub state: Option<bool>,
+    /// The candidate state and how many observations in a row agreed with it.
+    streak: Option<(bool, u32)>,
+    last_change: Option<f64>,
+    on_since: Option<f64>,
+    pub last_confidence: f32,
+}
+
+impl Default for TriggerState {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl TriggerState {
+    pub fn new() -> Self {
+        Self {
+            state: None,
+            streak: None,
+            last_change: None,
+            on_since: None,
+            last_confidence: 0.0,
+        }
+    }
+
+    /// Feeds one observation taken at `now`; returns what changed.
+    pub fn observe(&mut self, cfg: &TriggerConfig, obs: Observation, now: f64) -> Vec<Change> {
+        self.last_confidence = obs.confidence;
+        if obs.confidence < cfg.threshold {
+            // Not sure enough either way: it neither confirms nor breaks a streak.
+            return vec![];
+        }
+        let count = match self.streak {
+            Some((v, n)) if v == obs.on => n + 1,
+            _ => 1,
+        };
+        self.streak = Some((obs.on, count));
+        if self.state == Some(obs.on) || count < cfg.consecutive.max(1) {
+            return vec![];
+        }
+        let cooling = self
+            .last_change
+            .is_some_and(|t| now - t < cfg.cooldown as f64);
+        if cooling && self.state.is_some() {
+            return vec![];
+        }
+        let was = self.state.replace(obs.on);
+        self.last_change = Some(now);
+        let mut out = vec![Change::State(obs.on)];
+        match (was, obs.on) {
+            (Some(false) | None, true) => {
+                self.on_since = Some(now);
+                out.push(Change::Begin);
+            }
+            (Some(true), false) => {
+                let since = self.on_since.take().unwrap_or(now);
+                out.push(Change::End {
+                    duration: Duration::from_secs_f64((now - since).max(0.0)),
+                });
+            }
+            _ => {}
+        }
+        out
+    }
+}
+
+/// Which triggers are due at `now`, given when each was last evaluated and whether the
+/// scene changed since.
+pub fn due(last_eval: Option<f64>, interval: u64, scene_changed: bool, now: f64) -> bool {
+    match last_eval {
+        None => true,
+        // A changed scene is looked at again soon, but not more than once a second.
+        Some(t) if scene_changed => now - t >= 1.0,
+        Some(t) => now - t >= interval as f64,
+    }
+}
+
+/// A tiny grey thumbnail of a frame, for spotting scene changes cheaply.
+pub fn thumbnail(rgb: &[u8], width: u32, height: u32) -> [u8; 64] {
+    let mut out = [0u8; 64];
+    if width == 0 || height == 0 || rgb.len() < (width * height * 3) as usize {
+        return out;
+    }
+    for (i, cell) in out.iter_mut().enumerate() {
+        let (cx, cy) = ((i % 8) as u32, (i / 8) as u32);
+        let (x0, x1) = (
+            cx * width / 8,
+            ((cx + 1) * width / 8).max(cx * width / 8 + 1),
+        );
+        let (y0, y1) = (
+            cy * height / 8,
+            ((cy + 1) * height / 8).max(cy * height / 8 + 1),
+        );
+        let (mut sum, mut n) = (0u64, 0u64);
+        // Sample a 4x4 grid inside the cell: enough for a change detector.
+        for sy in 0..4 {
+            for sx in 0..4 {
+                let x = (x0 + (x1 - x0) * sx / 4).min(width - 1);
+                let y = (y0 + (y1 - y0) * sy / 4).min(height - 1);
+                let p = ((y * width + x) * 3) as usize;
+                sum += u64::from(rgb[p]) + u64::from(rgb[p + 1]) + u64::from(rgb[p + 2]);
+                n += 3;
+            }
+        }
+        *cell = (sum / n.max(1)) as u8;
+    }
+    out
+}
+
+/// Mean absolute difference of two thumbnails, 0..255; above about 12 the scene changed.
+pub fn scene_difference(a: &[u8; 64], b: &[u8; 64]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| f32::from(x.abs_diff(*y)))
+        .sum::<f32>()
+        / 64.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(consecutive: u32, cooldown: u64) -> TriggerConfig {
+        TriggerConfig {
+            name: "door".into(),
+            question: Some("Is the door open?".into()),
+            object: None,
+            threshold: 0.7,
+            consecutive,
+            cooldown,
+            interval: 10,
+            device_class: None,
+        }
+    }
+
+    fn obs(on: bool, confidence: f32) -> Observation {
+        Observation { on, confidence }
+    }
+
+    #[test]
+    fn state_machine_table() {
+        // (observation, time, expected changes)
+        let c = cfg(2, 30);
+        let mut s = TriggerState::new();
+        let steps: Vec<(Observation, f64, Vec<Change>)> = vec![
+            (obs(true, 0.9), 0.0, vec![]),  // one is not enough
+            (obs(true, 0.6), 10.0, vec![]), // below threshold: ignored
+            (
+                obs(true, 0.8),
+                20.0,
+                vec![Change::State(true), Change::Begin],
+            ), // second agreeing
+            (obs(true, 0.9), 30.0, vec![]), // no change
+            (obs(false, 0.9), 35.0, vec![]), // streak of one
+            (obs(false, 0.9), 40.0, vec![]), // cooling down (20 s < 30 s)
+            (
+                obs(false, 0.9),
+                55.0,
+                vec![
+                    Change::State(false),
+                    Change::End {
+                        duration: Duration::from_secs(35),
+                    },
+                ],
+            ),
+            (obs(true, 0.95), 60.0, vec![]),
+            (obs(false, 0.95), 61.0, vec![]), // streak broken
+            (obs(true, 0.95), 100.0, vec![]),
+            (
+                obs(true, 0.95),
+                101.0,
+                vec![Change::State(true), Change::Begin],
+            ),
+        ];
+        for (i, (o, t, want)) in steps.into_iter().enumerate() {
+            assert_eq!(s.observe(&c, o, t), want, "step {i}");
+        }
+    }
+
+    #[test]
+    fn first_known_state_is_published_without_an_event_when_off() {
+        let c = cfg(1, 0);
+        let mut s = TriggerState::new();
+        assert_eq!(
+            s.observe(&c, obs(false, 0.8), 0.0),
+            vec![Change::State(false)]
+        );
+        assert_eq!(s.state, Some(false));
+    }
+
+    #[test]
+    fn due_table() {
+        assert!(due(None, 10, false, 0.0));
+        assert!(!due(Some(0.0), 10, false, 9.9));
+        assert!(due(Some(0.0), 10, false, 10.0));
+        assert!(due(Some(0.0), 10, true, 1.0));
+        assert!(!due(Some(0.0), 10, true, 0.5));
+    }
+
+    #[test]
+    fn config_problems_are_listed() {
+        let mut c = cfg(0, 0);
+        c.name = "Bad Name".into();
+        c.object = Some("car".into());
+        c.threshold = 0.2;
+        c.interval = 0;
+        let keys: Vec<_> = c.problems().into_iter().map(|(k, _)| k).collect();
+        assert_eq!(
+            keys,
+            ["name", "question", "threshold", "consecutive", "interval"]
+        );
+        assert!(cfg(2, 30).problems().is_empty());
+    }
+
+    #[test]
+    fn scene_changes_are_seen() {
+        let dark = vec![10u8; 32 * 24 * 3];
+        let mut lit = dark.clone();
+        for p in lit.iter_mut().take(32 * 12 * 3) {
+            *p = 200;
+        }
+        let (a, b) = (thumbnail(&dark, 32, 24), thumbnail(&lit, 32, 24));
+        assert_eq!(scene_difference(&a, &a), 0.0);
+        assert!(scene_difference(&a, &b) > 50.0);
+        assert_eq!(thumbnail(&[], 0, 0), [0; 64]);
+    }
+}
