@@ -407,7 +407,7 @@ impl Daemon {
             Action::RemoveTrigger(n) => self.remove_trigger(&n).await,
             Action::Snapshot => self.snapshot(req.image.as_deref()).await,
             Action::Skill(skill) => {
-                let frame = match self.frame_for(req.image.as_deref()) {
+                let frame = match self.frame_for(req.image.as_deref()).await {
                     Ok(f) => f,
                     Err(e) => {
                         self.reply(&name, &to, Err(e), tx.as_ref()).await;
@@ -436,27 +436,38 @@ impl Daemon {
         self.reply(&name, &to, result, tx.as_ref()).await;
     }
 
-    /// The request's own image, else the newest camera frame.
-    fn frame_for(&self, image: Option<&[u8]>) -> Result<Arc<Frame>, ApiError> {
-        match image {
-            Some(bytes) => Frame::decode(bytes, "the request's image")
+    /// The request's own image, else the newest camera frame (waiting a few seconds for a
+    /// camera that is starting).
+    async fn frame_for(&self, image: Option<&[u8]>) -> Result<Arc<Frame>, ApiError> {
+        if let Some(bytes) = image {
+            return Frame::decode(bytes, "the request's image")
                 .map(Arc::new)
-                .map_err(|e| ApiError::new(Code::BadImage, e.to_string())),
-            None => self.camera.latest().ok_or_else(|| {
-                let why = match self.camera.status() {
-                    CameraStatus::Down { reason, .. } => reason,
-                    _ => "no frame yet".into(),
-                };
-                ApiError::new(
+                .map_err(|e| ApiError::new(Code::BadImage, e.to_string()));
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Some(f) = self.camera.latest() {
+                return Ok(f);
+            }
+            let status = self.camera.status();
+            if let CameraStatus::Down { reason, .. } = &status {
+                return Err(ApiError::new(
                     Code::CameraUnavailable,
-                    format!("no camera frame ({why}); send an \"image\" instead"),
-                )
-            }),
+                    format!("no camera frame ({reason}); send an \"image\" instead"),
+                ));
+            }
+            if Instant::now() >= deadline {
+                return Err(ApiError::new(
+                    Code::CameraUnavailable,
+                    "the camera has not delivered a frame yet; send an \"image\" instead",
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
     async fn snapshot(&mut self, image: Option<&[u8]>) -> Result<Value, ApiError> {
-        let frame = self.frame_for(image)?;
+        let frame = self.frame_for(image).await?;
         let jpeg = frame.to_jpeg(85);
         self.publish(&self.topics.snapshot(), jpeg.clone(), true)
             .await;
@@ -1006,6 +1017,8 @@ pub fn run(cfg: Config, config_path: PathBuf) -> Result<(), DaemonError> {
         .enable_all()
         .build()
         .map_err(|e| DaemonError::Setup(e.to_string()))?;
+    // One TLS provider for the process (ring, as the download client uses).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     rt.block_on(async move {
         let signals = signals()
             .map_err(|e| DaemonError::Setup(format!("cannot install signal handlers: {e}")))?;

@@ -161,12 +161,14 @@ pub fn start(
 ) -> (Link, mpsc::Receiver<MqttEvent>, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(64);
     let keepalive = Duration::from_secs(cfg.keepalive);
-    let max = cfg.max_payload;
+    // Larger than max_payload, so an oversized request is still read and answered with
+    // `too_large` rather than breaking the connection.
+    let max = cfg.max_payload * 4 + 64 * 1024;
     match cfg.protocol {
         Protocol::V5 => {
             let mut o = v5::MqttOptions::new(&spec.client_id, &cfg.host, cfg.port);
             o.set_keep_alive(keepalive);
-            o.set_max_packet_size(Some(max as u32 + 1024));
+            o.set_max_packet_size(Some(max as u32));
             o.set_clean_start(false);
             o.set_session_expiry_interval(Some(3600));
             o.set_last_will(v5::mqttbytes::v5::LastWill::new(
@@ -227,7 +229,7 @@ pub fn start(
         Protocol::V311 => {
             let mut o = rumqttc::MqttOptions::new(&spec.client_id, &cfg.host, cfg.port);
             o.set_keep_alive(keepalive);
-            o.set_max_packet_size(max + 1024, max + 1024);
+            o.set_max_packet_size(max, max);
             o.set_clean_session(false);
             o.set_last_will(rumqttc::LastWill::new(
                 spec.availability_topic.clone(),

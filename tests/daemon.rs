@@ -1,0 +1,837 @@
+//! The daemon against a real mosquitto on a free loopback port, with the tiny model and a
+//! GStreamer test camera: requests and replies (v5 and v3.1.1), bad input, triggers,
+//! discovery, SIGHUP, SIGTERM, broker restarts, passwords and TLS.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use bytes::Bytes;
+use rumqttc::v5::mqttbytes::v5::{Packet, PublishProperties};
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+
+/// A mosquitto broker of the test's own, on a port the OS picked.
+struct Broker {
+    port: u16,
+    conf: PathBuf,
+    child: Option<Child>,
+}
+
+impl Broker {
+    fn start(dir: &Path, extra: &str) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let conf = dir.join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!("listener {port} 127.0.0.1\npersistence false\nuser root\n{extra}\n"),
+        )
+        .unwrap();
+        let mut b = Self {
+            port,
+            conf,
+            child: None,
+        };
+        b.spawn();
+        b
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(&self.conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto must be installed (scripts/setup.sh installs it)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "mosquitto did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A running `moonwatch run`.
+struct Daemon {
+    child: Child,
+    config: PathBuf,
+    log: PathBuf,
+}
+
+impl Daemon {
+    fn start(dir: &Path, config: &str) -> Self {
+        let path = dir.join("moonwatch.toml");
+        std::fs::write(&path, config).unwrap();
+        let log = dir.join("daemon.log");
+        let child = Command::new(env!("CARGO_BIN_EXE_moonwatch"))
+            .args(["run", "--config"])
+            .arg(&path)
+            .env("RUST_LOG", "info,llama-cpp-2=off")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Self {
+            child,
+            config: path,
+            log,
+        }
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn config(dir: &Path, port: u16, protocol: &str, extra: &str) -> String {
+    let pair = common::tiny();
+    format!(
+        r#"
+[model]
+text = "{}"
+mmproj = "{}"
+threads = 2
+max_tokens = 12
+[camera]
+source = "test"
+width = 160
+height = 120
+fps = 10
+capture_rate = 4.0
+[mqtt]
+port = {port}
+protocol = "{protocol}"
+device_id = "cam1"
+max_payload = 65536
+[daemon]
+state_dir = "{}"
+stats_interval = 2
+max_pending = 4
+{extra}
+"#,
+        pair.text.display(),
+        pair.mmproj.display(),
+        dir.join("state").display()
+    )
+}
+
+#[derive(Debug, Clone)]
+struct Msg {
+    topic: String,
+    payload: Bytes,
+    retain: bool,
+    correlation: Option<Bytes>,
+}
+
+impl Msg {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.payload).unwrap_or(Value::Null)
+    }
+}
+
+/// A v5 test client that records everything it receives.
+struct Client {
+    client: AsyncClient,
+    rx: mpsc::UnboundedReceiver<Msg>,
+    seen: Vec<Msg>,
+}
+
+impl Client {
+    async fn connect(port: u16, id: &str, subs: &[&str]) -> Self {
+        let mut o = MqttOptions::new(id, "127.0.0.1", port);
+        o.set_max_packet_size(Some(1 << 20));
+        let (client, mut el) = AsyncClient::new(o, 64);
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            loop {
+                match el.poll().await {
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        let correlation = p.properties.and_then(|pr| pr.correlation_data);
+                        let _ = tx.send(Msg {
+                            topic: String::from_utf8_lossy(&p.topic).into(),
+                            payload: p.payload,
+                            retain: p.retain,
+                            correlation,
+                        });
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+        });
+        for s in subs {
+            client.subscribe(*s, QoS::AtLeastOnce).await.unwrap();
+        }
+        Self {
+            client,
+            rx,
+            seen: vec![],
+        }
+    }
+
+    async fn publish(&self, topic: &str, payload: impl Into<Vec<u8>>) {
+        self.client
+            .publish(topic, QoS::AtLeastOnce, false, payload.into())
+            .await
+            .unwrap();
+    }
+
+    async fn request_v5(
+        &self,
+        topic: &str,
+        payload: Value,
+        response_topic: &str,
+        correlation: &[u8],
+    ) {
+        let props = PublishProperties {
+            response_topic: Some(response_topic.into()),
+            correlation_data: Some(Bytes::copy_from_slice(correlation)),
+            ..Default::default()
+        };
+        self.client
+            .publish_with_properties(topic, QoS::AtLeastOnce, false, payload.to_string(), props)
+            .await
+            .unwrap();
+    }
+
+    /// Waits for a message matching `pred` (looking at earlier ones first).
+    async fn wait(&mut self, what: &str, secs: u64, pred: impl Fn(&Msg) -> bool) -> Msg {
+        if let Some(m) = self.seen.iter().find(|m| pred(m)) {
+            return m.clone();
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+        loop {
+            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                Ok(Some(m)) => {
+                    self.seen.push(m.clone());
+                    if pred(&m) {
+                        return m;
+                    }
+                }
+                _ => panic!(
+                    "timed out waiting for {what}; saw {:?}",
+                    self.seen.iter().map(|m| &m.topic).collect::<Vec<_>>()
+                ),
+            }
+        }
+    }
+
+    /// Forgets what was seen so far.
+    fn clear(&mut self) {
+        while self.rx.try_recv().is_ok() {}
+        self.seen.clear();
+    }
+}
+
+const BASE: &str = "moonwatch/cam1";
+
+fn topic(t: &str) -> impl Fn(&Msg) -> bool + '_ {
+    move |m| m.topic == t
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_are_answered_with_v5_correlation_and_v311_transactions() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), "allow_anonymous true");
+    let _d = Daemon::start(dir.path(), &config(dir.path(), broker.port, "v5", ""));
+    let mut c = Client::connect(broker.port, "t-v5", &["client/inbox", &format!("{BASE}/#")]).await;
+    let online = c
+        .wait("online", 60, |m| {
+            m.topic == format!("{BASE}/availability") && &m.payload[..] == b"online"
+        })
+        .await;
+    assert_eq!(&online.payload[..], b"online");
+    let retained = Client::connect(broker.port, "t-late", &[&format!("{BASE}/availability")])
+        .await
+        .wait("retained availability", 10, |_| true)
+        .await;
+    assert!(retained.retain && &retained.payload[..] == b"online");
+
+    c.request_v5(
+        &format!("{BASE}/request/query"),
+        json!({"question": "What is here?"}),
+        "client/inbox",
+        b"\x00corr-1",
+    )
+    .await;
+    let r = c.wait("v5 reply", 60, topic("client/inbox")).await;
+    assert_eq!(r.correlation.as_deref(), Some(&b"\x00corr-1"[..]));
+    let v = r.json();
+    assert_eq!(v["status"], "ok", "{v}");
+    assert_eq!(v["data"]["skill"], "query");
+    assert!(v["data"]["answer"].is_string());
+    assert!(
+        v["data"]["frame_seq"].as_u64().unwrap() > 0,
+        "answered from the camera"
+    );
+
+    // A v3.1.1 client: no response topic, a transaction echoed on the default reply topic.
+    let mut o = rumqttc::MqttOptions::new("t-v3", "127.0.0.1", broker.port);
+    o.set_max_packet_size(1 << 20, 1 << 20);
+    let (v3, mut el) = rumqttc::AsyncClient::new(o, 16);
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok(ev) = el.poll().await {
+            if let rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)) = ev {
+                let _ = tx.send(p);
+            }
+        }
+    });
+    v3.subscribe(format!("{BASE}/response/yes_no"), rumqttc::QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let req = json!({"question": "Is it daytime?", "transaction": {"id": 42}});
+    v3.publish(
+        format!("{BASE}/request/yes_no"),
+        rumqttc::QoS::AtLeastOnce,
+        false,
+        req.to_string(),
+    )
+    .await
+    .unwrap();
+    let p = tokio::time::timeout(Duration::from_secs(60), rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&p.payload).unwrap();
+    assert_eq!(v["transaction"], json!({"id": 42}));
+    assert_eq!(v["data"]["skill"], "yes_no");
+    assert!(v["data"]["confidence"].as_f64().unwrap() >= 0.5);
+
+    // An image carried by the request is used instead of the camera.
+    let img = image::RgbImage::from_pixel(64, 48, image::Rgb([200, 30, 30]));
+    let mut png = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut png, image::ImageFormat::Png).unwrap();
+    let b64 = base64::engine::general_purpose::STANDARD.encode(png.into_inner());
+    c.request_v5(
+        &format!("{BASE}/request/caption"),
+        json!({"image": b64, "length": "short"}),
+        "client/inbox",
+        b"img",
+    )
+    .await;
+    let r = c
+        .wait("image reply", 60, |m| {
+            m.topic == "client/inbox" && m.correlation.as_deref() == Some(b"img")
+        })
+        .await;
+    assert_eq!(r.json()["data"]["frame_seq"], 0, "{}", r.json());
+
+    // Snapshot: JPEG retained on the snapshot topic.
+    c.publish(&format!("{BASE}/request/snapshot"), "{}").await;
+    let s = c
+        .wait("snapshot", 30, topic(&format!("{BASE}/snapshot")))
+        .await;
+    assert_eq!(&s.payload[..3], &[0xff, 0xd8, 0xff]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_error_replies_and_the_daemon_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), "allow_anonymous true\nmessage_size_limit 0");
+    let _d = Daemon::start(dir.path(), &config(dir.path(), broker.port, "v5", ""));
+    let mut c = Client::connect(broker.port, "t-bad", &[&format!("{BASE}/#")]).await;
+    c.wait("online", 60, |m| {
+        m.topic == format!("{BASE}/availability") && &m.payload[..] == b"online"
+    })
+    .await;
+
+    let text_b64 = base64::engine::general_purpose::STANDARD.encode(b"not an image at all");
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("query", b"{not json".to_vec(), "bad_json"),
+        ("dance", b"{}".to_vec(), "unknown_request"),
+        ("detect", b"{}".to_vec(), "bad_request"),
+        ("query", br#"{"question": 7}"#.to_vec(), "bad_request"),
+        (
+            "query",
+            format!("{{\"question\": \"{}\"}}", "x".repeat(70_000)).into_bytes(),
+            "too_large",
+        ),
+        ("caption", br#"{"image": "@@@"}"#.to_vec(), "bad_image"),
+        (
+            "caption",
+            json!({"image": text_b64}).to_string().into_bytes(),
+            "bad_image",
+        ),
+        (
+            "trigger_remove",
+            br#"{"name": "nope"}"#.to_vec(),
+            "not_found",
+        ),
+    ];
+    for (i, (name, payload, code)) in cases.into_iter().enumerate() {
+        let mut p = payload;
+        // Tag each request so its reply can be told apart (not possible for bad JSON).
+        if code != "bad_json" && code != "too_large" {
+            let mut v: Value = serde_json::from_slice(&p).unwrap();
+            v["transaction"] = json!(i);
+            p = v.to_string().into_bytes();
+        }
+        c.publish(&format!("{BASE}/request/{name}"), p).await;
+        let want = format!("{BASE}/response/{name}");
+        let r = c
+            .wait(code, 30, |m| {
+                m.topic == want && m.json()["error"]["code"] == code
+            })
+            .await;
+        assert_eq!(r.json()["status"], "error");
+        assert!(r.json()["error"]["message"].as_str().unwrap().len() > 5);
+    }
+
+    // A flood: every request is answered, some with busy, none lost.
+    c.clear();
+    for i in 0..20 {
+        c.publish(
+            &format!("{BASE}/request/yes_no"),
+            json!({"question": "Is it on?", "transaction": i}).to_string(),
+        )
+        .await;
+    }
+    let mut answered = std::collections::HashSet::new();
+    let mut busy = 0;
+    while answered.len() < 20 {
+        let m = c
+            .wait("flood replies", 120, |m| {
+                m.topic == format!("{BASE}/response/yes_no") && !m.retain
+            })
+            .await;
+        c.seen.retain(|x| x.payload != m.payload);
+        let v = m.json();
+        answered.insert(v["transaction"].as_u64().unwrap());
+        if v["status"] == "error" {
+            assert_eq!(v["error"]["code"], "busy", "{v}");
+            busy += 1;
+        }
+    }
+    assert!(
+        busy > 0,
+        "max_pending 4 should have refused some of 20 requests"
+    );
+    c.publish(
+        &format!("{BASE}/request/health_check"),
+        json!({"transaction": "alive"}).to_string(),
+    )
+    .await;
+    c.wait("still serving", 30, |m| {
+        m.json()["transaction"] == "alive" && m.json()["status"] == "ok"
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn triggers_publish_state_and_discovery_and_change_at_runtime() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), "allow_anonymous true");
+    let trigger = "[[trigger]]\nname = \"door\"\nquestion = \"Is the door open?\"\nthreshold = 0.5\nconsecutive = 1\ninterval = 1\ndevice_class = \"door\"\n";
+    let d = Daemon::start(dir.path(), &config(dir.path(), broker.port, "v5", trigger));
+    let mut c = Client::connect(
+        broker.port,
+        "t-trig",
+        &[&format!("{BASE}/#"), "homeassistant/#"],
+    )
+    .await;
+
+    let disc = c
+        .wait(
+            "door discovery",
+            60,
+            topic("homeassistant/binary_sensor/moonwatch_cam1/door/config"),
+        )
+        .await;
+    let retained = Client::connect(
+        broker.port,
+        "t-late",
+        &["homeassistant/binary_sensor/moonwatch_cam1/door/config"],
+    )
+    .await
+    .wait("retained discovery", 10, |_| true)
+    .await;
+    assert!(retained.retain && retained.payload == disc.payload);
+    let v = disc.json();
+    assert_eq!(
+        (v["device_class"].as_str(), v["state_topic"].as_str()),
+        (Some("door"), Some("moonwatch/cam1/trigger/door"))
+    );
+    // With threshold 0.5 and one observation, the first evaluation decides the state.
+    let state = c
+        .wait("door state", 60, topic(&format!("{BASE}/trigger/door")))
+        .await;
+    assert!(&state.payload[..] == b"ON" || &state.payload[..] == b"OFF");
+    let attrs = c
+        .wait(
+            "door attributes",
+            30,
+            topic(&format!("{BASE}/trigger/door/attributes")),
+        )
+        .await
+        .json();
+    assert!(
+        attrs["confidence"].as_f64().unwrap() >= 0.5 && attrs["frame_seq"].as_u64().unwrap() > 0
+    );
+    c.wait("stats", 30, topic(&format!("{BASE}/stats"))).await;
+
+    // Add a trigger over MQTT: discovery, state, and persisted in the state directory.
+    c.publish(
+        &format!("{BASE}/request/trigger_add"),
+        json!({"trigger": {"name": "car", "object": "car", "consecutive": 1, "interval": 1}, "transaction": "add"}).to_string(),
+    )
+    .await;
+    let r = c
+        .wait("add reply", 30, |m| {
+            m.topic.contains("/response/") && m.json()["transaction"] == "add"
+        })
+        .await
+        .json();
+    assert_eq!(
+        (r["status"].as_str(), r["data"]["persisted"].as_bool()),
+        (Some("ok"), Some(true)),
+        "{r}"
+    );
+    c.wait(
+        "car discovery",
+        30,
+        topic("homeassistant/binary_sensor/moonwatch_cam1/car/config"),
+    )
+    .await;
+    c.wait("car state", 60, topic(&format!("{BASE}/trigger/car")))
+        .await;
+    let saved = std::fs::read_to_string(dir.path().join("state/triggers.json")).unwrap();
+    assert!(saved.contains("\"car\""), "{saved}");
+
+    // Home Assistant coming online gets discovery again.
+    c.clear();
+    c.publish("homeassistant/status", "online").await;
+    c.wait(
+        "rediscovery",
+        30,
+        topic("homeassistant/binary_sensor/moonwatch_cam1/car/config"),
+    )
+    .await;
+
+    // Remove the configured one: its entity is deleted with an empty retained config.
+    c.clear();
+    c.publish(
+        &format!("{BASE}/request/trigger_remove"),
+        json!({"name": "door"}).to_string(),
+    )
+    .await;
+    c.wait("door deleted", 30, |m| {
+        m.topic == "homeassistant/binary_sensor/moonwatch_cam1/door/config" && m.payload.is_empty()
+    })
+    .await;
+    let list_req = json!({"transaction": "list"}).to_string();
+    c.publish(&format!("{BASE}/request/trigger_list"), list_req)
+        .await;
+    let list = c
+        .wait("list", 30, |m| {
+            m.topic.contains("/response/") && m.json()["transaction"] == "list"
+        })
+        .await
+        .json();
+    let names: Vec<&str> = list["data"]["triggers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["trigger"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["car"]);
+
+    // SIGHUP: a trigger added to the file appears without the connection dropping.
+    c.clear();
+    let cfg = std::fs::read_to_string(&d.config).unwrap()
+        + "[[trigger]]\nname = \"porch\"\nquestion = \"Is someone on the porch?\"\ninterval = 1\n";
+    std::fs::write(&d.config, cfg).unwrap();
+    d.signal(libc::SIGHUP);
+    c.wait(
+        "porch discovery after SIGHUP",
+        30,
+        topic("homeassistant/binary_sensor/moonwatch_cam1/porch/config"),
+    )
+    .await;
+    assert!(!c
+        .seen
+        .iter()
+        .any(|m| m.topic == format!("{BASE}/availability") && &m.payload[..] == b"offline"));
+    assert!(d.log().contains("configuration reloaded"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_leaves_offline_retained_with_password_and_acl_on_v311() {
+    let dir = tempfile::tempdir().unwrap();
+    let pw = dir.path().join("passwd");
+    std::fs::write(&pw, "").unwrap();
+    let st = Command::new("mosquitto_passwd")
+        .args(["-b"])
+        .arg(&pw)
+        .args(["cam", "s3cret"])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    Command::new("mosquitto_passwd")
+        .args(["-b"])
+        .arg(&pw)
+        .args(["watcher", "w"])
+        .status()
+        .unwrap();
+    let acl = dir.path().join("acl");
+    std::fs::write(&acl, "user cam\ntopic readwrite moonwatch/#\ntopic readwrite homeassistant/#\n\nuser watcher\ntopic readwrite #\n").unwrap();
+    let broker = Broker::start(
+        dir.path(),
+        &format!(
+            "allow_anonymous false\npassword_file {}\nacl_file {}",
+            pw.display(),
+            acl.display()
+        ),
+    );
+    let secret = dir.path().join("mqtt-password");
+    std::fs::write(&secret, "s3cret\n").unwrap();
+    let mut cfg = config(dir.path(), broker.port, "v3.1.1", "");
+    cfg = cfg.replace(
+        "[daemon]",
+        &format!(
+            "username = \"cam\"\npassword_file = \"{}\"\n[daemon]",
+            secret.display()
+        ),
+    );
+    let mut d = Daemon::start(dir.path(), &cfg);
+
+    let watcher = |id: &'static str| {
+        let mut o = MqttOptions::new(id, "127.0.0.1", broker.port);
+        o.set_credentials("watcher", "w");
+        o
+    };
+    let (client, mut el) = AsyncClient::new(watcher("w1"), 16);
+    client
+        .subscribe(format!("{BASE}/availability"), QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let wait_for = |want: &'static [u8]| async move {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            assert!(
+                Instant::now() < deadline,
+                "availability never became {want:?}"
+            );
+            if let Ok(Ok(Event::Incoming(Packet::Publish(p)))) =
+                tokio::time::timeout(Duration::from_secs(1), el.poll()).await
+            {
+                if &p.payload[..] == want {
+                    return el;
+                }
+            }
+        }
+    };
+    let _el = wait_for(b"online").await;
+
+    d.signal(libc::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(s) = d.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "daemon did not stop on SIGTERM:\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{}", d.log());
+    // A new subscriber sees the retained offline.
+    let (client2, mut el2) = AsyncClient::new(watcher("w2"), 16);
+    client2
+        .subscribe(format!("{BASE}/availability"), QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        assert!(Instant::now() < deadline, "no retained availability");
+        if let Ok(Ok(Event::Incoming(Packet::Publish(p)))) =
+            tokio::time::timeout(Duration::from_secs(1), el2.poll()).await
+        {
+            assert_eq!(&p.payload[..], b"offline");
+            assert!(p.retain);
+            break;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_restart_is_survived_and_requests_after_it_are_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = Broker::start(dir.path(), "allow_anonymous true");
+    let d = Daemon::start(dir.path(), &config(dir.path(), broker.port, "v5", ""));
+    {
+        let mut c = Client::connect(broker.port, "t-r1", &[&format!("{BASE}/availability")]).await;
+        c.wait("online", 60, |m| &m.payload[..] == b"online").await;
+    }
+    broker.stop();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    broker.spawn();
+    // The broker lost everything (no persistence); the daemon reconnects, resubscribes and
+    // says online again.
+    let mut c = Client::connect(broker.port, "t-r2", &[&format!("{BASE}/#")]).await;
+    c.wait("online after restart", 60, |m| {
+        m.topic == format!("{BASE}/availability") && &m.payload[..] == b"online"
+    })
+    .await;
+    for i in 0..3 {
+        c.publish(
+            &format!("{BASE}/request/yes_no"),
+            json!({"question": "Is it on?", "transaction": i}).to_string(),
+        )
+        .await;
+    }
+    for i in 0..3 {
+        c.wait("reply after restart", 60, |m| {
+            m.json()["transaction"] == i && m.json()["status"] == "ok"
+        })
+        .await;
+    }
+    assert!(d.log().contains("lost the broker"), "{}", d.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_a_private_ca() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n);
+    let ssl = |args: &[&str]| {
+        let st = Command::new("openssl")
+            .args(args)
+            .current_dir(dir.path())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(st.success(), "openssl {args:?}");
+    };
+    ssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=test-ca",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+    ]);
+    ssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+    ]);
+    std::fs::write(p("ext.cnf"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    ssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+        "-out",
+        "server.crt",
+    ]);
+    let broker = Broker::start(
+        dir.path(),
+        &format!(
+            "allow_anonymous true\ncafile {}\ncertfile {}\nkeyfile {}",
+            p("ca.crt").display(),
+            p("server.crt").display(),
+            p("server.key").display()
+        ),
+    );
+    let cfg = config(dir.path(), broker.port, "v5", "").replace(
+        "[daemon]",
+        &format!(
+            "host = \"127.0.0.1\"\ntls = true\nca_file = \"{}\"\n[daemon]",
+            p("ca.crt").display()
+        ),
+    );
+    let d = Daemon::start(dir.path(), &cfg);
+    // The test client speaks TLS with the same CA.
+    let mut o = MqttOptions::new("t-tls", "127.0.0.1", broker.port);
+    o.set_transport(rumqttc::Transport::tls_with_config(
+        rumqttc::TlsConfiguration::Simple {
+            ca: std::fs::read(p("ca.crt")).unwrap(),
+            alpn: None,
+            client_auth: None,
+        },
+    ));
+    let (client, mut el) = AsyncClient::new(o, 16);
+    client
+        .subscribe(format!("{BASE}/availability"), QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "no online over TLS:\n{}",
+            d.log()
+        );
+        if let Ok(Ok(Event::Incoming(Packet::Publish(p)))) =
+            tokio::time::timeout(Duration::from_secs(1), el.poll()).await
+        {
+            if &p.payload[..] == b"online" {
+                break;
+            }
+        }
+    }
+}
