@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
-use crate::camera::{self, Camera, CameraStatus, CaptureTiming};
+use crate::camera::{Camera, CameraStatus};
 use crate::config::Config;
 use crate::frame::Frame;
 use crate::mqtt::api::{self, Action, ApiError, Code, ReplyAddress, Topics};
@@ -200,11 +200,8 @@ impl Daemon {
         let engine = tokio::task::spawn_blocking(move || moondream::start(settings))
             .await
             .map_err(|e| DaemonError::Setup(e.to_string()))??;
-        let camera = Camera::spawn(
-            camera::source_for(&cfg.camera),
-            CaptureTiming::new(cfg.camera.capture_rate),
-        )
-        .map_err(|e| DaemonError::Setup(format!("cannot start the camera thread: {e}")))?;
+        let camera = Camera::start(&cfg.camera)
+            .map_err(|e| DaemonError::Setup(format!("cannot start the camera thread: {e}")))?;
         let client_id = if cfg.mqtt.client_id.is_empty() {
             format!("moonwatch-{device_id}")
         } else {
@@ -879,10 +876,7 @@ impl Daemon {
         }
         if new.camera != self.cfg.camera {
             tracing::info!("[camera] changed; restarting the camera");
-            match Camera::spawn(
-                camera::source_for(&new.camera),
-                CaptureTiming::new(new.camera.capture_rate),
-            ) {
+            match Camera::start(&new.camera) {
                 Ok(c) => self.camera = c,
                 Err(e) => tracing::error!("cannot restart the camera: {e}"),
             }

@@ -62,9 +62,10 @@ fn test_pattern_frames_arrive_newest_first_at_the_capture_rate() {
         width: 320,
         height: 240,
         fps: 30,
+        capture_rate: 10.0,
         ..CameraConfig::default()
     };
-    let cam = Camera::spawn(camera::source_for(&c), timing(10.0)).unwrap();
+    let cam = Camera::spawn(camera::source_for(&c), timing(c.capture_rate)).unwrap();
     let first = cam
         .wait_newer(0, Duration::from_secs(10))
         .expect("first frame");
@@ -97,9 +98,10 @@ fn a_video_file_loops_at_end_of_stream() {
         path: video,
         width: 160,
         height: 120,
+        capture_rate: 20.0,
         ..CameraConfig::default()
     };
-    let cam = Camera::spawn(camera::source_for(&c), timing(20.0)).unwrap();
+    let cam = Camera::spawn(camera::source_for(&c), timing(c.capture_rate)).unwrap();
     let mut last = 0;
     let t = Instant::now();
     // Well past the clip's length frames keep coming: the pipeline restarted at EOS.

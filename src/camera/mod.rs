@@ -123,6 +123,11 @@ impl Camera {
         })
     }
 
+    /// Starts the camera a configuration section describes, paced at its capture rate.
+    pub fn start(config: &CameraConfig) -> std::io::Result<Self> {
+        Self::spawn(source_for(config), CaptureTiming::new(config.capture_rate))
+    }
+
     /// The newest frame, if any has arrived.
     pub fn latest(&self) -> Option<Arc<Frame>> {
         self.frames.borrow().clone()

@@ -181,6 +181,15 @@ fn load_text_model(backend: &LlamaBackend, s: &Settings) -> Result<LlamaModel, E
             s.model.text.display()
         )));
     }
+    if let Some(name) = GgufContext::from_file(&s.model.text).and_then(|g| {
+        let i = g.find_key("general.name");
+        (i >= 0 && g.kv_type(i) == llama_cpp_sys_2::GGUF_TYPE_STRING)
+            .then(|| g.val_str(i).unwrap_or_default().to_owned())
+    }) {
+        if name.contains("random") {
+            tracing::warn!(%name, "this is a random-weight test model: it runs like Moondream2 but its answers are gibberish");
+        }
+    }
     if arch != "phi2" {
         tracing::warn!(%arch, "text model is not phi2; Moondream2's prompt format may not fit it");
     }
