@@ -356,7 +356,15 @@ mod tests {
             starts: Arc::new(Mutex::new(starts)),
             frames: Arc::new(Mutex::new(frames)),
         };
-        let cam = Camera::spawn(Box::new(src), fast()).unwrap();
+        // Slow enough for the 10 ms polling of wait_newer to see every frame.
+        let cam = Camera::spawn(
+            Box::new(src),
+            CaptureTiming {
+                rate: 20.0,
+                ..fast()
+            },
+        )
+        .unwrap();
         let f = cam
             .wait_newer(0, Duration::from_secs(5))
             .expect("a frame after the retries");
