@@ -187,7 +187,7 @@ fn load_text_model(backend: &LlamaBackend, s: &Settings) -> Result<LlamaModel, E
             .then(|| g.val_str(i).unwrap_or_default().to_owned())
     }) {
         if name.contains("random") {
-            tracing::warn!(%name, "this is a random-weight test model: it runs like Moondream2 but its answers are gibberish");
+            tracing::info!(%name, "this is a random-weight test model: it runs like Moondream2 but its answers are gibberish");
         }
     }
     if arch != "phi2" {
