@@ -334,7 +334,18 @@ impl Daemon {
             self.publish(&topic, payload, true).await;
         }
         for t in self.triggers.values() {
-            let (topic, payload) = discovery::trigger(&self.topics, &t.cfg);
+            self.publish_trigger_discovery(&t.cfg).await;
+        }
+    }
+
+    /// A trigger's entities: its binary sensor, and a count sensor for object triggers.
+    async fn publish_trigger_discovery(&self, cfg: &TriggerConfig) {
+        if !self.cfg.mqtt.discovery {
+            return;
+        }
+        let (topic, payload) = discovery::trigger(&self.topics, cfg);
+        self.publish(&topic, payload, true).await;
+        if let Some((topic, payload)) = discovery::object_count(&self.topics, cfg) {
             self.publish(&topic, payload, true).await;
         }
     }
@@ -510,10 +521,7 @@ impl Daemon {
         self.runtime.added.retain(|x| x.name != t.name);
         self.runtime.added.push(t.clone());
         let persisted = self.save_runtime();
-        if self.cfg.mqtt.discovery {
-            let (topic, payload) = discovery::trigger(&self.topics, &t);
-            self.publish(&topic, payload, true).await;
-        }
+        self.publish_trigger_discovery(&t).await;
         let name = t.name.clone();
         self.triggers.insert(
             name.clone(),
@@ -912,10 +920,7 @@ impl Daemon {
         }
         for (name, cfg) in want {
             if old.get(&name) != Some(&cfg) {
-                if self.cfg.mqtt.discovery {
-                    let (topic, payload) = discovery::trigger(&self.topics, &cfg);
-                    self.publish(&topic, payload, true).await;
-                }
+                self.publish_trigger_discovery(&cfg).await;
                 self.triggers.insert(
                     name,
                     Trigger {

@@ -61,6 +61,35 @@ pub fn trigger(t: &Topics, trigger: &TriggerConfig) -> (String, Vec<u8>) {
     (trigger_topic(t, trigger), v.to_string().into_bytes())
 }
 
+/// The config topic of an object trigger's count sensor.
+pub fn count_topic(t: &Topics, trigger: &TriggerConfig) -> String {
+    format!(
+        "{}/sensor/moonwatch_{}/{}_count/config",
+        t.discovery_prefix, t.device_id, trigger.name
+    )
+}
+
+/// For an object trigger: a sensor with how many were seen in the last evaluation.
+pub fn object_count(t: &Topics, trigger: &TriggerConfig) -> Option<(String, Vec<u8>)> {
+    let object = trigger.object.as_ref()?;
+    let v = merge(
+        common(
+            t,
+            &format!("{}_count", trigger.name),
+            &format!("{object} count"),
+        ),
+        json!({
+            "state_topic": t.trigger_attributes(&trigger.name),
+            "value_template": "{{ value_json.details.count }}",
+            "json_attributes_topic": t.trigger_attributes(&trigger.name),
+            "json_attributes_template": "{{ value_json.details | tojson }}",
+            "state_class": "measurement",
+            "unit_of_measurement": object,
+        }),
+    );
+    Some((count_topic(t, trigger), v.to_string().into_bytes()))
+}
+
 /// The caption sensor and the snapshot image.
 pub fn device_entities(t: &Topics) -> Vec<(String, Vec<u8>)> {
     let caption = merge(
@@ -117,6 +146,17 @@ mod tests {
         assert_eq!(v["device_class"], "garage_door");
         assert_eq!(v["availability_topic"], "moonwatch/garage/availability");
         assert_eq!(v["device"]["identifiers"][0], "moonwatch_garage");
+        assert!(object_count(&t, &trig).is_none());
+        let car: TriggerConfig =
+            serde_json::from_value(json!({"name":"car","object":"car"})).unwrap();
+        let (topic, payload) = object_count(&t, &car).unwrap();
+        assert_eq!(
+            topic,
+            "homeassistant/sensor/moonwatch_garage/car_count/config"
+        );
+        let v: Value = serde_json::from_slice(&payload).unwrap();
+        assert_eq!(v["state_topic"], "moonwatch/garage/trigger/car/attributes");
+        assert_eq!(v["value_template"], "{{ value_json.details.count }}");
         let all = device_entities(&t);
         assert!(all
             .iter()
