@@ -4,12 +4,13 @@
 # Build: llama.cpp (cmake, C/C++ compiler, libclang for bindgen), GStreamer and V4L2
 # headers. Run and test: GStreamer's base and good plugins (videotestsrc, videoconvert,
 # decodebin, jpegenc, avimux), gst-launch for the demo picture; mosquitto for the daemon
-# tests and the demo (tests start their own on loopback), openssl for the TLS test.
+# tests and the demo (tests start their own on loopback), openssl for the TLS test,
+# systemd for systemd-analyze (the unit's checks; nothing is started).
 MOONWATCH_PACKAGES=(
   pkg-config cmake clang libclang-dev build-essential ca-certificates curl git
   libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev linux-libc-dev
   gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good
-  mosquitto mosquitto-clients openssl
+  mosquitto mosquitto-clients openssl systemd
 )
 
 moonwatch_setup() {
