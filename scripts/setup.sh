@@ -5,12 +5,13 @@
 # headers. Run and test: GStreamer's base and good plugins (videotestsrc, videoconvert,
 # decodebin, jpegenc, avimux), gst-launch for the demo picture; mosquitto for the daemon
 # tests and the demo (tests start their own on loopback), openssl for the TLS test,
-# systemd for systemd-analyze (the unit's checks; nothing is started).
+# systemd for systemd-analyze (the unit's checks; nothing is started); Python for the
+# Yocto layer's linter (oelint-adv, in a virtual environment of its own).
 MOONWATCH_PACKAGES=(
   pkg-config cmake clang libclang-dev build-essential ca-certificates curl git
   libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev linux-libc-dev
   gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good
-  mosquitto mosquitto-clients openssl systemd
+  mosquitto mosquitto-clients openssl systemd python3 python3-venv
 )
 
 moonwatch_setup() {
