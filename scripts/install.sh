@@ -28,8 +28,8 @@ esac
 . scripts/setup.sh
 moonwatch_setup
 # shellcheck disable=SC2086
-cargo build --release --locked $features
-install -D -m 0755 "$CARGO_TARGET_DIR/release/moonwatch" /usr/bin/moonwatch
+cargo build --profile dist --locked $features
+install -D -m 0755 "$CARGO_TARGET_DIR/dist/moonwatch" /usr/bin/moonwatch
 install -D -m 0644 systemd/moonwatch.service /etc/systemd/system/moonwatch.service
 if [ -n "$dropin" ]; then
   install -D -m 0644 "$dropin" /etc/systemd/system/moonwatch.service.d/"$(basename "$dropin")"

@@ -29,8 +29,8 @@ python () {
             raise bb.parse.SkipRecipe("set %s to the file's SHA-256 (see meta-moonwatch/README.md)" % var)
 }
 
-S = "${WORKDIR}/sources"
-UNPACKDIR = "${S}"
+# The downloads are copied (not unpacked) into the work directory.
+S = "${WORKDIR}"
 
 inherit allarch
 
@@ -39,8 +39,8 @@ do_compile[noexec] = "1"
 
 do_install() {
     install -d ${D}${localstatedir}/lib/moonwatch/models
-    install -m 0644 ${UNPACKDIR}/moondream2-text-model-f16-${PV}.gguf ${D}${localstatedir}/lib/moonwatch/models/moondream2-text-model-f16.gguf
-    install -m 0644 ${UNPACKDIR}/moondream2-mmproj-f16-${PV}.gguf ${D}${localstatedir}/lib/moonwatch/models/moondream2-mmproj-f16.gguf
+    install -m 0644 ${S}/moondream2-text-model-f16-${PV}.gguf ${D}${localstatedir}/lib/moonwatch/models/moondream2-text-model-f16.gguf
+    install -m 0644 ${S}/moondream2-mmproj-f16-${PV}.gguf ${D}${localstatedir}/lib/moonwatch/models/moondream2-mmproj-f16.gguf
 }
 
 FILES:${PN} += "${localstatedir}/lib/moonwatch/models"

@@ -17,7 +17,8 @@ DEPENDS += "clang-native \
             gstreamer1.0-plugins-base"
 
 PV = "0.1.0+git"
-SRC_URI = "git://github.com/moonwatch/moonwatch.git;protocol=https;branch=main"
+SRC_URI = "git://github.com/moonwatch/moonwatch.git;protocol=https;branch=main \
+           file://ggml-cpu-arch.cmake"
 # A commit of main; the kas files build from the checkout instead (externalsrc).
 SRCREV = "215cc4e31776233a9941595c17070e6abe4c346e"
 
@@ -41,9 +42,18 @@ CARGO_BUILD_FLAGS += "${@'--features ' + d.getVar('CARGO_FEATURES') if d.getVar(
 
 # llama.cpp's CPU kernels for the target core (see the layer README); machine overrides
 # in the dynamic layers set it for Raspberry Pi and Jetson.
+# The `dist` profile's whole-program optimisation, applied to the release build the cargo
+# class runs (symbols are kept: the -dbg package gets them).
+export CARGO_PROFILE_RELEASE_LTO = "fat"
+export CARGO_PROFILE_RELEASE_CODEGEN_UNITS = "1"
+
 # nooelint: oelint.vars.mispell.unknown - read by llama-cpp-sys-2's build script
 GGML_CPU_ARM_ARCH ??= ""
 export GGML_CPU_ARM_ARCH
+# llama-cpp-sys-2 pins armv8-a on aarch64 Linux; this toolchain file (read by the cmake
+# crate) restores GGML_CPU_ARM_ARCH for llama.cpp.
+export TARGET_CMAKE_TOOLCHAIN_FILE = "${WORKDIR}/ggml-cpu-arch.cmake"
+export MOONWATCH_CMAKE_PROCESSOR = "${TARGET_ARCH}"
 export LIBCLANG_PATH = "${STAGING_LIBDIR_NATIVE}"
 
 USERADD_PACKAGES = "${PN}"

@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Cross-builds moonwatch for aarch64-unknown-linux-gnu (Raspberry Pi 4/5, Jetson) and runs
+# the engine's tiny-model tests under qemu-aarch64, so llama.cpp's Arm (NEON) kernels run
+# for real. Usage:
+#   scripts/cross-aarch64.sh [pi5|pi4|orin]     (default pi5)
+# GGML_CPU_ARM_ARCH picks llama.cpp's kernels for the board's cores:
+#   pi5  Cortex-A76   armv8.2-a+dotprod+fp16        (dotprod: the fast int8 dot products)
+#   pi4  Cortex-A72   armv8-a                       (NEON only)
+#   orin Cortex-A78AE armv8.2-a+dotprod+fp16+i8mm   (CUDA builds add --features cuda)
+# GStreamer and the C runtime for arm64 come from Debian's arm64 packages, unpacked into a
+# private sysroot (no foreign architecture is added to this machine's dpkg).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+board="${1:-pi5}"
+case "$board" in
+  pi5) arch=armv8.2-a+dotprod+fp16 cpu=cortex-a76 ;;
+  pi4) arch=armv8-a cpu=cortex-a72 ;;
+  orin) arch=armv8.2-a+dotprod+fp16+i8mm cpu=max ;;
+  *) echo "usage: $0 [pi5|pi4|orin]" >&2; exit 64 ;;
+esac
+. scripts/setup.sh
+MOONWATCH_PACKAGES+=(gcc-aarch64-linux-gnu g++-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user)
+moonwatch_setup
+rustup target add aarch64-unknown-linux-gnu >&2
+
+sysroot="${MOONWATCH_ARM64_SYSROOT:-$HOME/.cache/moonwatch/sysroot-arm64}"
+if [ ! -e "$sysroot/.complete" ]; then
+  apt_dir="$sysroot.apt"
+  mkdir -p "$apt_dir"/{state/lists/partial,cache/archives/partial} "$sysroot"
+  : > "$apt_dir/state/status"
+  opts=(-o APT::Architecture=arm64 -o APT::Architectures=arm64
+        -o Dir::State="$apt_dir/state" -o Dir::State::status="$apt_dir/state/status"
+        -o Dir::Cache="$apt_dir/cache" -o Debug::NoLocking=1)
+  apt-get "${opts[@]}" -qq update
+  apt-get "${opts[@]}" -qq install -y --download-only --no-install-recommends \
+    libc6 libstdc++6 libgcc-s1 \
+    libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev gstreamer1.0-plugins-base
+  for deb in "$apt_dir"/cache/archives/*.deb; do dpkg-deb -x "$deb" "$sysroot"; done
+  touch "$sysroot/.complete"
+fi
+
+lib="$sysroot/usr/lib/aarch64-linux-gnu"
+# The C library and its startup files come from the cross toolchain; the sysroot's glibc
+# linker scripts name absolute paths that only exist on the board.
+# linker scripts name absolute paths that only exist on the board, and its static archives
+# would shadow the toolchain's shared C library.
+for f in "$lib"/*.so; do
+  if head -c 64 "$f" 2>/dev/null | grep -q "GNU ld script"; then rm -f "$f"; fi
+done
+rm -f "$lib"/*.a "$lib"/*crt*.o
+export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
+export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -L $sysroot -cpu $cpu"
+export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUSTFLAGS="-L $lib -C link-arg=-Wl,-rpath-link,$lib -C link-arg=-Wl,-rpath-link,$sysroot/lib/aarch64-linux-gnu"
+export CC_aarch64_unknown_linux_gnu=aarch64-linux-gnu-gcc
+export CXX_aarch64_unknown_linux_gnu=aarch64-linux-gnu-g++
+export AR_aarch64_unknown_linux_gnu=aarch64-linux-gnu-ar
+export BINDGEN_EXTRA_CLANG_ARGS_aarch64_unknown_linux_gnu="--sysroot=/usr/aarch64-linux-gnu"
+export PKG_CONFIG_ALLOW_CROSS=1
+export PKG_CONFIG_SYSROOT_DIR="$sysroot"
+export PKG_CONFIG_LIBDIR="$lib/pkgconfig:$sysroot/usr/share/pkgconfig"
+export GGML_CPU_ARM_ARCH="$arch"
+# llama-cpp-sys-2 pins armv8-a for aarch64 Linux; this toolchain file restores the board's.
+export CMAKE_TOOLCHAIN_FILE_aarch64_unknown_linux_gnu="$PWD/scripts/cmake/aarch64-linux-gnu.cmake"
+# Keep the cross build apart from the native one.
+export CARGO_TARGET_DIR="$CARGO_TARGET_DIR-aarch64-$board"
+
+cargo build --release --locked --target aarch64-unknown-linux-gnu
+# Prove the kernels: the architecture llama.cpp's CPU backend was configured with.
+grep -h "^GGML_CPU_ARM_ARCH" "$CARGO_TARGET_DIR"/aarch64-unknown-linux-gnu/release/build/llama-cpp-sys-2-*/out/build/CMakeCache.txt
+bin="$CARGO_TARGET_DIR/aarch64-unknown-linux-gnu/release/moonwatch"
+file "$bin" 2>/dev/null || true
+ls -l "$bin"
+# The engine's tests on the tiny model, and the CLI, under emulation of the board's CPU.
+cargo test --release --locked --target aarch64-unknown-linux-gnu --test engine
+tiny="$CARGO_TARGET_DIR/aarch64-unknown-linux-gnu/tmp/tiny-moondream"
+img="$CARGO_TARGET_DIR/qemu-check.png"
+gst-launch-1.0 -q videotestsrc num-buffers=1 ! video/x-raw,width=320,height=240 ! pngenc ! filesink location="$img"
+qemu-aarch64 -L "$sysroot" -cpu "$cpu" "$bin" ask --json --threads 2 --max-tokens 8 \
+  --model "$tiny/moondream2-text-model-f16.gguf" --mmproj "$tiny/moondream2-mmproj-f16.gguf" \
+  --image "$img" "What is in the picture?"
+echo "aarch64 ($board, GGML_CPU_ARM_ARCH=$arch): built and answered under qemu-aarch64 -cpu $cpu"
