@@ -184,47 +184,8 @@ pub fn start(
             if let Some(tls) = spec.tls.clone() {
                 o.set_transport(rumqttc::Transport::tls_with_config(tls));
             }
-            let (client, mut el) = v5::AsyncClient::new(o, 256);
-            let task = tokio::spawn(async move {
-                let mut backoff = reconnect_backoff();
-                loop {
-                    match el.poll().await {
-                        Ok(v5::Event::Incoming(v5::mqttbytes::v5::Packet::ConnAck(ack))) => {
-                            backoff.reset();
-                            let _ = tx
-                                .send(MqttEvent::Connected {
-                                    session_present: ack.session_present,
-                                })
-                                .await;
-                        }
-                        Ok(v5::Event::Incoming(v5::mqttbytes::v5::Packet::Publish(p))) => {
-                            let props = p.properties.unwrap_or_default();
-                            let msg = Incoming {
-                                topic: String::from_utf8_lossy(&p.topic).into_owned(),
-                                payload: p.payload,
-                                response_topic: props.response_topic,
-                                correlation: props.correlation_data,
-                            };
-                            if tx.send(MqttEvent::Message(msg)).await.is_err() {
-                                break;
-                            }
-                        }
-                        Ok(v5::Event::Outgoing(rumqttc::Outgoing::Disconnect)) => break,
-                        Ok(_) => {}
-                        Err(e) => {
-                            if tx
-                                .send(MqttEvent::Disconnected(e.to_string()))
-                                .await
-                                .is_err()
-                            {
-                                break;
-                            }
-                            tokio::time::sleep(backoff.next_delay()).await;
-                        }
-                    }
-                }
-            });
-            (Link::V5(client), rx, task)
+            let (client, el) = v5::AsyncClient::new(o, 256);
+            (Link::V5(client), rx, drive(el, tx))
         }
         Protocol::V311 => {
             let mut o = rumqttc::MqttOptions::new(&spec.client_id, &cfg.host, cfg.port);
@@ -243,48 +204,96 @@ pub fn start(
             if let Some(tls) = spec.tls.clone() {
                 o.set_transport(rumqttc::Transport::tls_with_config(tls));
             }
-            let (client, mut el) = rumqttc::AsyncClient::new(o, 256);
-            let task = tokio::spawn(async move {
-                let mut backoff = reconnect_backoff();
-                loop {
-                    match el.poll().await {
-                        Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(ack))) => {
-                            backoff.reset();
-                            let _ = tx
-                                .send(MqttEvent::Connected {
-                                    session_present: ack.session_present,
-                                })
-                                .await;
-                        }
-                        Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
-                            let msg = Incoming {
-                                topic: p.topic,
-                                payload: p.payload,
-                                response_topic: None,
-                                correlation: None,
-                            };
-                            if tx.send(MqttEvent::Message(msg)).await.is_err() {
-                                break;
-                            }
-                        }
-                        Ok(rumqttc::Event::Outgoing(rumqttc::Outgoing::Disconnect)) => break,
-                        Ok(_) => {}
-                        Err(e) => {
-                            if tx
-                                .send(MqttEvent::Disconnected(e.to_string()))
-                                .await
-                                .is_err()
-                            {
-                                break;
-                            }
-                            tokio::time::sleep(backoff.next_delay()).await;
-                        }
-                    }
-                }
-            });
-            (Link::V311(client), rx, task)
+            let (client, el) = rumqttc::AsyncClient::new(o, 256);
+            (Link::V311(client), rx, drive(el, tx))
         }
     }
+}
+
+/// What one poll of an event loop amounted to, whatever the protocol version.
+enum Step {
+    Connected {
+        session_present: bool,
+    },
+    Message(Incoming),
+    /// Our DISCONNECT went out: the connection is finished.
+    Closed,
+    Other,
+}
+
+/// The two rumqttc event loops (v5 and v3.1.1), seen through one interface.
+trait EventSource: Send + 'static {
+    fn step(&mut self) -> impl std::future::Future<Output = Result<Step, String>> + Send;
+}
+
+impl EventSource for v5::EventLoop {
+    async fn step(&mut self) -> Result<Step, String> {
+        use v5::mqttbytes::v5::Packet;
+        Ok(match self.poll().await.map_err(|e| e.to_string())? {
+            v5::Event::Incoming(Packet::ConnAck(ack)) => Step::Connected {
+                session_present: ack.session_present,
+            },
+            v5::Event::Incoming(Packet::Publish(p)) => {
+                let props = p.properties.unwrap_or_default();
+                Step::Message(Incoming {
+                    topic: String::from_utf8_lossy(&p.topic).into_owned(),
+                    payload: p.payload,
+                    response_topic: props.response_topic,
+                    correlation: props.correlation_data,
+                })
+            }
+            v5::Event::Outgoing(rumqttc::Outgoing::Disconnect) => Step::Closed,
+            _ => Step::Other,
+        })
+    }
+}
+
+impl EventSource for rumqttc::EventLoop {
+    async fn step(&mut self) -> Result<Step, String> {
+        use rumqttc::Packet;
+        Ok(match self.poll().await.map_err(|e| e.to_string())? {
+            rumqttc::Event::Incoming(Packet::ConnAck(ack)) => Step::Connected {
+                session_present: ack.session_present,
+            },
+            rumqttc::Event::Incoming(Packet::Publish(p)) => Step::Message(Incoming {
+                topic: p.topic,
+                payload: p.payload,
+                response_topic: None,
+                correlation: None,
+            }),
+            rumqttc::Event::Outgoing(rumqttc::Outgoing::Disconnect) => Step::Closed,
+            _ => Step::Other,
+        })
+    }
+}
+
+/// Drives an event loop on the runtime: forwards sessions and messages, and after an error
+/// waits before polling again (which reconnects).
+fn drive(mut el: impl EventSource, tx: mpsc::Sender<MqttEvent>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut backoff = reconnect_backoff();
+        loop {
+            let event = match el.step().await {
+                Ok(Step::Connected { session_present }) => {
+                    backoff.reset();
+                    MqttEvent::Connected { session_present }
+                }
+                Ok(Step::Message(m)) => MqttEvent::Message(m),
+                Ok(Step::Closed) => break,
+                Ok(Step::Other) => continue,
+                Err(e) => {
+                    if tx.send(MqttEvent::Disconnected(e)).await.is_err() {
+                        break;
+                    }
+                    tokio::time::sleep(backoff.next_delay()).await;
+                    continue;
+                }
+            };
+            if tx.send(event).await.is_err() {
+                break;
+            }
+        }
+    })
 }
 
 /// Reconnect delays: 0.5 s doubling to 30 s (rumqttc itself does not back off).
