@@ -855,3 +855,58 @@ async fn tls_with_a_private_ca() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trigger_begin_and_end_events_follow_the_models_answers() {
+    // A model that always says yes, then (after SIGHUP) the plain one, which says no.
+    let yes = common::tiny_yes();
+    let no = common::tiny();
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), "allow_anonymous true");
+    let trigger = "[[trigger]]\nname = \"door\"\nquestion = \"Is the door open?\"\n\
+                   threshold = 0.55\nconsecutive = 1\ncooldown = 0\ninterval = 1\n";
+    let with_no = config(dir.path(), broker.port, "v5", trigger);
+    let with_yes = with_no
+        .replace(
+            &no.text.display().to_string(),
+            &yes.text.display().to_string(),
+        )
+        .replace(
+            &no.mmproj.display().to_string(),
+            &yes.mmproj.display().to_string(),
+        );
+    assert_ne!(with_yes, with_no);
+    let d = Daemon::start(dir.path(), &with_yes);
+    let mut c = Client::connect(broker.port, "t-events", &[&format!("{BASE}/#")]).await;
+
+    let begin = c
+        .wait("begin event", 60, |m| {
+            m.topic == format!("{BASE}/trigger/door/event") && m.json()["type"] == "begin"
+        })
+        .await
+        .json();
+    assert!(begin["confidence"].as_f64().unwrap() > 0.9, "{begin}");
+    assert_eq!(begin["snapshot_topic"], format!("{BASE}/snapshot"));
+    c.wait("ON", 10, |m| {
+        m.topic == format!("{BASE}/trigger/door") && &m.payload[..] == b"ON"
+    })
+    .await;
+    let snap = c
+        .wait("snapshot", 10, topic(&format!("{BASE}/snapshot")))
+        .await;
+    assert_eq!(&snap.payload[..2], &[0xff, 0xd8]);
+
+    std::fs::write(&d.config, &with_no).unwrap();
+    d.signal(libc::SIGHUP);
+    let end = c
+        .wait("end event", 60, |m| {
+            m.topic == format!("{BASE}/trigger/door/event") && m.json()["type"] == "end"
+        })
+        .await
+        .json();
+    assert!(end["duration_s"].as_f64().unwrap() > 0.0, "{end}");
+    c.wait("OFF", 10, |m| {
+        m.topic == format!("{BASE}/trigger/door") && &m.payload[..] == b"OFF"
+    })
+    .await;
+}

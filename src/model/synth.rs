@@ -46,6 +46,10 @@ pub struct Shape {
     pub proj_hidden: i64,
     /// Store the two vocabulary-sized matrices as Q8_0 (keeps the tiny pair small).
     pub vocab_q8: bool,
+    /// A token (as spelled in the vocabulary, `Ġ` for a leading space) the output layer's
+    /// bias makes overwhelmingly likely: a model whose answers are known in advance, for
+    /// tests of what happens after the answer (trigger events).
+    pub favoured_token: Option<&'static str>,
 }
 
 impl Shape {
@@ -63,6 +67,7 @@ impl Shape {
             vision_heads: 4,
             proj_hidden: 256,
             vocab_q8: true,
+            favoured_token: None,
         }
     }
 
@@ -80,6 +85,7 @@ impl Shape {
             vision_heads: 16,
             proj_hidden: 8192,
             vocab_q8: false,
+            favoured_token: None,
         }
     }
 }
@@ -175,6 +181,11 @@ impl Vocab {
 enum Init {
     Ones,
     Zeros,
+    /// Zeros but one element.
+    Spike {
+        index: usize,
+        value: f32,
+    },
     /// Uniform in ±1/sqrt(fan_in), which keeps activations of order one through the layers.
     Scaled,
 }
@@ -361,6 +372,13 @@ fn data(spec: &TensorSpec, rng: &mut impl Rng) -> Vec<u8> {
     let values: Vec<f32> = match spec.init {
         Init::Ones => vec![1.0; n as usize],
         Init::Zeros => vec![0.0; n as usize],
+        Init::Spike { index, value } => {
+            let mut v = vec![0.0; n as usize];
+            if let Some(x) = v.get_mut(index) {
+                *x = value;
+            }
+            v
+        }
         Init::Scaled => {
             let s = 1.0 / (fan_in as f32).sqrt();
             (0..n).map(|_| rng.random_range(-s..s)).collect()
@@ -436,7 +454,21 @@ pub fn write_text_model(
         w.linear(&format!("{b}.ffn_down"), s.text_ff, e, false);
     }
     w.norm("output_norm", e);
-    w.linear("output", e, v, s.vocab_q8);
+    w.weight("output.weight", &[e, v], s.vocab_q8);
+    let bias =
+        match s.favoured_token {
+            Some(tok) => {
+                let index = vocab.tokens.iter().position(|t| t == tok).ok_or_else(|| {
+                    SynthError::Vocab {
+                        dir: PathBuf::new(),
+                        reason: format!("no token {tok:?} to favour"),
+                    }
+                })?;
+                Init::Spike { index, value: 30.0 }
+            }
+            None => Init::Zeros,
+        };
+    w.vector("output.bias", v, bias);
     w.write(path, seed)
 }
 
@@ -540,6 +572,21 @@ pub fn quantize(
 
 /// The tiny pair for tests, written once per directory and reused after.
 pub fn tiny_pair_in(dir: &Path) -> Result<Pair, SynthError> {
+    shaped_pair_in(dir, &Shape::tiny())
+}
+
+/// A tiny pair that answers " Yes" to everything (yes/no confidence near 1).
+pub fn tiny_yes_pair_in(dir: &Path) -> Result<Pair, SynthError> {
+    shaped_pair_in(
+        dir,
+        &Shape {
+            favoured_token: Some("\u{120}Yes"),
+            ..Shape::tiny()
+        },
+    )
+}
+
+fn shaped_pair_in(dir: &Path, shape: &Shape) -> Result<Pair, SynthError> {
     let pair = Pair {
         text: dir.join("moondream2-text-model-f16.gguf"),
         mmproj: dir.join("moondream2-mmproj-f16.gguf"),
@@ -547,5 +594,5 @@ pub fn tiny_pair_in(dir: &Path) -> Result<Pair, SynthError> {
     if pair.text.is_file() && pair.mmproj.is_file() {
         return Ok(pair);
     }
-    write_pair(dir, &Shape::tiny(), &default_vocab_dir())
+    write_pair(dir, shape, &default_vocab_dir())
 }

@@ -44,3 +44,9 @@ pub fn png(dir: &Path, name: &str, seed: u8) -> PathBuf {
     img.save(&path).expect("save png");
     path
 }
+
+/// A tiny pair that answers " Yes" to every question (known answers for event tests).
+pub fn tiny_yes() -> Pair {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("tiny-moondream-yes");
+    synth::tiny_yes_pair_in(&dir).expect("tiny yes model")
+}
