@@ -109,6 +109,10 @@ struct Daemon {
 
 impl Daemon {
     fn start(dir: &Path, config: &str) -> Self {
+        Self::start_env(dir, config, &[])
+    }
+
+    fn start_env(dir: &Path, config: &str, env: &[(&str, &str)]) -> Self {
         let path = dir.join("moonwatch.toml");
         std::fs::write(&path, config).unwrap();
         let log = dir.join("daemon.log");
@@ -116,6 +120,7 @@ impl Daemon {
             .args(["run", "--config"])
             .arg(&path)
             .env("RUST_LOG", "info,llama-cpp-2=off")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
@@ -751,6 +756,16 @@ async fn a_broker_restart_loses_no_qos1_requests() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_with_a_private_ca() {
+    tls_round(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_with_client_certificates() {
+    tls_round(true).await;
+}
+
+/// A TLS broker with a CA made here; with `mutual`, it also demands client certificates.
+async fn tls_round(mutual: bool) {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let dir = tempfile::tempdir().unwrap();
     let p = |n: &str| dir.path().join(n);
@@ -808,10 +823,55 @@ async fn tls_with_a_private_ca() {
         "-out",
         "server.crt",
     ]);
+    let mut client_auth = None;
+    let mut broker_extra = String::new();
+    let mut daemon_extra = String::new();
+    if mutual {
+        ssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=moonwatch",
+            "-keyout",
+            "client.key",
+            "-out",
+            "client.csr",
+        ]);
+        std::fs::write(p("client.cnf"), "extendedKeyUsage=clientAuth\n").unwrap();
+        ssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "client.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "client.cnf",
+            "-out",
+            "client.crt",
+        ]);
+        broker_extra = "require_certificate true".into();
+        daemon_extra = format!(
+            "client_cert = \"{}\"\nclient_key = \"{}\"\n",
+            p("client.crt").display(),
+            p("client.key").display()
+        );
+        client_auth = Some((
+            std::fs::read(p("client.crt")).unwrap(),
+            std::fs::read(p("client.key")).unwrap(),
+        ));
+    }
     let broker = Broker::start(
         dir.path(),
         &format!(
-            "allow_anonymous true\ncafile {}\ncertfile {}\nkeyfile {}",
+            "allow_anonymous true\ncafile {}\ncertfile {}\nkeyfile {}\n{broker_extra}",
             p("ca.crt").display(),
             p("server.crt").display(),
             p("server.key").display()
@@ -820,7 +880,7 @@ async fn tls_with_a_private_ca() {
     let cfg = config(dir.path(), broker.port, "v5", "").replace(
         "[daemon]",
         &format!(
-            "host = \"127.0.0.1\"\ntls = true\nca_file = \"{}\"\n[daemon]",
+            "host = \"127.0.0.1\"\ntls = true\nca_file = \"{}\"\n{daemon_extra}[daemon]",
             p("ca.crt").display()
         ),
     );
@@ -831,7 +891,7 @@ async fn tls_with_a_private_ca() {
         rumqttc::TlsConfiguration::Simple {
             ca: std::fs::read(p("ca.crt")).unwrap(),
             alpn: None,
-            client_auth: None,
+            client_auth,
         },
     ));
     let (client, mut el) = AsyncClient::new(o, 16);
@@ -909,4 +969,69 @@ async fn trigger_begin_and_end_events_follow_the_models_answers() {
         m.topic == format!("{BASE}/trigger/door") && &m.payload[..] == b"OFF"
     })
     .await;
+}
+
+/// Collects what the daemon tells systemd on a NOTIFY_SOCKET of the test's own.
+fn notifications(sock: &std::os::unix::net::UnixDatagram, for_: Duration) -> Vec<String> {
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let deadline = Instant::now() + for_;
+    let mut out = vec![];
+    let mut buf = [0u8; 512];
+    while Instant::now() < deadline {
+        if let Ok(n) = sock.recv(&mut buf) {
+            out.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+    }
+    out
+}
+
+#[test]
+fn systemd_hears_ready_and_a_watchdog_only_while_frames_arrive() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), "allow_anonymous true");
+    let sock_path = dir.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    let env = [
+        ("NOTIFY_SOCKET", sock_path.to_str().unwrap()),
+        // 2 s: the daemon pings every second while healthy.
+        ("WATCHDOG_USEC", "2000000"),
+    ];
+    let d = Daemon::start_env(dir.path(), &config(dir.path(), broker.port, "v5", ""), &env);
+    let heard = notifications(&sock, Duration::from_secs(20));
+    assert!(
+        heard.iter().any(|m| m.contains("READY=1")),
+        "{heard:?}\n{}",
+        d.log()
+    );
+    let pings = heard.iter().filter(|m| m.contains("WATCHDOG=1")).count();
+    assert!(
+        pings >= 5,
+        "only {pings} watchdog pings in 20 s with a working camera: {heard:?}"
+    );
+    drop(d);
+
+    // A camera that never delivers: READY, but no watchdog, so systemd would restart it.
+    let dir2 = tempfile::tempdir().unwrap();
+    let sock_path = dir2.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    let env = [
+        ("NOTIFY_SOCKET", sock_path.to_str().unwrap()),
+        ("WATCHDOG_USEC", "2000000"),
+    ];
+    let no_camera = config(dir2.path(), broker.port, "v5", "").replace(
+        "source = \"test\"",
+        "source = \"file\"\npath = \"/nonexistent/clip.avi\"",
+    );
+    let d = Daemon::start_env(dir2.path(), &no_camera, &env);
+    let heard = notifications(&sock, Duration::from_secs(8));
+    assert!(
+        heard.iter().any(|m| m.contains("READY=1")),
+        "{heard:?}\n{}",
+        d.log()
+    );
+    assert!(
+        !heard.iter().any(|m| m.contains("WATCHDOG=1")),
+        "pinged without frames: {heard:?}"
+    );
 }
