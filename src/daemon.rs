@@ -262,9 +262,10 @@ impl Daemon {
         loop {
             tokio::select! {
                 Some(ev) = events.recv() => self.on_mqtt(ev).await,
-                result = async { (&mut self.in_flight.as_mut().expect("guarded").ticket).await }, if self.in_flight.is_some() => {
-                    let done = self.in_flight.take().expect("guarded");
-                    self.on_done(done, result.unwrap_or(Err(EngineError::Stopped))).await;
+                result = finished(&mut self.in_flight) => {
+                    if let Some(done) = self.in_flight.take() {
+                        self.on_done(done, result).await;
+                    }
                     self.schedule().await;
                 }
                 _ = tick.tick() => self.on_tick().await,
@@ -965,6 +966,14 @@ impl Daemon {
         // Let the event loop flush the offline message and the DISCONNECT.
         let _ = tokio::time::timeout(Duration::from_secs(3), mqtt_task).await;
         tracing::info!("stopped");
+    }
+}
+
+/// The result of the job in flight; never resolves while there is none.
+async fn finished(slot: &mut Option<InFlight>) -> Result<Response, EngineError> {
+    match slot {
+        Some(f) => (&mut f.ticket).await.unwrap_or(Err(EngineError::Stopped)),
+        None => std::future::pending().await,
     }
 }
 
