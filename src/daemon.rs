@@ -140,6 +140,8 @@ pub struct Daemon {
     stats: Stats,
     started: Instant,
     connected: bool,
+    /// An outage of the broker has been logged (once per outage).
+    broker_down_reported: bool,
     last_caption: Option<f64>,
     last_stats: Option<f64>,
     last_thumb: Option<[u8; 64]>,
@@ -239,6 +241,7 @@ impl Daemon {
             stats: Stats::default(),
             started: Instant::now(),
             connected: false,
+            broker_down_reported: false,
             last_caption: None,
             last_stats: None,
             last_thumb: None,
@@ -311,6 +314,7 @@ impl Daemon {
     async fn on_connected(&mut self, session_present: bool) {
         tracing::info!(session_present, "connected to the broker");
         self.connected = true;
+        self.broker_down_reported = false;
         for topic in [self.topics.requests(), self.topics.ha_status()] {
             if let Err(e) = self.link.subscribe(&topic).await {
                 tracing::warn!("cannot subscribe to {topic}: {e}");
@@ -357,9 +361,16 @@ impl Daemon {
             MqttEvent::Disconnected(reason) => {
                 if self.connected {
                     tracing::warn!("lost the broker: {reason}; reconnecting with backoff");
+                } else if !self.broker_down_reported {
+                    tracing::warn!(
+                        "cannot reach the broker at {}:{}: {reason}; retrying with backoff",
+                        self.cfg.mqtt.host,
+                        self.cfg.mqtt.port
+                    );
                 } else {
-                    tracing::debug!("broker unreachable: {reason}");
+                    tracing::debug!("broker still unreachable: {reason}");
                 }
+                self.broker_down_reported = true;
                 self.connected = false;
             }
             MqttEvent::Message(m) if m.topic == self.topics.ha_status() => {
@@ -960,11 +971,16 @@ impl Daemon {
             self.reply(&job.name, &job.reply, Err(e), job.transaction.as_ref())
                 .await;
         }
-        self.publish(&self.topics.availability(), b"offline".to_vec(), true)
-            .await;
-        self.link.disconnect().await;
-        // Let the event loop flush the offline message and the DISCONNECT.
-        let _ = tokio::time::timeout(Duration::from_secs(3), mqtt_task).await;
+        if self.connected {
+            self.publish(&self.topics.availability(), b"offline".to_vec(), true)
+                .await;
+            self.link.disconnect().await;
+            // Let the event loop flush the offline message and the DISCONNECT.
+            let _ = tokio::time::timeout(Duration::from_secs(3), mqtt_task).await;
+        } else {
+            // Nothing can be flushed; the broker's copy of the Last Will says offline.
+            mqtt_task.abort();
+        }
         tracing::info!("stopped");
     }
 }
