@@ -68,7 +68,9 @@ enum Work {
 struct Interactive {
     name: String,
     skill: Skill,
-    frame: Arc<Frame>,
+    /// The request's own image; `None` until the job runs, when it takes the newest camera
+    /// frame (set then, so the reply can say which frame was used).
+    frame: Option<Arc<Frame>>,
     reply: ReplyAddress,
     transaction: Option<Value>,
     received: Instant,
@@ -91,6 +93,9 @@ struct Stats {
     last_request_ms: Option<f64>,
     last_trigger_ms: Option<f64>,
 }
+
+/// How long a request waits for a camera that has not delivered its first frame yet.
+const CAMERA_GRACE: Duration = Duration::from_secs(5);
 
 fn unix_now() -> f64 {
     SystemTime::now()
@@ -427,9 +432,15 @@ impl Daemon {
             Action::RemoveTrigger(n) => self.remove_trigger(&n).await,
             Action::Snapshot => self.snapshot(req.image.as_deref()).await,
             Action::Skill(skill) => {
-                let frame = match self.frame_for(req.image.as_deref()).await {
-                    Ok(f) => f,
-                    Err(e) => {
+                let frame = match req
+                    .image
+                    .as_deref()
+                    .map(|b| Frame::decode(b, "the request's image"))
+                {
+                    None => None,
+                    Some(Ok(f)) => Some(Arc::new(f)),
+                    Some(Err(e)) => {
+                        let e = ApiError::new(Code::BadImage, e.to_string());
                         self.reply(&name, &to, Err(e), tx.as_ref()).await;
                         return;
                     }
@@ -464,7 +475,7 @@ impl Daemon {
                 .map(Arc::new)
                 .map_err(|e| ApiError::new(Code::BadImage, e.to_string()));
         }
-        let deadline = Instant::now() + Duration::from_secs(5);
+        let deadline = Instant::now() + CAMERA_GRACE;
         loop {
             if let Some(f) = self.camera.latest() {
                 return Ok(f);
@@ -595,8 +606,36 @@ impl Daemon {
                 .await;
                 continue;
             }
+            let frame = match job.frame.clone().or_else(|| self.camera.latest()) {
+                Some(f) => f,
+                None => match self.camera.status() {
+                    // A camera still starting gets a few seconds; the job waits its turn.
+                    CameraStatus::Starting | CameraStatus::Running
+                        if job.received.elapsed() < CAMERA_GRACE =>
+                    {
+                        self.queue.push_front(job);
+                        return;
+                    }
+                    status => {
+                        let why = match status {
+                            CameraStatus::Down { reason, .. } => reason,
+                            _ => "the camera has not delivered a frame yet".into(),
+                        };
+                        let e = ApiError::new(
+                            Code::CameraUnavailable,
+                            format!("no camera frame ({why}); send an \"image\" instead"),
+                        );
+                        self.reply(&job.name, &job.reply, Err(e), job.transaction.as_ref())
+                            .await;
+                        continue;
+                    }
+                },
+            };
             let skills = vec![job.skill.clone()];
-            let frame = job.frame.clone();
+            let job = Interactive {
+                frame: Some(frame.clone()),
+                ..job
+            };
             self.submit(Work::Interactive(job), frame, skills).await;
             return;
         }
@@ -683,7 +722,7 @@ impl Daemon {
             Work::Interactive(job) => {
                 self.stats.last_request_ms = Some(elapsed);
                 let out = match result {
-                    Ok(r) => Ok(answer_json(&r, 0, &job.frame)),
+                    Ok(r) => Ok(answer_json(&r, 0, job.frame.as_deref())),
                     Err(EngineError::Image(m)) => Err(ApiError::new(Code::BadImage, m)),
                     Err(EngineError::Invalid(m)) => Err(ApiError::new(Code::BadRequest, m)),
                     Err(EngineError::Cancelled) => Err(ApiError::new(
@@ -959,7 +998,7 @@ impl Daemon {
             let result = tokio::time::timeout(Duration::from_secs(5), f.ticket).await;
             if let Work::Interactive(job) = f.work {
                 let out = match result {
-                    Ok(Ok(Ok(r))) => Ok(answer_json(&r, 0, &job.frame)),
+                    Ok(Ok(Ok(r))) => Ok(answer_json(&r, 0, job.frame.as_deref())),
                     _ => Err(ApiError::new(Code::ShuttingDown, "moonwatch is stopping")),
                 };
                 self.reply(&job.name, &job.reply, out, job.transaction.as_ref())
@@ -1002,10 +1041,12 @@ fn on_off(on: bool) -> Vec<u8> {
 }
 
 /// The reply data for answer `i` of a response.
-fn answer_json(r: &Response, i: usize, frame: &Frame) -> Value {
+fn answer_json(r: &Response, i: usize, frame: Option<&Frame>) -> Value {
     let mut v = r.answers.get(i).map_or(json!({}), |a| json!(a));
-    v["frame_time"] = json!(unix(frame.captured_at));
-    v["frame_seq"] = json!(frame.seq);
+    if let Some(frame) = frame {
+        v["frame_time"] = json!(unix(frame.captured_at));
+        v["frame_seq"] = json!(frame.seq);
+    }
     v["prefix_reused"] = json!(r.prefix.reused);
     v["image_encode_ms"] = json!(r.prefix.image_encode_ms);
     v["total_ms"] = json!(r.total_ms);
