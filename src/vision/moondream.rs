@@ -112,7 +112,7 @@ pub fn start(settings: Settings) -> Result<Engine, EngineError> {
 
 /// Checks a file before llama.cpp sees it, so a wrong path or a swapped pair gets a plain
 /// message instead of a loader failure. Returns the GGUF architecture.
-fn inspect(path: &Path, role: &str, key: &str) -> Result<String, EngineError> {
+fn inspect(path: &Path, role: &str) -> Result<GgufInfo, EngineError> {
     let fail = |why: String| EngineError::Load(format!("{role} {}: {why}", path.display()));
     let meta = std::fs::metadata(path).map_err(|e| fail(e.to_string()))?;
     if !meta.is_file() {
@@ -128,10 +128,13 @@ fn inspect(path: &Path, role: &str, key: &str) -> Result<String, EngineError> {
     }
     let gguf = GgufContext::from_file(path)
         .ok_or_else(|| fail("corrupt or truncated GGUF header".into()))?;
-    let idx = gguf.find_key(key);
-    if idx < 0 || gguf.kv_type(idx) != llama_cpp_sys_2::GGUF_TYPE_STRING {
-        return Err(fail(format!("GGUF metadata lacks {key}")));
-    }
+    let string = |key: &str| {
+        let i = gguf.find_key(key);
+        (i >= 0 && gguf.kv_type(i) == llama_cpp_sys_2::GGUF_TYPE_STRING)
+            .then(|| gguf.val_str(i).unwrap_or_default().to_owned())
+    };
+    let arch = string("general.architecture")
+        .ok_or_else(|| fail("GGUF metadata lacks general.architecture".into()))?;
     let needed = tensor_data_end(path)?;
     if needed > meta.len() {
         return Err(fail(format!(
@@ -139,7 +142,16 @@ fn inspect(path: &Path, role: &str, key: &str) -> Result<String, EngineError> {
             meta.len()
         )));
     }
-    Ok(gguf.val_str(idx).unwrap_or_default().to_owned())
+    Ok(GgufInfo {
+        arch,
+        name: string("general.name"),
+    })
+}
+
+/// What [`inspect`] reads from a GGUF header.
+struct GgufInfo {
+    arch: String,
+    name: Option<String>,
 }
 
 /// Where the last tensor's data ends, per the GGUF header.
@@ -174,18 +186,14 @@ fn tensor_data_end(path: &Path) -> Result<u64, EngineError> {
 }
 
 fn load_text_model(backend: &LlamaBackend, s: &Settings) -> Result<LlamaModel, EngineError> {
-    let arch = inspect(&s.model.text, "text model", "general.architecture")?;
+    let GgufInfo { arch, name } = inspect(&s.model.text, "text model")?;
     if arch == "clip" {
         return Err(EngineError::Load(format!(
             "text model {} is a vision projector (clip); are model.text and model.mmproj swapped?",
             s.model.text.display()
         )));
     }
-    if let Some(name) = GgufContext::from_file(&s.model.text).and_then(|g| {
-        let i = g.find_key("general.name");
-        (i >= 0 && g.kv_type(i) == llama_cpp_sys_2::GGUF_TYPE_STRING)
-            .then(|| g.val_str(i).unwrap_or_default().to_owned())
-    }) {
+    if let Some(name) = name {
         if name.contains("random") {
             tracing::info!(%name, "this is a random-weight test model: it runs like Moondream2 but its answers are gibberish");
         }
@@ -243,7 +251,7 @@ impl<'m> Moondream<'m> {
         model: &'m LlamaModel,
         s: &Settings,
     ) -> Result<Self, EngineError> {
-        let arch = inspect(&s.model.mmproj, "vision projector", "general.architecture")?;
+        let arch = inspect(&s.model.mmproj, "vision projector")?.arch;
         if arch != "clip" {
             return Err(EngineError::Load(format!(
                 "vision projector {} has architecture {arch}, expected clip; are model.text and model.mmproj swapped?",
