@@ -793,58 +793,23 @@ async fn tls_round(mutual: bool) {
         "-out",
         "ca.crt",
     ]);
-    ssl(&[
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-subj",
-        "/CN=127.0.0.1",
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
-    ]);
-    std::fs::write(p("ext.cnf"), "subjectAltName=IP:127.0.0.1\n").unwrap();
-    ssl(&[
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.crt",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-days",
-        "2",
-        "-extfile",
-        "ext.cnf",
-        "-out",
-        "server.crt",
-    ]);
-    let mut client_auth = None;
-    let mut broker_extra = String::new();
-    let mut daemon_extra = String::new();
-    if mutual {
+    // A key and a certificate signed by the CA, with one X.509 extension.
+    let issue = |name: &str, subject: &str, extension: &str| {
+        let (key, csr, crt, ext) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.crt"),
+            format!("{name}.cnf"),
+        );
         ssl(&[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-subj",
-            "/CN=moonwatch",
-            "-keyout",
-            "client.key",
-            "-out",
-            "client.csr",
+            "req", "-newkey", "rsa:2048", "-nodes", "-subj", subject, "-keyout", &key, "-out", &csr,
         ]);
-        std::fs::write(p("client.cnf"), "extendedKeyUsage=clientAuth\n").unwrap();
+        std::fs::write(p(&ext), format!("{extension}\n")).unwrap();
         ssl(&[
             "x509",
             "-req",
             "-in",
-            "client.csr",
+            &csr,
             "-CA",
             "ca.crt",
             "-CAkey",
@@ -853,10 +818,17 @@ async fn tls_round(mutual: bool) {
             "-days",
             "2",
             "-extfile",
-            "client.cnf",
+            &ext,
             "-out",
-            "client.crt",
+            &crt,
         ]);
+    };
+    issue("server", "/CN=127.0.0.1", "subjectAltName=IP:127.0.0.1");
+    let mut client_auth = None;
+    let mut broker_extra = String::new();
+    let mut daemon_extra = String::new();
+    if mutual {
+        issue("client", "/CN=moonwatch", "extendedKeyUsage=clientAuth");
         broker_extra = "require_certificate true".into();
         daemon_extra = format!(
             "client_cert = \"{}\"\nclient_key = \"{}\"\n",
