@@ -52,26 +52,28 @@ fn fixture() -> Fixture {
     }
 }
 
-fn ask_args<'a>(f: &'a Fixture, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut v = vec![
-        "ask",
+/// `moonwatch COMMAND --model TEXT --mmproj MMPROJ --threads 2 --image IMAGE EXTRA...`
+fn run_skill(command: &str, text: &Path, mmproj: &Path, image: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        command,
         "--model",
-        s(&f.text),
+        s(text),
         "--mmproj",
-        s(&f.mmproj),
+        s(mmproj),
         "--threads",
         "2",
         "--image",
-        s(&f.image),
+        s(image),
     ];
-    v.extend_from_slice(extra);
-    v
+    args.extend_from_slice(extra);
+    moonwatch(&args)
 }
 
 #[test]
 fn ask_json_prints_answers_and_timings_with_the_prefix_reused_for_the_second() {
     let f = fixture();
-    let out = moonwatch(&ask_args(&f, &["--json", "What is this?", "Is it red?"]));
+    let extra = ["--json", "What is this?", "Is it red?"];
+    let out = run_skill("ask", &f.text, &f.mmproj, &f.image, &extra);
     assert!(
         out.status.success(),
         "{}",
@@ -92,24 +94,13 @@ fn ask_json_prints_answers_and_timings_with_the_prefix_reused_for_the_second() {
 #[test]
 fn each_skill_has_a_command() {
     let f = fixture();
-    let base = [
-        "--model",
-        s(&f.text),
-        "--mmproj",
-        s(&f.mmproj),
-        "--image",
-        s(&f.image),
-    ];
     for cmd in [
         vec!["caption", "--length", "short"],
         vec!["detect", "car"],
         vec!["point", "car"],
         vec!["yes-no", "Is it daytime?"],
     ] {
-        let mut args = vec![cmd[0]];
-        args.extend_from_slice(&base);
-        args.extend_from_slice(&cmd[1..]);
-        let out = moonwatch(&args);
+        let out = run_skill(cmd[0], &f.text, &f.mmproj, &f.image, &cmd[1..]);
         assert!(
             out.status.success(),
             "{cmd:?}: {}",
@@ -117,17 +108,13 @@ fn each_skill_has_a_command() {
         );
         assert!(!out.stdout.is_empty(), "{cmd:?} printed nothing");
     }
-    let out = moonwatch(&[
+    let out = run_skill(
         "yes-no",
-        "--json",
-        "--model",
-        s(&f.text),
-        "--mmproj",
-        s(&f.mmproj),
-        "--image",
-        s(&f.image),
-        "Is it on?",
-    ]);
+        &f.text,
+        &f.mmproj,
+        &f.image,
+        &["--json", "Is it on?"],
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(v["answers"][0]["confidence"].as_f64().unwrap() >= 0.5);
 }
@@ -139,53 +126,24 @@ fn bad_inputs_give_one_line_and_distinct_codes() {
     let truncated = f.dir.join("truncated.gguf");
     let bytes = std::fs::read(&f.text).unwrap();
     std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
-    let out = moonwatch(&[
-        "ask",
-        "--model",
-        s(&truncated),
-        "--mmproj",
-        s(&f.mmproj),
-        "--image",
-        s(&f.image),
-        "q",
-    ]);
+    let out = run_skill("ask", &truncated, &f.mmproj, &f.image, &["q"]);
     fails(&out, 69, "truncated.gguf");
     // A missing vision projector.
-    let out = moonwatch(&[
-        "ask",
-        "--model",
-        s(&f.text),
-        "--mmproj",
-        "/nonexistent/mmproj.gguf",
-        "--image",
-        s(&f.image),
-        "q",
-    ]);
+    let missing = Path::new("/nonexistent/mmproj.gguf");
+    let out = run_skill("ask", &f.text, missing, &f.image, &["q"]);
     fails(&out, 69, "/nonexistent/mmproj.gguf");
     // A text file passed as the image.
     let notes = f.dir.join("notes.txt");
     std::fs::write(&notes, "not a picture").unwrap();
-    let out = moonwatch(&ask_args_with_image(&f, &notes));
+    let out = run_skill("ask", &f.text, &f.mmproj, &notes, &["q"]);
     fails(&out, 65, "notes.txt");
     // A missing image.
-    let out = moonwatch(&ask_args_with_image(&f, Path::new("/nonexistent/cat.jpg")));
+    let cat = Path::new("/nonexistent/cat.jpg");
+    let out = run_skill("ask", &f.text, &f.mmproj, cat, &["q"]);
     fails(&out, 66, "/nonexistent/cat.jpg");
     // An empty question.
-    let out = moonwatch(&ask_args(&f, &["   "]));
+    let out = run_skill("ask", &f.text, &f.mmproj, &f.image, &["   "]);
     fails(&out, 64, "empty");
-}
-
-fn ask_args_with_image<'a>(f: &'a Fixture, image: &'a Path) -> Vec<&'a str> {
-    vec![
-        "ask",
-        "--model",
-        s(&f.text),
-        "--mmproj",
-        s(&f.mmproj),
-        "--image",
-        s(image),
-        "q",
-    ]
 }
 
 #[test]
