@@ -23,25 +23,55 @@ MOONWATCH_PACKAGES+=(gcc-aarch64-linux-gnu g++-aarch64-linux-gnu libc6-dev-arm64
 moonwatch_setup
 rustup target add aarch64-unknown-linux-gnu >&2
 
+# The arm64 packages the sysroot is made of: the C and C++ runtimes, OpenMP (llama.cpp's
+# CPU backend is built with it) and GStreamer with its dependencies. The sysroot records
+# this list; one made from another list (an older version of this script) is made anew.
+sysroot_packages=(
+  libc6 libstdc++6 libgcc-s1 libgomp1
+  libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev gstreamer1.0-plugins-base
+)
 sysroot="${MOONWATCH_ARM64_SYSROOT:-$HOME/.cache/moonwatch/sysroot-arm64}"
-if [ ! -e "$sysroot/.complete" ]; then
+stamp="sysroot v2: ${sysroot_packages[*]}"
+if [ "$(cat "$sysroot/.complete" 2>/dev/null)" != "$stamp" ]; then
+  [ -e "$sysroot" ] && echo "moonwatch: making the arm64 sysroot anew in $sysroot" >&2
   apt_dir="$sysroot.apt"
+  rm -rf "$sysroot" "$apt_dir"
   mkdir -p "$apt_dir"/{state/lists/partial,cache/archives/partial} "$sysroot"
   : > "$apt_dir/state/status"
   opts=(-o APT::Architecture=arm64 -o APT::Architectures=arm64
         -o Dir::State="$apt_dir/state" -o Dir::State::status="$apt_dir/state/status"
         -o Dir::Cache="$apt_dir/cache" -o Debug::NoLocking=1)
   apt-get "${opts[@]}" -qq update
-  apt-get "${opts[@]}" -qq install -y --download-only --no-install-recommends \
-    libc6 libstdc++6 libgcc-s1 \
-    libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev gstreamer1.0-plugins-base
+  apt-get "${opts[@]}" -qq install -y --download-only --no-install-recommends "${sysroot_packages[@]}"
   for deb in "$apt_dir"/cache/archives/*.deb; do dpkg-deb -x "$deb" "$sysroot"; done
-  touch "$sysroot/.complete"
+  echo "$stamp" > "$sysroot/.complete"
 fi
+
+# Every shared library an arm64 program needs, followed through the libraries it loads,
+# must be in the sysroot that qemu-aarch64 -L searches; name whatever is not.
+check_needed() {
+  local missing=() seen=" " queue=("$@") f n found d
+  while [ ${#queue[@]} -gt 0 ]; do
+    f="${queue[0]}"; queue=("${queue[@]:1}")
+    for n in $(aarch64-linux-gnu-readelf -d "$f" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p'); do
+      case "$seen" in *" $n "*) continue ;; esac
+      seen="$seen$n "
+      found=""
+      for d in "$sysroot/lib/aarch64-linux-gnu" "$sysroot/usr/lib/aarch64-linux-gnu" "$sysroot/lib"; do
+        if [ -e "$d/$n" ]; then found="$(readlink -f "$d/$n")"; break; fi
+      done
+      if [ -n "$found" ]; then queue+=("$found"); else missing+=("$n (needed by $(basename "$f"))"); fi
+    done
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "moonwatch: the arm64 sysroot $sysroot lacks: ${missing[*]}" >&2
+    echo "moonwatch: add the Debian arm64 package that ships each to sysroot_packages in $0" >&2
+    exit 1
+  fi
+}
 
 lib="$sysroot/usr/lib/aarch64-linux-gnu"
 # The C library and its startup files come from the cross toolchain; the sysroot's glibc
-# linker scripts name absolute paths that only exist on the board.
 # linker scripts name absolute paths that only exist on the board, and its static archives
 # would shadow the toolchain's shared C library.
 for f in "$lib"/*.so; do
@@ -71,6 +101,9 @@ bin="$CARGO_TARGET_DIR/aarch64-unknown-linux-gnu/release/moonwatch"
 file "$bin" 2>/dev/null || true
 ls -l "$bin"
 # The engine's tests on the tiny model, and the CLI, under emulation of the board's CPU.
+tests=$(cargo test --release --locked --target aarch64-unknown-linux-gnu --test engine --no-run \
+  --message-format=json | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p')
+check_needed "$bin" $tests
 cargo test --release --locked --target aarch64-unknown-linux-gnu --test engine
 tiny="$CARGO_TARGET_DIR/aarch64-unknown-linux-gnu/tmp/tiny-moondream"
 img="$CARGO_TARGET_DIR/qemu-check.png"
