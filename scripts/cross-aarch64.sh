@@ -105,10 +105,15 @@ tests=$(cargo test --release --locked --target aarch64-unknown-linux-gnu --test 
   --message-format=json | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p')
 check_needed "$bin" $tests
 cargo test --release --locked --target aarch64-unknown-linux-gnu --test engine
-tiny="$CARGO_TARGET_DIR/aarch64-unknown-linux-gnu/tmp/tiny-moondream"
+# A known-answer model made by the arm64 binary itself: the CLI must print its answer.
+tiny=$(mktemp -d)
+trap 'rm -rf "$tiny"' EXIT
+run_arm() { qemu-aarch64 -L "$sysroot" -cpu "$cpu" "$bin" "$@"; }
+run_arm model synth --size tiny --out "$tiny" --answer " a red square" >/dev/null
 img="$CARGO_TARGET_DIR/qemu-check.png"
 gst-launch-1.0 -q videotestsrc num-buffers=1 ! video/x-raw,width=320,height=240 ! pngenc ! filesink location="$img"
-qemu-aarch64 -L "$sysroot" -cpu "$cpu" "$bin" ask --json --threads 2 --max-tokens 8 \
-  --model "$tiny/moondream2-text-model-f16.gguf" --mmproj "$tiny/moondream2-mmproj-f16.gguf" \
-  --image "$img" "What is in the picture?"
+answer=$(run_arm ask --threads 2 --model "$tiny/moondream2-text-model-f16.gguf" \
+  --mmproj "$tiny/moondream2-mmproj-f16.gguf" --image "$img" "What is in the picture?")
+echo "aarch64 answer: $answer"
+[ "$answer" = "a red square" ] || { echo "moonwatch: wrong answer under qemu-aarch64: $answer" >&2; exit 1; }
 echo "aarch64 ($board, GGML_CPU_ARM_ARCH=$arch): built and answered under qemu-aarch64 -cpu $cpu"

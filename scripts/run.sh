@@ -5,8 +5,10 @@
 #
 # The configuration is configs/moonwatch.toml, copied to $MOONWATCH_HOME/moonwatch.toml,
 # with the V4L2 camera when /dev/video0 exists and the test pattern otherwise. The real
-# Moondream2 GGUFs are downloaded when the network allows; otherwise a random-weight model
-# with the same architecture is generated (same code path, gibberish answers; it says so).
+# Moondream2 GGUFs are downloaded when the network allows; otherwise a tiny random-weight
+# model with the same architecture is generated into $MOONWATCH_HOME/models/offline-test-model
+# (never under the real files' names): the same code path, and every answer it gives says
+# that it is the offline test model.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/setup.sh
@@ -18,21 +20,27 @@ models="$home/models"
 port="${MOONWATCH_MQTT_PORT:-1883}"
 mkdir -p "$models"
 
+text="$models/moondream2-text-model-f16.gguf"
+mmproj="$models/moondream2-mmproj-f16.gguf"
 if ! "$bin" model pull --config configs/moonwatch.toml --dir "$models"; then
+  test_model="$models/offline-test-model"
   echo
   echo "moonwatch: the real model could not be downloaded (see above)."
-  echo "moonwatch: using a generated RANDOM-WEIGHT test model instead: same architecture,"
-  echo "moonwatch: same code path, but its answers are gibberish."
+  echo "moonwatch: using a generated RANDOM-WEIGHT test model instead ($test_model):"
+  echo "moonwatch: Moondream2's architecture and code path, with one known answer to everything."
   echo
-  "$bin" model synth --size tiny --out "$models" >/dev/null
+  "$bin" model synth --size tiny --out "$test_model" \
+    --answer " This is the offline test model, not Moondream2. Run moonwatch model pull with network access for real answers." >/dev/null
+  text="$test_model/moondream2-text-model-f16.gguf"
+  mmproj="$test_model/moondream2-mmproj-f16.gguf"
 fi
 
 config="$home/moonwatch.toml"
 camera=v4l2
 [ -e /dev/video0 ] || camera=test
 sed -e "s|^source = \"v4l2\"|source = \"$camera\"|" \
-    -e "s|^text = .*|text = \"$models/moondream2-text-model-f16.gguf\"|" \
-    -e "s|^mmproj = .*|mmproj = \"$models/moondream2-mmproj-f16.gguf\"|" \
+    -e "s|^text = .*|text = \"$text\"|" \
+    -e "s|^mmproj = .*|mmproj = \"$mmproj\"|" \
     -e "s|^state_dir = .*|state_dir = \"$home\"|" \
     -e "s|^port = 1883|port = $port|" \
     configs/moonwatch.toml > "$config"

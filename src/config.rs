@@ -243,6 +243,18 @@ pub struct ModelConfig {
     pub max_tokens: u32,
     /// Requests waiting for the engine before new ones are refused as busy.
     pub queue_depth: u32,
+    /// Type of the KV cache: `f16` (llama.cpp's default) or `q8_0` (half the memory,
+    /// 24 layers x 2048 wide x 2 x context_size positions).
+    pub kv_cache_type: KvCacheKind,
+    /// Which Moondream2 revision the files hold; picks its prompts
+    /// (`moondream2-2024` or `moondream2-2025-04-14`).
+    pub revision: crate::vision::Revision,
+    /// Appended to every yes/no question (trigger questions too), as Moondream's own
+    /// yes/no evaluation does; empty to ask questions as they are.
+    pub yes_no_suffix: String,
+    /// A yes/no answer is `uncertain` when the probabilities of the yes and no tokens
+    /// add up to less than this (the model wanted to say something else), 0..1.
+    pub yes_no_min_mass: f32,
     /// Where `moonwatch model pull` fetches the model from.
     pub download: DownloadConfig,
 }
@@ -260,9 +272,24 @@ impl Default for ModelConfig {
             mmap: false,
             max_tokens: 128,
             queue_depth: 16,
+            kv_cache_type: KvCacheKind::F16,
+            revision: crate::vision::Revision::default(),
+            yes_no_suffix: crate::vision::prompt::prompts(crate::vision::Revision::Moondream2024)
+                .yes_no_suffix
+                .into(),
+            yes_no_min_mass: 0.5,
             download: DownloadConfig::default(),
         }
     }
+}
+
+/// The element type of llama.cpp's KV cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KvCacheKind {
+    F16,
+    #[serde(rename = "q8_0")]
+    Q8_0,
 }
 
 /// The `[model.download]` section: a Hugging Face repository and the two files in it.
@@ -281,6 +308,12 @@ pub struct DownloadConfig {
     pub text_sha256: String,
     /// Expected SHA-256 of the vision projector; when empty the hub's LFS hash is used.
     pub mmproj_sha256: String,
+    /// Quantize the downloaded text model to this type (`q4_k_m`, `q4_0`, `q8_0`) and
+    /// write the result to `model.text`; the download itself is removed afterwards.
+    pub quantize: Option<crate::model::Quant>,
+    /// Quantize the downloaded vision projector's matrices to Q8_0 and write the result
+    /// to `model.mmproj` (about a third smaller; SigLIP's 4304-wide `ffn_down` stays F16).
+    pub quantize_mmproj: bool,
 }
 
 impl Default for DownloadConfig {
@@ -292,6 +325,8 @@ impl Default for DownloadConfig {
             mmproj_file: "moondream2-mmproj-f16.gguf".into(),
             text_sha256: String::new(),
             mmproj_sha256: String::new(),
+            quantize: None,
+            quantize_mmproj: false,
         }
     }
 }
@@ -435,6 +470,18 @@ impl Config {
                 format!("{} must be between 1 and 4096", m.queue_depth),
             );
         }
+        if !(0.0..=1.0).contains(&m.yes_no_min_mass) {
+            bad(
+                "model.yes_no_min_mass",
+                format!("{} must be between 0 and 1", m.yes_no_min_mass),
+            );
+        }
+        if m.yes_no_suffix.chars().count() > 200 || m.yes_no_suffix.chars().any(char::is_control) {
+            bad(
+                "model.yes_no_suffix",
+                "must be one line of at most 200 characters".into(),
+            );
+        }
         let c = &self.camera;
         if c.width == 0
             || c.height == 0
@@ -560,6 +607,25 @@ impl Config {
             }
         }
         let d = &m.download;
+        if d.quantize.is_some() && m.text.file_name() == Some(std::ffi::OsStr::new(&d.text_file)) {
+            bad(
+                "model.download.quantize",
+                format!(
+                    "model.text must name the quantized file, not the download {:?} (for example moondream2-text-model-{}.gguf)",
+                    d.text_file,
+                    d.quantize.map_or("", |q| q.name())
+                ),
+            );
+        }
+        if d.quantize_mmproj && m.mmproj.file_name() == Some(std::ffi::OsStr::new(&d.mmproj_file)) {
+            bad(
+                "model.download.quantize_mmproj",
+                format!(
+                    "model.mmproj must name the quantized file, not the download {:?} (for example moondream2-mmproj-q8_0.gguf)",
+                    d.mmproj_file
+                ),
+            );
+        }
         if d.repo.split('/').count() != 2 || d.repo.contains(char::is_whitespace) {
             bad(
                 "model.download.repo",

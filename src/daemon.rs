@@ -767,35 +767,43 @@ impl Daemon {
     }
 
     async fn on_trigger_answer(&mut self, name: &str, answer: &Answer, frame: &Arc<Frame>) {
-        let (obs, details) = match answer {
+        // Object triggers decide on the presence answer, like question triggers on theirs:
+        // the same confidence against the same threshold. An uncertain answer (neither
+        // yes nor no) is no observation.
+        let (said, confidence, details) = match answer {
             Answer::YesNo {
                 answer,
                 confidence,
                 p_yes,
                 p_no,
             } => (
-                Observation {
-                    on: *answer,
-                    confidence: *confidence,
-                },
+                *answer,
+                *confidence,
                 json!({ "p_yes": p_yes, "p_no": p_no }),
             ),
-            Answer::Detect { objects, .. } => (
-                Observation {
-                    on: !objects.is_empty(),
-                    confidence: 1.0,
-                },
+            Answer::Detect {
+                present,
+                confidence,
+                objects,
+                ..
+            } => (
+                *present,
+                *confidence,
                 json!({ "count": objects.len(), "objects": objects }),
             ),
             _ => return,
         };
+        let obs = said.map(|on| Observation { on, confidence });
         let Some(t) = self.triggers.get_mut(name) else {
             return;
         };
-        let changes = t.state.observe(&t.cfg, obs, unix_now());
+        let changes = match obs {
+            Some(obs) => t.state.observe(&t.cfg, obs, unix_now()),
+            None => Vec::new(),
+        };
         let attrs = json!({
-            "confidence": obs.confidence,
-            "answer": obs.on,
+            "confidence": confidence,
+            "answer": said,
             "frame_time": unix(frame.captured_at),
             "frame_seq": frame.seq,
             "snapshot_topic": self.topics.snapshot(),
@@ -825,7 +833,7 @@ impl Daemon {
                     let mut ev = json!({
                         "type": kind,
                         "trigger": name,
-                        "confidence": obs.confidence,
+                        "confidence": confidence,
                         "frame_time": unix(frame.captured_at),
                         "frame_seq": frame.seq,
                         "snapshot_topic": self.topics.snapshot(),

@@ -6,7 +6,7 @@ use std::time::SystemTime;
 
 use image::{ImageReader, Limits};
 
-/// Largest image side accepted from files and payloads; the model letterboxes to 378 px
+/// Largest image side accepted from files and payloads; the model sees 378x378 pixels
 /// anyway, so bigger inputs only cost memory.
 pub const MAX_SIDE: u32 = 8192;
 
@@ -131,6 +131,32 @@ impl Frame {
         Self::from_rgb(w, h, rgb.into_raw())
     }
 
+    /// The pixels stretched to `width` x `height` (bicubic, aspect ratio not kept), as
+    /// Moondream's reference preprocessing resizes every picture to the encoder's input
+    /// size. A frame already that size is returned as it is, without a copy.
+    pub fn stretched(&self, width: u32, height: u32) -> Arc<[u8]> {
+        if (self.width, self.height) == (width, height) {
+            return self.rgb.clone();
+        }
+        let src = image::ImageBuffer::<image::Rgb<u8>, &[u8]>::from_raw(
+            self.width,
+            self.height,
+            &self.rgb[..],
+        );
+        match src {
+            Some(src) => image::imageops::resize(
+                &src,
+                width,
+                height,
+                image::imageops::FilterType::CatmullRom,
+            )
+            .into_raw()
+            .into(),
+            // Unreachable: from_rgb checked the buffer length.
+            None => vec![0u8; width as usize * height as usize * 3].into(),
+        }
+    }
+
     /// Encodes the frame as JPEG (for snapshots and replies).
     pub fn to_jpeg(&self, quality: u8) -> Vec<u8> {
         let mut out = Vec::new();
@@ -198,6 +224,30 @@ mod tests {
             Frame::from_rgb(0, 0, vec![]),
             Err(FrameError::Size { .. })
         ));
+    }
+
+    #[test]
+    fn stretching_keeps_no_aspect_and_no_bars() {
+        // Left half red, right half blue, 640x480: stretched to 378x378 the halves stay
+        // halves (no letterbox bars above and below, no cropping at the sides).
+        let img = image::RgbImage::from_fn(640, 480, |x, _| {
+            if x < 320 {
+                image::Rgb([255, 0, 0])
+            } else {
+                image::Rgb([0, 0, 255])
+            }
+        });
+        let f = Frame::from_rgb(640, 480, img.into_raw()).unwrap();
+        let out = f.stretched(378, 378);
+        assert_eq!(out.len(), 378 * 378 * 3);
+        let px = |x: usize, y: usize| &out[(y * 378 + x) * 3..(y * 378 + x) * 3 + 3];
+        assert_eq!(px(10, 0), [255, 0, 0]);
+        assert_eq!(px(10, 377), [255, 0, 0]);
+        assert_eq!(px(367, 0), [0, 0, 255]);
+        assert_eq!(px(367, 377), [0, 0, 255]);
+        // Already the right size: the same buffer.
+        let g = Frame::from_rgb(378, 378, out.to_vec()).unwrap();
+        assert!(Arc::ptr_eq(&g.rgb, &g.stretched(378, 378)));
     }
 
     #[test]

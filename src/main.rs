@@ -9,12 +9,13 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use moonwatch::camera;
 use moonwatch::config::{self, CameraConfig, Config, ConfigError};
 use moonwatch::frame::{Frame, FrameError};
-use moonwatch::model::{pull, synth};
+use moonwatch::model::{pull, synth, Quant};
 use moonwatch::vision::moondream::{self, Settings};
 use moonwatch::vision::{Answer, CaptionLength, EngineError, Request, Response, Skill};
 
 /// Exit statuses (sysexits.h), one per kind of failure so scripts can tell them apart.
 mod exit {
+    pub const USAGE: u8 = 64; // the command line is wrong
     pub const DATAERR: u8 = 65; // the image cannot be decoded or the model refuses it
     pub const NOINPUT: u8 = 66; // the image file is missing or unreadable
     pub const UNAVAILABLE: u8 = 69; // the model files are missing or corrupt
@@ -119,6 +120,28 @@ enum ModelCommand {
         /// Download into this directory instead of the configured paths.
         #[arg(long)]
         dir: Option<PathBuf>,
+        /// Quantize the text model after the verified download (overrides
+        /// model.download.quantize); the configuration's model.text names the result.
+        #[arg(long, value_enum)]
+        quantize: Option<Quant>,
+    },
+    /// Quantize a text model (--type) or a vision projector (--mmproj, to Q8_0) that is
+    /// already on disk.
+    Quantize {
+        /// The text model type to write.
+        #[arg(
+            long = "type",
+            value_enum,
+            required_unless_present = "mmproj",
+            conflicts_with = "mmproj"
+        )]
+        quant: Option<Quant>,
+        /// The input is a vision projector: its matrices become Q8_0 where their rows
+        /// allow (SigLIP's 4304-wide ffn_down stays F16).
+        #[arg(long)]
+        mmproj: bool,
+        input: PathBuf,
+        output: PathBuf,
     },
     /// Write a random-weight pair with Moondream2's exact architecture (tests, benchmarks).
     Synth {
@@ -133,6 +156,10 @@ enum ModelCommand {
         /// GPT-2 vocabulary directory (encoder.json, vocab.bpe).
         #[arg(long)]
         vocab: Option<PathBuf>,
+        /// Make a model with a known answer: whatever it is asked, it answers this text
+        /// (then end-of-text), for tests that must tell a right answer from a wrong one.
+        #[arg(long)]
+        answer: Option<String>,
     },
 }
 
@@ -140,14 +167,6 @@ enum ModelCommand {
 enum SynthSize {
     Tiny,
     Full,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum Quant {
-    #[value(name = "q4_k_m")]
-    Q4KM,
-    #[value(name = "q8_0")]
-    Q8_0,
 }
 
 /// Where the picture and the model come from.
@@ -444,6 +463,14 @@ fn ask(input: &Input, skills: Vec<Skill>) -> Result<(), Failure> {
     Ok(())
 }
 
+fn presence(present: Option<bool>, confidence: f32) -> String {
+    match present {
+        Some(true) => format!("present (confidence {confidence:.2})"),
+        Some(false) => format!("not present (confidence {confidence:.2})"),
+        None => "presence uncertain (the model answered neither yes nor no)".into(),
+    }
+}
+
 fn print_human(r: &Response) {
     let several = r.answers.len() > 1;
     for (i, a) in r.answers.iter().enumerate() {
@@ -456,11 +483,14 @@ fn print_human(r: &Response) {
             Answer::Caption { caption } => println!("{prefix}{caption}"),
             Answer::Query { answer } => println!("{prefix}{answer}"),
             Answer::Detect {
+                present,
+                confidence,
                 objects,
                 parsed,
                 raw,
                 ..
             } => {
+                println!("{prefix}{}", presence(*present, *confidence));
                 if !parsed {
                     println!("{prefix}no box could be read from the model's answer: {raw:?}");
                 }
@@ -472,11 +502,14 @@ fn print_human(r: &Response) {
                 }
             }
             Answer::Point {
+                present,
+                confidence,
                 points,
                 parsed,
                 raw,
                 ..
             } => {
+                println!("{prefix}{}", presence(*present, *confidence));
                 if !parsed {
                     println!("{prefix}no point could be read from the model's answer: {raw:?}");
                 }
@@ -486,13 +519,14 @@ fn print_human(r: &Response) {
             }
             Answer::YesNo {
                 answer, confidence, ..
-            } => {
-                println!(
+            } => match answer {
+                Some(yes) => println!(
                     "{prefix}{} (confidence {:.2})",
-                    if *answer { "yes" } else { "no" },
+                    if *yes { "yes" } else { "no" },
                     confidence
-                )
-            }
+                ),
+                None => println!("{prefix}uncertain (the model answered neither yes nor no)"),
+            },
         }
     }
     let p = &r.prefix;
@@ -509,12 +543,39 @@ fn print_human(r: &Response) {
 
 fn model(command: ModelCommand) -> Result<(), Failure> {
     match command {
-        ModelCommand::Pull { config, dir } => {
+        ModelCommand::Pull {
+            config,
+            dir,
+            quantize,
+        } => {
             let mut cfg = find_config(config.as_deref())?.unwrap_or_default();
+            if quantize.is_some() {
+                cfg.model.download.quantize = quantize;
+            }
+            let d = &cfg.model.download;
             if let Some(dir) = dir {
-                let d = &cfg.model.download;
-                cfg.model.text = dir.join(&d.text_file);
-                cfg.model.mmproj = dir.join(&d.mmproj_file);
+                cfg.model.text = match d.quantize {
+                    Some(q) => dir.join(format!("moondream2-text-model-{}.gguf", q.name())),
+                    None => dir.join(&d.text_file),
+                };
+                cfg.model.mmproj = if d.quantize_mmproj {
+                    dir.join("moondream2-mmproj-q8_0.gguf")
+                } else {
+                    dir.join(&d.mmproj_file)
+                };
+            } else if let Some(q) = d.quantize {
+                if cfg.model.text.file_name() == Some(std::ffi::OsStr::new(&d.text_file)) {
+                    // The configured name is the download's: put the result beside it.
+                    cfg.model.text = cfg
+                        .model
+                        .text
+                        .with_file_name(format!("moondream2-text-model-{}.gguf", q.name()));
+                    eprintln!(
+                        "note: model.text names the download; writing the {} model to {} (set model.text to it)",
+                        q.name(),
+                        cfg.model.text.display()
+                    );
+                }
             }
             let done = pull::pull(&cfg.model, true).map_err(|e| Failure::new(exit::IOERR, e))?;
             for p in done {
@@ -532,25 +593,70 @@ fn model(command: ModelCommand) -> Result<(), Failure> {
             }
             Ok(())
         }
+        ModelCommand::Quantize {
+            quant,
+            mmproj,
+            input,
+            output,
+        } => {
+            if input == output {
+                return Err(Failure::new(
+                    exit::USAGE,
+                    "the output must be another file than the input",
+                ));
+            }
+            if !input.is_file() {
+                return Err(Failure::new(
+                    exit::NOINPUT,
+                    format!("{}: no such file", input.display()),
+                ));
+            }
+            // Routes llama.cpp's per-tensor log to tracing (shown with -v).
+            moondream::backend()?;
+            match (quant, mmproj) {
+                (_, true) => {
+                    let (q, kept) = synth::quantize_mmproj(&input, &output)
+                        .map_err(|e| Failure::new(exit::IOERR, e))?;
+                    println!(
+                        "{}: {q} matrices Q8_0, {kept} tensors kept",
+                        output.display()
+                    );
+                }
+                (Some(q), false) => {
+                    let threads =
+                        std::thread::available_parallelism().map_or(1, |n| n.get() as i32);
+                    synth::quantize(&input, &output, q.ftype(), threads)
+                        .map_err(|e| Failure::new(exit::IOERR, e))?;
+                    println!("{}: {}", output.display(), q.name());
+                }
+                (None, false) => {
+                    return Err(Failure::new(exit::USAGE, "--type or --mmproj is needed"))
+                }
+            }
+            Ok(())
+        }
         ModelCommand::Synth {
             size,
             out,
             quantize,
             vocab,
+            answer,
         } => {
             let shape = match size {
                 SynthSize::Tiny => synth::Shape::tiny(),
                 SynthSize::Full => synth::Shape::full(),
             };
             let vocab = vocab.unwrap_or_else(synth::default_vocab_dir);
-            let pair = synth::write_pair(&out, &shape, &vocab)
-                .map_err(|e| Failure::new(exit::IOERR, e))?;
+            let pair = synth::write_pair_answering(
+                &out,
+                &shape,
+                &vocab,
+                answer.as_deref().map(|a| (a, true)),
+            )
+            .map_err(|e| Failure::new(exit::IOERR, e))?;
             println!("{}\n{}", pair.text.display(), pair.mmproj.display());
             if let Some(q) = quantize {
-                let (ftype, name) = match q {
-                    Quant::Q4KM => (llama_cpp_sys_2::LLAMA_FTYPE_MOSTLY_Q4_K_M, "q4_k_m"),
-                    Quant::Q8_0 => (llama_cpp_sys_2::LLAMA_FTYPE_MOSTLY_Q8_0, "q8_0"),
-                };
+                let (ftype, name) = (q.ftype(), q.name());
                 let dst = out.join(format!("moondream2-text-model-{name}.gguf"));
                 let threads = std::thread::available_parallelism().map_or(1, |n| n.get() as i32);
                 // Routes llama.cpp's per-tensor log to tracing (shown with -v).

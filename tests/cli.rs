@@ -193,3 +193,52 @@ fn no_model_and_no_config_is_a_config_error() {
     let out = moonwatch(&["ask", "--image", s(&img), "q"]);
     fails(&out, 78, "--config");
 }
+
+#[test]
+fn the_cli_prints_whole_known_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = common::png(dir.path(), "scene.png", 4);
+    let square = common::answering(" a red square", true);
+    let out = run_skill(
+        "ask",
+        &square.text,
+        &square.mmproj,
+        &image,
+        &["What is this?"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(stdout.lines().next(), Some("a red square"), "{stdout}");
+
+    let boxed = common::answering(" Yes [0.25, 0.30, 0.75, 0.90]", true);
+    let out = run_skill("detect", &boxed.text, &boxed.mmproj, &image, &["car"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.starts_with("present (confidence 1.00)\n"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("x_min 0.250 y_min 0.300 x_max 0.750 y_max 0.900"),
+        "{stdout}"
+    );
+    let out = run_skill(
+        "yes-no",
+        &boxed.text,
+        &boxed.mmproj,
+        &image,
+        &["Is it a car?"],
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("yes (confidence 1.00)"));
+    let out = run_skill(
+        "yes-no",
+        &square.text,
+        &square.mmproj,
+        &image,
+        &["Is it a car?"],
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("uncertain"));
+}

@@ -150,7 +150,16 @@ impl Drop for Daemon {
 }
 
 fn config(dir: &Path, port: u16, protocol: &str, extra: &str) -> String {
-    let pair = common::tiny();
+    config_for(&common::tiny(), dir, port, protocol, extra)
+}
+
+fn config_for(
+    pair: &moonwatch::model::synth::Pair,
+    dir: &Path,
+    port: u16,
+    protocol: &str,
+    extra: &str,
+) -> String {
     format!(
         r#"
 [model]
@@ -490,7 +499,12 @@ async fn triggers_publish_state_and_discovery_and_change_at_runtime() {
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start(dir.path(), "allow_anonymous true");
     let trigger = "[[trigger]]\nname = \"door\"\nquestion = \"Is the door open?\"\nthreshold = 0.5\nconsecutive = 1\ninterval = 1\ndevice_class = \"door\"\n";
-    let d = Daemon::start(dir.path(), &config(dir.path(), broker.port, "v5", trigger));
+    // A model that answers yes: the random one answers neither, which is no observation.
+    let yes = common::tiny_yes();
+    let d = Daemon::start(
+        dir.path(),
+        &config_for(&yes, dir.path(), broker.port, "v5", trigger),
+    );
     let mut c = Client::connect(
         broker.port,
         "t-trig",
@@ -523,7 +537,7 @@ async fn triggers_publish_state_and_discovery_and_change_at_runtime() {
     let state = c
         .wait("door state", 60, topic(&format!("{BASE}/trigger/door")))
         .await;
-    assert!(&state.payload[..] == b"ON" || &state.payload[..] == b"OFF");
+    assert_eq!(&state.payload[..], b"ON");
     let attrs = c
         .wait(
             "door attributes",
@@ -619,7 +633,16 @@ async fn triggers_publish_state_and_discovery_and_change_at_runtime() {
         .seen
         .iter()
         .any(|m| m.topic == format!("{BASE}/availability") && &m.payload[..] == b"offline"));
-    assert!(d.log().contains("configuration reloaded"));
+    // The log line comes after the discovery it caused: wait for it, not for an order.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !d.log().contains("configuration reloaded") {
+        assert!(
+            Instant::now() < deadline,
+            "no reload in the log:\n{}",
+            d.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -890,14 +913,14 @@ async fn tls_round(mutual: bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trigger_begin_and_end_events_follow_the_models_answers() {
-    // A model that always says yes, then (after SIGHUP) the plain one, which says no.
+    // A model that always says yes, then (after SIGHUP) one that always says no.
     let yes = common::tiny_yes();
-    let no = common::tiny();
+    let no = common::answering(" No", true);
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start(dir.path(), "allow_anonymous true");
     let trigger = "[[trigger]]\nname = \"door\"\nquestion = \"Is the door open?\"\n\
                    threshold = 0.55\nconsecutive = 1\ncooldown = 0\ninterval = 1\n";
-    let with_no = config(dir.path(), broker.port, "v5", trigger);
+    let with_no = config_for(&no, dir.path(), broker.port, "v5", trigger);
     let with_yes = with_no
         .replace(
             &no.text.display().to_string(),
@@ -941,6 +964,82 @@ async fn trigger_begin_and_end_events_follow_the_models_answers() {
         m.topic == format!("{BASE}/trigger/door") && &m.payload[..] == b"OFF"
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_over_mqtt_are_whole_and_object_triggers_use_presence() {
+    // A model whose every answer is " Yes [0.25, 0.30, 0.75, 0.90]" then end-of-text.
+    let pair = common::answering(" Yes [0.25, 0.30, 0.75, 0.90]", true);
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), "allow_anonymous true");
+    let trigger = "[[trigger]]\nname = \"car\"\nobject = \"car\"\n\
+                   threshold = 0.9\nconsecutive = 1\ncooldown = 0\ninterval = 1\n";
+    let cfg = config_for(&pair, dir.path(), broker.port, "v5", trigger)
+        .replace("max_tokens = 12", "max_tokens = 64");
+    let _d = Daemon::start(dir.path(), &cfg);
+    let mut c = Client::connect(
+        broker.port,
+        "t-answers",
+        &["client/inbox", &format!("{BASE}/#")],
+    )
+    .await;
+    c.wait("online", 60, |m| {
+        m.topic == format!("{BASE}/availability") && &m.payload[..] == b"online"
+    })
+    .await;
+
+    let ask = |skill: &str, body: Value, corr: &'static [u8]| {
+        let topic = format!("{BASE}/request/{skill}");
+        (topic, body, corr)
+    };
+    for (topic, body, corr) in [
+        ask("query", json!({"question": "What is here?"}), b"q"),
+        ask("detect", json!({"object": "car"}), b"d"),
+        ask("yes_no", json!({"question": "Is it a car?"}), b"y"),
+    ] {
+        c.request_v5(&topic, body, "client/inbox", corr).await;
+    }
+    async fn reply(c: &mut Client, corr: &[u8]) -> Value {
+        c.wait("reply", 60, |m| {
+            m.topic == "client/inbox" && m.correlation.as_deref() == Some(corr)
+        })
+        .await
+        .json()
+    }
+    let q = reply(&mut c, b"q").await;
+    assert_eq!(q["data"]["answer"], "Yes [0.25, 0.30, 0.75, 0.90]", "{q}");
+    assert_eq!(q["data"]["timing"]["stop_reason"], "end_of_text", "{q}");
+    let d = reply(&mut c, b"d").await;
+    assert_eq!(d["data"]["present"], true, "{d}");
+    let objects = d["data"]["objects"].as_array().unwrap();
+    assert_eq!(objects.len(), 1, "{d}");
+    for (k, want) in [
+        ("x_min", 0.25),
+        ("y_min", 0.30),
+        ("x_max", 0.75),
+        ("y_max", 0.90),
+    ] {
+        let got = objects[0][k].as_f64().unwrap();
+        assert!((got - want).abs() < 1e-6, "{k}: {got} in {d}");
+    }
+    let y = reply(&mut c, b"y").await;
+    assert_eq!(y["data"]["answer"], true, "{y}");
+
+    // The object trigger goes on from the presence answer's confidence.
+    c.wait("car ON", 60, |m| {
+        m.topic == format!("{BASE}/trigger/car") && &m.payload[..] == b"ON"
+    })
+    .await;
+    let attrs = c
+        .wait(
+            "car attributes",
+            10,
+            topic(&format!("{BASE}/trigger/car/attributes")),
+        )
+        .await
+        .json();
+    assert!(attrs["confidence"].as_f64().unwrap() > 0.99, "{attrs}");
+    assert_eq!(attrs["details"]["count"], 1, "{attrs}");
 }
 
 /// Collects what the daemon tells systemd on a NOTIFY_SOCKET of the test's own.

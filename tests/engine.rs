@@ -17,9 +17,14 @@ fn tokenizer_matches_moondream_prompt_format() {
     let params = llama_cpp_2::model::params::LlamaModelParams::default();
     let model =
         llama_cpp_2::model::LlamaModel::load_from_file(backend, &pair.text, &params).unwrap();
-    let tail = moonwatch::vision::prompt::question_tail(&Skill::Caption {
-        length: CaptionLength::Normal,
-    });
+    use moonwatch::vision::prompt::prompts;
+    use moonwatch::vision::Revision;
+    let tail = prompts(Revision::Moondream2024).tail(
+        &Skill::Caption {
+            length: CaptionLength::Normal,
+        },
+        "",
+    );
     let ids: Vec<i32> = model
         .vocab()
         .tokenize(tail.as_bytes(), false, false)
@@ -31,6 +36,29 @@ fn tokenizer_matches_moondream_prompt_format() {
         [198, 198, 24361, 25, 39373, 4892, 428, 2939, 13, 198, 198, 33706, 25]
     );
     assert_eq!(model.vocab().bos().0, 50256);
+    // Our GPT-2 tokenizer agrees on the template.
+    assert_eq!(
+        moondream::gpt2_ids(&tail).unwrap(),
+        ids.iter().map(|&i| i as u32).collect::<Vec<_>>()
+    );
+    // The 2025-04-14 caption templates are the reference's token ids.
+    let p25 = prompts(Revision::Moondream20250414);
+    let want: [&[u32]; 3] = [
+        &[198, 198, 16438, 8305, 25],
+        &[198, 198, 24334, 1159, 25],
+        &[198, 198, 14617, 8305, 25],
+    ];
+    for (length, want) in [
+        CaptionLength::Short,
+        CaptionLength::Normal,
+        CaptionLength::Long,
+    ]
+    .into_iter()
+    .zip(want)
+    {
+        let tail = p25.tail(&Skill::Caption { length }, "");
+        assert_eq!(moondream::gpt2_ids(&tail).unwrap(), want, "{tail:?}");
+    }
 }
 
 #[test]
@@ -114,14 +142,18 @@ fn every_skill_runs_and_parses_whatever_the_model_says() {
     }
     match &r.answers[1].answer {
         Answer::Detect {
+            present,
             objects,
             method,
             raw,
             parsed,
+            ..
         } => {
             assert_eq!(*method, Method::PromptedBoxes);
-            assert_eq!(*parsed, !objects.is_empty());
             assert_eq!(objects, &moonwatch::vision::parse::boxes(raw));
+            if *present != Some(true) {
+                assert!(objects.is_empty() && raw.is_empty() && *parsed);
+            }
         }
         other => panic!("expected a detection, got {other:?}"),
     }
@@ -133,7 +165,7 @@ fn every_skill_runs_and_parses_whatever_the_model_says() {
             ..
         } => {
             assert_eq!(*method, Method::BoxCenters);
-            assert_eq!(*parsed, !points.is_empty());
+            assert!(*parsed || points.is_empty());
         }
         other => panic!("expected points, got {other:?}"),
     }
@@ -146,7 +178,9 @@ fn every_skill_runs_and_parses_whatever_the_model_says() {
         } => {
             assert!((0.5..=1.0).contains(confidence), "{confidence}");
             assert!(*p_yes >= 0.0 && *p_no >= 0.0 && p_yes + p_no <= 1.0 + 1e-5);
-            assert_eq!(*answer, p_yes > p_no);
+            if let Some(a) = answer {
+                assert_eq!(*a, p_yes > p_no);
+            }
             assert_eq!(
                 r.answers[3].timing.generated_tokens, 0,
                 "yes/no reads logits only"

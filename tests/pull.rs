@@ -190,3 +190,61 @@ fn an_unreachable_hub_is_a_clear_error() {
         "{stderr}"
     );
 }
+
+#[test]
+fn pull_quantizes_the_verified_text_model_and_records_its_hash() {
+    let pair = moonwatch::model::synth::tiny_pair_in(&Path::new(env!("CARGO_TARGET_TMPDIR")).join(
+        format!("tiny-moondream-v{}", moonwatch::model::synth::FORMAT),
+    ))
+    .unwrap();
+    let text = std::fs::read(&pair.text).unwrap();
+    let mmproj = std::fs::read(&pair.mmproj).unwrap();
+    let hub = hub(vec![
+        ("t.gguf", text.clone(), sha(&text)),
+        ("m.gguf", mmproj.clone(), sha(&mmproj)),
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &sha(&text));
+    let run = || {
+        Command::new(env!("CARGO_BIN_EXE_moonwatch"))
+            .args(["model", "pull", "--quantize", "q8_0", "--config"])
+            .arg(&cfg)
+            .env("HF_ENDPOINT", &hub.url)
+            .env("HF_HOME", dir.path().join("hf-home"))
+            .output()
+            .unwrap()
+    };
+    let out = run();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // model.text names the result; the download (t.gguf) lands beside it and goes.
+    let q = dir.path().join("models/text.gguf");
+    let bytes = std::fs::read(&q).unwrap();
+    assert_ne!(bytes, text);
+    let gguf = llama_cpp_2::gguf::GgufContext::from_file(&q).unwrap();
+    let ft = gguf.find_key("general.file_type");
+    assert_eq!(gguf.val_u32(ft), llama_cpp_sys_2::LLAMA_FTYPE_MOSTLY_Q8_0);
+    let recorded = std::fs::read_to_string(dir.path().join("models/text.gguf.sha256")).unwrap();
+    assert_eq!(recorded.trim(), sha(&bytes));
+    assert!(stdout.contains(&sha(&bytes)), "{stdout}");
+    assert!(
+        !dir.path().join("models/t.gguf").exists(),
+        "the F16 download is removed"
+    );
+
+    // Again: the quantized file is verified in place, nothing is downloaded.
+    let fetched = hub.gets.load(Ordering::SeqCst);
+    let out = run();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout)
+            .matches("already present")
+            .count(),
+        2
+    );
+    assert_eq!(hub.gets.load(Ordering::SeqCst), fetched);
+}

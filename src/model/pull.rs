@@ -32,6 +32,12 @@ pub enum PullError {
     },
     #[error("{path}: {reason}")]
     Io { path: PathBuf, reason: String },
+    #[error("quantizing {path} to {quant} failed: {reason}")]
+    Quantize {
+        path: PathBuf,
+        quant: &'static str,
+        reason: String,
+    },
 }
 
 /// What happened to one file.
@@ -66,17 +72,130 @@ pub fn sha256_file(path: &Path) -> std::io::Result<String> {
     Ok(format!("{:x}", h.finalize()))
 }
 
-/// Downloads the text model and the vision projector named by `model`.
+/// Downloads the text model and the vision projector named by `model`; with
+/// `download.quantize`, the verified text model is quantized into `model.text` and the
+/// download removed.
 pub fn pull(model: &ModelConfig, progress: bool) -> Result<Vec<Pulled>, PullError> {
     let d = &model.download;
-    let files = [
-        (&d.text_file, &d.text_sha256, &model.text),
-        (&d.mmproj_file, &d.mmproj_sha256, &model.mmproj),
-    ];
-    files
-        .into_iter()
-        .map(|(file, want, target)| pull_one(model, file, want, target, progress))
-        .collect()
+    let text = match d.quantize {
+        None => pull_one(model, &d.text_file, &d.text_sha256, &model.text, progress)?,
+        Some(q) => pull_quantized(
+            model,
+            (&d.text_file, &d.text_sha256, &model.text),
+            q.name(),
+            progress,
+            |from, to| {
+                let threads = std::thread::available_parallelism().map_or(1, |n| n.get() as i32);
+                super::synth::quantize(from, to, q.ftype(), threads).map(|_| ())
+            },
+        )?,
+    };
+    let mmproj = if d.quantize_mmproj {
+        pull_quantized(
+            model,
+            (&d.mmproj_file, &d.mmproj_sha256, &model.mmproj),
+            "q8_0",
+            progress,
+            |from, to| super::synth::quantize_mmproj(from, to).map(|_| ()),
+        )?
+    } else {
+        pull_one(
+            model,
+            &d.mmproj_file,
+            &d.mmproj_sha256,
+            &model.mmproj,
+            progress,
+        )?
+    };
+    Ok(vec![text, mmproj])
+}
+
+/// A file downloaded and verified as `(file, sha256)` beside `target`, then quantized by
+/// `quantize(download, result)` into `target`, with the result's hash recorded beside it.
+/// A result already in place with its recorded hash is kept.
+fn pull_quantized(
+    model: &ModelConfig,
+    (file, want, target): (&str, &str, &Path),
+    quant: &'static str,
+    progress: bool,
+    quantize: impl FnOnce(&Path, &Path) -> Result<(), super::synth::SynthError>,
+) -> Result<Pulled, PullError> {
+    let io = |path: &Path, e: std::io::Error| PullError::Io {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    };
+    if let Some(done) = verified_in_place(target, "")? {
+        return Ok(done);
+    }
+    let source = target.with_file_name(file);
+    if source == target {
+        return Err(PullError::Io {
+            path: target.to_owned(),
+            reason: format!(
+                "the {quant} result needs a name of its own, not the download's ({file})"
+            ),
+        });
+    }
+    pull_one(model, file, want, &source, progress)?;
+    let part = target.with_extension("gguf.part");
+    if progress {
+        eprintln!("quantizing {} to {quant}", source.display());
+    }
+    let qerr = |reason: String| PullError::Quantize {
+        path: source.clone(),
+        quant,
+        reason,
+    };
+    crate::vision::moondream::backend().map_err(|e| qerr(e.to_string()))?;
+    quantize(&source, &part).map_err(|e| {
+        let _ = std::fs::remove_file(&part);
+        qerr(e.to_string())
+    })?;
+    let got = sha256_file(&part).map_err(|e| io(&part, e))?;
+    std::fs::rename(&part, target).map_err(|e| io(target, e))?;
+    std::fs::write(sidecar(target), format!("{got}\n")).map_err(|e| io(target, e))?;
+    // The download is not needed any more; 2.8 GB matter on a board's SD card.
+    let _ = std::fs::remove_file(&source);
+    let _ = std::fs::remove_file(sidecar(&source));
+    let size = std::fs::metadata(target).map_err(|e| io(target, e))?.len();
+    Ok(Pulled {
+        path: target.to_owned(),
+        sha256: got,
+        size,
+        downloaded: true,
+    })
+}
+
+/// The file at `target` when it matches `want` (or, when `want` is empty, the hash an
+/// earlier pull recorded beside it).
+fn verified_in_place(target: &Path, want: &str) -> Result<Option<Pulled>, PullError> {
+    let io = |e: std::io::Error| PullError::Io {
+        path: target.to_owned(),
+        reason: e.to_string(),
+    };
+    let recorded = std::fs::read_to_string(sidecar(target))
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+    let expect = if want.is_empty() {
+        recorded
+    } else {
+        want.to_owned()
+    };
+    if !target.is_file() || !is_sha256_hex(&expect) {
+        return Ok(None);
+    }
+    let got = sha256_file(target).map_err(io)?;
+    if got != expect {
+        return Ok(None);
+    }
+    let size = std::fs::metadata(target).map_err(io)?.len();
+    Ok(Some(Pulled {
+        path: target.to_owned(),
+        sha256: got,
+        size,
+        downloaded: false,
+    }))
 }
 
 fn pull_one(
@@ -99,26 +218,8 @@ fn pull_one(
     };
     let want = want.to_ascii_lowercase();
     // A hash recorded by an earlier pull lets a rerun skip files already in place.
-    let recorded = std::fs::read_to_string(sidecar(target))
-        .unwrap_or_default()
-        .trim()
-        .to_owned();
-    let expect = if want.is_empty() {
-        recorded
-    } else {
-        want.clone()
-    };
-    if target.is_file() && is_sha256_hex(&expect) {
-        let got = sha256_file(target).map_err(|e| io(target, e))?;
-        if got == expect {
-            let size = std::fs::metadata(target).map_err(|e| io(target, e))?.len();
-            return Ok(Pulled {
-                path: target.to_owned(),
-                sha256: got,
-                size,
-                downloaded: false,
-            });
-        }
+    if let Some(done) = verified_in_place(target, &want)? {
+        return Ok(done);
     }
     let dir = target.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;

@@ -26,6 +26,9 @@ use rand::{Rng, SeedableRng};
 pub const N_VOCAB: usize = 51_200;
 const N_GPT2: usize = 50_257;
 const ENDOFTEXT: u32 = 50_256;
+/// Bumped whenever the files this module writes change, so that caches of generated
+/// models (the tests keep theirs in the build directory) are made anew.
+pub const FORMAT: u32 = 2;
 /// GGUF's default data alignment.
 const ALIGN: u64 = 32;
 
@@ -46,10 +49,6 @@ pub struct Shape {
     pub proj_hidden: i64,
     /// Store the two vocabulary-sized matrices as Q8_0 (keeps the tiny pair small).
     pub vocab_q8: bool,
-    /// A token (as spelled in the vocabulary, `Ġ` for a leading space) the output layer's
-    /// bias makes overwhelmingly likely: a model whose answers are known in advance, for
-    /// tests of what happens after the answer (trigger events).
-    pub favoured_token: Option<&'static str>,
 }
 
 impl Shape {
@@ -67,7 +66,6 @@ impl Shape {
             vision_heads: 4,
             proj_hidden: 256,
             vocab_q8: true,
-            favoured_token: None,
         }
     }
 
@@ -85,7 +83,6 @@ impl Shape {
             vision_heads: 16,
             proj_hidden: 8192,
             vocab_q8: false,
-            favoured_token: None,
         }
     }
 }
@@ -181,11 +178,6 @@ impl Vocab {
 enum Init {
     Ones,
     Zeros,
-    /// Zeros but one element.
-    Spike {
-        index: usize,
-        value: f32,
-    },
     /// Uniform in ±1/sqrt(fan_in), which keeps activations of order one through the layers.
     Scaled,
 }
@@ -194,6 +186,8 @@ struct TensorSpec {
     ty: sys::ggml_type,
     ne: Vec<i64>,
     init: Init,
+    /// Rows (along the first dimension) replaced after `init`.
+    rows: Rows,
 }
 
 /// GGUF metadata under construction, plus the list of tensors whose data follows it.
@@ -292,7 +286,15 @@ impl Writer {
             ty,
             ne: ne.to_vec(),
             init,
+            rows: Vec::new(),
         });
+    }
+
+    /// Replaces rows of the tensor added last.
+    fn set_rows(&mut self, rows: Rows) {
+        if let Some(t) = self.tensors.last_mut() {
+            t.rows = rows;
+        }
     }
 
     /// A 2-D (or 4-D) weight in F16, or Q8_0 where asked; a 1-D tensor in F32.
@@ -318,8 +320,19 @@ impl Writer {
         self.vector(&format!("{prefix}.bias"), n_out, Init::Zeros);
     }
 
-    /// Writes the metadata with ggml's writer, then streams each tensor's data after it.
+    /// Writes the metadata with ggml's writer, then streams each tensor's random data.
     fn write(self, path: &Path, seed: u64) -> Result<u64, SynthError> {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        self.write_with(path, |_, spec| Ok(data(spec, &mut rng)))
+    }
+
+    /// Writes the metadata with ggml's writer, then streams each tensor's data, as
+    /// `bytes(index, spec)` gives it, after it.
+    fn write_with(
+        self,
+        path: &Path,
+        mut bytes: impl FnMut(usize, &TensorSpec) -> Result<Vec<u8>, SynthError>,
+    ) -> Result<u64, SynthError> {
         let werr = |reason: String| SynthError::Write {
             path: path.to_owned(),
             reason,
@@ -335,10 +348,9 @@ impl Writer {
             .open(path)
             .map_err(|e| werr(e.to_string()))?;
         let mut out = BufWriter::with_capacity(1 << 20, file);
-        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let mut written = 0u64;
-        for spec in &self.tensors {
-            let bytes = data(spec, &mut rng);
+        for (i, spec) in self.tensors.iter().enumerate() {
+            let bytes = bytes(i, spec)?;
             out.write_all(&bytes).map_err(|e| werr(e.to_string()))?;
             let pad = (ALIGN - bytes.len() as u64 % ALIGN) % ALIGN;
             out.write_all(&vec![0u8; pad as usize])
@@ -369,21 +381,20 @@ fn data(spec: &TensorSpec, rng: &mut impl Rng) -> Vec<u8> {
         .take(spec.ne.len().saturating_sub(1).max(1))
         .product::<i64>()
         .max(1);
-    let values: Vec<f32> = match spec.init {
+    let mut values: Vec<f32> = match spec.init {
         Init::Ones => vec![1.0; n as usize],
         Init::Zeros => vec![0.0; n as usize],
-        Init::Spike { index, value } => {
-            let mut v = vec![0.0; n as usize];
-            if let Some(x) = v.get_mut(index) {
-                *x = value;
-            }
-            v
-        }
         Init::Scaled => {
             let s = 1.0 / (fan_in as f32).sqrt();
             (0..n).map(|_| rng.random_range(-s..s)).collect()
         }
     };
+    let width = spec.ne[0] as usize;
+    for (row, v) in &spec.rows {
+        if let Some(dst) = values.get_mut(row * width..(row + 1) * width) {
+            dst.copy_from_slice(&v[..width.min(v.len())]);
+        }
+    }
     match spec.ty {
         sys::GGML_TYPE_F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
         sys::GGML_TYPE_F16 => {
@@ -416,16 +427,27 @@ fn data(spec: &TensorSpec, rng: &mut impl Rng) -> Vec<u8> {
 }
 
 /// Writes the text model (`phi2`) to `path`; returns the bytes of tensor data.
+///
+/// With `answer`, the blocks add nothing to the residual stream (their output projections
+/// are zero), so each position's final hidden state is its own token's embedding and the
+/// next token depends on the current one alone; the embeddings and output rows of the
+/// answer's tokens then form the chain that [`KnownAnswer`] describes.
 pub fn write_text_model(
     path: &Path,
     shape: &Shape,
     vocab: &Vocab,
     seed: u64,
+    answer: Option<&KnownAnswer>,
 ) -> Result<u64, SynthError> {
     let s = shape;
     let mut w = Writer::new(8 + 12 * s.text_layers as usize);
     w.str("general.architecture", "phi2");
-    w.str("general.name", "moondream2-random-text");
+    let name = if answer.is_some() {
+        "moondream2-random-known-answer-text"
+    } else {
+        "moondream2-random-text"
+    };
+    w.str("general.name", name);
     w.u32("general.file_type", 1);
     w.u32("phi2.context_length", 2048);
     w.u32("phi2.embedding_length", s.text_embd as u32);
@@ -435,6 +457,8 @@ pub fn write_text_model(
     w.u32("phi2.attention.head_count_kv", s.text_heads);
     w.f32("phi2.attention.layer_norm_epsilon", 1e-5);
     w.u32("phi2.rope.dimension_count", s.rope_dims);
+    let answer_vocab = answer.map(|a| a.vocab(vocab));
+    let vocab = answer_vocab.as_ref().unwrap_or(vocab);
     w.str("tokenizer.ggml.model", "gpt2");
     w.str("tokenizer.ggml.pre", "phi-2");
     w.strs("tokenizer.ggml.tokens", &vocab.tokens);
@@ -444,32 +468,185 @@ pub fn write_text_model(
         w.u32(&format!("tokenizer.ggml.{key}_token_id"), ENDOFTEXT);
     }
     let (e, v) = (s.text_embd, N_VOCAB as i64);
+    let chain = answer.map(|a| a.rows(e as usize, seed));
     w.weight("token_embd.weight", &[e, v], s.vocab_q8);
+    if let Some((embd, _)) = &chain {
+        w.set_rows(embd.clone());
+    }
     for i in 0..s.text_layers {
         let b = format!("blk.{i}");
         w.norm(&format!("{b}.attn_norm"), e);
         w.linear(&format!("{b}.attn_qkv"), e, 3 * e, false);
-        w.linear(&format!("{b}.attn_output"), e, e, false);
+        if chain.is_some() {
+            w.tensor(
+                &format!("{b}.attn_output.weight"),
+                sys::GGML_TYPE_F16,
+                &[e, e],
+                Init::Zeros,
+            );
+            w.vector(&format!("{b}.attn_output.bias"), e, Init::Zeros);
+        } else {
+            w.linear(&format!("{b}.attn_output"), e, e, false);
+        }
         w.linear(&format!("{b}.ffn_up"), e, s.text_ff, false);
-        w.linear(&format!("{b}.ffn_down"), s.text_ff, e, false);
+        if chain.is_some() {
+            let ne = [s.text_ff, e];
+            w.tensor(
+                &format!("{b}.ffn_down.weight"),
+                sys::GGML_TYPE_F16,
+                &ne,
+                Init::Zeros,
+            );
+            w.vector(&format!("{b}.ffn_down.bias"), e, Init::Zeros);
+        } else {
+            w.linear(&format!("{b}.ffn_down"), s.text_ff, e, false);
+        }
     }
     w.norm("output_norm", e);
     w.weight("output.weight", &[e, v], s.vocab_q8);
-    let bias =
-        match s.favoured_token {
-            Some(tok) => {
-                let index = vocab.tokens.iter().position(|t| t == tok).ok_or_else(|| {
-                    SynthError::Vocab {
-                        dir: PathBuf::new(),
-                        reason: format!("no token {tok:?} to favour"),
-                    }
-                })?;
-                Init::Spike { index, value: 30.0 }
-            }
-            None => Init::Zeros,
-        };
-    w.vector("output.bias", v, bias);
+    if let Some((_, out)) = chain {
+        w.set_rows(out);
+    }
+    w.vector("output.bias", v, Init::Zeros);
     w.write(path, seed)
+}
+
+/// Rows of a tensor to replace: (row index, values).
+type Rows = Vec<(usize, Vec<f32>)>;
+
+/// The token that ends Moondream's prompt: the colon of `Answer:`.
+pub const PROMPT_LAST_TOKEN: u32 = 25;
+
+/// What a known-answer model says after every prompt: `tokens` in order (greedy), then
+/// end-of-text when `end_of_text` is set (else whatever the random weights say next).
+///
+/// The model is a chain of bigrams: the prompt's last token (`:`) predicts the first
+/// answer token, each answer token predicts the next. Each link has its own balanced
+/// ±1 code (mean 0, variance 1, so the final LayerNorm leaves it unchanged) stored as the
+/// predecessor's embedding and as a scaled copy in the successor's output row, so that
+/// link's logit is far above every other. So the ids in the chain must all differ. The
+/// answer is GPT-2's own tokenization of the text, except where a token comes again (the
+/// dots and commas of a box) or is the colon that ends every prompt: such a token is
+/// joined to its neighbour into one user-defined token in the vocabulary's unused padding
+/// (`" 0."`, `"30, 0."`), whose text llama.cpp prints as it is. Token texts must be
+/// unique in a vocabulary, so a joined text that exists already is joined further.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KnownAnswer {
+    /// The chain's token ids, in order.
+    pub tokens: Vec<u32>,
+    /// Padding slots the answer uses, with their text.
+    pub extra: Vec<(u32, String)>,
+    pub end_of_text: bool,
+}
+
+impl KnownAnswer {
+    /// The chain for `text` in a model with `vocab`; fails for an empty text.
+    pub fn spell(vocab: &Vocab, text: &str, end_of_text: bool) -> Result<Self, SynthError> {
+        let err = |reason: String| SynthError::Vocab {
+            dir: PathBuf::new(),
+            reason,
+        };
+        let ids = crate::vision::moondream::gpt2_ids(text)
+            .ok_or_else(|| err("the GPT-2 tokenizer is unavailable".into()))?;
+        if ids.is_empty() {
+            return Err(err("a known answer needs some text".into()));
+        }
+        let piece = |id: u32| crate::vision::moondream::gpt2_piece(id).unwrap_or_default();
+        let taken: std::collections::HashSet<&str> =
+            vocab.tokens.iter().map(String::as_str).collect();
+        // Units of one or more GPT-2 tokens; join neighbours until every unit has an id of
+        // its own: a single token used once (and not the colon), or a unique text.
+        let mut units: Vec<Vec<u32>> = ids.into_iter().map(|id| vec![id]).collect();
+        'join: loop {
+            let mut singles = std::collections::HashSet::new();
+            let mut texts = std::collections::HashSet::new();
+            for i in 0..units.len() {
+                let ok = match units[i].as_slice() {
+                    [id] => *id != PROMPT_LAST_TOKEN && singles.insert(*id),
+                    many => {
+                        match String::from_utf8(many.iter().flat_map(|&t| piece(t)).collect()) {
+                            Ok(t) => !taken.contains(t.as_str()) && texts.insert(t),
+                            Err(_) => false,
+                        }
+                    }
+                };
+                if ok {
+                    continue;
+                }
+                if units.len() == 1 {
+                    return Err(err(format!("{text:?} cannot be a known answer")));
+                }
+                // Join with the previous unit, or with the next for the first one.
+                let j = if i == 0 { 1 } else { i };
+                let tail = units.remove(j);
+                units[j - 1].extend(tail);
+                continue 'join;
+            }
+            break;
+        }
+        let mut free = (N_GPT2 + 38) as u32..N_VOCAB as u32;
+        let mut tokens = Vec::with_capacity(units.len());
+        let mut extra = Vec::new();
+        for unit in units {
+            if let [id] = unit.as_slice() {
+                tokens.push(*id);
+                continue;
+            }
+            let slot = free
+                .next()
+                .ok_or_else(|| err(format!("{text:?} repeats too many tokens")))?;
+            let bytes: Vec<u8> = unit.iter().flat_map(|&t| piece(t)).collect();
+            extra.push((slot, String::from_utf8_lossy(&bytes).into_owned()));
+            tokens.push(slot);
+        }
+        Ok(Self {
+            tokens,
+            extra,
+            end_of_text,
+        })
+    }
+
+    /// The vocabulary with the answer's extra tokens in their padding slots.
+    fn vocab(&self, base: &Vocab) -> Vocab {
+        let mut v = base.clone();
+        for (slot, text) in &self.extra {
+            v.tokens[*slot as usize] = text.clone();
+            v.types[*slot as usize] = 4;
+        }
+        v
+    }
+
+    /// Embedding rows and output rows for the chain, for a model `width` wide.
+    fn rows(&self, width: usize, seed: u64) -> (Rows, Rows) {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0x0063_6861_696e);
+        let mut code = || -> Vec<f32> {
+            let mut v: Vec<f32> = (0..width)
+                .map(|i| if i % 2 == 0 { 1.0 } else { -1.0 })
+                .collect();
+            // Fisher-Yates keeps the code balanced: as many +1 as -1.
+            for i in (1..width).rev() {
+                v.swap(i, rng.random_range(0..=i));
+            }
+            v
+        };
+        // Output rows are the code scaled so that a link's logit is `LINK_LOGIT`.
+        const LINK_LOGIT: f32 = 32.0;
+        let scale = LINK_LOGIT / width as f32;
+        let mut successors: Vec<u32> = self.tokens.clone();
+        if self.end_of_text {
+            successors.push(ENDOFTEXT);
+        }
+        let mut embd = Vec::new();
+        let mut out = Vec::new();
+        let mut pred = PROMPT_LAST_TOKEN;
+        for next in successors {
+            let c = code();
+            out.push((next as usize, c.iter().map(|x| x * scale).collect()));
+            embd.push((pred as usize, c));
+            pred = next;
+        }
+        (embd, out)
+    }
 }
 
 /// Writes the vision projector (`clip`, llava-style MLP projector) to `path`.
@@ -522,11 +699,25 @@ pub struct Pair {
 
 /// Writes both files into `dir` (created if needed) with fixed seeds.
 pub fn write_pair(dir: &Path, shape: &Shape, vocab_dir: &Path) -> Result<Pair, SynthError> {
+    write_pair_answering(dir, shape, vocab_dir, None)
+}
+
+/// Like [`write_pair`]; with `answer` (text, then end-of-text or not) the text model
+/// answers every prompt with exactly that text (see [`KnownAnswer`]).
+pub fn write_pair_answering(
+    dir: &Path,
+    shape: &Shape,
+    vocab_dir: &Path,
+    answer: Option<(&str, bool)>,
+) -> Result<Pair, SynthError> {
     std::fs::create_dir_all(dir).map_err(|e| SynthError::Write {
         path: dir.to_owned(),
         reason: e.to_string(),
     })?;
     let vocab = Vocab::load(vocab_dir)?;
+    let known = answer
+        .map(|(text, eot)| KnownAnswer::spell(&vocab, text, eot))
+        .transpose()?;
     let pair = Pair {
         text: dir.join("moondream2-text-model-f16.gguf"),
         mmproj: dir.join("moondream2-mmproj-f16.gguf"),
@@ -535,7 +726,7 @@ pub fn write_pair(dir: &Path, shape: &Shape, vocab_dir: &Path) -> Result<Pair, S
     // for a model.
     let tag: u32 = rand::random();
     let tmp = |p: &Path| p.with_extension(format!("gguf.{tag:08x}.part"));
-    write_text_model(&tmp(&pair.text), shape, &vocab, 0x6d6f_6f6e)?;
+    write_text_model(&tmp(&pair.text), shape, &vocab, 0x6d6f_6f6e, known.as_ref())?;
     write_mmproj(&tmp(&pair.mmproj), shape, 0x7761_7463)?;
     for p in [&pair.text, &pair.mmproj] {
         std::fs::rename(tmp(p), p).map_err(|e| SynthError::Write {
@@ -570,23 +761,141 @@ pub fn quantize(
     Ok(())
 }
 
+/// Quantizes a vision projector: every 2-D F16 weight matrix whose rows are a whole
+/// number of 32-value blocks becomes Q8_0 (the attention, `ffn_up` and projector
+/// matrices); the rest (SigLIP's `ffn_down`, 4304 wide; the patch and position
+/// embeddings; norms and biases) stays as it is. llama.cpp has no projector quantizer of
+/// its own in this version. Returns (tensors quantized, tensors kept).
+pub fn quantize_mmproj(input: &Path, output: &Path) -> Result<(usize, usize), SynthError> {
+    use std::io::{Read, Seek, SeekFrom};
+    let rerr = |reason: String| SynthError::Vocab {
+        dir: input.to_owned(),
+        reason,
+    };
+    let werr = |reason: String| SynthError::Write {
+        path: output.to_owned(),
+        reason,
+    };
+    let p = c(&input.to_string_lossy());
+    let mut meta: *mut sys::ggml_context = std::ptr::null_mut();
+    // SAFETY: metadata-only read; `meta` receives tensor headers (no data); both are
+    // freed at the end of this function.
+    let src = unsafe {
+        sys::gguf_init_from_file(
+            p.as_ptr(),
+            sys::gguf_init_params {
+                no_alloc: true,
+                ctx: &mut meta,
+            },
+        )
+    };
+    if src.is_null() || meta.is_null() {
+        return Err(rerr("not a readable GGUF file".into()));
+    }
+    struct Source {
+        offset: u64,
+        size: usize,
+        ty: sys::ggml_type,
+    }
+    let mut sources = Vec::new();
+    let n = unsafe { sys::gguf_get_n_tensors(src) };
+    let mut w = Writer::new(n as usize);
+    let (mut quantized, mut kept) = (0, 0);
+    // SAFETY: indices below n_tensors; names are NUL-terminated strings owned by `src`;
+    // `meta` holds a header for every tensor in the file.
+    unsafe {
+        sys::gguf_set_kv(w.gguf, src);
+        let base = sys::gguf_get_data_offset(src) as u64;
+        for i in 0..n {
+            let name_ptr = sys::gguf_get_tensor_name(src, i);
+            let name = std::ffi::CStr::from_ptr(name_ptr)
+                .to_string_lossy()
+                .into_owned();
+            let t = sys::ggml_get_tensor(meta, name_ptr);
+            if t.is_null() {
+                sys::gguf_free(src);
+                sys::ggml_free(meta);
+                return Err(rerr(format!("tensor {name} has no header")));
+            }
+            let dims = sys::ggml_n_dims(t) as usize;
+            let all: [i64; 4] = (*t).ne;
+            let ne: Vec<i64> = all[..dims].to_vec();
+            let ty = (*t).type_;
+            let matrix = dims == 2 && ne[0] % 32 == 0 && name.ends_with(".weight");
+            let embedding = name.contains("patch_embd") || name.contains("position_embd");
+            let target = if ty == sys::GGML_TYPE_F16 && matrix && !embedding {
+                quantized += 1;
+                sys::GGML_TYPE_Q8_0
+            } else {
+                kept += 1;
+                ty
+            };
+            w.tensor(&name, target, &ne, Init::Zeros);
+            sources.push(Source {
+                offset: base + sys::gguf_get_tensor_offset(src, i) as u64,
+                size: sys::gguf_get_tensor_size(src, i),
+                ty,
+            });
+        }
+        sys::gguf_free(src);
+        sys::ggml_free(meta);
+    }
+    w.u32("general.file_type", sys::LLAMA_FTYPE_MOSTLY_Q8_0);
+    let mut file = File::open(input).map_err(|e| rerr(e.to_string()))?;
+    w.write_with(output, |i, spec| {
+        let s = &sources[i];
+        let mut raw = vec![0u8; s.size];
+        file.seek(SeekFrom::Start(s.offset))
+            .and_then(|_| file.read_exact(&mut raw))
+            .map_err(|e| rerr(format!("reading tensor data: {e}")))?;
+        if spec.ty == s.ty {
+            return Ok(raw);
+        }
+        let count = raw.len() / 2;
+        let mut f32s = vec![0f32; count];
+        let row = spec.ne[0];
+        let rows = count as i64 / row;
+        // SAFETY: `raw` holds `count` F16 values; `f32s` has room for them; the Q8_0
+        // output is sized by ggml_row_size for `rows` rows.
+        unsafe {
+            sys::ggml_fp16_to_fp32_row(raw.as_ptr().cast(), f32s.as_mut_ptr(), count as i64);
+            let size = sys::ggml_row_size(spec.ty, row) * rows as usize;
+            let mut out = vec![0u8; size];
+            sys::ggml_quantize_chunk(
+                spec.ty,
+                f32s.as_ptr(),
+                out.as_mut_ptr().cast::<c_void>(),
+                0,
+                rows,
+                row,
+                std::ptr::null(),
+            );
+            Ok(out)
+        }
+    })
+    .map_err(|e| match e {
+        SynthError::Write { reason, .. } => werr(reason),
+        other => other,
+    })?;
+    Ok((quantized, kept))
+}
+
 /// The tiny pair for tests, written once per directory and reused after.
 pub fn tiny_pair_in(dir: &Path) -> Result<Pair, SynthError> {
-    shaped_pair_in(dir, &Shape::tiny())
+    shaped_pair_in(dir, None)
 }
 
 /// A tiny pair that answers " Yes" to everything (yes/no confidence near 1).
 pub fn tiny_yes_pair_in(dir: &Path) -> Result<Pair, SynthError> {
-    shaped_pair_in(
-        dir,
-        &Shape {
-            favoured_token: Some("\u{120}Yes"),
-            ..Shape::tiny()
-        },
-    )
+    shaped_pair_in(dir, Some((" Yes", true)))
 }
 
-fn shaped_pair_in(dir: &Path, shape: &Shape) -> Result<Pair, SynthError> {
+/// A tiny pair that answers `text` (then end-of-text when `end_of_text`) to everything.
+pub fn tiny_answer_pair_in(dir: &Path, text: &str, end_of_text: bool) -> Result<Pair, SynthError> {
+    shaped_pair_in(dir, Some((text, end_of_text)))
+}
+
+fn shaped_pair_in(dir: &Path, answer: Option<(&str, bool)>) -> Result<Pair, SynthError> {
     let pair = Pair {
         text: dir.join("moondream2-text-model-f16.gguf"),
         mmproj: dir.join("moondream2-mmproj-f16.gguf"),
@@ -594,5 +903,45 @@ fn shaped_pair_in(dir: &Path, shape: &Shape) -> Result<Pair, SynthError> {
     if pair.text.is_file() && pair.mmproj.is_file() {
         return Ok(pair);
     }
-    write_pair(dir, shape, &default_vocab_dir())
+    write_pair_answering(dir, &Shape::tiny(), &default_vocab_dir(), answer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_answers_chain_distinct_ids_that_spell_the_text() {
+        let vocab = Vocab::load(&default_vocab_dir()).unwrap();
+        // The last is the offline model of scripts/run.sh.
+        for text in [
+            " a red square",
+            " [0.25, 0.30, 0.75, 0.90]",
+            " Yes",
+            " a: b\n\nQuestion:",
+            " This is the offline test model, not Moondream2. Run moonwatch model pull with network access for real answers.",
+        ] {
+            let a = KnownAnswer::spell(&vocab, text, true).unwrap();
+            let v = a.vocab(&vocab);
+            let piece = |t: u32| -> Vec<u8> {
+                match v.types[t as usize] {
+                    4 => v.tokens[t as usize].as_bytes().to_vec(),
+                    _ => crate::vision::moondream::gpt2_piece(t).unwrap(),
+                }
+            };
+            let spelled: Vec<u8> = a.tokens.iter().flat_map(|&t| piece(t)).collect();
+            assert_eq!(String::from_utf8(spelled).unwrap(), text);
+            let mut ids = a.tokens.clone();
+            ids.sort_unstable();
+            ids.dedup();
+            assert_eq!(ids.len(), a.tokens.len(), "{text:?}: {:?}", a.tokens);
+            assert!(!a.tokens.contains(&PROMPT_LAST_TOKEN), "{text:?}");
+            assert!(a.tokens.iter().all(|&t| (t as usize) < N_VOCAB));
+        }
+        // A box repeats its dots, commas and " 0": they live in padding slots.
+        let b = KnownAnswer::spell(&vocab, " [0.25, 0.30, 0.75, 0.90]", true).unwrap();
+        let texts: Vec<&str> = b.extra.iter().map(|(_, t)| t.as_str()).collect();
+        assert_eq!(texts, [" 0.", "30, 0.", "75, 0."]);
+        assert!(KnownAnswer::spell(&vocab, "", true).is_err());
+    }
 }

@@ -19,6 +19,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 pub use parse::{BBox, Point, YesNo};
+pub use prompt::Revision;
 
 use crate::frame::Frame;
 
@@ -51,6 +52,20 @@ pub enum Skill {
     YesNo { question: String },
 }
 
+/// Why generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    /// The model produced `<|endoftext|>`.
+    EndOfText,
+    /// The text reached a stop sequence (the model starting a new `Question:` turn).
+    StopSequence,
+    /// The skill's token budget was used up: the answer may be cut short.
+    Budget,
+    /// The context was full: the answer may be cut short.
+    ContextFull,
+}
+
 /// How a detection or point result was obtained from the model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -73,21 +88,31 @@ pub enum Answer {
         answer: String,
     },
     Detect {
+        /// Whether the object is in the picture, from a yes/no question asked first;
+        /// `null` when the model answered neither yes nor no. Boxes are asked for only
+        /// when this is `true`.
+        present: Option<bool>,
+        /// Probability of the presence answer among yes and no, 0.5..1.
+        confidence: f32,
         objects: Vec<BBox>,
         method: Method,
         /// The model's text, kept so a user can see what was (or was not) parsed.
         raw: String,
-        /// False when the model said something but no box could be read from it.
+        /// False when boxes were asked for and none could be read from the answer.
         parsed: bool,
     },
     Point {
+        present: Option<bool>,
+        confidence: f32,
         points: Vec<Point>,
         method: Method,
         raw: String,
         parsed: bool,
     },
     YesNo {
-        answer: bool,
+        /// `null` (uncertain) when yes and no together got less than the configured
+        /// share of the probability: the model wanted to say something else.
+        answer: Option<bool>,
         confidence: f32,
         p_yes: f32,
         p_no: f32,
@@ -107,6 +132,9 @@ pub struct SkillTiming {
     /// From the start of this request's work to this skill's first answer token: includes
     /// the image encode and prefill when the frame was not cached yet.
     pub first_token_ms: f64,
+    /// Why the answer ended; absent for yes/no, which generates nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_reason: Option<StopReason>,
 }
 
 /// Where the time went for the image prefix.
@@ -114,6 +142,12 @@ pub struct SkillTiming {
 pub struct PrefixTiming {
     /// True when the frame's prefix was already in the KV cache: no encode, no prefill.
     pub reused: bool,
+    /// The picture the model saw: the frame stretched to the encoder's input size, as
+    /// Moondream's reference preprocessing does (0 when reused).
+    pub input_width: u32,
+    pub input_height: u32,
+    /// Time to stretch the frame to that size.
+    pub resize_ms: f64,
     pub image_encode_ms: f64,
     pub image_prefill_ms: f64,
     /// Positions the prefix takes in the context (BOS + image tokens).

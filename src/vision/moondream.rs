@@ -11,7 +11,7 @@ use std::path::Path;
 use std::sync::OnceLock;
 use std::time::Instant;
 
-use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::context::params::{KvCacheType, LlamaContextParams};
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::gguf::GgufContext;
 use llama_cpp_2::llama_backend::LlamaBackend;
@@ -25,10 +25,10 @@ use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 
 use super::parse;
-use super::prompt;
+use super::prompt::{self, Prompts};
 use super::{
     Answer, Answered, Cancel, Engine, EngineError, Method, PrefixTiming, Request, Response, Skill,
-    SkillTiming, Vision,
+    SkillTiming, StopReason, Vision, YesNo,
 };
 use crate::config::{Config, ModelConfig};
 use crate::frame::Frame;
@@ -142,9 +142,14 @@ fn inspect(path: &Path, role: &str) -> Result<GgufInfo, EngineError> {
             meta.len()
         )));
     }
+    let image_size = {
+        let i = gguf.find_key("clip.vision.image_size");
+        (i >= 0 && gguf.kv_type(i) == llama_cpp_sys_2::GGUF_TYPE_UINT32).then(|| gguf.val_u32(i))
+    };
     Ok(GgufInfo {
         arch,
         name: string("general.name"),
+        image_size,
     })
 }
 
@@ -152,6 +157,8 @@ fn inspect(path: &Path, role: &str) -> Result<GgufInfo, EngineError> {
 struct GgufInfo {
     arch: String,
     name: Option<String>,
+    /// The vision encoder's input side (`clip.vision.image_size`), for projectors.
+    image_size: Option<u32>,
 }
 
 /// Where the last tensor's data ends, per the GGUF header.
@@ -186,7 +193,7 @@ fn tensor_data_end(path: &Path) -> Result<u64, EngineError> {
 }
 
 fn load_text_model(backend: &LlamaBackend, s: &Settings) -> Result<LlamaModel, EngineError> {
-    let GgufInfo { arch, name } = inspect(&s.model.text, "text model")?;
+    let GgufInfo { arch, name, .. } = inspect(&s.model.text, "text model")?;
     if arch == "clip" {
         return Err(EngineError::Load(format!(
             "text model {} is a vision projector (clip); are model.text and model.mmproj swapped?",
@@ -220,6 +227,36 @@ struct CachedPrefix {
     n_past: i32,
 }
 
+/// GPT-2's byte-level BPE exactly as Moondream was trained with (`r50k_base`), built once.
+fn gpt2() -> Option<&'static tiktoken_rs::CoreBPE> {
+    static GPT2: OnceLock<Option<tiktoken_rs::CoreBPE>> = OnceLock::new();
+    GPT2.get_or_init(|| match tiktoken_rs::r50k_base() {
+        Ok(bpe) => Some(bpe),
+        Err(e) => {
+            tracing::warn!("GPT-2 tokenizer unavailable ({e}); using llama.cpp's");
+            None
+        }
+    })
+    .as_ref()
+}
+
+/// `text` as GPT-2 token ids, split by GPT-2's own rules (what Moondream's tokenizer
+/// does for user text); `None` if the tokenizer could not be built.
+pub fn gpt2_ids(text: &str) -> Option<Vec<u32>> {
+    gpt2().map(|bpe| bpe.encode_ordinary(text))
+}
+
+/// The bytes of one GPT-2 token.
+pub fn gpt2_piece(id: u32) -> Option<Vec<u8>> {
+    gpt2().and_then(|bpe| bpe.decode_bytes(&[id]).ok())
+}
+
+/// What generation produced for one prompt.
+struct Generated {
+    raw: String,
+    stop: StopReason,
+}
+
 /// Moondream2 loaded and ready: the model's context, the vision context and the cache state.
 pub struct Moondream<'m> {
     model: &'m LlamaModel,
@@ -229,6 +266,14 @@ pub struct Moondream<'m> {
     n_ctx: i32,
     max_tokens: u32,
     ignore_eos: bool,
+    prompts: Prompts,
+    yes_no_suffix: String,
+    yes_no_min_mass: f32,
+    /// The vision encoder's input side: frames are stretched to this square.
+    image_size: u32,
+    /// GPT-2's tokenizer when the model's vocabulary is GPT-2's (Moondream2's is);
+    /// otherwise llama.cpp tokenizes.
+    gpt2: Option<&'static tiktoken_rs::CoreBPE>,
     /// Token ids whose probabilities count as "yes" / "no" for the first answer token.
     yes_ids: Vec<usize>,
     no_ids: Vec<usize>,
@@ -251,13 +296,23 @@ impl<'m> Moondream<'m> {
         model: &'m LlamaModel,
         s: &Settings,
     ) -> Result<Self, EngineError> {
-        let arch = inspect(&s.model.mmproj, "vision projector")?.arch;
-        if arch != "clip" {
+        let info = inspect(&s.model.mmproj, "vision projector")?;
+        if info.arch != "clip" {
             return Err(EngineError::Load(format!(
-                "vision projector {} has architecture {arch}, expected clip; are model.text and model.mmproj swapped?",
-                s.model.mmproj.display()
+                "vision projector {} has architecture {}, expected clip; are model.text and model.mmproj swapped?",
+                s.model.mmproj.display(),
+                info.arch
             )));
         }
+        let image_size = info
+            .image_size
+            .filter(|&n| (14..=4096).contains(&n))
+            .ok_or_else(|| {
+                EngineError::Load(format!(
+                    "vision projector {} lacks a usable clip.vision.image_size",
+                    s.model.mmproj.display()
+                ))
+            })?;
         let threads = s.threads.max(1) as i32;
         let n_ctx = s.model.context_size;
         if n_ctx > model.n_ctx_train() {
@@ -267,16 +322,31 @@ impl<'m> Moondream<'m> {
                 "context larger than the model was trained for"
             );
         }
+        let kv = match s.model.kv_cache_type {
+            crate::config::KvCacheKind::F16 => KvCacheType::F16,
+            crate::config::KvCacheKind::Q8_0 => KvCacheType::Q8_0,
+        };
         let params = LlamaContextParams::default()
             .with_n_ctx(NonZeroU32::new(n_ctx))
             .with_n_batch(s.model.batch_size)
             .with_n_ubatch(s.model.batch_size)
             .with_n_threads(threads)
             .with_n_threads_batch(threads)
+            .with_type_k(kv)
+            .with_type_v(kv)
             .with_no_perf(false);
-        let ctx = model
+        let mut ctx = model
             .new_context(backend, params)
             .map_err(|e| EngineError::Load(format!("cannot create llama.cpp context: {e}")))?;
+        // Warm up as llama.cpp's own tools do (one decode, then forget it), so the first
+        // request does not pay for first-touch allocations and weight repacking.
+        let mut batch = LlamaBatch::new(1, 1);
+        batch
+            .add(model.vocab().bos(), 0, &[0], true)
+            .map_err(|e| e.to_string())
+            .and_then(|()| ctx.decode(&mut batch).map_err(|e| e.to_string()))
+            .map_err(|e| EngineError::Load(format!("warm-up decode failed: {e}")))?;
+        ctx.clear_kv_cache();
         let mparams = MtmdContextParams {
             use_gpu: s.model.vision_on_gpu,
             print_timings: false,
@@ -305,16 +375,50 @@ impl<'m> Moondream<'m> {
             )));
         }
         let vocab = model.vocab();
+        let prompts = prompt::prompts(s.model.revision);
+        // GPT-2's rules where the model's vocabulary is GPT-2's: every token of the
+        // template must read the same in the model as in GPT-2.
+        let probe = prompts.tail(
+            &Skill::Caption {
+                length: super::CaptionLength::Normal,
+            },
+            "",
+        );
+        let gpt2 = gpt2().filter(|bpe| {
+            let same = model.n_vocab() >= 50_257
+                && bpe.encode_ordinary(&probe).iter().all(|&id| {
+                    bpe.decode_bytes(&[id]).ok()
+                        == Some(vocab.token_to_piece(LlamaToken(id as i32), false, None))
+                });
+            if !same {
+                tracing::warn!(
+                    "the text model's vocabulary is not GPT-2's; llama.cpp tokenizes questions"
+                );
+            }
+            same
+        });
         let single = |words: &[&str]| -> Vec<usize> {
             let mut ids: Vec<usize> = words
                 .iter()
                 .flat_map(|w| [w.to_string(), format!(" {w}")])
-                .filter_map(
-                    |w| match vocab.tokenize(w.as_bytes(), false, false).as_slice() {
-                        [t] => Some(t.0 as usize),
+                .filter_map(|w| {
+                    let ids: Vec<i32> = match gpt2 {
+                        Some(bpe) => bpe
+                            .encode_ordinary(&w)
+                            .into_iter()
+                            .map(|t| t as i32)
+                            .collect(),
+                        None => vocab
+                            .tokenize(w.as_bytes(), false, false)
+                            .iter()
+                            .map(|t| t.0)
+                            .collect(),
+                    };
+                    match ids.as_slice() {
+                        [t] => Some(*t as usize),
                         _ => None,
-                    },
-                )
+                    }
+                })
                 .collect();
             ids.sort_unstable();
             ids.dedup();
@@ -327,6 +431,7 @@ impl<'m> Moondream<'m> {
             mmproj = %s.model.mmproj.display(),
             threads,
             n_ctx,
+            image_size,
             "Moondream2 loaded"
         );
         Ok(Self {
@@ -337,10 +442,28 @@ impl<'m> Moondream<'m> {
             n_ctx: n_ctx as i32,
             max_tokens: s.model.max_tokens,
             ignore_eos: s.ignore_eos,
+            prompts,
+            yes_no_suffix: s.model.yes_no_suffix.clone(),
+            yes_no_min_mass: s.model.yes_no_min_mass,
+            image_size,
+            gpt2,
             yes_ids,
             no_ids,
             cached: None,
         })
+    }
+
+    /// Tokens of a prompt tail, split by GPT-2's rules as Moondream's tokenizer does
+    /// (special tokens are never parsed from text).
+    pub fn tokenize(&self, text: &str) -> Vec<LlamaToken> {
+        match self.gpt2 {
+            Some(bpe) => bpe
+                .encode_ordinary(text)
+                .into_iter()
+                .map(|t| LlamaToken(t as i32))
+                .collect(),
+            None => self.model.vocab().tokenize(text.as_bytes(), false, false),
+        }
     }
 
     /// Makes the KV cache hold `frame`'s prefix, encoding it only when it is not there yet.
@@ -360,7 +483,14 @@ impl<'m> Moondream<'m> {
         }
         self.cached = None;
         self.ctx.clear_kv_cache();
-        let bitmap = MtmdBitmap::from_image_data(frame.width, frame.height, &frame.rgb)
+        // Stretched to the encoder's square as the reference does; mtmd takes a picture
+        // of exactly that size unchanged (no letterbox), so boxes in 0..1 of what the
+        // model saw are 0..1 of the frame.
+        let side = self.image_size;
+        let t = Instant::now();
+        let pixels = frame.stretched(side, side);
+        let resize_ms = ms(t);
+        let bitmap = MtmdBitmap::from_image_data(side, side, &pixels)
             .map_err(|e| EngineError::Image(e.to_string()))?;
         // The image chunk alone: BOS is decoded separately below, so that the timings
         // split cleanly into encode and prefill.
@@ -405,6 +535,9 @@ impl<'m> Moondream<'m> {
             cached,
             PrefixTiming {
                 reused: false,
+                input_width: side,
+                input_height: side,
+                resize_ms,
                 image_encode_ms: wall - prefill,
                 image_prefill_ms: prefill,
                 tokens: n_past as u32,
@@ -437,77 +570,93 @@ impl<'m> Moondream<'m> {
         Ok(last)
     }
 
-    /// Runs one skill on the cached prefix.
-    fn run_skill(
+    /// Replaces the previous question's tail after the image prefix with `tail`, and
+    /// prefills it. Returns the tokens used and the batch index of the last one's logits.
+    fn start_tail(
         &mut self,
-        skill: &Skill,
         prefix: CachedPrefix,
-        started: Instant,
-        stop: &Cancel,
-        cancel: &Cancel,
-    ) -> Result<Answered, EngineError> {
-        let n_past = prefix.n_past;
-        // Drop the previous question's tail; the image prefix stays.
+        tail: &str,
+        timing: &mut SkillTiming,
+    ) -> Result<(i32, i32), EngineError> {
         self.ctx
-            .clear_kv_cache_seq(Some(0), Some(n_past as u32), None)
+            .clear_kv_cache_seq(Some(0), Some(prefix.n_past as u32), None)
             .map_err(|e| EngineError::Inference(e.to_string()))?;
-        let tail = prompt::question_tail(skill);
-        let tokens = self.model.vocab().tokenize(tail.as_bytes(), false, false);
-        let room = self.n_ctx - n_past - tokens.len() as i32;
-        if room < 1 {
+        let tokens = self.tokenize(tail);
+        let end = prefix.n_past + tokens.len() as i32;
+        if end >= self.n_ctx {
             return Err(EngineError::Invalid(format!(
                 "the question takes {} tokens; with the image that exceeds model.context_size {}",
                 tokens.len(),
                 self.n_ctx
             )));
         }
-        let mut timing = SkillTiming {
-            prompt_tokens: tokens.len() as u32,
-            ..Default::default()
-        };
         let t = Instant::now();
-        let mut logits_at = self.prefill(&tokens, n_past)?;
-        timing.prefill_ms = ms(t);
+        let logits_at = self.prefill(&tokens, prefix.n_past)?;
+        timing.prompt_tokens += tokens.len() as u32;
+        timing.prefill_ms += ms(t);
+        Ok((end, logits_at))
+    }
 
-        if let Skill::YesNo { .. } = skill {
-            let logits = self.ctx.get_logits_ith(logits_at);
-            let yn = parse::yes_no(logits, &self.yes_ids, &self.no_ids);
-            timing.first_token_ms = ms(started);
-            let answer = Answer::YesNo {
-                answer: yn.answer,
-                confidence: yn.confidence,
-                p_yes: yn.p_yes,
-                p_no: yn.p_no,
-            };
-            return Ok(Answered { answer, timing });
-        }
+    /// Asks a yes/no tail and reads the first answer token's probabilities.
+    fn ask_yes_no(
+        &mut self,
+        prefix: CachedPrefix,
+        tail: &str,
+        started: Instant,
+        timing: &mut SkillTiming,
+    ) -> Result<YesNo, EngineError> {
+        let (_, logits_at) = self.start_tail(prefix, tail, timing)?;
+        let logits = self.ctx.get_logits_ith(logits_at);
+        let yn = parse::yes_no(logits, &self.yes_ids, &self.no_ids, self.yes_no_min_mass);
+        timing.first_token_ms = ms(started);
+        Ok(yn)
+    }
 
-        let budget = prompt::max_tokens(skill, self.max_tokens).min(room as u32);
+    /// Generates greedily after `tail` until end-of-text, a stop sequence, the budget or
+    /// a full context, whichever comes first.
+    #[allow(clippy::too_many_arguments)]
+    fn generate(
+        &mut self,
+        prefix: CachedPrefix,
+        tail: &str,
+        budget: u32,
+        started: Instant,
+        timing: &mut SkillTiming,
+        stop: &Cancel,
+        cancel: &Cancel,
+    ) -> Result<Generated, EngineError> {
+        let (mut pos, mut logits_at) = self.start_tail(prefix, tail, timing)?;
         let mut sampler = LlamaSampler::greedy();
         let mut batch = LlamaBatch::new(1, 1);
         let mut bytes = Vec::new();
-        let first_pos = n_past + tokens.len() as i32;
         let vocab = self.model.vocab();
-        for n in 0..budget {
+        let mut first = true;
+        let reason = loop {
             if stop.is_cancelled() || cancel.is_cancelled() {
                 return Err(EngineError::Cancelled);
             }
+            if timing.generated_tokens >= budget {
+                break StopReason::Budget;
+            }
             let token = sampler.sample(&self.ctx, logits_at);
             sampler.accept(token);
-            if n == 0 {
+            if first {
                 timing.first_token_ms = ms(started);
+                first = false;
             }
             if vocab.is_eog(token) && !self.ignore_eos {
-                break;
+                break StopReason::EndOfText;
             }
             timing.generated_tokens += 1;
             bytes.extend(vocab.token_to_piece(token, false, None));
-            let pos = first_pos + n as i32;
-            if n + 1 == budget
-                || pos >= self.n_ctx
-                || (!self.ignore_eos && prompt::reached_stop(&String::from_utf8_lossy(&bytes)))
-            {
-                break;
+            if !self.ignore_eos && self.prompts.reached_stop(&String::from_utf8_lossy(&bytes)) {
+                break StopReason::StopSequence;
+            }
+            if timing.generated_tokens >= budget {
+                break StopReason::Budget;
+            }
+            if pos >= self.n_ctx {
+                break StopReason::ContextFull;
             }
             batch.clear();
             batch
@@ -519,35 +668,84 @@ impl<'m> Moondream<'m> {
                 .map_err(|e| EngineError::Inference(format!("decode: {e}")))?;
             timing.decode_ms += ms(t);
             timing.decode_steps += 1;
+            pos += 1;
             logits_at = 0;
-        }
-        let raw = String::from_utf8_lossy(&bytes).into_owned();
-        let text = prompt::clean_answer(&raw).to_owned();
+        };
+        timing.stop_reason = Some(reason);
+        Ok(Generated {
+            raw: String::from_utf8_lossy(&bytes).into_owned(),
+            stop: reason,
+        })
+    }
+
+    /// Runs one skill on the cached prefix.
+    fn run_skill(
+        &mut self,
+        skill: &Skill,
+        prefix: CachedPrefix,
+        started: Instant,
+        stop: &Cancel,
+        cancel: &Cancel,
+    ) -> Result<Answered, EngineError> {
+        let mut timing = SkillTiming::default();
+        let suffix = self.yes_no_suffix.clone();
+        let budget = prompt::max_tokens(skill, self.max_tokens);
         let answer = match skill {
-            Skill::Caption { .. } => Answer::Caption { caption: text },
-            Skill::Query { .. } => Answer::Query { answer: text },
-            Skill::Detect { .. } => {
-                let objects = parse::boxes(&text);
-                Answer::Detect {
-                    parsed: !objects.is_empty(),
-                    objects,
-                    method: Method::PromptedBoxes,
-                    raw: text,
-                }
-            }
-            Skill::Point { .. } => {
-                let points: Vec<_> = parse::boxes(&text).iter().map(|b| b.center()).collect();
-                Answer::Point {
-                    parsed: !points.is_empty(),
-                    points,
-                    method: Method::BoxCenters,
-                    raw: text,
-                }
-            }
             Skill::YesNo { .. } => {
-                return Err(EngineError::Inference(
-                    "yes/no is read from logits, not generated".into(),
-                ))
+                let tail = self.prompts.tail(skill, &suffix);
+                let yn = self.ask_yes_no(prefix, &tail, started, &mut timing)?;
+                Answer::YesNo {
+                    answer: yn.answer,
+                    confidence: yn.confidence,
+                    p_yes: yn.p_yes,
+                    p_no: yn.p_no,
+                }
+            }
+            Skill::Caption { .. } | Skill::Query { .. } => {
+                let tail = self.prompts.tail(skill, &suffix);
+                let g = self.generate(prefix, &tail, budget, started, &mut timing, stop, cancel)?;
+                let text = self.prompts.clean_answer(&g.raw).to_owned();
+                if g.stop == StopReason::Budget {
+                    tracing::debug!(budget, "answer cut at the token budget");
+                }
+                match skill {
+                    Skill::Caption { .. } => Answer::Caption { caption: text },
+                    _ => Answer::Query { answer: text },
+                }
+            }
+            Skill::Detect { object } | Skill::Point { object } => {
+                // This checkpoint gives a box even for what is not there: ask first.
+                let tail = self.prompts.presence_tail(object, &suffix);
+                let presence = self.ask_yes_no(prefix, &tail, started, &mut timing)?;
+                let (objects, raw, parsed) = if presence.answer == Some(true) {
+                    let tail = self.prompts.tail(skill, &suffix);
+                    let g =
+                        self.generate(prefix, &tail, budget, started, &mut timing, stop, cancel)?;
+                    let raw = self.prompts.clean_answer(&g.raw).to_owned();
+                    let objects = parse::boxes(&raw);
+                    let parsed = !objects.is_empty();
+                    (objects, raw, parsed)
+                } else {
+                    (Vec::new(), String::new(), true)
+                };
+                match skill {
+                    Skill::Detect { .. } => Answer::Detect {
+                        present: presence.answer,
+                        confidence: presence.confidence,
+                        objects,
+                        method: Method::PromptedBoxes,
+                        raw,
+                        parsed,
+                    },
+                    _ => Answer::Point {
+                        present: presence.answer,
+                        confidence: presence.confidence,
+                        points: objects.iter().map(|b| b.center()).collect(),
+                        method: Method::BoxCenters,
+                        raw,
+                        parsed,
+                    },
+                }
             }
         };
         Ok(Answered { answer, timing })

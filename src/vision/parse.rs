@@ -86,8 +86,9 @@ fn parse_group(inner: &str) -> Option<BBox> {
 /// A yes/no decision read from the probabilities of the first answer token.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct YesNo {
-    /// True when "yes" is more likely than "no".
-    pub answer: bool,
+    /// True when "yes" is more likely than "no"; `None` (uncertain) when the two together
+    /// hold less than the minimum share of the probability.
+    pub answer: Option<bool>,
     /// Probability of the chosen answer among the two, 0.5..1.
     pub confidence: f32,
     /// Probability mass the model puts on any "yes" token.
@@ -98,9 +99,10 @@ pub struct YesNo {
 
 /// Softmax over `logits`, summed over the `yes` and `no` token ids.
 ///
-/// Ids outside the vocabulary are ignored. When neither side has any mass (all logits
-/// -inf), the answer is "no" with confidence 0.5.
-pub fn yes_no(logits: &[f32], yes: &[usize], no: &[usize]) -> YesNo {
+/// Ids outside the vocabulary are ignored. When `p_yes + p_no < min_mass` the answer is
+/// uncertain (`None`); when neither side has any mass (all logits -inf), the confidence
+/// is 0.5.
+pub fn yes_no(logits: &[f32], yes: &[usize], no: &[usize], min_mass: f32) -> YesNo {
     let max = logits
         .iter()
         .copied()
@@ -124,7 +126,7 @@ pub fn yes_no(logits: &[f32], yes: &[usize], no: &[usize]) -> YesNo {
         (0.0, 0.0)
     };
     let both = p_yes + p_no;
-    let answer = p_yes > p_no;
+    let answer = (both > 0.0 && both >= f64::from(min_mass)).then_some(p_yes > p_no);
     let confidence = if both > 0.0 {
         p_yes.max(p_no) / both
     } else {
@@ -220,8 +222,8 @@ mod tests {
     #[test]
     fn yes_no_from_logits() {
         // vocab: 0 "yes", 1 "Yes", 2 "no", 3 other
-        let r = yes_no(&[2.0, 1.0, 0.0, -1.0], &[0, 1], &[2]);
-        assert!(r.answer);
+        let r = yes_no(&[2.0, 1.0, 0.0, -1.0], &[0, 1], &[2], 0.5);
+        assert_eq!(r.answer, Some(true));
         let e = |x: f64| x.exp();
         let z = e(2.0) + e(1.0) + e(0.0) + e(-1.0);
         assert!((f64::from(r.p_yes) - (e(2.0) + e(1.0)) / z).abs() < 1e-6);
@@ -230,17 +232,28 @@ mod tests {
             (f64::from(r.confidence) - (e(2.0) + e(1.0)) / (e(2.0) + e(1.0) + 1.0)).abs() < 1e-6
         );
 
-        let r = yes_no(&[0.0, 0.0, 5.0, 0.0], &[0, 1], &[2]);
-        assert!(!r.answer && r.confidence > 0.9);
+        let r = yes_no(&[0.0, 0.0, 5.0, 0.0], &[0, 1], &[2], 0.5);
+        assert!(r.answer == Some(false) && r.confidence > 0.9);
+    }
+
+    #[test]
+    fn yes_no_is_uncertain_when_the_model_wants_to_say_something_else() {
+        // Token 3 ("other") takes most of the mass: yes and no hold e^0 * 2 / (2 + e^4).
+        let logits = [0.0, -30.0, 0.0, 4.0];
+        let r = yes_no(&logits, &[0], &[2], 0.5);
+        assert_eq!(r.answer, None);
+        assert!((r.p_yes + r.p_no) < 0.05);
+        // With the check off (min_mass 0) the same logits give a boolean.
+        assert!(yes_no(&logits, &[0], &[2], 0.0).answer.is_some());
     }
 
     #[test]
     fn yes_no_survives_degenerate_logits() {
-        let r = yes_no(&[f32::NEG_INFINITY; 4], &[0], &[1]);
-        assert_eq!((r.answer, r.confidence), (false, 0.5));
-        let r = yes_no(&[f32::NAN, 1.0, 1.0], &[1, 99], &[2]);
+        let r = yes_no(&[f32::NEG_INFINITY; 4], &[0], &[1], 0.5);
+        assert_eq!((r.answer, r.confidence), (None, 0.5));
+        let r = yes_no(&[f32::NAN, 1.0, 1.0], &[1, 99], &[2], 0.5);
         assert!((r.confidence - 0.5).abs() < 1e-6);
-        let r = yes_no(&[], &[0], &[1]);
+        let r = yes_no(&[], &[0], &[1], 0.5);
         assert_eq!(r.p_yes, 0.0);
     }
 }

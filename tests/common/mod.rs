@@ -11,8 +11,7 @@ use moonwatch::vision::moondream::Settings;
 
 /// The tiny pair, generated once into cargo's per-target scratch directory.
 pub fn tiny() -> Pair {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("tiny-moondream");
-    synth::tiny_pair_in(&dir).expect("tiny model")
+    synth::tiny_pair_in(&scratch("tiny-moondream")).expect("tiny model")
 }
 
 /// Engine settings for the tiny pair: two threads, so outputs are reproducible.
@@ -47,6 +46,23 @@ pub fn png(dir: &Path, name: &str, seed: u8) -> PathBuf {
 
 /// A tiny pair that answers " Yes" to every question (known answers for event tests).
 pub fn tiny_yes() -> Pair {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("tiny-moondream-yes");
-    synth::tiny_yes_pair_in(&dir).expect("tiny yes model")
+    synth::tiny_yes_pair_in(&scratch("tiny-moondream-yes")).expect("tiny yes model")
+}
+
+/// A tiny pair whose greedy answer to every prompt is `text`, then end-of-text when
+/// `end_of_text` (a model with known answers; see `synth::KnownAnswer`).
+pub fn answering(text: &str, end_of_text: bool) -> Pair {
+    let tag = xxhash_rust::xxh3::xxh3_64(format!("{text}\u{0}{end_of_text}").as_bytes());
+    synth::tiny_answer_pair_in(
+        &scratch(&format!("tiny-answer-{tag:016x}")),
+        text,
+        end_of_text,
+    )
+    .expect("known-answer model")
+}
+
+/// A directory for generated models in cargo's per-target scratch space, named for the
+/// generator's format so that a change to it never reuses stale files.
+pub fn scratch(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-v{}", synth::FORMAT))
 }
