@@ -279,3 +279,20 @@ fn a_question_cannot_inject_end_of_text() {
     assert_eq!(r.answers[0].timing.prompt_tokens as usize, ids.len());
     assert_eq!(text_of(&r.answers[0].answer), "a red square");
 }
+
+#[test]
+fn a_q8_0_projector_loads_and_answers() {
+    let pair = common::answering(SQUARE, true);
+    let dir = tempfile::tempdir().unwrap();
+    let q8 = dir.path().join("mmproj-q8_0.gguf");
+    let (quantized, kept) = moonwatch::model::synth::quantize_mmproj(&pair.mmproj, &q8).unwrap();
+    // 4 attention matrices, ffn_up and ffn_down in each of 3 blocks, and the projector's 2.
+    assert_eq!(quantized, 3 * 6 + 2, "{kept} kept");
+    assert!(std::fs::metadata(&q8).unwrap().len() < std::fs::metadata(&pair.mmproj).unwrap().len());
+    let mut s = common::settings(&pair);
+    s.model.mmproj = q8;
+    let e = moondream::start(s).unwrap();
+    let r = ask(&e, vec![query("What is in this picture?")], 320, 240);
+    assert_eq!(text_of(&r.answers[0].answer), "a red square");
+    assert_eq!(r.prefix.tokens, 730);
+}
