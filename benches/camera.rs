@@ -94,6 +94,21 @@ fn main() {
         }
     }
 
+    // The model's input: every frame stretched to 378x378 (bicubic), as Moondream's
+    // reference does, before the vision encoder (seconds on a Pi) sees it.
+    println!();
+    println!("| stretch to the model's input (Frame::stretched, Catmull-Rom) | time |");
+    println!("|---|---|");
+    for (w, h) in [(640u32, 480u32), (1280, 720), (1920, 1080)] {
+        let rgb = input(PixelFormat::Rgb, w, h);
+        let frame = moonwatch::frame::Frame::from_rgb(w, h, rgb).unwrap();
+        let t = time_it(|| {
+            black_box(black_box(&frame).stretched(378, 378));
+        });
+        println!("| {w}x{h} -> 378x378 | {:.2} ms |", t * 1e3);
+    }
+    println!();
+
     // Capture-to-ready: from the moment a frame is pulled from the pipeline to the moment a
     // consumer holding the watch channel sees it (conversion, hash, publish).
     let c = CameraConfig {

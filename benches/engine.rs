@@ -95,12 +95,21 @@ struct Ask<'a> {
     ignore_eos: bool,
     /// Extra `[model]` keys (context size, KV cache type), written to a config file.
     model_toml: &'a str,
+    /// A configuration file to use instead (a board's, from configs/).
+    config_file: Option<&'a Path>,
 }
 
 impl Ask<'_> {
     fn run(&self, questions: &[&str]) -> (Sample, serde_json::Value) {
-        let cfg = std::env::temp_dir().join(format!("moonwatch-bench-{}.toml", std::process::id()));
-        std::fs::write(&cfg, format!("[model]\n{}\n", self.model_toml)).unwrap();
+        let cfg = match self.config_file {
+            Some(file) => file.to_owned(),
+            None => {
+                let cfg = std::env::temp_dir()
+                    .join(format!("moonwatch-bench-{}.toml", std::process::id()));
+                std::fs::write(&cfg, format!("[model]\n{}\n", self.model_toml)).unwrap();
+                cfg
+            }
+        };
         let mut cmd = Command::new(self.bin);
         cmd.args(["ask", "--json", "--config"]).arg(&cfg);
         if self.ignore_eos {
@@ -278,15 +287,13 @@ fn ensure_models(bin: &str, models: &Path, quants: &[&str]) {
             continue;
         }
         eprintln!("quantizing the full-shape text model to {q}");
-        let tmp = models.join("quantize-tmp");
         let st = Command::new(bin)
-            .args(["model", "synth", "--size", "full", "--quantize", q, "--out"])
-            .arg(&tmp)
+            .args(["model", "quantize", "--type", q])
+            .arg(&f16)
+            .arg(&dst)
             .status()
             .unwrap();
         assert!(st.success());
-        std::fs::rename(tmp.join(format!("moondream2-text-model-{q}.gguf")), &dst).unwrap();
-        let _ = std::fs::remove_dir_all(&tmp);
     }
 }
 
@@ -332,6 +339,7 @@ fn main() {
         tokens,
         ignore_eos: true,
         model_toml: "",
+        config_file: None,
     };
 
     if only.is_empty() || only == "peer" {
@@ -447,49 +455,41 @@ fn quant_table(ask: &Ask, models: &Path, quants: &[&str], reps: u32) {
     let text = |q: &str| models.join(format!("moondream2-text-model-{q}.gguf"));
     let f16_proj = models.join("moondream2-mmproj-f16.gguf");
     let q8_proj = models.join("moondream2-mmproj-q8_0.gguf");
-    let mut rows: Vec<(String, PathBuf, PathBuf, &str)> = quants
+    // (label, text model, projector, extra [model] keys, or a board's whole config file)
+    type Row<'a> = (String, PathBuf, PathBuf, &'a str, Option<PathBuf>);
+    let row = |name: &str, q: &str, proj: &Path, toml: &'static str| -> Row<'static> {
+        (name.to_owned(), text(q), proj.to_owned(), toml, None)
+    };
+    let mut rows: Vec<Row> = quants
         .iter()
-        .map(|q| {
-            (
-                format!("text {}", q.to_uppercase()),
-                text(q),
-                f16_proj.clone(),
-                "",
-            )
-        })
+        .map(|q| row(&format!("text {}", q.to_uppercase()), q, &f16_proj, ""))
         .collect();
-    // The levers for a 2 GB board, one at a time, then together (configs/raspberry-pi-5*).
+    // The levers for a 2 GB board, one at a time, then together as configs/ ships them.
     let small_ctx = "context_size = 1024";
     let small_ctx_q8_kv = "context_size = 1024\nkv_cache_type = \"q8_0\"";
-    rows.push((
-        "text Q4_0, n_ctx 1024".into(),
-        text("q4_0"),
-        f16_proj.clone(),
-        small_ctx,
-    ));
-    rows.push((
-        "text Q4_0, n_ctx 1024, KV q8_0".into(),
-        text("q4_0"),
-        f16_proj.clone(),
+    rows.push(row("text Q4_0, n_ctx 1024", "q4_0", &f16_proj, small_ctx));
+    rows.push(row(
+        "text Q4_0, n_ctx 1024, KV q8_0",
+        "q4_0",
+        &f16_proj,
         small_ctx_q8_kv,
     ));
+    rows.push(row("text Q4_0, mmproj Q8_0", "q4_0", &q8_proj, ""));
+    let pi5 = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/raspberry-pi-5-camera.toml");
     rows.push((
-        "text Q4_0, mmproj Q8_0".into(),
+        "configs/raspberry-pi-5-camera.toml: text Q4_0, mmproj Q8_0, n_ctx 1024, KV q8_0, batch 128"
+            .into(),
         text("q4_0"),
         q8_proj.clone(),
         "",
+        Some(pi5),
     ));
-    rows.push((
-        "text Q4_0, mmproj Q8_0, n_ctx 1024, KV q8_0 (Pi 5 config)".into(),
-        text("q4_0"),
-        q8_proj.clone(),
-        small_ctx_q8_kv,
-    ));
-    for (name, path, proj, toml) in rows {
+    for (name, path, proj, toml, file) in rows {
         let a = Ask {
             text: &path,
             mmproj: &proj,
             model_toml: toml,
+            config_file: file.as_deref(),
             ..*ask
         };
         let runs: Vec<Sample> = (0..reps).map(|_| a.run(&[QUESTION]).0).collect();

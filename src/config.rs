@@ -720,6 +720,35 @@ mod tests {
     }
 
     #[test]
+    fn model_keys_for_answers_and_boards_parse_and_are_checked() {
+        let c = Config::parse(
+            "[model]\nrevision = \"moondream2-2025-04-14\"\nkv_cache_type = \"q8_0\"\n\
+             yes_no_suffix = \"\"\ntext = \"/m/moondream2-text-model-q4_0.gguf\"\n\
+             mmproj = \"/m/moondream2-mmproj-q8_0.gguf\"\n\
+             [model.download]\nquantize = \"q4_0\"\nquantize_mmproj = true\n",
+        )
+        .unwrap();
+        assert_eq!(c.model.revision, crate::vision::Revision::Moondream20250414);
+        assert_eq!(c.model.kv_cache_type, KvCacheKind::Q8_0);
+        assert_eq!(c.model.download.quantize, Some(crate::model::Quant::Q4_0));
+        assert!(c.problems().is_empty(), "{:?}", c.problems());
+        // The quantized results need names of their own; and the mass is a probability.
+        let c = Config::parse(
+            "[model]\nyes_no_min_mass = 1.5\n[model.download]\nquantize = \"q4_k_m\"\nquantize_mmproj = true\n",
+        )
+        .unwrap();
+        let keys: Vec<_> = c.problems().into_iter().map(|p| p.key).collect();
+        for k in [
+            "model.yes_no_min_mass",
+            "model.download.quantize",
+            "model.download.quantize_mmproj",
+        ] {
+            assert!(keys.contains(&k.to_string()), "{k} missing from {keys:?}");
+        }
+        assert!(Config::parse("[model]\nrevision = \"2099\"\n").is_err());
+    }
+
+    #[test]
     fn relative_model_paths_follow_the_config_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("m.toml");

@@ -286,8 +286,9 @@ fn a_q8_0_projector_loads_and_answers() {
     let dir = tempfile::tempdir().unwrap();
     let q8 = dir.path().join("mmproj-q8_0.gguf");
     let (quantized, kept) = moonwatch::model::synth::quantize_mmproj(&pair.mmproj, &q8).unwrap();
-    // 4 attention matrices, ffn_up and ffn_down in each of 3 blocks, and the projector's 2.
-    assert_eq!(quantized, 3 * 6 + 2, "{kept} kept");
+    // 4 attention matrices, ffn_up and ffn_down in each of the 2 blocks the graph runs
+    // (the third, unused, is left out), and the projector's 2.
+    assert_eq!(quantized, 2 * 6 + 2, "{kept} kept");
     assert!(std::fs::metadata(&q8).unwrap().len() < std::fs::metadata(&pair.mmproj).unwrap().len());
     let mut s = common::settings(&pair);
     s.model.mmproj = q8;
@@ -295,4 +296,39 @@ fn a_q8_0_projector_loads_and_answers() {
     let r = ask(&e, vec![query("What is in this picture?")], 320, 240);
     assert_eq!(text_of(&r.answers[0].answer), "a red square");
     assert_eq!(r.prefix.tokens, 730);
+}
+
+#[test]
+fn leaving_out_the_unused_vision_block_changes_nothing_the_model_sees() {
+    // The plain random model: its yes/no probabilities depend on every image embedding.
+    let pair = common::tiny();
+    let dir = tempfile::tempdir().unwrap();
+    let (with, without) = (
+        dir.path().join("with.gguf"),
+        dir.path().join("without.gguf"),
+    );
+    moonwatch::model::synth::quantize_mmproj_keeping(&pair.mmproj, &with, true).unwrap();
+    moonwatch::model::synth::quantize_mmproj(&pair.mmproj, &without).unwrap();
+    assert!(std::fs::metadata(&without).unwrap().len() < std::fs::metadata(&with).unwrap().len());
+    let probe = |mmproj: &std::path::Path| {
+        let mut s = common::settings(&pair);
+        s.model.mmproj = mmproj.to_owned();
+        let e = moondream::start(s).unwrap();
+        [3, 9].map(|seed| {
+            let q = vec![Skill::YesNo {
+                question: "Is it red?".into(),
+            }];
+            let r = e
+                .run(Request::new(common::frame(seed, 320, 240), q))
+                .unwrap();
+            match r.answers[0].answer {
+                Answer::YesNo { p_yes, p_no, .. } => (p_yes, p_no),
+                ref other => panic!("{other:?}"),
+            }
+        })
+    };
+    let (a, b) = (probe(&with), probe(&without));
+    assert_eq!(a, b, "the same blocks must run");
+    // And the picture matters: the two frames give different probabilities.
+    assert_ne!(a[0], a[1]);
 }

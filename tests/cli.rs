@@ -213,6 +213,17 @@ fn the_cli_prints_whole_known_answers() {
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(stdout.lines().next(), Some("a red square"), "{stdout}");
+    // The budget cuts it, and --json says so.
+    let out = run_skill(
+        "ask",
+        &square.text,
+        &square.mmproj,
+        &image,
+        &["--json", "--max-tokens", "2", "What is this?"],
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["answers"][0]["answer"], "a red");
+    assert_eq!(v["answers"][0]["timing"]["stop_reason"], "budget");
 
     let boxed = common::answering(" Yes [0.25, 0.30, 0.75, 0.90]", true);
     let out = run_skill("detect", &boxed.text, &boxed.mmproj, &image, &["car"]);

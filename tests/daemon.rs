@@ -1106,3 +1106,34 @@ fn systemd_hears_ready_and_a_watchdog_only_while_frames_arrive() {
         "pinged without frames: {heard:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_uncertain_answer_is_no_observation_for_a_trigger() {
+    // Every answer is " a red square": neither yes nor no.
+    let pair = common::answering(" a red square", true);
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), "allow_anonymous true");
+    let trigger = "[[trigger]]\nname = \"door\"\nquestion = \"Is the door open?\"\n\
+                   threshold = 0.5\nconsecutive = 1\ncooldown = 0\ninterval = 1\n";
+    let _d = Daemon::start(
+        dir.path(),
+        &config_for(&pair, dir.path(), broker.port, "v5", trigger),
+    );
+    let mut c = Client::connect(broker.port, "t-uncertain", &[&format!("{BASE}/#")]).await;
+    let attrs_topic = format!("{BASE}/trigger/door/attributes");
+    let attrs = topic(&attrs_topic);
+    let first = c.wait("attributes", 60, &attrs).await.json();
+    assert_eq!(first["answer"], Value::Null, "{first}");
+    // Two more evaluations later, still no state: the answers were not observations.
+    for _ in 0..2 {
+        c.clear();
+        let a = c.wait("attributes", 60, &attrs).await.json();
+        assert_eq!(a["answer"], Value::Null, "{a}");
+        assert!(
+            !c.seen
+                .iter()
+                .any(|m| m.topic == format!("{BASE}/trigger/door")),
+            "a state was published from uncertain answers"
+        );
+    }
+}

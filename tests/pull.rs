@@ -89,8 +89,15 @@ fn config(dir: &Path, text_sha: &str) -> std::path::PathBuf {
 }
 
 fn pull(hub: &Hub, config: &Path) -> std::process::Output {
+    pull_with(hub, config, &[])
+}
+
+/// `moonwatch model pull EXTRA... --config CONFIG` against `hub`.
+fn pull_with(hub: &Hub, config: &Path, extra: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_moonwatch"))
-        .args(["model", "pull", "--config"])
+        .args(["model", "pull"])
+        .args(extra)
+        .arg("--config")
         .arg(config)
         .env("HF_ENDPOINT", &hub.url)
         .env("HF_HOME", config.parent().unwrap().join("hf-home"))
@@ -136,14 +143,16 @@ fn pulls_verifies_and_skips_what_is_already_there() {
     assert_eq!(fetched, 2);
 
     // Second run: both files verified in place, nothing fetched.
-    let out = pull(&hub, &cfg);
+    rerun_fetches_nothing(&hub, || pull(&hub, &cfg));
+}
+
+/// A rerun succeeds with both files "already present" and nothing fetched from `hub`.
+fn rerun_fetches_nothing(hub: &Hub, rerun: impl FnOnce() -> std::process::Output) {
+    let fetched = hub.gets.load(Ordering::SeqCst);
+    let out = rerun();
     assert!(out.status.success());
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout)
-            .matches("already present")
-            .count(),
-        2
-    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(stdout.matches("already present").count(), 2, "{stdout}");
     assert_eq!(hub.gets.load(Ordering::SeqCst), fetched);
 }
 
@@ -192,7 +201,7 @@ fn an_unreachable_hub_is_a_clear_error() {
 }
 
 #[test]
-fn pull_quantizes_the_verified_text_model_and_records_its_hash() {
+fn pull_quantizes_the_verified_files_and_records_their_hashes() {
     let pair = moonwatch::model::synth::tiny_pair_in(&Path::new(env!("CARGO_TARGET_TMPDIR")).join(
         format!("tiny-moondream-v{}", moonwatch::model::synth::FORMAT),
     ))
@@ -205,15 +214,11 @@ fn pull_quantizes_the_verified_text_model_and_records_its_hash() {
     ]);
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), &sha(&text));
-    let run = || {
-        Command::new(env!("CARGO_BIN_EXE_moonwatch"))
-            .args(["model", "pull", "--quantize", "q8_0", "--config"])
-            .arg(&cfg)
-            .env("HF_ENDPOINT", &hub.url)
-            .env("HF_HOME", dir.path().join("hf-home"))
-            .output()
-            .unwrap()
-    };
+    // The projector too: [model.download] is the file's last section.
+    let mut toml = std::fs::read_to_string(&cfg).unwrap();
+    toml.push_str("quantize_mmproj = true\n");
+    std::fs::write(&cfg, toml).unwrap();
+    let run = || pull_with(&hub, &cfg, &["--quantize", "q8_0"]);
     let out = run();
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
@@ -236,15 +241,6 @@ fn pull_quantizes_the_verified_text_model_and_records_its_hash() {
         "the F16 download is removed"
     );
 
-    // Again: the quantized file is verified in place, nothing is downloaded.
-    let fetched = hub.gets.load(Ordering::SeqCst);
-    let out = run();
-    assert!(out.status.success());
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout)
-            .matches("already present")
-            .count(),
-        2
-    );
-    assert_eq!(hub.gets.load(Ordering::SeqCst), fetched);
+    // Again: the quantized files are verified in place, nothing is downloaded.
+    rerun_fetches_nothing(&hub, run);
 }

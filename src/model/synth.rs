@@ -765,8 +765,22 @@ pub fn quantize(
 /// number of 32-value blocks becomes Q8_0 (the attention, `ffn_up` and projector
 /// matrices); the rest (SigLIP's `ffn_down`, 4304 wide; the patch and position
 /// embeddings; norms and biases) stays as it is. llama.cpp has no projector quantizer of
-/// its own in this version. Returns (tensors quantized, tensors kept).
+/// its own in this version.
+///
+/// An MLP (llava) projector stores one block more than its graph runs (it stops before
+/// the last); that block is left out, and `clip.vision.feature_layer` tells llama.cpp to
+/// run the same blocks as before and take their output, post-norm included, exactly as it
+/// did. Returns (tensors quantized, tensors kept).
 pub fn quantize_mmproj(input: &Path, output: &Path) -> Result<(usize, usize), SynthError> {
+    quantize_mmproj_keeping(input, output, false)
+}
+
+/// [`quantize_mmproj`], optionally keeping the unused last block (for comparisons).
+pub fn quantize_mmproj_keeping(
+    input: &Path,
+    output: &Path,
+    keep_unused_block: bool,
+) -> Result<(usize, usize), SynthError> {
     use std::io::{Read, Seek, SeekFrom};
     let rerr = |reason: String| SynthError::Vocab {
         dir: input.to_owned(),
@@ -801,6 +815,23 @@ pub fn quantize_mmproj(input: &Path, output: &Path) -> Result<(usize, usize), Sy
     let n = unsafe { sys::gguf_get_n_tensors(src) };
     let mut w = Writer::new(n as usize);
     let (mut quantized, mut kept) = (0, 0);
+    // SAFETY: key lookups on a valid context; values read with their own types.
+    let (blocks, mlp) = unsafe {
+        let key = c("clip.vision.block_count");
+        let i = sys::gguf_find_key(src, key.as_ptr());
+        let blocks = (i >= 0).then(|| sys::gguf_get_val_u32(src, i));
+        let key = c("clip.projector_type");
+        let j = sys::gguf_find_key(src, key.as_ptr());
+        let mlp =
+            j >= 0 && std::ffi::CStr::from_ptr(sys::gguf_get_val_str(src, j)).to_bytes() == b"mlp";
+        let key = c("clip.vision.feature_layer");
+        let has_features = sys::gguf_find_key(src, key.as_ptr()) >= 0;
+        (blocks, mlp && !has_features)
+    };
+    let unused = match blocks {
+        Some(b) if mlp && b > 1 && !keep_unused_block => Some(format!("v.blk.{}.", b - 1)),
+        _ => None,
+    };
     // SAFETY: indices below n_tensors; names are NUL-terminated strings owned by `src`;
     // `meta` holds a header for every tensor in the file.
     unsafe {
@@ -811,6 +842,9 @@ pub fn quantize_mmproj(input: &Path, output: &Path) -> Result<(usize, usize), Sy
             let name = std::ffi::CStr::from_ptr(name_ptr)
                 .to_string_lossy()
                 .into_owned();
+            if unused.as_deref().is_some_and(|u| name.starts_with(u)) {
+                continue;
+            }
             let t = sys::ggml_get_tensor(meta, name_ptr);
             if t.is_null() {
                 sys::gguf_free(src);
@@ -841,6 +875,11 @@ pub fn quantize_mmproj(input: &Path, output: &Path) -> Result<(usize, usize), Sy
         sys::ggml_free(meta);
     }
     w.u32("general.file_type", sys::LLAMA_FTYPE_MOSTLY_Q8_0);
+    if let (Some(_), Some(b)) = (&unused, blocks) {
+        let run = b as i32 - 1;
+        w.u32("clip.vision.block_count", run as u32);
+        w.i32s("clip.vision.feature_layer", &[run]);
+    }
     let mut file = File::open(input).map_err(|e| rerr(e.to_string()))?;
     w.write_with(output, |i, spec| {
         let s = &sources[i];

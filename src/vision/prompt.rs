@@ -13,17 +13,18 @@ pub const MAX_QUESTION_CHARS: usize = 1000;
 
 /// Which Moondream2 revision a GGUF pair holds; each has its own prompts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "kebab-case")]
 pub enum Revision {
     /// The published `moondream/moondream2-gguf` files (a 2024 release from before
     /// 2024-05-20): every skill is a `Question: ... Answer:` turn.
     #[default]
     #[value(name = "moondream2-2024")]
+    #[serde(rename = "moondream2-2024")]
     Moondream2024,
     /// `ggml-org/moondream2-20250414-GGUF`: the 2025-04-14 text model, whose captions use
     /// their own templates (`Short caption:`, `Caption:`, `Long caption:`); detection and pointing in that release use
     /// region heads that the GGUF does not carry, so they fall back to prompting.
     #[value(name = "moondream2-2025-04-14")]
+    #[serde(rename = "moondream2-2025-04-14")]
     Moondream20250414,
 }
 
