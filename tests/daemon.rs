@@ -643,6 +643,11 @@ async fn triggers_publish_state_and_discovery_and_change_at_runtime() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // stderr is a file here, as under systemd: no colour codes in it.
+    assert!(
+        !d.log().contains('\x1b'),
+        "ANSI escapes in a non-terminal log"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
