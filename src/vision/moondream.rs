@@ -201,7 +201,9 @@ fn load_text_model(backend: &LlamaBackend, s: &Settings) -> Result<LlamaModel, E
         )));
     }
     if let Some(name) = name {
-        if name.contains("random") {
+        if name.contains("known-answer") {
+            tracing::info!(%name, "this is a known-answer test model: it runs like Moondream2 and answers everything with one chosen text");
+        } else if name.contains("random") {
             tracing::info!(%name, "this is a random-weight test model: it runs like Moondream2 but its answers are gibberish");
         }
     }
