@@ -558,21 +558,18 @@ fn model(command: ModelCommand) -> Result<(), Failure> {
             let d = &cfg.model.download;
             if let Some(dir) = dir {
                 cfg.model.text = match d.quantize {
-                    Some(q) => dir.join(format!("moondream2-text-model-{}.gguf", q.name())),
+                    Some(q) => dir.join(q.text_file_name()),
                     None => dir.join(&d.text_file),
                 };
                 cfg.model.mmproj = if d.quantize_mmproj {
-                    dir.join("moondream2-mmproj-q8_0.gguf")
+                    dir.join(moonwatch::model::MMPROJ_Q8_FILE_NAME)
                 } else {
                     dir.join(&d.mmproj_file)
                 };
             } else if let Some(q) = d.quantize {
                 if cfg.model.text.file_name() == Some(std::ffi::OsStr::new(&d.text_file)) {
                     // The configured name is the download's: put the result beside it.
-                    cfg.model.text = cfg
-                        .model
-                        .text
-                        .with_file_name(format!("moondream2-text-model-{}.gguf", q.name()));
+                    cfg.model.text = cfg.model.text.with_file_name(q.text_file_name());
                     eprintln!(
                         "note: model.text names the download; writing the {} model to {} (set model.text to it)",
                         q.name(),
@@ -626,9 +623,7 @@ fn model(command: ModelCommand) -> Result<(), Failure> {
                     );
                 }
                 (Some(q), false) => {
-                    let threads =
-                        std::thread::available_parallelism().map_or(1, |n| n.get() as i32);
-                    synth::quantize(&input, &output, q.ftype(), threads)
+                    synth::quantize(&input, &output, q.ftype())
                         .map_err(|e| Failure::new(exit::IOERR, e))?;
                     println!("{}: {}", output.display(), q.name());
                 }
@@ -659,12 +654,10 @@ fn model(command: ModelCommand) -> Result<(), Failure> {
             .map_err(|e| Failure::new(exit::IOERR, e))?;
             println!("{}\n{}", pair.text.display(), pair.mmproj.display());
             if let Some(q) = quantize {
-                let (ftype, name) = (q.ftype(), q.name());
-                let dst = out.join(format!("moondream2-text-model-{name}.gguf"));
-                let threads = std::thread::available_parallelism().map_or(1, |n| n.get() as i32);
+                let dst = out.join(q.text_file_name());
                 // Routes llama.cpp's per-tensor log to tracing (shown with -v).
                 moondream::backend()?;
-                synth::quantize(&pair.text, &dst, ftype, threads)
+                synth::quantize(&pair.text, &dst, q.ftype())
                     .map_err(|e| Failure::new(exit::IOERR, e))?;
                 println!("{}", dst.display());
             }

@@ -6,6 +6,9 @@ pub mod synth;
 
 use serde::{Deserialize, Serialize};
 
+/// The file name moonwatch gives a vision projector quantized to Q8_0.
+pub const MMPROJ_Q8_FILE_NAME: &str = "moondream2-mmproj-q8_0.gguf";
+
 /// A llama.cpp weight type the text model can be quantized to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
@@ -31,6 +34,11 @@ impl Quant {
             Quant::Q4_0 => "q4_0",
             Quant::Q8_0 => "q8_0",
         }
+    }
+
+    /// The file name moonwatch gives a text model of this type.
+    pub fn text_file_name(self) -> String {
+        format!("moondream2-text-model-{}.gguf", self.name())
     }
 
     /// llama.cpp's file type for it.

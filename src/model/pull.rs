@@ -84,10 +84,7 @@ pub fn pull(model: &ModelConfig, progress: bool) -> Result<Vec<Pulled>, PullErro
             (&d.text_file, &d.text_sha256, &model.text),
             q.name(),
             progress,
-            |from, to| {
-                let threads = std::thread::available_parallelism().map_or(1, |n| n.get() as i32);
-                super::synth::quantize(from, to, q.ftype(), threads).map(|_| ())
-            },
+            |from, to| super::synth::quantize(from, to, q.ftype()),
         )?,
     };
     let mmproj = if d.quantize_mmproj {
@@ -152,15 +149,25 @@ fn pull_quantized(
         qerr(e.to_string())
     })?;
     let got = sha256_file(&part).map_err(|e| io(&part, e))?;
-    std::fs::rename(&part, target).map_err(|e| io(target, e))?;
-    std::fs::write(sidecar(target), format!("{got}\n")).map_err(|e| io(target, e))?;
+    let pulled = install(&part, target, got)?;
     // The download is not needed any more; 2.8 GB matter on a board's SD card.
     let _ = std::fs::remove_file(&source);
     let _ = std::fs::remove_file(sidecar(&source));
-    let size = std::fs::metadata(target).map_err(|e| io(target, e))?.len();
+    Ok(pulled)
+}
+
+/// Moves a verified file (SHA-256 `sha256`) to `target` and records its hash beside it.
+fn install(from: &Path, target: &Path, sha256: String) -> Result<Pulled, PullError> {
+    let io = |e: std::io::Error| PullError::Io {
+        path: target.to_owned(),
+        reason: e.to_string(),
+    };
+    std::fs::rename(from, target).map_err(io)?;
+    std::fs::write(sidecar(target), format!("{sha256}\n")).map_err(io)?;
+    let size = std::fs::metadata(target).map_err(io)?.len();
     Ok(Pulled {
         path: target.to_owned(),
-        sha256: got,
+        sha256,
         size,
         downloaded: true,
     })
@@ -269,14 +276,7 @@ fn pull_one(
             want,
         });
     }
-    std::fs::rename(&blob, target).map_err(|e| io(target, e))?;
-    std::fs::write(sidecar(target), format!("{got}\n")).map_err(|e| io(target, e))?;
-    let size = std::fs::metadata(target).map_err(|e| io(target, e))?.len();
+    let pulled = install(&blob, target, got)?;
     let _ = std::fs::remove_dir_all(&cache);
-    Ok(Pulled {
-        path: target.to_owned(),
-        sha256: got,
-        size,
-        downloaded: true,
-    })
+    Ok(pulled)
 }

@@ -737,13 +737,10 @@ pub fn write_pair_answering(
     Ok(pair)
 }
 
-/// Quantizes a text model with llama.cpp (for example to Q4_K_M, as boards run it).
-pub fn quantize(
-    input: &Path,
-    output: &Path,
-    ftype: sys::llama_ftype,
-    threads: i32,
-) -> Result<(), SynthError> {
+/// Quantizes a text model with llama.cpp (for example to Q4_K_M, as boards run it), on
+/// every core.
+pub fn quantize(input: &Path, output: &Path, ftype: sys::llama_ftype) -> Result<(), SynthError> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get() as i32);
     let (i, o) = (c(&input.to_string_lossy()), c(&output.to_string_lossy()));
     // SAFETY: default params, then plain field writes; paths are NUL-terminated.
     let code = unsafe {
