@@ -114,6 +114,8 @@ pub struct DaemonConfig {
     pub request_timeout: u64,
     /// Interactive requests that may wait; more are answered `busy`.
     pub max_pending: usize,
+    /// Most triggers (configured and added over MQTT together); more are refused.
+    pub max_triggers: usize,
 }
 
 impl Default for DaemonConfig {
@@ -125,6 +127,7 @@ impl Default for DaemonConfig {
             stats_interval: 60,
             request_timeout: 60,
             max_pending: 8,
+            max_triggers: 64,
         }
     }
 }
@@ -595,6 +598,22 @@ impl Config {
             );
         }
         let mut names = std::collections::HashSet::new();
+        if dm.max_triggers == 0 || dm.max_triggers > 1024 {
+            bad(
+                "daemon.max_triggers",
+                format!("{} must be between 1 and 1024", dm.max_triggers),
+            );
+        }
+        if self.triggers.len() > dm.max_triggers {
+            bad(
+                "trigger",
+                format!(
+                    "{} triggers configured; daemon.max_triggers allows {}",
+                    self.triggers.len(),
+                    dm.max_triggers
+                ),
+            );
+        }
         for (i, t) in self.triggers.iter().enumerate() {
             for (key, message) in t.problems() {
                 bad(&format!("trigger[{i}].{key}"), message);

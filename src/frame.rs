@@ -131,6 +131,51 @@ impl Frame {
         Self::from_rgb(w, h, rgb.into_raw())
     }
 
+    /// Decodes an image sent by a client, reduced at once so that neither side exceeds
+    /// `max_side` (aspect ratio kept): memory stays bounded whatever the picture's size.
+    /// PNG is decoded a row at a time into the reduced picture (an 8192x8192 PNG costs a
+    /// few MB, not 200); other formats may decode to at most [`MAX_DECODE_BYTES`] before
+    /// they are reduced.
+    pub fn decode_bounded(bytes: &[u8], what: &str, max_side: u32) -> Result<Self, FrameError> {
+        let derr = |reason: String| FrameError::Decode {
+            what: what.to_owned(),
+            reason,
+        };
+        if bytes.starts_with(b"\x89PNG\r\n\x1a\n") {
+            if let Some(f) = png_reduced(bytes, what, max_side)? {
+                return Ok(f);
+            }
+        }
+        let mut reader = ImageReader::new(std::io::Cursor::new(bytes))
+            .with_guessed_format()
+            .map_err(|e| derr(e.to_string()))?;
+        if reader.format().is_none() {
+            return Err(derr("unrecognised file format".into()));
+        }
+        let mut limits = Limits::default();
+        limits.max_image_width = Some(MAX_SIDE);
+        limits.max_image_height = Some(MAX_SIDE);
+        limits.max_alloc = Some(MAX_DECODE_BYTES);
+        reader.limits(limits);
+        let img = reader.decode().map_err(|e| match e {
+            image::ImageError::Limits(_) => derr(format!(
+                "too large to decode within {} MiB (send at most about {} megapixels, or PNG)",
+                MAX_DECODE_BYTES >> 20,
+                MAX_DECODE_BYTES / 4 / 1_000_000
+            )),
+            other => derr(other.to_string()),
+        })?;
+        let rgb = img.into_rgb8();
+        let (w, h) = rgb.dimensions();
+        let (rw, rh) = reduced_size(w, h, max_side);
+        if (rw, rh) == (w, h) {
+            return Self::from_rgb(w, h, rgb.into_raw());
+        }
+        let small = image::imageops::resize(&rgb, rw, rh, image::imageops::FilterType::Triangle);
+        drop(rgb);
+        Self::from_rgb(rw, rh, small.into_raw())
+    }
+
     /// The pixels stretched to `width` x `height` (bicubic, aspect ratio not kept), as
     /// Moondream's reference preprocessing resizes every picture to the encoder's input
     /// size. A frame already that size is returned as it is, without a copy.
@@ -172,6 +217,87 @@ impl Frame {
         }
         out
     }
+}
+
+/// Decoding memory allowed for a client's non-PNG image before it is reduced.
+pub const MAX_DECODE_BYTES: u64 = 64 << 20;
+
+/// `w` x `h` scaled down (never up) so that neither side exceeds `max_side`.
+fn reduced_size(w: u32, h: u32, max_side: u32) -> (u32, u32) {
+    let long = w.max(h);
+    if long <= max_side {
+        return (w, h);
+    }
+    let scale = f64::from(max_side) / f64::from(long);
+    (
+        ((f64::from(w) * scale).round() as u32).max(1),
+        ((f64::from(h) * scale).round() as u32).max(1),
+    )
+}
+
+/// A PNG decoded row by row into its reduced size (box filter), never holding the full
+/// picture. `None` for interlaced files, which the caller decodes whole within its limit.
+fn png_reduced(bytes: &[u8], what: &str, max_side: u32) -> Result<Option<Frame>, FrameError> {
+    let derr = |reason: String| FrameError::Decode {
+        what: what.to_owned(),
+        reason,
+    };
+    let mut decoder = png::Decoder::new(std::io::Cursor::new(bytes));
+    decoder.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
+    let mut reader = decoder.read_info().map_err(|e| derr(e.to_string()))?;
+    let (w, h, interlaced) = {
+        let info = reader.info();
+        (info.width, info.height, info.interlaced)
+    };
+    check_size(what, w, h)?;
+    if interlaced {
+        return Ok(None);
+    }
+    let (color, _) = reader.output_color_type();
+    let channels = match color {
+        png::ColorType::Grayscale => 1,
+        png::ColorType::GrayscaleAlpha => 2,
+        png::ColorType::Rgb => 3,
+        png::ColorType::Rgba => 4,
+        png::ColorType::Indexed => return Ok(None),
+    };
+    let (rw, rh) = reduced_size(w, h, max_side);
+    let mut sums = vec![0u32; rw as usize * rh as usize * 3];
+    let mut counts = vec![0u32; rw as usize * rh as usize];
+    // Output column of each input column, computed once.
+    let column: Vec<usize> = (0..w as u64)
+        .map(|x| (x * u64::from(rw) / u64::from(w)) as usize)
+        .collect();
+    let mut y = 0u64;
+    while let Some(row) = reader.next_row().map_err(|e| derr(e.to_string()))? {
+        let oy = (y * u64::from(rh) / u64::from(h)) as usize;
+        let data = row.data();
+        for (x, &ox) in column.iter().enumerate() {
+            let p = &data[x * channels..x * channels + channels];
+            let rgb = match channels {
+                1 | 2 => [p[0], p[0], p[0]],
+                _ => [p[0], p[1], p[2]],
+            };
+            let cell = oy * rw as usize + ox;
+            for (c, v) in rgb.iter().enumerate() {
+                sums[cell * 3 + c] += u32::from(*v);
+            }
+            counts[cell] += 1;
+        }
+        y += 1;
+    }
+    if y != u64::from(h) {
+        return Err(derr(format!("truncated: {y} of {h} rows")));
+    }
+    let rgb: Vec<u8> = sums
+        .chunks_exact(3)
+        .zip(&counts)
+        .flat_map(|(s, &n)| {
+            let n = n.max(1);
+            [(s[0] / n) as u8, (s[1] / n) as u8, (s[2] / n) as u8]
+        })
+        .collect();
+    Frame::from_rgb(rw, rh, rgb).map(Some)
 }
 
 fn check_size(what: &str, width: u32, height: u32) -> Result<(), FrameError> {
@@ -248,6 +374,25 @@ mod tests {
         // Already the right size: the same buffer.
         let g = Frame::from_rgb(378, 378, out.to_vec()).unwrap();
         assert!(Arc::ptr_eq(&g.rgb, &g.stretched(378, 378)));
+    }
+
+    #[test]
+    fn client_images_are_reduced_at_once_with_their_aspect() {
+        let p = png(2000, 1000);
+        let f = Frame::decode_bounded(&p, "big.png", 1024).unwrap();
+        assert_eq!((f.width, f.height), (1024, 512));
+        // The box filter keeps the picture: column x of the original is value x mod 256.
+        let full = Frame::decode(&p, "big.png").unwrap();
+        let j = Frame::decode_bounded(&full.to_jpeg(95), "big.jpg", 1024).unwrap();
+        assert_eq!((j.width, j.height), (1024, 512));
+        let px = |f: &Frame, x: u32, y: u32| f.rgb[((y * f.width + x) * 3 + 2) as usize];
+        assert_eq!(px(&f, 100, 100), 7, "blue channel is constant");
+        // Small pictures are kept as they are.
+        let s = Frame::decode_bounded(&png(8, 4), "s", 1024).unwrap();
+        assert_eq!(s.key, Frame::decode(&png(8, 4), "s").unwrap().key);
+        // Truncated and lying files are errors, not panics.
+        assert!(Frame::decode_bounded(&p[..p.len() / 2], "half.png", 1024).is_err());
+        assert!(Frame::decode_bounded(b"\x89PNG\r\n\x1a\nnope", "bad.png", 1024).is_err());
     }
 
     #[test]

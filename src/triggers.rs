@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 /// What a trigger asks about each frame.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TriggerConfig {
     /// Identifier: lowercase letters, digits and underscores (used in topics and entity ids).
@@ -37,6 +37,39 @@ pub struct TriggerConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device_class: Option<String>,
 }
+
+/// Home Assistant's binary_sensor device classes
+/// (<https://www.home-assistant.io/integrations/binary_sensor/#device-class>).
+pub const BINARY_SENSOR_CLASSES: &[&str] = &[
+    "battery",
+    "battery_charging",
+    "carbon_monoxide",
+    "cold",
+    "connectivity",
+    "door",
+    "garage_door",
+    "gas",
+    "heat",
+    "light",
+    "lock",
+    "moisture",
+    "motion",
+    "moving",
+    "occupancy",
+    "opening",
+    "plug",
+    "power",
+    "presence",
+    "problem",
+    "running",
+    "safety",
+    "smoke",
+    "sound",
+    "tamper",
+    "update",
+    "vibration",
+    "window",
+];
 
 mod defaults {
     pub fn threshold() -> f32 {
@@ -70,12 +103,33 @@ impl TriggerConfig {
             ));
         }
         match (&self.question, &self.object) {
-            (Some(q), None) if !q.trim().is_empty() => {}
-            (None, Some(o)) if !o.trim().is_empty() => {}
+            // The same check as a request's question or object, so the engine never
+            // refuses what was accepted here.
+            (Some(_), None) | (None, Some(_)) => {
+                let key = if self.question.is_some() {
+                    "question"
+                } else {
+                    "object"
+                };
+                if let Err(m) = crate::vision::prompt::check(&self.skill()) {
+                    out.push((key, m));
+                }
+            }
             _ => out.push((
                 "question",
                 "exactly one of question and object must be set".into(),
             )),
+        }
+        if let Some(dc) = &self.device_class {
+            if !BINARY_SENSOR_CLASSES.contains(&dc.as_str()) {
+                out.push((
+                    "device_class",
+                    format!(
+                        "{dc:?} is not a Home Assistant binary_sensor device class ({})",
+                        BINARY_SENSOR_CLASSES.join(", ")
+                    ),
+                ));
+            }
         }
         if !(0.5..=1.0).contains(&self.threshold) {
             out.push((
@@ -159,6 +213,12 @@ impl TriggerState {
             on_since: None,
             last_confidence: 0.0,
         }
+    }
+
+    /// The state is known and the last confident observation agreed with it: evaluating
+    /// the same picture again would change nothing.
+    pub fn settled(&self) -> bool {
+        self.state.is_some() && self.streak.map(|(v, _)| v) == self.state
     }
 
     /// Feeds one observation taken at `now`; returns what changed.

@@ -29,6 +29,10 @@ impl Topics {
     pub fn availability(&self) -> String {
         format!("{}/availability", self.base)
     }
+    /// Retained `online` / `offline`: whether the camera delivers fresh frames.
+    pub fn camera_availability(&self) -> String {
+        format!("{}/camera/availability", self.base)
+    }
     /// Subscription for every request.
     pub fn requests(&self) -> String {
         format!("{}/request/+", self.base)
@@ -69,7 +73,7 @@ impl Topics {
 }
 
 /// Error codes in replies.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Code {
     /// The payload is not JSON (or not a JSON object).

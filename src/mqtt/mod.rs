@@ -1,18 +1,27 @@
-//! The broker connection: MQTT v5 or v3.1.1 through `rumqttc`, behind one small [`Link`]
-//! handle and one stream of [`MqttEvent`]s. The event loop is driven here: it reconnects
-//! with backoff, and tells the daemon when a session starts so it can resubscribe.
+//! The broker connection: MQTT v5 or v3.1.1 through `rumqttc`, owned by one task.
+//!
+//! Two tasks share the work. The driver polls rumqttc's event loop and nothing else (it is
+//! never cancelled mid-packet) and reconnects with backoff. The connection task owns the
+//! [`outbox::Outbox`]: the daemon hands it [`Command`]s on an unbounded channel and never
+//! waits for the broker; the task feeds the client a few messages at a time, matches
+//! PUBACKs to messages, acknowledges a request to the broker only after its reply was
+//! acknowledged (manual acks), resubscribes on every session and checks SUBACKs, and on
+//! shutdown flushes what waits before DISCONNECT.
 
 pub mod api;
 pub mod discovery;
+pub mod outbox;
+pub mod wire;
 
 use std::time::Duration;
 
 use bytes::Bytes;
 use rumqttc::v5;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::backoff::Backoff;
 use crate::config::{MqttConfig, Protocol};
+pub use outbox::{AckToken, Class, OutboxStats, Outgoing};
 
 /// A message from the broker.
 #[derive(Debug, Clone)]
@@ -23,77 +32,71 @@ pub struct Incoming {
     pub response_topic: Option<String>,
     /// MQTT v5 Correlation Data.
     pub correlation: Option<Bytes>,
+    /// MQTT v5 Message Expiry Interval left when the broker sent it, in seconds.
+    pub expiry: Option<u32>,
+    /// The broker sent this message before (DUP flag): it may have been seen already.
+    pub redelivered: bool,
+    /// What to acknowledge once the message is dealt with (QoS 1); `None` for QoS 0.
+    pub ack: Option<AckToken>,
 }
 
 /// What the connection reports.
 #[derive(Debug, Clone)]
 pub enum MqttEvent {
-    /// A session started; `session_present` false means subscriptions must be made again.
+    /// A session started; subscriptions are being made.
     Connected {
         session_present: bool,
+    },
+    /// The broker answered the subscriptions: the filters it refused (empty: all granted).
+    Subscribed {
+        refused: Vec<String>,
     },
     /// The connection failed; it is retried with backoff.
     Disconnected(String),
     Message(Incoming),
 }
 
-/// Publishing side of the connection (cheap to clone).
-#[derive(Debug, Clone)]
-pub enum Link {
-    V5(v5::AsyncClient),
-    V311(rumqttc::AsyncClient),
+/// What the daemon asks of the connection; sending never blocks.
+#[derive(Debug)]
+pub enum Command {
+    Publish(Outgoing),
+    /// Acknowledge a message to the broker now.
+    Ack(AckToken),
+    /// Send what waits (at most `within`), then DISCONNECT and end.
+    Shutdown {
+        within: Duration,
+    },
 }
 
-impl Link {
-    /// Publishes at QoS 1; `correlation` is sent as v5 Correlation Data (ignored on v3.1.1).
-    pub async fn publish(
-        &self,
-        topic: &str,
-        payload: Vec<u8>,
-        retain: bool,
-        correlation: Option<Vec<u8>>,
-    ) -> Result<(), String> {
-        match self {
-            Self::V5(c) => {
-                let props = v5::mqttbytes::v5::PublishProperties {
-                    correlation_data: correlation.map(Bytes::from),
-                    ..Default::default()
-                };
-                c.publish_with_properties(
-                    topic,
-                    v5::mqttbytes::QoS::AtLeastOnce,
-                    retain,
-                    payload,
-                    props,
-                )
-                .await
-                .map_err(|e| e.to_string())
-            }
-            Self::V311(c) => c
-                .publish(topic, rumqttc::QoS::AtLeastOnce, retain, payload)
-                .await
-                .map_err(|e| e.to_string()),
-        }
-    }
+/// The daemon's handle on the connection task.
+#[derive(Debug)]
+pub struct Connection {
+    commands: mpsc::UnboundedSender<Command>,
+    stats: watch::Receiver<OutboxStats>,
+    task: tokio::task::JoinHandle<()>,
+}
 
-    pub async fn subscribe(&self, topic: &str) -> Result<(), String> {
-        match self {
-            Self::V5(c) => c
-                .subscribe(topic, v5::mqttbytes::QoS::AtLeastOnce)
-                .await
-                .map_err(|e| e.to_string()),
-            Self::V311(c) => c
-                .subscribe(topic, rumqttc::QoS::AtLeastOnce)
-                .await
-                .map_err(|e| e.to_string()),
-        }
+impl Connection {
+    pub fn send(&self, c: Command) {
+        // The task only ends after Shutdown; a send after that has nowhere to go.
+        let _ = self.commands.send(c);
     }
-
-    pub async fn disconnect(&self) {
-        let _ = match self {
-            Self::V5(c) => c.disconnect().await.map_err(|e| e.to_string()),
-            Self::V311(c) => c.disconnect().await.map_err(|e| e.to_string()),
-        };
+    pub fn publish(&self, m: Outgoing) {
+        self.send(Command::Publish(m));
+    }
+    pub fn stats(&self) -> OutboxStats {
+        *self.stats.borrow()
+    }
+    /// Flushes (at most `within`), disconnects and waits for the task to end.
+    pub async fn shutdown(self, within: Duration) {
+        self.send(Command::Shutdown { within });
+        let mut task = self.task;
+        if tokio::time::timeout(within + Duration::from_secs(1), &mut task)
+            .await
+            .is_err()
+        {
+            task.abort();
+        }
     }
 }
 
@@ -153,24 +156,38 @@ pub fn connect_spec(
     })
 }
 
-/// Opens the connection and starts driving it on the runtime. Events arrive on the
-/// returned channel until [`Link::disconnect`] has been sent and flushed.
+/// Publishes the daemon may have unacknowledged at once.
+const MAX_INFLIGHT: usize = 10;
+/// Replies and events the outbox holds while the broker is away.
+const OUTBOX_CAPACITY: usize = 1000;
+
+/// Opens the connection: starts the driver and the connection task. `subscriptions` are
+/// made on every session; events arrive on the returned channel (bounded in practice by
+/// the broker: unacknowledged requests are at most its in-flight window).
 pub fn start(
     cfg: &MqttConfig,
     spec: ConnectSpec,
-) -> (Link, mpsc::Receiver<MqttEvent>, tokio::task::JoinHandle<()>) {
-    let (tx, rx) = mpsc::channel(64);
+    subscriptions: Vec<String>,
+) -> (Connection, mpsc::UnboundedReceiver<MqttEvent>) {
     let keepalive = Duration::from_secs(cfg.keepalive);
     // Larger than max_payload, so an oversized request is still read and answered with
-    // `too_large` rather than breaking the connection.
+    // `too_large`; anything larger is refused by the broker (v5) or resets the session.
     let max = cfg.max_payload * 4 + 64 * 1024;
-    match cfg.protocol {
+    let mut net = rumqttc::NetworkOptions::new();
+    net.set_tcp_nodelay(true);
+    // Room for the window and every acknowledgement a burst can owe.
+    let cap = MAX_INFLIGHT + 256;
+    let (steps_tx, steps_rx) = mpsc::unbounded_channel();
+    let client = match cfg.protocol {
         Protocol::V5 => {
             let mut o = v5::MqttOptions::new(&spec.client_id, &cfg.host, cfg.port);
             o.set_keep_alive(keepalive);
             o.set_max_packet_size(Some(max as u32));
             o.set_clean_start(false);
             o.set_session_expiry_interval(Some(3600));
+            o.set_manual_acks(true);
+            o.set_receive_maximum(Some(64));
+            o.set_network_options(net);
             o.set_last_will(v5::mqttbytes::v5::LastWill::new(
                 spec.availability_topic.clone(),
                 "offline",
@@ -184,14 +201,16 @@ pub fn start(
             if let Some(tls) = spec.tls.clone() {
                 o.set_transport(rumqttc::Transport::tls_with_config(tls));
             }
-            let (client, el) = v5::AsyncClient::new(o, 256);
-            (Link::V5(client), rx, drive(el, tx))
+            let (client, el) = v5::AsyncClient::new(o, cap);
+            tokio::spawn(drive(el, steps_tx));
+            Client::V5(client)
         }
         Protocol::V311 => {
             let mut o = rumqttc::MqttOptions::new(&spec.client_id, &cfg.host, cfg.port);
             o.set_keep_alive(keepalive);
             o.set_max_packet_size(max, max);
             o.set_clean_session(false);
+            o.set_manual_acks(true);
             o.set_last_will(rumqttc::LastWill::new(
                 spec.availability_topic.clone(),
                 "offline",
@@ -204,99 +223,418 @@ pub fn start(
             if let Some(tls) = spec.tls.clone() {
                 o.set_transport(rumqttc::Transport::tls_with_config(tls));
             }
-            let (client, el) = rumqttc::AsyncClient::new(o, 256);
-            (Link::V311(client), rx, drive(el, tx))
+            let (client, mut el) = rumqttc::AsyncClient::new(o, cap);
+            el.set_network_options(net);
+            tokio::spawn(drive(el, steps_tx));
+            Client::V311(client)
+        }
+    };
+    let (commands, commands_rx) = mpsc::unbounded_channel();
+    let (events_tx, events) = mpsc::unbounded_channel();
+    let (stats_tx, stats) = watch::channel(OutboxStats::default());
+    let task = tokio::spawn(
+        Task {
+            client,
+            outbox: outbox::Outbox::new(OUTBOX_CAPACITY, MAX_INFLIGHT),
+            subscriptions,
+            connection: 0,
+            connected: false,
+            owed: Vec::new(),
+            events: events_tx,
+            stats: stats_tx,
+        }
+        .run(steps_rx, commands_rx),
+    );
+    (
+        Connection {
+            commands,
+            stats,
+            task,
+        },
+        events,
+    )
+}
+
+/// The client half of either protocol version; every call returns at once.
+#[derive(Debug)]
+enum Client {
+    V5(v5::AsyncClient),
+    V311(rumqttc::AsyncClient),
+}
+
+impl Client {
+    fn try_publish(&self, m: &Outgoing) -> bool {
+        match self {
+            Self::V5(c) => {
+                let props = v5::mqttbytes::v5::PublishProperties {
+                    correlation_data: m.correlation.clone(),
+                    message_expiry_interval: m.expiry,
+                    ..Default::default()
+                };
+                c.try_publish_with_properties(
+                    m.topic.clone(),
+                    v5::mqttbytes::QoS::AtLeastOnce,
+                    m.retain(),
+                    m.payload.clone(),
+                    props,
+                )
+                .is_ok()
+            }
+            Self::V311(c) => c
+                .try_publish(
+                    m.topic.clone(),
+                    rumqttc::QoS::AtLeastOnce,
+                    m.retain(),
+                    m.payload.to_vec(),
+                )
+                .is_ok(),
+        }
+    }
+
+    fn try_ack(&self, pkid: u16) -> bool {
+        match self {
+            Self::V5(c) => {
+                let mut p = v5::mqttbytes::v5::Publish::new(
+                    "",
+                    v5::mqttbytes::QoS::AtLeastOnce,
+                    Bytes::new(),
+                    None,
+                );
+                p.pkid = pkid;
+                c.try_ack(&p).is_ok()
+            }
+            Self::V311(c) => {
+                let mut p = rumqttc::Publish::new("", rumqttc::QoS::AtLeastOnce, Vec::new());
+                p.pkid = pkid;
+                c.try_ack(&p).is_ok()
+            }
+        }
+    }
+
+    fn try_subscribe(&self, filters: &[String]) -> bool {
+        match self {
+            Self::V5(c) => c
+                .try_subscribe_many(filters.iter().map(|f| {
+                    v5::mqttbytes::v5::Filter::new(f.clone(), v5::mqttbytes::QoS::AtLeastOnce)
+                }))
+                .is_ok(),
+            Self::V311(c) => c
+                .try_subscribe_many(
+                    filters.iter().map(|f| {
+                        rumqttc::SubscribeFilter::new(f.clone(), rumqttc::QoS::AtLeastOnce)
+                    }),
+                )
+                .is_ok(),
+        }
+    }
+
+    fn try_disconnect(&self) -> bool {
+        match self {
+            Self::V5(c) => c.try_disconnect().is_ok(),
+            Self::V311(c) => c.try_disconnect().is_ok(),
         }
     }
 }
 
 /// What one poll of an event loop amounted to, whatever the protocol version.
+#[derive(Debug)]
 enum Step {
     Connected {
         session_present: bool,
     },
-    Message(Incoming),
+    Message {
+        topic: String,
+        payload: Bytes,
+        response_topic: Option<String>,
+        correlation: Option<Bytes>,
+        expiry: Option<u32>,
+        dup: bool,
+        pkid: Option<u16>,
+    },
+    /// The client wrote a PUBLISH with this packet id.
+    Sent(u16),
+    PubAck(u16),
+    /// One flag per filter of the last SUBSCRIBE: granted or not.
+    SubAck(Vec<bool>),
     /// Our DISCONNECT went out: the connection is finished.
     Closed,
+    Error(String),
     Other,
 }
 
 /// The two rumqttc event loops (v5 and v3.1.1), seen through one interface.
 trait EventSource: Send + 'static {
-    fn step(&mut self) -> impl std::future::Future<Output = Result<Step, String>> + Send;
+    fn step(&mut self) -> impl std::future::Future<Output = Step> + Send;
+    /// The next connection starts without a session (drops what the broker queued).
+    fn forget_session(&mut self, forget: bool);
+}
+
+/// An error that a persistent session would repeat for ever: a message larger than we
+/// accept is redelivered on every reconnect.
+fn repeats_with_session(e: &str) -> bool {
+    e.contains("PayloadSizeLimitExceeded") || e.contains("payload size limit")
 }
 
 impl EventSource for v5::EventLoop {
-    async fn step(&mut self) -> Result<Step, String> {
-        use v5::mqttbytes::v5::Packet;
-        Ok(match self.poll().await.map_err(|e| e.to_string())? {
-            v5::Event::Incoming(Packet::ConnAck(ack)) => Step::Connected {
+    async fn step(&mut self) -> Step {
+        use rumqttc::v5::mqttbytes::v5::{Packet, SubscribeReasonCode};
+        match self.poll().await {
+            Err(e) => Step::Error(format!("{e:?}")),
+            Ok(v5::Event::Incoming(Packet::ConnAck(ack))) => Step::Connected {
                 session_present: ack.session_present,
             },
-            v5::Event::Incoming(Packet::Publish(p)) => {
+            Ok(v5::Event::Incoming(Packet::Publish(p))) => {
                 let props = p.properties.unwrap_or_default();
-                Step::Message(Incoming {
+                Step::Message {
                     topic: String::from_utf8_lossy(&p.topic).into_owned(),
                     payload: p.payload,
                     response_topic: props.response_topic,
                     correlation: props.correlation_data,
-                })
+                    expiry: props.message_expiry_interval,
+                    dup: p.dup,
+                    pkid: (p.qos != v5::mqttbytes::QoS::AtMostOnce).then_some(p.pkid),
+                }
             }
-            v5::Event::Outgoing(rumqttc::Outgoing::Disconnect) => Step::Closed,
-            _ => Step::Other,
-        })
+            Ok(v5::Event::Incoming(Packet::PubAck(a))) => Step::PubAck(a.pkid),
+            Ok(v5::Event::Incoming(Packet::SubAck(a))) => Step::SubAck(
+                a.return_codes
+                    .iter()
+                    .map(|c| matches!(c, SubscribeReasonCode::Success(_)))
+                    .collect(),
+            ),
+            Ok(v5::Event::Outgoing(rumqttc::Outgoing::Publish(pkid))) => Step::Sent(pkid),
+            Ok(v5::Event::Outgoing(rumqttc::Outgoing::Disconnect)) => Step::Closed,
+            Ok(_) => Step::Other,
+        }
+    }
+    fn forget_session(&mut self, forget: bool) {
+        self.options.set_clean_start(forget);
     }
 }
 
 impl EventSource for rumqttc::EventLoop {
-    async fn step(&mut self) -> Result<Step, String> {
-        use rumqttc::Packet;
-        Ok(match self.poll().await.map_err(|e| e.to_string())? {
-            rumqttc::Event::Incoming(Packet::ConnAck(ack)) => Step::Connected {
+    async fn step(&mut self) -> Step {
+        use rumqttc::{Packet, SubscribeReasonCode};
+        match self.poll().await {
+            Err(e) => Step::Error(format!("{e:?}")),
+            Ok(rumqttc::Event::Incoming(Packet::ConnAck(ack))) => Step::Connected {
                 session_present: ack.session_present,
             },
-            rumqttc::Event::Incoming(Packet::Publish(p)) => Step::Message(Incoming {
+            Ok(rumqttc::Event::Incoming(Packet::Publish(p))) => Step::Message {
                 topic: p.topic,
                 payload: p.payload,
                 response_topic: None,
                 correlation: None,
-            }),
-            rumqttc::Event::Outgoing(rumqttc::Outgoing::Disconnect) => Step::Closed,
-            _ => Step::Other,
-        })
+                expiry: None,
+                dup: p.dup,
+                pkid: (p.qos != rumqttc::QoS::AtMostOnce).then_some(p.pkid),
+            },
+            Ok(rumqttc::Event::Incoming(Packet::PubAck(a))) => Step::PubAck(a.pkid),
+            Ok(rumqttc::Event::Incoming(Packet::SubAck(a))) => Step::SubAck(
+                a.return_codes
+                    .iter()
+                    .map(|c| matches!(c, SubscribeReasonCode::Success(_)))
+                    .collect(),
+            ),
+            Ok(rumqttc::Event::Outgoing(rumqttc::Outgoing::Publish(pkid))) => Step::Sent(pkid),
+            Ok(rumqttc::Event::Outgoing(rumqttc::Outgoing::Disconnect)) => Step::Closed,
+            Ok(_) => Step::Other,
+        }
+    }
+    fn forget_session(&mut self, forget: bool) {
+        self.mqtt_options.set_clean_session(forget);
     }
 }
 
-/// Drives an event loop on the runtime: forwards sessions and messages, and after an error
-/// waits before polling again (which reconnects).
-fn drive(mut el: impl EventSource, tx: mpsc::Sender<MqttEvent>) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut backoff = reconnect_backoff();
-        loop {
-            let event = match el.step().await {
-                Ok(Step::Connected { session_present }) => {
-                    backoff.reset();
-                    MqttEvent::Connected { session_present }
+/// Polls the event loop for ever (never cancelled mid-packet), forwarding each step; after
+/// an error waits before polling again, which reconnects.
+async fn drive(mut el: impl EventSource, tx: mpsc::UnboundedSender<Step>) {
+    let mut backoff = reconnect_backoff();
+    let mut forgetting = false;
+    loop {
+        let step = el.step().await;
+        let wait = match &step {
+            Step::Connected { .. } => {
+                backoff.reset();
+                if forgetting {
+                    el.forget_session(false);
+                    forgetting = false;
                 }
-                Ok(Step::Message(m)) => MqttEvent::Message(m),
-                Ok(Step::Closed) => break,
-                Ok(Step::Other) => continue,
-                Err(e) => {
-                    if tx.send(MqttEvent::Disconnected(e)).await.is_err() {
-                        break;
-                    }
-                    tokio::time::sleep(backoff.next_delay()).await;
-                    continue;
-                }
-            };
-            if tx.send(event).await.is_err() {
-                break;
+                None
             }
+            Step::Error(e) => {
+                if repeats_with_session(e) {
+                    // The broker would send the same message again on every session.
+                    el.forget_session(true);
+                    forgetting = true;
+                }
+                Some(backoff.next_delay())
+            }
+            _ => None,
+        };
+        let closed = matches!(step, Step::Closed);
+        if tx.send(step).is_err() || closed {
+            break;
         }
-    })
+        if let Some(d) = wait {
+            tokio::time::sleep(d).await;
+        }
+    }
 }
 
 /// Reconnect delays: 0.5 s doubling to 30 s (rumqttc itself does not back off).
 fn reconnect_backoff() -> Backoff {
     Backoff::new(Duration::from_millis(500), Duration::from_secs(30))
+}
+
+/// The connection task's state.
+struct Task {
+    client: Client,
+    outbox: outbox::Outbox,
+    subscriptions: Vec<String>,
+    /// Counts connections, so that acknowledgements owed on an old one are never sent on
+    /// a new one (the broker redelivers those messages instead).
+    connection: u64,
+    connected: bool,
+    /// Acknowledgements the client's channel could not take yet.
+    owed: Vec<u16>,
+    events: mpsc::UnboundedSender<MqttEvent>,
+    stats: watch::Sender<OutboxStats>,
+}
+
+impl Task {
+    async fn run(
+        mut self,
+        mut steps: mpsc::UnboundedReceiver<Step>,
+        mut commands: mpsc::UnboundedReceiver<Command>,
+    ) {
+        let mut deadline: Option<tokio::time::Instant> = None;
+        let mut disconnect_sent = false;
+        loop {
+            self.feed();
+            let _ = self.stats.send_if_modified(|s| {
+                let new = self.outbox.stats();
+                let changed = *s != new;
+                *s = new;
+                changed
+            });
+            if let Some(d) = deadline {
+                let flushed = self.outbox.is_empty() && self.owed.is_empty();
+                if !self.connected {
+                    // Nothing can be flushed; the broker's Last Will says offline.
+                    break;
+                }
+                if !disconnect_sent && (flushed || tokio::time::Instant::now() >= d) {
+                    disconnect_sent = self.client.try_disconnect();
+                }
+            }
+            let sleep_until =
+                deadline.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+            tokio::select! {
+                step = steps.recv() => match step {
+                    None | Some(Step::Closed) => break,
+                    Some(step) => self.on_step(step),
+                },
+                cmd = commands.recv(), if deadline.is_none() => match cmd {
+                    Some(Command::Publish(m)) => self.outbox.push(m),
+                    Some(Command::Ack(t)) => self.ack(t),
+                    Some(Command::Shutdown { within }) => {
+                        // Everything sent before Shutdown is already queued.
+                        while let Ok(c) = commands.try_recv() {
+                            match c {
+                                Command::Publish(m) => self.outbox.push(m),
+                                Command::Ack(t) => self.ack(t),
+                                Command::Shutdown { .. } => {}
+                            }
+                        }
+                        deadline = Some(tokio::time::Instant::now() + within);
+                    }
+                    None => deadline = Some(tokio::time::Instant::now()),
+                },
+                _ = tokio::time::sleep_until(sleep_until), if deadline.is_some() => {
+                    if disconnect_sent {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Hands waiting messages and owed acknowledgements to the client while connected.
+    fn feed(&mut self) {
+        if !self.connected {
+            return;
+        }
+        self.owed.retain(|&pkid| !self.client.try_ack(pkid));
+        while let Some(m) = self.outbox.next() {
+            if !self.client.try_publish(&m) {
+                self.outbox.refused();
+                break;
+            }
+        }
+    }
+
+    fn ack(&mut self, t: AckToken) {
+        if t.connection == self.connection && self.connected && !self.client.try_ack(t.pkid) {
+            self.owed.push(t.pkid);
+        }
+    }
+
+    fn on_step(&mut self, step: Step) {
+        match step {
+            Step::Connected { session_present } => {
+                self.connection += 1;
+                self.connected = true;
+                self.owed.clear();
+                self.outbox.session(session_present);
+                if !self.client.try_subscribe(&self.subscriptions) {
+                    tracing::warn!("cannot queue the subscriptions");
+                }
+                let _ = self.events.send(MqttEvent::Connected { session_present });
+            }
+            Step::Message {
+                topic,
+                payload,
+                response_topic,
+                correlation,
+                expiry,
+                dup,
+                pkid,
+            } => {
+                let _ = self.events.send(MqttEvent::Message(Incoming {
+                    topic,
+                    payload,
+                    response_topic,
+                    correlation,
+                    expiry,
+                    redelivered: dup,
+                    ack: pkid.map(|pkid| AckToken {
+                        connection: self.connection,
+                        pkid,
+                    }),
+                }));
+            }
+            Step::Sent(pkid) => self.outbox.sent(pkid),
+            Step::PubAck(pkid) => {
+                for t in self.outbox.acked(pkid) {
+                    self.ack(t);
+                }
+            }
+            Step::SubAck(granted) => {
+                let refused = self
+                    .subscriptions
+                    .iter()
+                    .zip(granted.iter().chain(std::iter::repeat(&false)))
+                    .filter(|(_, ok)| !**ok)
+                    .map(|(f, _)| f.clone())
+                    .collect();
+                let _ = self.events.send(MqttEvent::Subscribed { refused });
+            }
+            Step::Error(e) => {
+                self.connected = false;
+                let _ = self.events.send(MqttEvent::Disconnected(e));
+            }
+            Step::Closed | Step::Other => {}
+        }
+    }
 }

@@ -24,7 +24,18 @@ pub use prompt::Revision;
 use crate::frame::Frame;
 
 /// How long a caption should be.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    Serialize,
+    Deserialize,
+    clap::ValueEnum,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum CaptionLength {
     Short,
@@ -34,7 +45,7 @@ pub enum CaptionLength {
 }
 
 /// One thing to find out about a frame.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "skill", rename_all = "snake_case")]
 pub enum Skill {
     /// Describe the picture.
@@ -53,7 +64,7 @@ pub enum Skill {
 }
 
 /// Why generation ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum StopReason {
     /// The model produced `<|endoftext|>`.
@@ -67,7 +78,7 @@ pub enum StopReason {
 }
 
 /// How a detection or point result was obtained from the model.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Method {
     /// Asked `Bounding box: {object}` and parsed `[x1, y1, x2, y2]` from the answer text
@@ -78,7 +89,7 @@ pub enum Method {
 }
 
 /// The result of one skill.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "skill", rename_all = "snake_case")]
 pub enum Answer {
     Caption {
@@ -120,7 +131,7 @@ pub enum Answer {
 }
 
 /// Where the time went for one skill.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct SkillTiming {
     /// Question tokens prefilled after the image prefix.
     pub prompt_tokens: u32,
@@ -138,7 +149,7 @@ pub struct SkillTiming {
 }
 
 /// Where the time went for the image prefix.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct PrefixTiming {
     /// True when the frame's prefix was already in the KV cache: no encode, no prefill.
     pub reused: bool,
@@ -155,7 +166,7 @@ pub struct PrefixTiming {
 }
 
 /// One answered skill.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Answered {
     #[serde(flatten)]
     pub answer: Answer,

@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 /// A box in relative image coordinates, 0..1 from the top-left corner.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct BBox {
     pub x_min: f32,
     pub y_min: f32,
@@ -25,7 +25,7 @@ impl BBox {
 }
 
 /// A point in relative image coordinates, 0..1 from the top-left corner.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Point {
     pub x: f32,
     pub y: f32,

@@ -1,0 +1,1510 @@
+//! The daemon's decisions, apart from all I/O.
+//!
+//! [`Core::handle`] takes one [`Input`] (a broker event, the engine finishing, a tick, a
+//! signal, a save or model load finishing) with the time and what the camera shows, and
+//! returns [`Act`]s for the executor in `daemon/mod.rs` to carry out: publish, acknowledge,
+//! submit to the engine, save, notify systemd. Nothing here awaits, sleeps, reads a clock
+//! or touches a socket, so every rule (priorities, `busy`, `timeout`,
+//! `camera_unavailable`, `shutting_down`, trigger pacing, captions, reload) is tested with
+//! tables and a fake clock in `tests` below.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use serde_json::Value;
+
+use super::store::RuntimeTriggers;
+use crate::camera::CameraStatus;
+use crate::config::{CameraConfig, Config};
+use crate::frame::Frame;
+use crate::mqtt::api::{self, Action, ApiError, Code, ReplyAddress, Topics};
+use crate::mqtt::wire::{self, ReplyData};
+use crate::mqtt::{discovery, AckToken, Class, Incoming, MqttEvent, OutboxStats, Outgoing};
+use crate::triggers::{self, Change, Observation, TriggerConfig, TriggerState};
+use crate::vision::{Answer, Answered, EngineError, Response, Skill};
+
+/// The time, as the executor read it.
+#[derive(Debug, Clone, Copy)]
+pub struct Now {
+    pub mono: Instant,
+    /// Unix seconds.
+    pub unix: f64,
+}
+
+impl Now {
+    pub fn read() -> Self {
+        Self {
+            mono: Instant::now(),
+            unix: unix(SystemTime::now()),
+        }
+    }
+    /// `self` moved on by `d` (for tests).
+    pub fn after(self, d: Duration) -> Self {
+        Self {
+            mono: self.mono + d,
+            unix: self.unix + d.as_secs_f64(),
+        }
+    }
+}
+
+pub fn unix(t: SystemTime) -> f64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// What the camera shows at the moment of an input.
+#[derive(Debug, Clone)]
+pub struct CameraView {
+    pub latest: Option<Arc<Frame>>,
+    pub status: CameraStatus,
+}
+
+/// Everything the core reacts to.
+#[derive(Debug)]
+pub enum Input {
+    Mqtt(MqttEvent),
+    /// The engine finished job `job` (or could not run it); `frame` is the picture it
+    /// looked at.
+    EngineDone {
+        job: u64,
+        result: Result<Response, EngineError>,
+        frame: Option<Arc<Frame>>,
+    },
+    /// A save of the runtime triggers finished.
+    Saved {
+        save: u64,
+        result: Result<(), String>,
+    },
+    /// About four times a second.
+    Tick,
+    /// SIGTERM / SIGINT.
+    Stop,
+    /// SIGHUP: the configuration file as read again, or why it was refused.
+    Reload(Result<Box<Config>, String>),
+    /// A model asked for by [`Act::LoadModel`] is ready (or failed).
+    ModelLoaded(Result<(), String>),
+}
+
+/// A picture for the engine: a camera frame, or a client's encoded image (decoded, and
+/// reduced, only when its job runs).
+#[derive(Debug, Clone)]
+pub enum Picture {
+    Frame(Arc<Frame>),
+    Encoded(Bytes),
+}
+
+/// What the executor must do.
+#[derive(Debug)]
+pub enum Act {
+    Publish(Outgoing),
+    Ack(AckToken),
+    Submit {
+        job: u64,
+        picture: Picture,
+        skills: Vec<Skill>,
+    },
+    Cancel {
+        job: u64,
+    },
+    Save {
+        save: u64,
+        triggers: RuntimeTriggers,
+    },
+    Notify(Notify),
+    LoadModel(Box<Config>),
+    /// Swap in the model loaded last; the engine is idle.
+    UseNewModel,
+    RestartCamera(CameraConfig),
+    /// Everything is answered and `offline` is queued: flush and end.
+    Exit,
+}
+
+/// systemd notifications.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notify {
+    Ready,
+    Reloading,
+    Stopping,
+    Watchdog,
+    Status(String),
+}
+
+/// How long a request waits for a camera that has not delivered its first frame yet.
+const CAMERA_GRACE: Duration = Duration::from_secs(5);
+/// How long an engine job may take to finish after a stop before its request is answered
+/// `shutting_down` anyway.
+const STOP_GRACE: Duration = Duration::from_secs(3);
+/// Scene difference (0..255) above which a trigger's picture counts as changed.
+const SCENE_CHANGE: f32 = 12.0;
+/// A changed scene is looked at again soon, but not more than once a second.
+const SCENE_MIN_GAP: f64 = 1.0;
+/// Requests remembered to recognise redeliveries.
+const RECENT: usize = 512;
+/// Seconds between INFO lines counting bad requests (each one is logged at debug).
+const BAD_REQUEST_LOG_EVERY: Duration = Duration::from_secs(60);
+/// Largest side of a client's image once decoded.
+pub const REQUEST_IMAGE_SIDE: u32 = 1024;
+
+/// Where and how a request is answered.
+#[derive(Debug, Clone)]
+struct ReplyTo {
+    name: String,
+    address: ReplyAddress,
+    transaction: Option<Value>,
+    ack: Option<AckToken>,
+    /// Message expiry of the request (v5), with when it was received.
+    expiry: Option<(u32, Instant)>,
+    /// Key in `recent`, for requests that can be redelivered.
+    key: Option<u64>,
+}
+
+#[derive(Debug)]
+struct Pending {
+    reply: ReplyTo,
+    skill: Skill,
+    image: Option<Bytes>,
+    received: Instant,
+    deadline: Instant,
+}
+
+#[derive(Debug)]
+enum Work {
+    Interactive(Pending),
+    Trigger { name: String },
+    Caption,
+}
+
+#[derive(Debug)]
+struct InFlight {
+    job: u64,
+    work: Work,
+    started: Instant,
+    cancelled: bool,
+}
+
+#[derive(Debug)]
+struct Trigger {
+    cfg: TriggerConfig,
+    state: TriggerState,
+    /// When its last evaluation ended (Unix seconds).
+    last_end: Option<f64>,
+    /// The picture it was last evaluated on.
+    last_thumb: Option<[u8; 64]>,
+    /// Set when the engine refused it: it is not evaluated again until replaced.
+    error: Option<String>,
+}
+
+impl Trigger {
+    fn new(cfg: TriggerConfig) -> Self {
+        Self {
+            cfg,
+            state: TriggerState::new(),
+            last_end: None,
+            last_thumb: None,
+            error: None,
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Recent {
+    /// Being served; redeliveries add their acknowledgements here.
+    InProgress(Vec<AckToken>),
+    Done,
+}
+
+/// A trigger change waiting for its save to finish before it is answered.
+#[derive(Debug)]
+struct Saving {
+    reply: ReplyTo,
+    data: SavedKind,
+}
+
+#[derive(Debug)]
+enum SavedKind {
+    Added(String),
+    Removed(String),
+}
+
+/// Camera health as the core judges it.
+#[derive(Debug, Clone)]
+enum CameraHealth {
+    Fresh(Arc<Frame>),
+    Starting,
+    Unavailable(String),
+}
+
+/// The daemon's state and rules.
+#[derive(Debug)]
+pub struct Core {
+    cfg: Config,
+    topics: Topics,
+    started: Instant,
+    triggers: BTreeMap<String, Trigger>,
+    runtime: RuntimeTriggers,
+    queue: VecDeque<Pending>,
+    in_flight: Option<InFlight>,
+    saving: BTreeMap<u64, Saving>,
+    next_id: u64,
+    counters: wire::Counters,
+    outbox: OutboxStats,
+    connected: bool,
+    broker_down_reported: bool,
+    refused_subscriptions: Vec<String>,
+    recent: HashMap<u64, Recent>,
+    recent_order: VecDeque<u64>,
+    last_caption: Option<f64>,
+    last_stats: Option<Instant>,
+    last_watchdog: Option<Instant>,
+    /// The camera availability last published.
+    camera_online: Option<bool>,
+    /// Thumbnail of the newest camera frame, by frame key.
+    thumb: Option<(u64, [u8; 64])>,
+    /// The frame last published as snapshot (key) and its JPEG size.
+    last_snapshot: Option<(u64, usize)>,
+    stopping: Option<Instant>,
+    exited: bool,
+    problems: Vec<String>,
+    reload_problem: Option<String>,
+    model_loading: bool,
+    model_ready: bool,
+    bad_requests: u64,
+    last_bad_log: Option<Instant>,
+    watchdog_period: Option<Duration>,
+}
+
+impl Core {
+    /// `runtime` comes from `triggers.json`; `problem` is what loading it reported.
+    pub fn new(
+        cfg: Config,
+        topics: Topics,
+        runtime: RuntimeTriggers,
+        problem: Option<String>,
+        watchdog_period: Option<Duration>,
+        now: Now,
+    ) -> Self {
+        let mut core = Self {
+            topics,
+            started: now.mono,
+            triggers: BTreeMap::new(),
+            runtime,
+            queue: VecDeque::new(),
+            in_flight: None,
+            saving: BTreeMap::new(),
+            next_id: 1,
+            counters: wire::Counters::default(),
+            outbox: OutboxStats::default(),
+            connected: false,
+            broker_down_reported: false,
+            refused_subscriptions: Vec::new(),
+            recent: HashMap::new(),
+            recent_order: VecDeque::new(),
+            last_caption: None,
+            last_stats: None,
+            last_watchdog: None,
+            camera_online: None,
+            thumb: None,
+            last_snapshot: None,
+            stopping: None,
+            exited: false,
+            problems: problem.into_iter().collect(),
+            reload_problem: None,
+            model_loading: false,
+            model_ready: false,
+            bad_requests: 0,
+            last_bad_log: None,
+            watchdog_period,
+            cfg,
+        };
+        for (name, cfg) in core.wanted_triggers(&core.cfg) {
+            core.triggers.insert(name, Trigger::new(cfg));
+        }
+        core
+    }
+
+    /// The subscriptions every session makes.
+    pub fn subscriptions(&self) -> Vec<String> {
+        vec![self.topics.requests(), self.topics.ha_status()]
+    }
+
+    pub fn set_outbox_stats(&mut self, s: OutboxStats) {
+        self.outbox = s;
+    }
+
+    /// The engine job in flight, if any.
+    pub fn job(&self) -> Option<u64> {
+        self.in_flight.as_ref().map(|f| f.job)
+    }
+
+    /// Reacts to one input.
+    pub fn handle(&mut self, now: Now, cam: &CameraView, input: Input) -> Vec<Act> {
+        let mut out = Vec::new();
+        match input {
+            Input::Mqtt(ev) => self.on_mqtt(now, cam, ev, &mut out),
+            Input::EngineDone { job, result, frame } => {
+                self.on_done(now, job, result, frame, &mut out)
+            }
+            Input::Saved { save, result } => self.on_saved(now, save, result, &mut out),
+            Input::Tick => self.on_tick(now, cam, &mut out),
+            Input::Stop => self.on_stop(now, &mut out),
+            Input::Reload(r) => self.on_reload(r, &mut out),
+            Input::ModelLoaded(r) => self.on_model_loaded(r, &mut out),
+        }
+        self.schedule(now, cam, &mut out);
+        self.maybe_exit(now, &mut out);
+        out
+    }
+
+    // ---- broker -------------------------------------------------------------------
+
+    fn on_mqtt(&mut self, now: Now, cam: &CameraView, ev: MqttEvent, out: &mut Vec<Act>) {
+        match ev {
+            MqttEvent::Connected { session_present } => {
+                tracing::info!(session_present, "connected to the broker");
+                self.connected = true;
+                self.broker_down_reported = false;
+                self.refused_subscriptions.clear();
+                self.publish_retained(out, self.topics.availability(), "online");
+                self.publish_discovery(out);
+                let health = self.camera_health(now, cam);
+                self.publish_camera_availability(&health, true, out);
+                for t in self.triggers.values() {
+                    if let Some(on) = t.state.state {
+                        out.push(Act::Publish(Outgoing::retained(
+                            self.topics.trigger_state(&t.cfg.name),
+                            on_off(on),
+                        )));
+                    }
+                }
+            }
+            MqttEvent::Subscribed { refused } => {
+                if !refused.is_empty() {
+                    tracing::error!(
+                        ?refused,
+                        "the broker refused subscriptions (check its ACL); requests on them \
+                         are never seen"
+                    );
+                    out.push(Act::Notify(Notify::Status(format!(
+                        "broker refused subscriptions: {}",
+                        refused.join(", ")
+                    ))));
+                }
+                self.refused_subscriptions = refused;
+            }
+            MqttEvent::Disconnected(reason) => {
+                if self.connected {
+                    tracing::warn!(%reason, "lost the broker; reconnecting with backoff");
+                } else if !self.broker_down_reported {
+                    tracing::warn!(
+                        %reason,
+                        "cannot reach the broker at {}:{}; retrying with backoff",
+                        self.cfg.mqtt.host,
+                        self.cfg.mqtt.port
+                    );
+                } else {
+                    tracing::debug!(%reason, "broker still unreachable");
+                }
+                self.broker_down_reported = true;
+                self.connected = false;
+            }
+            MqttEvent::Message(m) if m.topic == self.topics.ha_status() => {
+                if let Some(t) = m.ack {
+                    out.push(Act::Ack(t));
+                }
+                if m.payload.as_ref() == b"online" {
+                    tracing::info!("Home Assistant is online; republishing discovery");
+                    self.publish_discovery(out);
+                }
+            }
+            MqttEvent::Message(m) => self.on_request(now, cam, m, out),
+        }
+    }
+
+    fn on_request(&mut self, now: Now, cam: &CameraView, m: Incoming, out: &mut Vec<Act>) {
+        let Some(name) = self.topics.request_name(&m.topic).map(str::to_owned) else {
+            tracing::debug!(topic = ?m.topic, "message on an unexpected topic");
+            if let Some(t) = m.ack {
+                out.push(Act::Ack(t));
+            }
+            return;
+        };
+        let key = m.ack.map(|_| request_key(&m));
+        if let (true, Some(k), Some(token)) = (m.redelivered, key, m.ack) {
+            match self.recent.get_mut(&k) {
+                Some(Recent::Done) => {
+                    self.counters.duplicates += 1;
+                    tracing::debug!(request = ?name, "redelivered request already answered");
+                    out.push(Act::Ack(token));
+                    return;
+                }
+                Some(Recent::InProgress(acks)) => {
+                    self.counters.duplicates += 1;
+                    tracing::debug!(request = ?name, "redelivered request still being served");
+                    acks.push(token);
+                    return;
+                }
+                None => {}
+            }
+        }
+        if let Some(k) = key {
+            self.remember(k, Recent::InProgress(Vec::new()));
+        }
+        self.counters.requests += 1;
+        let corr = m.correlation.as_deref();
+        let expiry = m.expiry.map(|s| (s, now.mono));
+        let parsed = api::parse_request(&name, &m.payload, self.cfg.mqtt.max_payload);
+        let (req, reply) = match parsed {
+            Ok(req) => {
+                let address = api::reply_address(
+                    &self.topics,
+                    &name,
+                    m.response_topic.as_deref(),
+                    corr,
+                    req.reply_to.as_deref(),
+                );
+                let reply = ReplyTo {
+                    name,
+                    address,
+                    transaction: req.transaction.clone(),
+                    ack: m.ack,
+                    expiry,
+                    key,
+                };
+                (req, reply)
+            }
+            Err((err, transaction, reply_to)) => {
+                let address = api::reply_address(
+                    &self.topics,
+                    &name,
+                    m.response_topic.as_deref(),
+                    corr,
+                    reply_to.as_deref(),
+                );
+                let reply = ReplyTo {
+                    name,
+                    address,
+                    transaction,
+                    ack: m.ack,
+                    expiry,
+                    key,
+                };
+                self.reply(now, reply, Err(err), out);
+                return;
+            }
+        };
+        if self.stopping.is_some() {
+            let e = ApiError::new(Code::ShuttingDown, "moonwatch is stopping");
+            self.reply(now, reply, Err(e), out);
+            return;
+        }
+        let result = match req.action {
+            Action::HealthCheck => Ok(ReplyData::Health(self.health(now, cam))),
+            Action::ListTriggers => Ok(ReplyData::Triggers(self.trigger_list())),
+            Action::AddTrigger(t) => return self.add_trigger(now, t, reply, out),
+            Action::RemoveTrigger(n) => return self.remove_trigger(now, &n, reply, out),
+            Action::Snapshot => self.snapshot(now, cam, req.image.is_some(), out),
+            Action::Skill(skill) => {
+                if self.queue.len() >= self.cfg.daemon.max_pending {
+                    Err(ApiError::new(
+                        Code::Busy,
+                        format!("{} requests are already waiting", self.queue.len()),
+                    ))
+                } else {
+                    let timeout = Duration::from_secs(self.cfg.daemon.request_timeout);
+                    let limit = match m.expiry {
+                        Some(s) => timeout.min(Duration::from_secs(u64::from(s))),
+                        None => timeout,
+                    };
+                    self.queue.push_back(Pending {
+                        reply,
+                        skill,
+                        image: req.image.map(Bytes::from),
+                        received: now.mono,
+                        deadline: now.mono + limit,
+                    });
+                    return;
+                }
+            }
+        };
+        self.reply(now, reply, result, out);
+    }
+
+    fn remember(&mut self, key: u64, state: Recent) {
+        if self.recent.insert(key, state).is_none() {
+            self.recent_order.push_back(key);
+            while self.recent_order.len() > RECENT {
+                if let Some(old) = self.recent_order.pop_front() {
+                    self.recent.remove(&old);
+                }
+            }
+        }
+    }
+
+    /// Answers a request: the reply carries the acknowledgement of the request (and of any
+    /// redelivery of it), released when the broker has the reply.
+    fn reply(
+        &mut self,
+        now: Now,
+        to: ReplyTo,
+        result: Result<ReplyData, ApiError>,
+        out: &mut Vec<Act>,
+    ) {
+        let transaction = to.transaction.clone();
+        let body = match result {
+            Ok(data) => wire::Reply {
+                status: wire::Status::Ok,
+                request: to.name.clone(),
+                data: Some(data),
+                error: None,
+                transaction,
+            },
+            Err(e) => {
+                self.counters.errors += 1;
+                self.bad_requests += 1;
+                tracing::debug!(request = ?to.name, code = ?e.code, message = ?e.message, "request failed");
+                wire::Reply {
+                    status: wire::Status::Error,
+                    request: to.name.clone(),
+                    data: None,
+                    error: Some(wire::ErrorBody {
+                        code: e.code,
+                        message: e.message,
+                    }),
+                    transaction,
+                }
+            }
+        };
+        let mut acks: Vec<AckToken> = to.ack.into_iter().collect();
+        if let Some(k) = to.key {
+            if let Some(Recent::InProgress(more)) = self.recent.get_mut(&k) {
+                acks.append(more);
+            }
+            self.recent.insert(k, Recent::Done);
+        }
+        let expiry = match to.expiry {
+            Some((secs, at)) => {
+                let left = u64::from(secs).saturating_sub(now.mono.duration_since(at).as_secs());
+                left.max(1) as u32
+            }
+            None => self
+                .cfg
+                .daemon
+                .request_timeout
+                .clamp(1, u64::from(u32::MAX)) as u32,
+        };
+        out.push(Act::Publish(Outgoing {
+            topic: to.address.topic,
+            payload: wire::to_bytes(&body).into(),
+            class: Class::Reply,
+            correlation: to.address.correlation.map(Bytes::from),
+            expiry: Some(expiry),
+            acks,
+        }));
+    }
+
+    fn publish_retained(&self, out: &mut Vec<Act>, topic: String, payload: impl Into<Bytes>) {
+        out.push(Act::Publish(Outgoing::retained(topic, payload)));
+    }
+
+    // ---- requests answered at once ----------------------------------------------------
+
+    fn health(&self, now: Now, cam: &CameraView) -> wire::Health {
+        let mut problems = self.problems.clone();
+        if !self.refused_subscriptions.is_empty() {
+            problems.push(format!(
+                "the broker refused subscriptions: {}",
+                self.refused_subscriptions.join(", ")
+            ));
+        }
+        if let CameraHealth::Unavailable(why) = self.camera_health(now, cam) {
+            problems.push(format!("camera unavailable: {why}"));
+        }
+        if self.engine_stuck(now) {
+            problems
+                .push("the engine has not finished its job in twice daemon.request_timeout".into());
+        }
+        if let Some(p) = &self.reload_problem {
+            problems.push(p.clone());
+        }
+        wire::Health {
+            healthy: problems.is_empty(),
+            uptime_s: now.mono.duration_since(self.started).as_secs(),
+            camera: self.camera_text(now, cam),
+            problems,
+        }
+    }
+
+    fn trigger_list(&self) -> wire::TriggerList {
+        wire::TriggerList {
+            triggers: self
+                .triggers
+                .values()
+                .map(|t| wire::TriggerEntry {
+                    trigger: t.cfg.clone(),
+                    state: t
+                        .state
+                        .state
+                        .map(|on| if on { "ON" } else { "OFF" }.to_owned()),
+                    confidence: t.state.state.map(|_| t.state.last_confidence),
+                    error: t.error.clone(),
+                })
+                .collect(),
+        }
+    }
+
+    /// Publishes the newest camera frame as the retained snapshot. A request's own image
+    /// is never published: the snapshot is the camera's picture.
+    fn snapshot(
+        &mut self,
+        now: Now,
+        cam: &CameraView,
+        has_image: bool,
+        out: &mut Vec<Act>,
+    ) -> Result<ReplyData, ApiError> {
+        if has_image {
+            return Err(ApiError::new(
+                Code::BadRequest,
+                "request/snapshot publishes the camera's frame and takes no \"image\"",
+            ));
+        }
+        let frame = match self.camera_health(now, cam) {
+            CameraHealth::Fresh(f) => f,
+            CameraHealth::Starting => {
+                return Err(ApiError::new(
+                    Code::CameraUnavailable,
+                    "the camera has not delivered a frame yet",
+                ))
+            }
+            CameraHealth::Unavailable(why) => {
+                return Err(ApiError::new(
+                    Code::CameraUnavailable,
+                    format!("no camera frame ({why})"),
+                ))
+            }
+        };
+        let bytes = self.publish_snapshot(&frame, out);
+        Ok(ReplyData::Snapshot(wire::SnapshotReply {
+            topic: self.topics.snapshot(),
+            width: frame.width,
+            height: frame.height,
+            frame_time: unix(frame.captured_at),
+            frame_seq: frame.seq,
+            bytes,
+        }))
+    }
+
+    /// Encodes and publishes `frame` as the snapshot, once per frame.
+    fn publish_snapshot(&mut self, frame: &Frame, out: &mut Vec<Act>) -> usize {
+        if let Some((key, bytes)) = self.last_snapshot {
+            if key == frame.key {
+                return bytes;
+            }
+        }
+        let jpeg = frame.to_jpeg(85);
+        let bytes = jpeg.len();
+        self.last_snapshot = Some((frame.key, bytes));
+        self.publish_retained(out, self.topics.snapshot(), jpeg);
+        bytes
+    }
+
+    // ---- triggers ---------------------------------------------------------------------
+
+    /// Configured triggers, less the removed, plus the added (an added one replaces a
+    /// configured one of the same name).
+    fn wanted_triggers(&self, cfg: &Config) -> BTreeMap<String, TriggerConfig> {
+        effective_triggers(cfg, &self.runtime)
+    }
+
+    fn add_trigger(&mut self, now: Now, t: TriggerConfig, reply: ReplyTo, out: &mut Vec<Act>) {
+        let replaces = self.triggers.contains_key(&t.name);
+        if !replaces && self.triggers.len() >= self.cfg.daemon.max_triggers {
+            let e = ApiError::new(
+                Code::BadRequest,
+                format!(
+                    "{} triggers exist, daemon.max_triggers allows {}; remove one first",
+                    self.triggers.len(),
+                    self.cfg.daemon.max_triggers
+                ),
+            );
+            return self.reply(now, reply, Err(e), out);
+        }
+        self.runtime.removed.retain(|n| n != &t.name);
+        self.runtime.added.retain(|x| x.name != t.name);
+        self.runtime.added.push(t.clone());
+        if let Some(old) = self.triggers.get(&t.name) {
+            if old.cfg.object.is_some() && t.object.is_none() {
+                self.publish_retained(
+                    out,
+                    discovery::count_topic(&self.topics, &old.cfg),
+                    Bytes::new(),
+                );
+            }
+        }
+        self.publish_trigger_discovery(&t, out);
+        let name = t.name.clone();
+        self.triggers.insert(name.clone(), Trigger::new(t));
+        self.save(reply, SavedKind::Added(name), out);
+    }
+
+    fn remove_trigger(&mut self, now: Now, name: &str, reply: ReplyTo, out: &mut Vec<Act>) {
+        let Some(t) = self.triggers.remove(name) else {
+            let e = ApiError::new(Code::NotFound, format!("no trigger named {name:?}"));
+            return self.reply(now, reply, Err(e), out);
+        };
+        self.runtime.added.retain(|x| x.name != name);
+        if self.cfg.triggers.iter().any(|c| c.name == name)
+            && !self.runtime.removed.iter().any(|n| n == name)
+        {
+            self.runtime.removed.push(name.to_owned());
+        }
+        self.clear_trigger(&t.cfg, out);
+        self.save(reply, SavedKind::Removed(name.to_owned()), out);
+    }
+
+    fn save(&mut self, reply: ReplyTo, data: SavedKind, out: &mut Vec<Act>) {
+        let save = self.next_id();
+        self.saving.insert(save, Saving { reply, data });
+        out.push(Act::Save {
+            save,
+            triggers: self.runtime.clone(),
+        });
+    }
+
+    fn on_saved(&mut self, now: Now, save: u64, result: Result<(), String>, out: &mut Vec<Act>) {
+        let Some(s) = self.saving.remove(&save) else {
+            return;
+        };
+        if let Err(e) = &result {
+            tracing::warn!("cannot save runtime triggers: {e}");
+        }
+        let persisted = result.is_ok();
+        let data = match s.data {
+            SavedKind::Added(added) => ReplyData::Added(wire::TriggerAdded { added, persisted }),
+            SavedKind::Removed(removed) => {
+                ReplyData::Removed(wire::TriggerRemoved { removed, persisted })
+            }
+        };
+        self.reply(now, s.reply, Ok(data), out);
+    }
+
+    fn publish_discovery(&self, out: &mut Vec<Act>) {
+        if !self.cfg.mqtt.discovery {
+            return;
+        }
+        for (topic, payload) in discovery::device_entities(&self.topics) {
+            self.publish_retained(out, topic, payload);
+        }
+        for t in self.triggers.values() {
+            self.publish_trigger_discovery(&t.cfg, out);
+        }
+    }
+
+    /// A trigger's entities: its binary sensor, and a count sensor for object triggers.
+    fn publish_trigger_discovery(&self, cfg: &TriggerConfig, out: &mut Vec<Act>) {
+        if !self.cfg.mqtt.discovery {
+            return;
+        }
+        let (topic, payload) = discovery::trigger(&self.topics, cfg);
+        self.publish_retained(out, topic, payload);
+        if let Some((topic, payload)) = discovery::object_count(&self.topics, cfg) {
+            self.publish_retained(out, topic, payload);
+        }
+    }
+
+    /// Deletes every entity and retained topic of a trigger.
+    fn clear_trigger(&self, cfg: &TriggerConfig, out: &mut Vec<Act>) {
+        self.publish_retained(
+            out,
+            discovery::trigger_topic(&self.topics, cfg),
+            Bytes::new(),
+        );
+        if cfg.object.is_some() {
+            self.publish_retained(out, discovery::count_topic(&self.topics, cfg), Bytes::new());
+        }
+        self.publish_retained(out, self.topics.trigger_state(&cfg.name), Bytes::new());
+        self.publish_retained(out, self.topics.trigger_attributes(&cfg.name), Bytes::new());
+    }
+
+    fn on_trigger_answer(
+        &mut self,
+        now: Now,
+        name: &str,
+        answer: &Answer,
+        frame: &Frame,
+        out: &mut Vec<Act>,
+    ) {
+        // Object triggers decide on the presence answer, like question triggers on theirs:
+        // the same confidence against the same threshold. An uncertain answer (neither
+        // yes nor no) is no observation.
+        let (said, confidence, details) = match answer {
+            Answer::YesNo {
+                answer,
+                confidence,
+                p_yes,
+                p_no,
+            } => (
+                *answer,
+                *confidence,
+                wire::Details::Question {
+                    p_yes: *p_yes,
+                    p_no: *p_no,
+                },
+            ),
+            Answer::Detect {
+                present,
+                confidence,
+                objects,
+                ..
+            } => (
+                *present,
+                *confidence,
+                wire::Details::Object {
+                    count: objects.len(),
+                    objects: objects.clone(),
+                },
+            ),
+            _ => return,
+        };
+        let Some(t) = self.triggers.get_mut(name) else {
+            return;
+        };
+        let changes = match said {
+            Some(on) => t
+                .state
+                .observe(&t.cfg, Observation { on, confidence }, now.unix),
+            None => Vec::new(),
+        };
+        let attrs = wire::TriggerAttributes {
+            confidence,
+            answer: said,
+            frame_time: unix(frame.captured_at),
+            frame_seq: frame.seq,
+            snapshot_topic: self.topics.snapshot(),
+            details,
+            error: None,
+        };
+        self.publish_retained(
+            out,
+            self.topics.trigger_attributes(name),
+            wire::to_bytes(&attrs),
+        );
+        for change in changes {
+            match change {
+                Change::State(on) => {
+                    self.publish_retained(out, self.topics.trigger_state(name), on_off(on))
+                }
+                Change::Begin | Change::End { .. } => {
+                    let (kind, duration) = match change {
+                        Change::End { duration } => {
+                            (wire::EventKind::End, Some(duration.as_secs_f64()))
+                        }
+                        _ => (wire::EventKind::Begin, None),
+                    };
+                    if kind == wire::EventKind::Begin {
+                        self.publish_snapshot(frame, out);
+                    }
+                    tracing::info!(trigger = ?name, ?kind, "trigger event");
+                    let ev = wire::TriggerEvent {
+                        kind,
+                        trigger: name.to_owned(),
+                        confidence,
+                        frame_time: unix(frame.captured_at),
+                        frame_seq: frame.seq,
+                        snapshot_topic: self.topics.snapshot(),
+                        duration_s: duration,
+                    };
+                    out.push(Act::Publish(Outgoing::event(
+                        self.topics.trigger_event(name),
+                        wire::to_bytes(&ev),
+                    )));
+                }
+            }
+        }
+    }
+
+    /// A trigger the engine refused: it gets an error and is no longer evaluated; the
+    /// others go on.
+    fn trigger_failed(&mut self, name: &str, why: String, out: &mut Vec<Act>) {
+        let Some(t) = self.triggers.get_mut(name) else {
+            return;
+        };
+        tracing::warn!(trigger = ?name, reason = ?why, "the engine refused the trigger; it is paused until replaced");
+        t.error = Some(why.clone());
+        let attrs = wire::TriggerAttributes {
+            confidence: 0.0,
+            answer: None,
+            frame_time: 0.0,
+            frame_seq: 0,
+            snapshot_topic: self.topics.snapshot(),
+            details: wire::Details::None {},
+            error: Some(why),
+        };
+        self.publish_retained(
+            out,
+            self.topics.trigger_attributes(name),
+            wire::to_bytes(&attrs),
+        );
+    }
+
+    // ---- camera -----------------------------------------------------------------------
+
+    /// Frames older than a few capture intervals are stale.
+    fn stale_after(&self) -> f64 {
+        (3.0 / self.cfg.camera.capture_rate).max(3.0)
+    }
+
+    fn camera_health(&self, now: Now, cam: &CameraView) -> CameraHealth {
+        let fresh = cam
+            .latest
+            .as_ref()
+            .filter(|f| now.unix - unix(f.captured_at) <= self.stale_after());
+        match (&cam.status, fresh) {
+            (CameraStatus::Down { reason, .. }, _) => CameraHealth::Unavailable(reason.clone()),
+            (CameraStatus::Stopped, _) => CameraHealth::Unavailable("the camera is stopped".into()),
+            (_, Some(f)) => CameraHealth::Fresh(f.clone()),
+            (CameraStatus::Starting, None) if cam.latest.is_none() => CameraHealth::Starting,
+            (_, None) => CameraHealth::Unavailable(match &cam.latest {
+                Some(f) => format!(
+                    "the newest frame is {:.0} s old",
+                    now.unix - unix(f.captured_at)
+                ),
+                None => "no frame yet".into(),
+            }),
+        }
+    }
+
+    fn camera_text(&self, now: Now, cam: &CameraView) -> String {
+        match self.camera_health(now, cam) {
+            CameraHealth::Fresh(_) => "running".into(),
+            CameraHealth::Starting => "starting".into(),
+            CameraHealth::Unavailable(why) => format!("unavailable: {why}"),
+        }
+    }
+
+    fn publish_camera_availability(
+        &mut self,
+        health: &CameraHealth,
+        force: bool,
+        out: &mut Vec<Act>,
+    ) {
+        let online = match health {
+            CameraHealth::Fresh(_) => true,
+            CameraHealth::Starting => return,
+            CameraHealth::Unavailable(why) => {
+                if self.camera_online != Some(false) {
+                    tracing::warn!(reason = ?why, "camera unavailable; triggers paused");
+                }
+                false
+            }
+        };
+        if force || self.camera_online != Some(online) {
+            if online && self.camera_online == Some(false) {
+                tracing::info!("camera delivering again; triggers resume");
+            }
+            self.camera_online = Some(online);
+            self.publish_retained(
+                out,
+                self.topics.camera_availability(),
+                if online { "online" } else { "offline" },
+            );
+        }
+    }
+
+    // ---- scheduling ---------------------------------------------------------------------
+
+    fn next_id(&mut self) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+
+    /// Starts the next job when the engine is idle: interactive, then triggers, then
+    /// captions.
+    fn schedule(&mut self, now: Now, cam: &CameraView, out: &mut Vec<Act>) {
+        if self.in_flight.is_some() || self.stopping.is_some() || self.exited {
+            return;
+        }
+        if self.model_ready {
+            // The engine is idle: the new model takes over now.
+            self.model_ready = false;
+            out.push(Act::UseNewModel);
+        }
+        let health = self.camera_health(now, cam);
+        while let Some(job) = self.queue.pop_front() {
+            if now.mono >= job.deadline {
+                let e = ApiError::new(
+                    Code::Timeout,
+                    format!(
+                        "waited {} s for the engine (daemon.request_timeout or the message's expiry)",
+                        now.mono.duration_since(job.received).as_secs()
+                    ),
+                );
+                self.reply(now, job.reply, Err(e), out);
+                continue;
+            }
+            let picture = match (&job.image, &health) {
+                (Some(bytes), _) => Picture::Encoded(bytes.clone()),
+                (None, CameraHealth::Fresh(f)) => Picture::Frame(f.clone()),
+                (None, CameraHealth::Starting)
+                    if now.mono.duration_since(job.received) < CAMERA_GRACE =>
+                {
+                    // A camera still starting gets a few seconds; the job waits its turn.
+                    self.queue.push_front(job);
+                    break;
+                }
+                (None, CameraHealth::Starting) => {
+                    let e = ApiError::new(
+                        Code::CameraUnavailable,
+                        "the camera has not delivered a frame yet; send an \"image\" instead",
+                    );
+                    self.reply(now, job.reply, Err(e), out);
+                    continue;
+                }
+                (None, CameraHealth::Unavailable(why)) => {
+                    let e = ApiError::new(
+                        Code::CameraUnavailable,
+                        format!("no camera frame ({why}); send an \"image\" instead"),
+                    );
+                    self.reply(now, job.reply, Err(e), out);
+                    continue;
+                }
+            };
+            let skills = vec![job.skill.clone()];
+            self.submit(now, Work::Interactive(job), picture, skills, out);
+            return;
+        }
+        if !self.queue.is_empty() {
+            return;
+        }
+        let CameraHealth::Fresh(frame) = health else {
+            return;
+        };
+        let thumb = match self.thumb {
+            Some((key, t)) if key == frame.key => t,
+            _ => {
+                let t = triggers::thumbnail(&frame.rgb, frame.width, frame.height);
+                self.thumb = Some((frame.key, t));
+                t
+            }
+        };
+        let mut due = None;
+        for t in self.triggers.values_mut() {
+            if t.error.is_some() {
+                continue;
+            }
+            let changed = t
+                .last_thumb
+                .is_none_or(|p| triggers::scene_difference(&p, &thumb) > SCENE_CHANGE);
+            let Some(end) = t.last_end else {
+                due = Some(t.cfg.name.clone());
+                break;
+            };
+            let since = now.unix - end;
+            if changed && since >= SCENE_MIN_GAP.min(t.cfg.interval as f64) {
+                due = Some(t.cfg.name.clone());
+                break;
+            }
+            if since >= t.cfg.interval as f64 {
+                if t.state.settled() {
+                    // Same picture, settled answer: it stands; look again next interval.
+                    t.last_end = Some(now.unix);
+                    self.counters.trigger_skips += 1;
+                    continue;
+                }
+                due = Some(t.cfg.name.clone());
+                break;
+            }
+        }
+        if let Some(name) = due {
+            if let Some(t) = self.triggers.get_mut(&name) {
+                t.last_thumb = Some(thumb);
+                let skills = vec![t.cfg.skill()];
+                self.submit(
+                    now,
+                    Work::Trigger { name },
+                    Picture::Frame(frame),
+                    skills,
+                    out,
+                );
+            }
+            return;
+        }
+        let every = self.cfg.daemon.caption_interval;
+        if every > 0
+            && self
+                .last_caption
+                .is_none_or(|t| now.unix - t >= every as f64)
+        {
+            self.last_caption = Some(now.unix);
+            let skills = vec![Skill::Caption {
+                length: self.cfg.daemon.caption_length,
+            }];
+            self.submit(now, Work::Caption, Picture::Frame(frame), skills, out);
+        }
+    }
+
+    fn submit(
+        &mut self,
+        now: Now,
+        work: Work,
+        picture: Picture,
+        skills: Vec<Skill>,
+        out: &mut Vec<Act>,
+    ) {
+        let job = self.next_id();
+        self.in_flight = Some(InFlight {
+            job,
+            work,
+            started: now.mono,
+            cancelled: false,
+        });
+        out.push(Act::Submit {
+            job,
+            picture,
+            skills,
+        });
+    }
+
+    fn on_done(
+        &mut self,
+        now: Now,
+        job: u64,
+        result: Result<Response, EngineError>,
+        frame: Option<Arc<Frame>>,
+        out: &mut Vec<Act>,
+    ) {
+        let Some(done) = self.in_flight.take_if(|f| f.job == job) else {
+            return;
+        };
+        let elapsed = now.mono.duration_since(done.started).as_secs_f64() * 1e3;
+        if result.is_ok() {
+            self.counters.inferences += 1;
+        }
+        match done.work {
+            Work::Interactive(p) => {
+                self.counters.last_request_ms = Some(elapsed);
+                let reply = match (result, frame) {
+                    (Ok(r), Some(f)) => Ok(ReplyData::Answer(answer_reply(&r, &f))),
+                    (Ok(_), None) => Err(ApiError::new(Code::ModelError, "no picture")),
+                    (Err(e), _) => Err(engine_error(e, self.stopping.is_some())),
+                };
+                self.reply(now, p.reply, reply, out);
+            }
+            Work::Trigger { name } => {
+                self.counters.last_trigger_ms = Some(elapsed);
+                if let Some(t) = self.triggers.get_mut(&name) {
+                    t.last_end = Some(now.unix);
+                }
+                match (result, frame) {
+                    (Ok(r), Some(f)) => {
+                        if let Some(a) = r.answers.first() {
+                            self.counters.trigger_evaluations += 1;
+                            self.on_trigger_answer(now, &name, &a.answer, &f, out);
+                        }
+                    }
+                    (Err(EngineError::Invalid(why)), _) => self.trigger_failed(&name, why, out),
+                    (Err(e), _) => {
+                        tracing::warn!(trigger = ?name, "trigger evaluation failed: {e}");
+                    }
+                    (Ok(_), None) => {}
+                }
+            }
+            Work::Caption => match (result, frame) {
+                (Ok(r), Some(f)) => {
+                    if let Some(Answer::Caption { caption }) = r.answers.first().map(|a| &a.answer)
+                    {
+                        self.counters.captions += 1;
+                        let v = wire::Caption {
+                            caption: caption.clone(),
+                            frame_time: unix(f.captured_at),
+                            frame_seq: f.seq,
+                        };
+                        self.publish_retained(out, self.topics.caption(), wire::to_bytes(&v));
+                    }
+                }
+                (Err(e), _) => tracing::warn!("caption failed: {e}"),
+                (Ok(_), None) => {}
+            },
+        }
+    }
+
+    // ---- time -------------------------------------------------------------------------
+
+    fn engine_stuck(&self, now: Now) -> bool {
+        self.in_flight.as_ref().is_some_and(|f| {
+            now.mono.duration_since(f.started)
+                > Duration::from_secs(self.cfg.daemon.request_timeout) * 2
+        })
+    }
+
+    fn on_tick(&mut self, now: Now, cam: &CameraView, out: &mut Vec<Act>) {
+        let health = self.camera_health(now, cam);
+        if self.connected {
+            self.publish_camera_availability(&health, false, out);
+        }
+        // A job running far past its time is cancelled.
+        if let Some(f) = self.in_flight.as_mut() {
+            let limit = Duration::from_secs(self.cfg.daemon.request_timeout);
+            let overdue = now.mono.duration_since(f.started) > limit;
+            let stop_overdue = self
+                .stopping
+                .is_some_and(|s| now.mono.duration_since(s) > STOP_GRACE);
+            if (overdue || stop_overdue) && !f.cancelled {
+                f.cancelled = true;
+                out.push(Act::Cancel { job: f.job });
+            }
+        }
+        if self.stopping.is_none()
+            && self.last_stats.is_none_or(|t| {
+                now.mono.duration_since(t).as_secs() >= self.cfg.daemon.stats_interval
+            })
+        {
+            self.last_stats = Some(now.mono);
+            self.publish_stats(now, cam, out);
+        }
+        if self.bad_requests > 0
+            && self
+                .last_bad_log
+                .is_none_or(|t| now.mono.duration_since(t) >= BAD_REQUEST_LOG_EVERY)
+        {
+            tracing::info!(
+                count = self.bad_requests,
+                "requests answered with an error since the last report (details at debug level)"
+            );
+            self.bad_requests = 0;
+            self.last_bad_log = Some(now.mono);
+        }
+        // WATCHDOG=1 means the loop turns and the engine is not stuck; a camera outage is
+        // reported (availability, health), not restarted.
+        if let Some(period) = self.watchdog_period {
+            let due = self
+                .last_watchdog
+                .is_none_or(|t| now.mono.duration_since(t) >= period / 2);
+            if due && !self.engine_stuck(now) {
+                self.last_watchdog = Some(now.mono);
+                out.push(Act::Notify(Notify::Watchdog));
+            }
+        }
+    }
+
+    fn publish_stats(&self, now: Now, cam: &CameraView, out: &mut Vec<Act>) {
+        let v = wire::Stats {
+            uptime_s: now.mono.duration_since(self.started).as_secs(),
+            frames: cam.latest.as_ref().map_or(0, |f| f.seq),
+            camera: self.camera_text(now, cam),
+            queue_depth: self.queue.len() + usize::from(self.in_flight.is_some()),
+            triggers: self.triggers.len(),
+            counters: self.counters.clone(),
+            outbox: self.outbox,
+        };
+        self.publish_retained(out, self.topics.stats(), wire::to_bytes(&v));
+    }
+
+    // ---- stop and reload ------------------------------------------------------------------
+
+    fn on_stop(&mut self, now: Now, out: &mut Vec<Act>) {
+        if self.stopping.is_some() {
+            return;
+        }
+        tracing::info!("stopping");
+        self.stopping = Some(now.mono);
+        out.push(Act::Notify(Notify::Stopping));
+        while let Some(job) = self.queue.pop_front() {
+            let e = ApiError::new(Code::ShuttingDown, "moonwatch is stopping");
+            self.reply(now, job.reply, Err(e), out);
+        }
+        // A job in flight may finish (interactive answers are worth a moment); its
+        // result arrives as EngineDone, or it is cancelled after STOP_GRACE.
+        if let Some(f) = self.in_flight.as_mut() {
+            if !matches!(f.work, Work::Interactive(_)) && !f.cancelled {
+                f.cancelled = true;
+                out.push(Act::Cancel { job: f.job });
+            }
+        }
+    }
+
+    fn maybe_exit(&mut self, now: Now, out: &mut Vec<Act>) {
+        let Some(since) = self.stopping else {
+            return;
+        };
+        if self.exited {
+            return;
+        }
+        // A job that does not return even after being cancelled is answered anyway.
+        if self.in_flight.is_some() && now.mono.duration_since(since) > STOP_GRACE * 2 {
+            if let Some(f) = self.in_flight.take() {
+                if let Work::Interactive(p) = f.work {
+                    let e = ApiError::new(Code::ShuttingDown, "moonwatch is stopping");
+                    self.reply(now, p.reply, Err(e), out);
+                }
+            }
+        }
+        if self.in_flight.is_some() || !self.saving.is_empty() {
+            return;
+        }
+        self.exited = true;
+        self.publish_retained(out, self.topics.availability(), "offline");
+        out.push(Act::Exit);
+    }
+
+    fn on_reload(&mut self, r: Result<Box<Config>, String>, out: &mut Vec<Act>) {
+        let new = match r {
+            Ok(c) => *c,
+            Err(e) => {
+                tracing::error!("reload refused, keeping the running configuration: {e}");
+                let p = format!("reload refused: {e}");
+                out.push(Act::Notify(Notify::Status(p.clone())));
+                self.reload_problem = Some(p);
+                return;
+            }
+        };
+        out.push(Act::Notify(Notify::Reloading));
+        self.reload_problem = None;
+        if new.mqtt != self.cfg.mqtt {
+            tracing::warn!(
+                "[mqtt] changed; restart moonwatch to apply it (the connection is kept)"
+            );
+        }
+        if new.camera != self.cfg.camera {
+            tracing::info!("[camera] changed; restarting the camera");
+            out.push(Act::RestartCamera(new.camera.clone()));
+        }
+        if new.model != self.cfg.model {
+            tracing::info!("[model] changed; loading the new model beside the running one");
+            self.model_loading = true;
+            self.model_ready = false;
+            out.push(Act::LoadModel(Box::new(new.clone())));
+        }
+        let want = self.wanted_triggers(&new);
+        let old: Vec<TriggerConfig> = self.triggers.values().map(|t| t.cfg.clone()).collect();
+        for cfg in &old {
+            if !want.contains_key(&cfg.name) {
+                self.clear_trigger(cfg, out);
+                self.triggers.remove(&cfg.name);
+            }
+        }
+        for (name, cfg) in want {
+            let same = self.triggers.get(&name).is_some_and(|t| t.cfg == cfg);
+            if !same {
+                if let Some(old) = self.triggers.get(&name) {
+                    if old.cfg.object.is_some() && cfg.object.is_none() {
+                        self.publish_retained(
+                            out,
+                            discovery::count_topic(&self.topics, &old.cfg),
+                            Bytes::new(),
+                        );
+                    }
+                }
+                self.publish_trigger_discovery(&cfg, out);
+                self.triggers.insert(name, Trigger::new(cfg));
+            }
+        }
+        let mqtt = self.cfg.mqtt.clone();
+        self.cfg = new;
+        self.cfg.mqtt = mqtt;
+        tracing::info!("configuration reloaded");
+        if !self.model_loading {
+            out.push(Act::Notify(Notify::Ready));
+        }
+    }
+
+    fn on_model_loaded(&mut self, r: Result<(), String>, out: &mut Vec<Act>) {
+        self.model_loading = false;
+        match r {
+            Ok(()) => {
+                tracing::info!("new model loaded; it takes over when the engine is idle");
+                self.model_ready = true;
+                out.push(Act::Notify(Notify::Ready));
+            }
+            Err(e) => {
+                tracing::error!("new model not loaded, keeping the old one: {e}");
+                let p = format!("reload refused: the new model did not load: {e}");
+                out.push(Act::Notify(Notify::Status(p.clone())));
+                out.push(Act::Notify(Notify::Ready));
+                self.reload_problem = Some(p);
+            }
+        }
+    }
+}
+
+/// Configured triggers, less the removed, plus the added (an added one replaces a
+/// configured one of the same name).
+pub fn effective_triggers(cfg: &Config, rt: &RuntimeTriggers) -> BTreeMap<String, TriggerConfig> {
+    let mut out: BTreeMap<String, TriggerConfig> = cfg
+        .triggers
+        .iter()
+        .filter(|t| !rt.removed.contains(&t.name))
+        .map(|t| (t.name.clone(), t.clone()))
+        .collect();
+    for t in &rt.added {
+        out.insert(t.name.clone(), t.clone());
+    }
+    out
+}
+
+/// Identifies a request across redeliveries: topic, payload and v5 properties.
+fn request_key(m: &Incoming) -> u64 {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    for part in [
+        m.topic.as_bytes(),
+        &m.payload,
+        m.response_topic.as_deref().unwrap_or("").as_bytes(),
+        m.correlation.as_deref().unwrap_or(&[]),
+    ] {
+        h.update(&(part.len() as u64).to_le_bytes());
+        h.update(part);
+    }
+    h.digest()
+}
+
+fn on_off(on: bool) -> &'static str {
+    if on {
+        "ON"
+    } else {
+        "OFF"
+    }
+}
+
+fn engine_error(e: EngineError, stopping: bool) -> ApiError {
+    match e {
+        EngineError::Image(m) => ApiError::new(Code::BadImage, m),
+        EngineError::Invalid(m) => ApiError::new(Code::BadRequest, m),
+        EngineError::Cancelled if stopping => {
+            ApiError::new(Code::ShuttingDown, "moonwatch is stopping")
+        }
+        EngineError::Cancelled => {
+            ApiError::new(Code::Timeout, "cancelled after daemon.request_timeout")
+        }
+        EngineError::Stopped => ApiError::new(Code::ShuttingDown, "the engine stopped"),
+        EngineError::Busy(n) => {
+            ApiError::new(Code::Busy, format!("the engine is busy ({n} waiting)"))
+        }
+        e => ApiError::new(Code::ModelError, e.to_string()),
+    }
+}
+
+/// The reply data for the first answer of a response.
+fn answer_reply(r: &Response, frame: &Frame) -> wire::AnswerReply {
+    let answered = r.answers.first().cloned().unwrap_or(Answered {
+        answer: Answer::Query {
+            answer: String::new(),
+        },
+        timing: Default::default(),
+    });
+    wire::AnswerReply {
+        answered,
+        frame_time: unix(frame.captured_at),
+        frame_seq: frame.seq,
+        width: frame.width,
+        height: frame.height,
+        prefix_reused: r.prefix.reused,
+        image_encode_ms: r.prefix.image_encode_ms,
+        total_ms: r.total_ms,
+    }
+}
+
+#[cfg(test)]
+#[path = "core_tests.rs"]
+mod tests;

@@ -1,0 +1,401 @@
+//! `moonwatch run`: the camera, the engine and the broker joined into a service.
+//!
+//! [`core::Core`] decides; this module only carries its decisions out. One async task (the
+//! executor) owns the camera, the engine handle and the broker connection's command
+//! channel, turns every event (broker, engine, tick, signal, save, model load) into a
+//! [`core::Input`], and performs the [`core::Act`]s the core returns. Nothing in the
+//! executor awaits the broker: publishes go to the connection task's outbox, so a burst
+//! or an outage never stalls ticks, the watchdog or signals.
+
+pub mod core;
+pub mod store;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use self::core::{Act, CameraView, Core, Input, Notify, Now, Picture, REQUEST_IMAGE_SIDE};
+use crate::camera::Camera;
+use crate::config::Config;
+use crate::frame::Frame;
+use crate::mqtt::api::Topics;
+use crate::mqtt::{Command, Connection, MqttEvent};
+use crate::vision::{moondream, Cancel, Engine, EngineError, Request, Response};
+
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// Signals the daemon reacts to, forwarded from a signal-hook thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    Stop,
+    Reload,
+}
+
+/// How long the connection may take to flush replies and `offline` on shutdown.
+const FLUSH_WITHIN: Duration = Duration::from_secs(5);
+
+/// This machine's name, reduced to what topics and entity ids accept.
+pub fn default_device_id() -> String {
+    let raw = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .unwrap_or_else(|_| "moonwatch".into());
+    let id: String = raw
+        .trim()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if id.is_empty() {
+        "moonwatch".into()
+    } else {
+        id
+    }
+}
+
+type JobFuture =
+    Pin<Box<dyn Future<Output = (Result<Response, EngineError>, Option<Arc<Frame>>)> + Send>>;
+
+/// The engine job in flight.
+struct Job {
+    id: u64,
+    cancel: Cancel,
+    future: JobFuture,
+}
+
+pub struct Daemon {
+    core: Core,
+    config_path: PathBuf,
+    state_dir: PathBuf,
+    conn: Connection,
+    events: mpsc::UnboundedReceiver<MqttEvent>,
+    engine: Arc<Engine>,
+    /// A model loaded by a reload, waiting for the core to swap it in.
+    next_engine: Option<Engine>,
+    camera: Camera,
+    job: Option<Job>,
+    models: (
+        mpsc::UnboundedSender<Result<Engine, String>>,
+        mpsc::UnboundedReceiver<Result<Engine, String>>,
+    ),
+    saves: mpsc::UnboundedSender<(u64, store::RuntimeTriggers)>,
+    saved: mpsc::UnboundedReceiver<(u64, Result<(), String>)>,
+}
+
+impl std::fmt::Debug for Daemon {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Daemon")
+            .field("core", &self.core)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Daemon {
+    /// Loads the model, starts the camera and connects to the broker.
+    pub async fn start(cfg: Config, config_path: PathBuf) -> Result<Self, DaemonError> {
+        let device_id = if cfg.mqtt.device_id.is_empty() {
+            default_device_id()
+        } else {
+            cfg.mqtt.device_id.clone()
+        };
+        let topics = Topics::new(&cfg.mqtt, &device_id);
+        let settings = moondream::Settings::from_config(&cfg);
+        let engine = tokio::task::spawn_blocking(move || moondream::start(settings))
+            .await
+            .map_err(|e| DaemonError::Setup(e.to_string()))??;
+        let camera = Camera::start(&cfg.camera)
+            .map_err(|e| DaemonError::Setup(format!("cannot start the camera thread: {e}")))?;
+        let client_id = if cfg.mqtt.client_id.is_empty() {
+            format!("moonwatch-{device_id}")
+        } else {
+            cfg.mqtt.client_id.clone()
+        };
+        let spec = crate::mqtt::connect_spec(&cfg.mqtt, client_id, topics.availability())
+            .map_err(DaemonError::Setup)?;
+        let state_dir = cfg.daemon.state_dir.clone();
+        let loaded = store::load(&state_dir);
+        if let Some(p) = &loaded.problem {
+            tracing::error!("{p}");
+        }
+        tracing::info!(device = %device_id, base = %topics.base, "moonwatch running");
+        let mqtt = cfg.mqtt.clone();
+        let core = Core::new(
+            cfg,
+            topics,
+            loaded.triggers,
+            loaded.problem,
+            sd_notify::watchdog_enabled(),
+            Now::read(),
+        );
+        let (conn, events) = crate::mqtt::start(&mqtt, spec, core.subscriptions());
+        let (saves, saved) = saver(state_dir.clone());
+        Ok(Self {
+            core,
+            config_path,
+            state_dir,
+            conn,
+            events,
+            engine: Arc::new(engine),
+            next_engine: None,
+            camera,
+            job: None,
+            models: mpsc::unbounded_channel(),
+            saves,
+            saved,
+        })
+    }
+
+    /// Runs until a stop signal has been carried out: every request received is answered
+    /// and the replies and `offline` are flushed (at most [`FLUSH_WITHIN`]).
+    pub async fn run(mut self, mut signals: mpsc::Receiver<Signal>) {
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut signals_open = true;
+        loop {
+            let input = tokio::select! {
+                Some(ev) = self.events.recv() => Input::Mqtt(ev),
+                (result, frame) = job_done(&mut self.job) => {
+                    let job = self.job.take().map_or(0, |j| j.id);
+                    Input::EngineDone { job, result, frame }
+                }
+                _ = tick.tick() => Input::Tick,
+                sig = signals.recv(), if signals_open => match sig {
+                    Some(Signal::Reload) => Input::Reload(
+                        Config::load(&self.config_path).map(Box::new).map_err(|e| e.to_string()),
+                    ),
+                    Some(Signal::Stop) => Input::Stop,
+                    None => {
+                        signals_open = false;
+                        Input::Stop
+                    }
+                },
+                Some((save, result)) = self.saved.recv() => Input::Saved { save, result },
+                Some(loaded) = self.models.1.recv() => match loaded {
+                    Ok(engine) => {
+                        self.next_engine = Some(engine);
+                        Input::ModelLoaded(Ok(()))
+                    }
+                    Err(e) => Input::ModelLoaded(Err(e)),
+                },
+            };
+            if self.step(input) {
+                break;
+            }
+        }
+        self.conn.shutdown(FLUSH_WITHIN).await;
+        tracing::info!("stopped");
+    }
+
+    /// Feeds one input to the core and carries out what it decides; true once it says
+    /// to exit.
+    fn step(&mut self, input: Input) -> bool {
+        let mut exit = false;
+        let mut inputs = vec![input];
+        while let Some(input) = inputs.pop() {
+            let cam = CameraView {
+                latest: self.camera.latest(),
+                status: self.camera.status(),
+            };
+            self.core.set_outbox_stats(self.conn.stats());
+            for act in self.core.handle(Now::read(), &cam, input) {
+                match act {
+                    Act::Publish(m) => self.conn.publish(m),
+                    Act::Ack(t) => self.conn.send(Command::Ack(t)),
+                    Act::Submit {
+                        job,
+                        picture,
+                        skills,
+                    } => self.submit(job, picture, skills),
+                    Act::Cancel { job } => {
+                        if let Some(j) = self.job.as_ref().filter(|j| j.id == job) {
+                            j.cancel.cancel();
+                        }
+                    }
+                    Act::Save { save, triggers } => {
+                        if self.saves.send((save, triggers)).is_err() {
+                            inputs.push(Input::Saved {
+                                save,
+                                result: Err("the save task ended".into()),
+                            });
+                        }
+                    }
+                    Act::Notify(n) => notify(&n),
+                    Act::LoadModel(cfg) => {
+                        let settings = moondream::Settings::from_config(&cfg);
+                        let tx = self.models.0.clone();
+                        tokio::task::spawn_blocking(move || {
+                            let _ = tx.send(moondream::start(settings).map_err(|e| e.to_string()));
+                        });
+                    }
+                    Act::UseNewModel => {
+                        if let Some(new) = self.next_engine.take() {
+                            let old = std::mem::replace(&mut self.engine, Arc::new(new));
+                            // Joining the old worker thread may take a moment.
+                            tokio::task::spawn_blocking(move || drop(old));
+                            tracing::info!("the new model serves from now on");
+                        }
+                    }
+                    Act::RestartCamera(c) => match Camera::start(&c) {
+                        Ok(cam) => {
+                            let old = std::mem::replace(&mut self.camera, cam);
+                            tokio::task::spawn_blocking(move || old.stop());
+                        }
+                        Err(e) => tracing::error!("cannot restart the camera: {e}"),
+                    },
+                    Act::Exit => exit = true,
+                }
+            }
+        }
+        let _ = &self.state_dir;
+        exit
+    }
+
+    /// Starts an engine job: a client's image is decoded (and reduced) only now, one at a
+    /// time, off the executor.
+    fn submit(&mut self, id: u64, picture: Picture, skills: Vec<crate::vision::Skill>) {
+        let cancel = Cancel::new();
+        let engine = self.engine.clone();
+        let stop = cancel.clone();
+        let future = Box::pin(async move {
+            let frame = match picture {
+                Picture::Frame(f) => f,
+                Picture::Encoded(bytes) => {
+                    let decoded = tokio::task::spawn_blocking(move || {
+                        Frame::decode_bounded(&bytes, "the request's image", REQUEST_IMAGE_SIDE)
+                    })
+                    .await;
+                    match decoded {
+                        Ok(Ok(f)) => Arc::new(f),
+                        Ok(Err(e)) => return (Err(EngineError::Image(e.to_string())), None),
+                        Err(e) => return (Err(EngineError::Image(e.to_string())), None),
+                    }
+                }
+            };
+            let mut req = Request::new(frame.clone(), skills);
+            req.cancel = stop;
+            let result = match engine.submit(req) {
+                Ok(ticket) => ticket.await.unwrap_or(Err(EngineError::Stopped)),
+                Err(e) => Err(e),
+            };
+            (result, Some(frame))
+        });
+        self.job = Some(Job { id, cancel, future });
+    }
+}
+
+/// The result of the job in flight; never resolves while there is none.
+async fn job_done(slot: &mut Option<Job>) -> (Result<Response, EngineError>, Option<Arc<Frame>>) {
+    match slot {
+        Some(j) => (&mut j.future).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn notify(n: &Notify) {
+    let state = match n {
+        Notify::Ready => sd_notify::NotifyState::Ready,
+        Notify::Reloading => sd_notify::NotifyState::Reloading,
+        Notify::Stopping => sd_notify::NotifyState::Stopping,
+        Notify::Watchdog => sd_notify::NotifyState::Watchdog,
+        Notify::Status(s) => sd_notify::NotifyState::Status(s),
+    };
+    let _ = sd_notify::notify(&[state]);
+}
+
+/// Saves runtime triggers one after another (never two at once, never on the executor).
+fn saver(
+    dir: PathBuf,
+) -> (
+    mpsc::UnboundedSender<(u64, store::RuntimeTriggers)>,
+    mpsc::UnboundedReceiver<(u64, Result<(), String>)>,
+) {
+    let (tx, mut rx) = mpsc::unbounded_channel::<(u64, store::RuntimeTriggers)>();
+    let (done_tx, done) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some((save, triggers)) = rx.recv().await {
+            let dir = dir.clone();
+            let result = tokio::task::spawn_blocking(move || {
+                store::save(&dir, &triggers).map_err(|e| e.to_string())
+            })
+            .await
+            .unwrap_or_else(|e| Err(e.to_string()));
+            if done_tx.send((save, result)).is_err() {
+                break;
+            }
+        }
+    });
+    (tx, done)
+}
+
+/// Forwards SIGTERM/SIGINT (stop) and SIGHUP (reload) into the daemon.
+pub fn signals() -> std::io::Result<mpsc::Receiver<Signal>> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut sigs = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])?;
+    let (tx, rx) = mpsc::channel(8);
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for s in sigs.forever() {
+                let sig = if s == SIGHUP {
+                    Signal::Reload
+                } else {
+                    Signal::Stop
+                };
+                if tx.blocking_send(sig).is_err() {
+                    break;
+                }
+            }
+        })?;
+    Ok(rx)
+}
+
+/// Runs the daemon to completion on a fresh runtime.
+pub fn run(cfg: Config, config_path: PathBuf) -> Result<(), DaemonError> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| DaemonError::Setup(e.to_string()))?;
+    // One TLS provider for the process (ring, as the download client uses).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    rt.block_on(async move {
+        let signals = signals()
+            .map_err(|e| DaemonError::Setup(format!("cannot install signal handlers: {e}")))?;
+        let daemon = Daemon::start(cfg, config_path).await?;
+        daemon.run(signals).await;
+        Ok(())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_ids_are_topic_safe() {
+        let id = default_device_id();
+        assert!(
+            !id.is_empty()
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
+            "{id}"
+        );
+    }
+}

@@ -1,0 +1,145 @@
+//! `{state_dir}/triggers.json`: the triggers added and removed over MQTT.
+//!
+//! Saved as write to a temporary file, fsync, rename, fsync the directory, so a crash or a
+//! power cut leaves the old file or the new one, never a mix. A file that does not parse is
+//! renamed aside (`triggers.json.corrupt-{unix time}`) and reported, never overwritten.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::triggers::TriggerConfig;
+
+/// Triggers added or removed over MQTT.
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RuntimeTriggers {
+    pub added: Vec<TriggerConfig>,
+    pub removed: Vec<String>,
+}
+
+pub fn path(state_dir: &Path) -> PathBuf {
+    state_dir.join("triggers.json")
+}
+
+/// What loading found.
+#[derive(Debug)]
+pub struct Loaded {
+    pub triggers: RuntimeTriggers,
+    /// A problem to report (a corrupt file kept aside, an unreadable file).
+    pub problem: Option<String>,
+}
+
+/// Reads the runtime triggers; a missing file is an empty set.
+pub fn load(state_dir: &Path) -> Loaded {
+    let path = path(state_dir);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Loaded {
+                triggers: RuntimeTriggers::default(),
+                problem: None,
+            }
+        }
+        Err(e) => {
+            return Loaded {
+                triggers: RuntimeTriggers::default(),
+                problem: Some(format!("cannot read {}: {e}", path.display())),
+            }
+        }
+    };
+    match serde_json::from_slice(&bytes) {
+        Ok(triggers) => Loaded {
+            triggers,
+            problem: None,
+        },
+        Err(e) => {
+            let stamp = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let aside = state_dir.join(format!("triggers.json.corrupt-{stamp}"));
+            let kept = std::fs::rename(&path, &aside);
+            let problem = match kept {
+                Ok(()) => format!(
+                    "{} is corrupt ({e}); kept it as {} and started without runtime triggers",
+                    path.display(),
+                    aside.display()
+                ),
+                Err(re) => format!(
+                    "{} is corrupt ({e}) and cannot be moved aside ({re}); runtime triggers \
+                     are not saved until it is fixed",
+                    path.display()
+                ),
+            };
+            Loaded {
+                triggers: RuntimeTriggers::default(),
+                problem: Some(problem),
+            }
+        }
+    }
+}
+
+/// Writes the runtime triggers durably.
+pub fn save(state_dir: &Path, triggers: &RuntimeTriggers) -> std::io::Result<()> {
+    let path = path(state_dir);
+    // A corrupt file that could not be moved aside is never overwritten.
+    if let Ok(b) = std::fs::read(&path) {
+        if serde_json::from_slice::<RuntimeTriggers>(&b).is_err() {
+            return Err(std::io::Error::other(format!(
+                "{} is corrupt; move it away to save triggers again",
+                path.display()
+            )));
+        }
+    }
+    std::fs::create_dir_all(state_dir)?;
+    let tmp = state_dir.join("triggers.json.tmp");
+    let body = serde_json::to_vec_pretty(triggers).map_err(std::io::Error::other)?;
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&body)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, &path)?;
+    std::fs::File::open(state_dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn saves_round_trip_and_a_corrupt_file_is_kept_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(load(dir.path()).problem.is_none());
+        let rt = RuntimeTriggers {
+            added: vec![],
+            removed: vec!["a".into()],
+        };
+        save(dir.path(), &rt).unwrap();
+        assert_eq!(load(dir.path()).triggers, rt);
+        // Truncated, as by a crash of an older version that wrote in place.
+        let full = std::fs::read(path(dir.path())).unwrap();
+        std::fs::write(path(dir.path()), &full[..full.len() / 2]).unwrap();
+        let loaded = load(dir.path());
+        assert_eq!(loaded.triggers, RuntimeTriggers::default());
+        let problem = loaded.problem.unwrap();
+        assert!(problem.contains("corrupt"), "{problem}");
+        let aside: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with("triggers.json.corrupt-")
+            })
+            .collect();
+        assert_eq!(aside.len(), 1);
+        assert_eq!(
+            std::fs::read(aside[0].path()).unwrap(),
+            &full[..full.len() / 2]
+        );
+        // A new save goes to a fresh file.
+        save(dir.path(), &rt).unwrap();
+        assert_eq!(load(dir.path()).triggers, rt);
+    }
+}

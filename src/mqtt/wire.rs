@@ -1,0 +1,247 @@
+//! Every JSON payload moonwatch publishes or accepts, as serde types. `moonwatch schema`
+//! (and `docs/mqtt-schema.json`, kept in step by a test) is generated from these, and the
+//! daemon tests validate what the daemon really publishes against it.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::api::Code;
+use super::OutboxStats;
+use crate::triggers::TriggerConfig;
+use crate::vision::{Answered, CaptionLength};
+
+/// The JSON body of a request on `{base}/request/{name}` (all fields optional; which are
+/// needed depends on the request).
+#[derive(Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RequestBody {
+    pub question: Option<String>,
+    pub object: Option<String>,
+    pub length: Option<CaptionLength>,
+    /// A JPEG or PNG image, base64.
+    pub image: Option<String>,
+    /// Echoed in the reply, any JSON value.
+    pub transaction: Option<Value>,
+    /// Reply topic (for MQTT v3.1.1 clients).
+    pub reply_to: Option<String>,
+    pub trigger: Option<TriggerConfig>,
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Ok,
+    Error,
+}
+
+/// Every reply, on the Response Topic, `reply_to` or `{base}/response/{name}`.
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+pub struct Reply {
+    pub status: Status,
+    /// The request name.
+    pub request: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<ReplyData>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorBody>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transaction: Option<Value>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct ErrorBody {
+    pub code: Code,
+    pub message: String,
+}
+
+/// What a successful reply carries, by request.
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum ReplyData {
+    Answer(AnswerReply),
+    Snapshot(SnapshotReply),
+    Health(Health),
+    Triggers(TriggerList),
+    Added(TriggerAdded),
+    Removed(TriggerRemoved),
+}
+
+/// query, caption, detect, point, yes_no.
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+pub struct AnswerReply {
+    /// The answer and its timing.
+    #[serde(flatten)]
+    pub answered: Answered,
+    /// When the frame was taken (Unix seconds).
+    pub frame_time: f64,
+    /// The camera frame's number; 0 for the request's own image.
+    pub frame_seq: u64,
+    pub width: u32,
+    pub height: u32,
+    pub prefix_reused: bool,
+    pub image_encode_ms: f64,
+    pub total_ms: f64,
+}
+
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+pub struct SnapshotReply {
+    /// Where the JPEG was published (retained).
+    pub topic: String,
+    pub width: u32,
+    pub height: u32,
+    pub frame_time: f64,
+    pub frame_seq: u64,
+    pub bytes: usize,
+}
+
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+pub struct Health {
+    /// Connected, subscribed, the engine working, the camera delivering.
+    pub healthy: bool,
+    pub uptime_s: u64,
+    pub camera: String,
+    /// Every reason `healthy` is false, or a reload was refused.
+    pub problems: Vec<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+pub struct TriggerList {
+    pub triggers: Vec<TriggerEntry>,
+}
+
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+pub struct TriggerEntry {
+    pub trigger: TriggerConfig,
+    /// "ON", "OFF", or null before the first decision.
+    pub state: Option<String>,
+    pub confidence: Option<f32>,
+    /// Why the trigger is not evaluated (the engine refused it), if it is not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+pub struct TriggerAdded {
+    pub added: String,
+    pub persisted: bool,
+}
+
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+pub struct TriggerRemoved {
+    pub removed: String,
+    pub persisted: bool,
+}
+
+/// Retained on `{base}/trigger/{name}/attributes` after every evaluation.
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+pub struct TriggerAttributes {
+    pub confidence: f32,
+    /// true / false, or null when the model was unsure.
+    pub answer: Option<bool>,
+    pub frame_time: f64,
+    pub frame_seq: u64,
+    pub snapshot_topic: String,
+    pub details: Details,
+    /// Set when the engine refused the trigger; it is then not evaluated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Per-kind details of a trigger's last answer.
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum Details {
+    Object {
+        count: usize,
+        objects: Vec<crate::vision::BBox>,
+    },
+    Question {
+        p_yes: f32,
+        p_no: f32,
+    },
+    None {},
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum EventKind {
+    Begin,
+    End,
+}
+
+/// On `{base}/trigger/{name}/event` (not retained) when a trigger's state changes.
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+pub struct TriggerEvent {
+    #[serde(rename = "type")]
+    pub kind: EventKind,
+    pub trigger: String,
+    pub confidence: f32,
+    pub frame_time: f64,
+    pub frame_seq: u64,
+    pub snapshot_topic: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_s: Option<f64>,
+}
+
+/// Retained on `{base}/caption`.
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+pub struct Caption {
+    pub caption: String,
+    pub frame_time: f64,
+    pub frame_seq: u64,
+}
+
+/// Retained on `{base}/stats`.
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+pub struct Stats {
+    pub uptime_s: u64,
+    pub frames: u64,
+    /// "running", "starting", "stale: ...", "down: ..."
+    pub camera: String,
+    pub queue_depth: usize,
+    pub triggers: usize,
+    pub counters: Counters,
+    pub outbox: OutboxStats,
+}
+
+#[derive(Debug, Default, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct Counters {
+    pub requests: u64,
+    pub errors: u64,
+    /// Requests redelivered by the broker and recognised (not run again).
+    pub duplicates: u64,
+    pub inferences: u64,
+    pub trigger_evaluations: u64,
+    /// Due evaluations skipped because the scene had not changed.
+    pub trigger_skips: u64,
+    pub captions: u64,
+    pub last_request_ms: Option<f64>,
+    pub last_trigger_ms: Option<f64>,
+}
+
+/// Every payload type, by where it travels, as one JSON Schema document.
+pub fn schema() -> Value {
+    #[derive(JsonSchema)]
+    #[allow(dead_code)]
+    struct Payloads {
+        /// `{base}/request/{name}`, accepted.
+        request: RequestBody,
+        /// Replies.
+        reply: Reply,
+        /// `{base}/trigger/{name}/attributes`, retained.
+        trigger_attributes: TriggerAttributes,
+        /// `{base}/trigger/{name}/event`.
+        trigger_event: TriggerEvent,
+        /// `{base}/caption`, retained.
+        caption: Caption,
+        /// `{base}/stats`, retained.
+        stats: Stats,
+    }
+    serde_json::to_value(schemars::schema_for!(Payloads)).unwrap_or_default()
+}
+
+pub fn to_bytes(v: &impl Serialize) -> Vec<u8> {
+    serde_json::to_vec(v).unwrap_or_default()
+}
