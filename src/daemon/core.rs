@@ -1030,6 +1030,10 @@ impl Core {
             // The engine is idle: the new model takes over now.
             self.model_ready = false;
             out.push(Act::UseNewModel);
+            // Answers that stood on an unchanged picture came from the old model.
+            for t in self.triggers.values_mut() {
+                t.last_thumb = None;
+            }
         }
         let health = self.camera_health(now, cam);
         while let Some(job) = self.queue.pop_front() {
@@ -1370,6 +1374,9 @@ impl Core {
         if new.camera != self.cfg.camera {
             tracing::info!("[camera] changed; restarting the camera");
             out.push(Act::RestartCamera(new.camera.clone()));
+            for t in self.triggers.values_mut() {
+                t.last_thumb = None;
+            }
         }
         if new.model != self.cfg.model {
             tracing::info!("[model] changed; loading the new model beside the running one");

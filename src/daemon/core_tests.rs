@@ -1,1 +1,751 @@
+//! The core's rules, table-tested with a fake clock: no broker, camera or model.
 
+use super::*;
+use crate::mqtt::wire::Reply;
+use crate::vision::{PrefixTiming, SkillTiming};
+
+fn t0() -> Now {
+    Now {
+        mono: Instant::now(),
+        unix: 1_000_000.0,
+    }
+}
+
+fn frame_at(now: Now, shade: u8) -> Arc<Frame> {
+    let mut f = Frame::from_rgb(16, 16, vec![shade; 16 * 16 * 3]).expect("frame");
+    f.captured_at = UNIX_EPOCH + Duration::from_secs_f64(now.unix);
+    f.seq = 1;
+    Arc::new(f)
+}
+
+fn running(f: Arc<Frame>) -> CameraView {
+    CameraView {
+        latest: Some(f),
+        status: CameraStatus::Running,
+    }
+}
+
+fn trigger(name: &str, question: &str, interval: u64) -> TriggerConfig {
+    TriggerConfig {
+        name: name.into(),
+        question: Some(question.into()),
+        object: None,
+        threshold: 0.6,
+        consecutive: 1,
+        cooldown: 0,
+        interval,
+        device_class: None,
+    }
+}
+
+fn config(f: impl FnOnce(&mut Config)) -> Config {
+    let mut c = Config::default();
+    c.mqtt.prefix = "mw".into();
+    c.daemon.request_timeout = 10;
+    c.daemon.max_pending = 2;
+    f(&mut c);
+    c
+}
+
+fn core(cfg: Config, now: Now) -> Core {
+    let topics = Topics::new(&cfg.mqtt, "cam");
+    let mut c = Core::new(
+        cfg,
+        topics,
+        RuntimeTriggers::default(),
+        None,
+        Some(Duration::from_secs(2)),
+        now,
+    );
+    let cam = CameraView {
+        latest: None,
+        status: CameraStatus::Starting,
+    };
+    c.handle(
+        now,
+        &cam,
+        Input::Mqtt(MqttEvent::Connected {
+            session_present: false,
+        }),
+    );
+    c
+}
+
+/// A QoS 1 request on `mw/cam/request/{name}`.
+fn request(name: &str, body: &str, pkid: u16) -> Input {
+    Input::Mqtt(MqttEvent::Message(Incoming {
+        topic: format!("mw/cam/request/{name}"),
+        payload: Bytes::from(body.to_owned()),
+        response_topic: Some("client/replies".into()),
+        correlation: Some(Bytes::from(format!("c{pkid}"))),
+        expiry: None,
+        redelivered: false,
+        ack: Some(AckToken {
+            connection: 1,
+            pkid,
+        }),
+    }))
+}
+
+fn replies(acts: &[Act]) -> Vec<(Reply, Vec<u16>)> {
+    acts.iter()
+        .filter_map(|a| match a {
+            Act::Publish(m) if m.class == Class::Reply => Some((
+                serde_json::from_slice(&m.payload).expect("reply json"),
+                m.acks.iter().map(|t| t.pkid).collect(),
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+fn codes(acts: &[Act]) -> Vec<String> {
+    replies(acts)
+        .into_iter()
+        .map(|(r, _)| match r.error {
+            Some(e) => serde_json::to_value(e.code)
+                .expect("code")
+                .as_str()
+                .unwrap_or("")
+                .to_owned(),
+            None => "ok".into(),
+        })
+        .collect()
+}
+
+fn submitted(acts: &[Act]) -> Option<(u64, Vec<Skill>)> {
+    acts.iter().find_map(|a| match a {
+        Act::Submit { job, skills, .. } => Some((*job, skills.clone())),
+        _ => None,
+    })
+}
+
+fn published<'a>(acts: &'a [Act], topic: &str) -> Vec<&'a Outgoing> {
+    acts.iter()
+        .filter_map(|a| match a {
+            Act::Publish(m) if m.topic == topic => Some(m),
+            _ => None,
+        })
+        .collect()
+}
+
+fn yes_no(yes: bool) -> Response {
+    Response {
+        frame_key: String::new(),
+        prefix: PrefixTiming::default(),
+        answers: vec![Answered {
+            answer: Answer::YesNo {
+                answer: Some(yes),
+                confidence: 0.9,
+                p_yes: if yes { 0.9 } else { 0.1 },
+                p_no: if yes { 0.1 } else { 0.9 },
+            },
+            timing: SkillTiming::default(),
+        }],
+        queued_ms: 0.0,
+        total_ms: 1.0,
+    }
+}
+
+fn query(text: &str) -> Response {
+    Response {
+        answers: vec![Answered {
+            answer: Answer::Query {
+                answer: text.into(),
+            },
+            timing: SkillTiming::default(),
+        }],
+        ..yes_no(true)
+    }
+}
+
+fn done(job: u64, r: Result<Response, EngineError>, f: &Arc<Frame>) -> Input {
+    Input::EngineDone {
+        job,
+        result: r,
+        frame: Some(f.clone()),
+    }
+}
+
+#[test]
+fn interactive_requests_go_before_triggers_and_triggers_before_captions() {
+    let now = t0();
+    let mut c = core(
+        config(|c| {
+            c.triggers = vec![trigger("door", "Is the door open?", 10)];
+            c.daemon.caption_interval = 30;
+        }),
+        now,
+    );
+    let f = frame_at(now, 10);
+    let cam = running(f.clone());
+    // A request and the first tick arrive together: the request runs first.
+    let acts = c.handle(
+        now,
+        &cam,
+        request("query", r#"{"question":"What is here?"}"#, 1),
+    );
+    let (job, skills) = submitted(&acts).expect("the request runs");
+    assert!(matches!(skills[0], Skill::Query { .. }));
+    let acts = c.handle(now, &cam, done(job, Ok(query("a cat")), &f));
+    let r = replies(&acts);
+    assert_eq!(r.len(), 1);
+    assert_eq!(
+        r[0].1,
+        vec![1],
+        "the reply carries the request's acknowledgement"
+    );
+    let (job, skills) = submitted(&acts).expect("then the trigger");
+    assert!(matches!(skills[0], Skill::YesNo { .. }));
+    let acts = c.handle(now, &cam, done(job, Ok(yes_no(true)), &f));
+    assert_eq!(published(&acts, "mw/cam/trigger/door").len(), 1, "state ON");
+    let (_, skills) = submitted(&acts).expect("then the caption");
+    assert!(matches!(skills[0], Skill::Caption { .. }));
+}
+
+#[test]
+fn a_full_queue_answers_busy_and_a_late_request_times_out() {
+    let now = t0();
+    let mut c = core(config(|_| {}), now);
+    let f = frame_at(now, 10);
+    let cam = running(f.clone());
+    let body = r#"{"question":"What?"}"#;
+    let acts = c.handle(now, &cam, request("query", body, 1));
+    let (job, _) = submitted(&acts).expect("runs");
+    // Engine busy: two may wait (max_pending = 2), the fourth is busy at once.
+    assert!(c.handle(now, &cam, request("query", body, 2)).is_empty());
+    assert!(c.handle(now, &cam, request("query", body, 3)).is_empty());
+    assert_eq!(
+        codes(&c.handle(now, &cam, request("query", body, 4))),
+        ["busy"]
+    );
+    // The job takes longer than request_timeout (10 s): the waiting ones time out.
+    let later = now.after(Duration::from_secs(11));
+    let acts = c.handle(
+        later,
+        &running(frame_at(later, 10)),
+        done(job, Ok(query("x")), &f),
+    );
+    assert_eq!(codes(&acts), ["ok", "timeout", "timeout"]);
+}
+
+#[test]
+fn stale_or_missing_frames_answer_camera_unavailable_but_images_are_served() {
+    let now = t0();
+    let mut c = core(config(|_| {}), now);
+    let body = r#"{"question":"What?"}"#;
+    // The newest frame is 20 s old: stale.
+    let old = frame_at(now.after(Duration::ZERO), 10);
+    let later = now.after(Duration::from_secs(20));
+    let acts = c.handle(later, &running(old.clone()), request("query", body, 1));
+    assert_eq!(codes(&acts), ["camera_unavailable"]);
+    // The camera is down: a request with its own image still runs, on that image.
+    let down = CameraView {
+        latest: Some(old),
+        status: CameraStatus::Down {
+            reason: "unplugged".into(),
+            retry_in: Duration::from_secs(1),
+        },
+    };
+    let png = {
+        let img = image::RgbImage::from_pixel(4, 4, image::Rgb([1, 2, 3]));
+        let mut out = std::io::Cursor::new(Vec::new());
+        img.write_to(&mut out, image::ImageFormat::Png)
+            .expect("png");
+        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, out.into_inner())
+    };
+    let acts = c.handle(
+        later,
+        &down,
+        request(
+            "query",
+            &format!(r#"{{"question":"What?","image":"{png}"}}"#),
+            2,
+        ),
+    );
+    assert!(acts.iter().any(|a| matches!(
+        a,
+        Act::Submit {
+            picture: Picture::Encoded(_),
+            ..
+        }
+    )));
+    // Health says why.
+    let acts = c.handle(later, &down, request("health_check", "{}", 3));
+    let (r, _) = replies(&acts).remove(0);
+    let v = serde_json::to_value(r.data).expect("json");
+    assert_eq!(v["healthy"], false);
+    assert!(
+        v["problems"][0]
+            .as_str()
+            .unwrap_or("")
+            .contains("unplugged"),
+        "{v}"
+    );
+}
+
+#[test]
+fn a_starting_camera_gets_a_grace_period() {
+    let now = t0();
+    let mut c = core(config(|_| {}), now);
+    let starting = CameraView {
+        latest: None,
+        status: CameraStatus::Starting,
+    };
+    assert!(c
+        .handle(now, &starting, request("query", r#"{"question":"Q?"}"#, 1))
+        .is_empty());
+    let f = frame_at(now.after(Duration::from_secs(2)), 1);
+    let acts = c.handle(now.after(Duration::from_secs(2)), &running(f), Input::Tick);
+    assert!(
+        submitted(&acts).is_some(),
+        "runs once the first frame arrives"
+    );
+
+    let mut c = core(config(|_| {}), now);
+    assert!(c
+        .handle(now, &starting, request("query", r#"{"question":"Q?"}"#, 1))
+        .is_empty());
+    let acts = c.handle(now.after(Duration::from_secs(6)), &starting, Input::Tick);
+    assert_eq!(codes(&acts), ["camera_unavailable"]);
+}
+
+#[test]
+fn stop_answers_everything_received_then_publishes_offline_and_exits() {
+    let now = t0();
+    let mut c = core(config(|c| c.daemon.max_pending = 8), now);
+    let f = frame_at(now, 10);
+    let cam = running(f.clone());
+    let body = r#"{"question":"What?"}"#;
+    let (job, _) = submitted(&c.handle(now, &cam, request("query", body, 1))).expect("runs");
+    for pkid in 2..6 {
+        c.handle(now, &cam, request("query", body, pkid));
+    }
+    let acts = c.handle(now, &cam, Input::Stop);
+    assert_eq!(codes(&acts), ["shutting_down"; 4]);
+    assert!(acts
+        .iter()
+        .any(|a| matches!(a, Act::Notify(Notify::Stopping))));
+    assert!(
+        !acts.iter().any(|a| matches!(a, Act::Exit)),
+        "the answer in flight is awaited"
+    );
+    // Requests arriving now are refused.
+    assert_eq!(
+        codes(&c.handle(now, &cam, request("query", body, 9))),
+        ["shutting_down"]
+    );
+    let acts = c.handle(now, &cam, done(job, Ok(query("a dog")), &f));
+    assert_eq!(codes(&acts), ["ok"]);
+    let offline = published(&acts, "mw/cam/availability");
+    assert_eq!(&offline[0].payload[..], b"offline");
+    assert!(matches!(acts.last(), Some(Act::Exit)));
+}
+
+#[test]
+fn stop_gives_up_on_an_engine_that_does_not_return() {
+    let now = t0();
+    let mut c = core(config(|_| {}), now);
+    let cam = running(frame_at(now, 10));
+    submitted(&c.handle(now, &cam, request("query", r#"{"question":"Q?"}"#, 1))).expect("runs");
+    c.handle(now, &cam, Input::Stop);
+    let acts = c.handle(now.after(Duration::from_secs(4)), &cam, Input::Tick);
+    assert!(
+        acts.iter().any(|a| matches!(a, Act::Cancel { .. })),
+        "cancelled after the grace"
+    );
+    let acts = c.handle(now.after(Duration::from_secs(7)), &cam, Input::Tick);
+    assert_eq!(codes(&acts), ["shutting_down"]);
+    assert!(matches!(acts.last(), Some(Act::Exit)));
+}
+
+#[test]
+fn trigger_intervals_count_from_the_end_and_an_unchanged_settled_scene_is_not_rerun() {
+    let now = t0();
+    let mut c = core(
+        config(|c| c.triggers = vec![trigger("door", "Door open?", 10)]),
+        now,
+    );
+    let f = frame_at(now, 10);
+    let (job, _) =
+        submitted(&c.handle(now, &running(f.clone()), Input::Tick)).expect("first evaluation");
+    // The evaluation takes 16 s (a Pi): the next is due 10 s after it ended, not at 10 s.
+    let end = now.after(Duration::from_secs(16));
+    let acts = c.handle(
+        end,
+        &running(frame_at(end, 10)),
+        done(job, Ok(yes_no(true)), &f),
+    );
+    assert!(submitted(&acts).is_none());
+    let t = end.after(Duration::from_secs(9));
+    assert!(submitted(&c.handle(t, &running(frame_at(t, 10)), Input::Tick)).is_none());
+    // At 10 s the state is settled and the picture the same: the answer stands.
+    let t = end.after(Duration::from_secs(10));
+    assert!(submitted(&c.handle(t, &running(frame_at(t, 10)), Input::Tick)).is_none());
+    assert_eq!(c.counters.trigger_skips, 1);
+    // The scene changes: looked at again at once (at most once a second).
+    let t = t.after(Duration::from_secs(1));
+    let (job, _) =
+        submitted(&c.handle(t, &running(frame_at(t, 200)), Input::Tick)).expect("changed");
+    let acts = c.handle(
+        t,
+        &running(frame_at(t, 200)),
+        done(job, Ok(yes_no(false)), &frame_at(t, 200)),
+    );
+    let events = published(&acts, "mw/cam/trigger/door/event");
+    assert_eq!(events.len(), 1);
+    let ev: wire::TriggerEvent = serde_json::from_slice(&events[0].payload).expect("event");
+    assert_eq!(ev.kind, wire::EventKind::End);
+}
+
+#[test]
+fn an_unsettled_trigger_is_evaluated_again_on_the_same_picture() {
+    let now = t0();
+    let mut tr = trigger("door", "Door open?", 10);
+    tr.consecutive = 2;
+    let mut c = core(config(|c| c.triggers = vec![tr]), now);
+    let f = frame_at(now, 10);
+    let (job, _) = submitted(&c.handle(now, &running(f.clone()), Input::Tick)).expect("first");
+    c.handle(now, &running(f.clone()), done(job, Ok(yes_no(true)), &f));
+    let t = now.after(Duration::from_secs(10));
+    let (job, _) = submitted(&c.handle(t, &running(frame_at(t, 10)), Input::Tick))
+        .expect("one agreeing answer is not enough: ask again");
+    let acts = c.handle(
+        t,
+        &running(frame_at(t, 10)),
+        done(job, Ok(yes_no(true)), &f),
+    );
+    assert_eq!(
+        &published(&acts, "mw/cam/trigger/door")[0].payload[..],
+        b"ON"
+    );
+}
+
+#[test]
+fn a_trigger_the_engine_refuses_is_paused_and_the_others_go_on() {
+    let now = t0();
+    let mut c = core(
+        config(|c| c.triggers = vec![trigger("a", "A?", 1), trigger("b", "B?", 1)]),
+        now,
+    );
+    let f = frame_at(now, 10);
+    let cam = running(f.clone());
+    let (job, skills) = submitted(&c.handle(now, &cam, Input::Tick)).expect("a");
+    assert_eq!(
+        skills,
+        vec![Skill::YesNo {
+            question: "A?".into()
+        }]
+    );
+    let acts = c.handle(
+        now,
+        &cam,
+        done(job, Err(EngineError::Invalid("too long".into())), &f),
+    );
+    let attrs: wire::TriggerAttributes =
+        serde_json::from_slice(&published(&acts, "mw/cam/trigger/a/attributes")[0].payload)
+            .expect("attrs");
+    assert_eq!(attrs.error.as_deref(), Some("too long"));
+    let (job, skills) = submitted(&acts).expect("b goes on");
+    assert_eq!(
+        skills,
+        vec![Skill::YesNo {
+            question: "B?".into()
+        }]
+    );
+    c.handle(now, &cam, done(job, Ok(yes_no(true)), &f));
+    for s in 2..6 {
+        let t = now.after(Duration::from_secs(s));
+        let acts = c.handle(t, &running(frame_at(t, (s * 40) as u8)), Input::Tick);
+        if let Some((job, skills)) = submitted(&acts) {
+            assert_eq!(
+                skills,
+                vec![Skill::YesNo {
+                    question: "B?".into()
+                }],
+                "a stays paused"
+            );
+            c.handle(t, &running(frame_at(t, 1)), done(job, Ok(yes_no(true)), &f));
+        }
+    }
+}
+
+#[test]
+fn captions_follow_their_interval() {
+    let now = t0();
+    let mut c = core(config(|c| c.daemon.caption_interval = 30), now);
+    let f = frame_at(now, 10);
+    let (job, _) = submitted(&c.handle(now, &running(f.clone()), Input::Tick)).expect("caption");
+    let caption = Response {
+        answers: vec![Answered {
+            answer: Answer::Caption {
+                caption: "a porch".into(),
+            },
+            timing: SkillTiming::default(),
+        }],
+        ..yes_no(true)
+    };
+    let acts = c.handle(now, &running(f.clone()), done(job, Ok(caption), &f));
+    let cap: wire::Caption =
+        serde_json::from_slice(&published(&acts, "mw/cam/caption")[0].payload).expect("caption");
+    assert_eq!(cap.caption, "a porch");
+    let t = now.after(Duration::from_secs(29));
+    assert!(submitted(&c.handle(t, &running(frame_at(t, 10)), Input::Tick)).is_none());
+    let t = now.after(Duration::from_secs(30));
+    assert!(submitted(&c.handle(t, &running(frame_at(t, 10)), Input::Tick)).is_some());
+}
+
+#[test]
+fn a_redelivered_request_is_not_run_twice_and_both_copies_are_acknowledged() {
+    let now = t0();
+    let mut c = core(config(|_| {}), now);
+    let f = frame_at(now, 10);
+    let cam = running(f.clone());
+    let body = r#"{"question":"What?"}"#;
+    let (job, _) = submitted(&c.handle(now, &cam, request("query", body, 7))).expect("runs");
+    // The broker redelivers it (a reconnect) while it runs, with a new packet id.
+    let Input::Mqtt(MqttEvent::Message(mut again)) = request("query", body, 7) else {
+        unreachable!()
+    };
+    again.redelivered = true;
+    again.ack = Some(AckToken {
+        connection: 2,
+        pkid: 3,
+    });
+    let acts = c.handle(now, &cam, Input::Mqtt(MqttEvent::Message(again.clone())));
+    assert!(acts.is_empty(), "not run again, not answered twice");
+    let acts = c.handle(now, &cam, done(job, Ok(query("x")), &f));
+    assert_eq!(
+        replies(&acts)[0].1,
+        vec![7, 3],
+        "one reply releases both acknowledgements"
+    );
+    // Redelivered once more after the answer: acknowledged at once, not run.
+    again.ack = Some(AckToken {
+        connection: 3,
+        pkid: 4,
+    });
+    let acts = c.handle(now, &cam, Input::Mqtt(MqttEvent::Message(again)));
+    assert!(
+        matches!(acts[..], [Act::Ack(AckToken { pkid: 4, .. })]),
+        "{acts:?}"
+    );
+    assert_eq!(c.counters.duplicates, 2);
+    // The same request sent anew (not a redelivery) is a new request.
+    assert!(submitted(&c.handle(now, &cam, request("query", body, 7))).is_some());
+}
+
+#[test]
+fn bad_requests_are_answered_and_acknowledged() {
+    let now = t0();
+    let mut c = core(config(|_| {}), now);
+    let cam = running(frame_at(now, 1));
+    let acts = c.handle(now, &cam, request("query", "{not json", 5));
+    assert_eq!(codes(&acts), ["bad_json"]);
+    assert_eq!(replies(&acts)[0].1, vec![5]);
+    let long = "x".repeat(1001);
+    let body = format!(r#"{{"trigger":{{"name":"t","question":"{long}"}}}}"#);
+    assert_eq!(
+        codes(&c.handle(now, &cam, request("trigger_add", &body, 6))),
+        ["bad_request"]
+    );
+    let body = r#"{"trigger":{"name":"t","question":"Q?","device_class":"doorbell"}}"#;
+    assert_eq!(
+        codes(&c.handle(now, &cam, request("trigger_add", body, 7))),
+        ["bad_request"]
+    );
+}
+
+#[test]
+fn triggers_are_limited_and_saved_before_the_reply() {
+    let now = t0();
+    let mut c = core(config(|c| c.daemon.max_triggers = 1), now);
+    let cam = running(frame_at(now, 1));
+    let acts = c.handle(
+        now,
+        &cam,
+        request(
+            "trigger_add",
+            r#"{"trigger":{"name":"a","question":"A?"}}"#,
+            1,
+        ),
+    );
+    assert!(replies(&acts).is_empty(), "answered once saved");
+    let save = acts
+        .iter()
+        .find_map(|a| match a {
+            Act::Save { save, triggers } => Some((*save, triggers.added.len())),
+            _ => None,
+        })
+        .expect("saved");
+    assert_eq!(save.1, 1);
+    let acts = c.handle(
+        now,
+        &cam,
+        Input::Saved {
+            save: save.0,
+            result: Ok(()),
+        },
+    );
+    let (r, acks) = replies(&acts).remove(0);
+    assert_eq!(acks, vec![1]);
+    assert_eq!(
+        serde_json::to_value(r.data).expect("json")["persisted"],
+        true
+    );
+    let acts = c.handle(
+        now,
+        &cam,
+        request(
+            "trigger_add",
+            r#"{"trigger":{"name":"b","question":"B?"}}"#,
+            2,
+        ),
+    );
+    assert_eq!(codes(&acts), ["bad_request"]);
+    assert!(replies(&acts)[0]
+        .0
+        .error
+        .as_ref()
+        .is_some_and(|e| e.message.contains("max_triggers")));
+}
+
+#[test]
+fn removing_an_object_trigger_removes_its_count_sensor() {
+    let now = t0();
+    let mut tr = trigger("car", "", 10);
+    tr.question = None;
+    tr.object = Some("car".into());
+    let mut c = core(config(|c| c.triggers = vec![tr]), now);
+    let cam = running(frame_at(now, 1));
+    let acts = c.handle(now, &cam, request("trigger_remove", r#"{"name":"car"}"#, 1));
+    let cleared: Vec<&str> = acts
+        .iter()
+        .filter_map(|a| match a {
+            Act::Publish(m) if m.payload.is_empty() => Some(m.topic.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        cleared.contains(&"homeassistant/sensor/moonwatch_cam/car_count/config"),
+        "{cleared:?}"
+    );
+    assert!(cleared.contains(&"homeassistant/binary_sensor/moonwatch_cam/car/config"));
+    assert!(cleared.contains(&"mw/cam/trigger/car"));
+}
+
+#[test]
+fn a_snapshot_is_the_cameras_picture_never_the_requests() {
+    let now = t0();
+    let mut c = core(config(|_| {}), now);
+    let f = frame_at(now, 1);
+    let cam = running(f);
+    let acts = c.handle(now, &cam, request("snapshot", r#"{"image":"aGVsbG8="}"#, 1));
+    assert_eq!(codes(&acts), ["bad_request"]);
+    assert!(published(&acts, "mw/cam/snapshot").is_empty());
+    let acts = c.handle(now, &cam, request("snapshot", "{}", 2));
+    assert_eq!(codes(&acts), ["ok"]);
+    assert_eq!(published(&acts, "mw/cam/snapshot").len(), 1);
+    // The same frame again: answered, not encoded and published again.
+    let acts = c.handle(now, &cam, request("snapshot", "{}", 3));
+    assert_eq!(codes(&acts), ["ok"]);
+    assert!(published(&acts, "mw/cam/snapshot").is_empty());
+}
+
+#[test]
+fn the_watchdog_follows_the_engine_not_the_camera() {
+    let now = t0();
+    let mut c = core(config(|_| {}), now);
+    let down = CameraView {
+        latest: None,
+        status: CameraStatus::Down {
+            reason: "unplugged".into(),
+            retry_in: Duration::from_secs(1),
+        },
+    };
+    let acts = c.handle(now, &down, Input::Tick);
+    assert!(acts
+        .iter()
+        .any(|a| matches!(a, Act::Notify(Notify::Watchdog))));
+    let offline = published(&acts, "mw/cam/camera/availability");
+    assert_eq!(&offline[0].payload[..], b"offline");
+    // An engine job stuck for more than twice request_timeout stops the pings.
+    let cam = running(frame_at(now, 1));
+    c.handle(now, &cam, request("query", r#"{"question":"Q?"}"#, 1));
+    let t = now.after(Duration::from_secs(21));
+    let acts = c.handle(t, &running(frame_at(t, 1)), Input::Tick);
+    assert!(!acts
+        .iter()
+        .any(|a| matches!(a, Act::Notify(Notify::Watchdog))));
+    assert!(acts.iter().any(|a| matches!(a, Act::Cancel { .. })));
+}
+
+#[test]
+fn reload_diffs_triggers_loads_the_model_aside_and_reports_refusals() {
+    let now = t0();
+    let mut c = core(
+        config(|c| c.triggers = vec![trigger("a", "A?", 10), trigger("b", "B?", 10)]),
+        now,
+    );
+    let cam = running(frame_at(now, 1));
+    let acts = c.handle(now, &cam, Input::Reload(Err("bad toml at line 3".into())));
+    assert!(acts
+        .iter()
+        .any(|a| matches!(a, Act::Notify(Notify::Status(s)) if s.contains("line 3"))));
+    let acts = c.handle(now, &cam, request("health_check", "{}", 1));
+    let v = serde_json::to_value(replies(&acts).remove(0).0.data).expect("json");
+    assert!(v["problems"].to_string().contains("line 3"), "{v}");
+
+    let mut new = config(|c| c.triggers = vec![trigger("b", "B changed?", 10)]);
+    new.model.text = "/models/other.gguf".into();
+    let acts = c.handle(now, &cam, Input::Reload(Ok(Box::new(new))));
+    assert!(acts.iter().any(|a| matches!(a, Act::LoadModel(_))));
+    let cleared: Vec<&str> = acts
+        .iter()
+        .filter_map(|a| match a {
+            Act::Publish(m) if m.payload.is_empty() => Some(m.topic.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert!(cleared.contains(&"mw/cam/trigger/a"), "{cleared:?}");
+    assert_eq!(
+        published(&acts, "homeassistant/binary_sensor/moonwatch_cam/b/config").len(),
+        1
+    );
+    // The old model serves meanwhile (the changed trigger is evaluated on it); once the
+    // new one is loaded, it is swapped in when the engine is idle.
+    let (job, _) = submitted(&acts).expect("b evaluated at once");
+    let acts = c.handle(now, &cam, Input::ModelLoaded(Ok(())));
+    assert!(
+        !acts.iter().any(|a| matches!(a, Act::UseNewModel)),
+        "not under a running job"
+    );
+    let acts = c.handle(now, &cam, done(job, Ok(yes_no(true)), &frame_at(now, 1)));
+    assert!(acts.iter().any(|a| matches!(a, Act::UseNewModel)));
+}
+
+#[test]
+fn message_expiry_bounds_the_wait_and_is_set_on_replies() {
+    let now = t0();
+    let mut c = core(config(|_| {}), now);
+    let f = frame_at(now, 1);
+    let cam = running(f.clone());
+    let (job, _) =
+        submitted(&c.handle(now, &cam, request("query", r#"{"question":"Q?"}"#, 1))).expect("runs");
+    let Input::Mqtt(MqttEvent::Message(mut m)) = request("query", r#"{"question":"Q?"}"#, 2) else {
+        unreachable!()
+    };
+    m.expiry = Some(3);
+    c.handle(now, &cam, Input::Mqtt(MqttEvent::Message(m)));
+    let t = now.after(Duration::from_secs(4));
+    let acts = c.handle(t, &running(frame_at(t, 1)), done(job, Ok(query("x")), &f));
+    assert_eq!(codes(&acts), ["ok", "timeout"]);
+    let expiries: Vec<Option<u32>> = acts
+        .iter()
+        .filter_map(|a| match a {
+            Act::Publish(m) if m.class == Class::Reply => Some(m.expiry),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(expiries, [Some(10), Some(1)]);
+}
