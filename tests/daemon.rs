@@ -633,16 +633,13 @@ async fn triggers_publish_state_and_discovery_and_change_at_runtime() {
         .seen
         .iter()
         .any(|m| m.topic == format!("{BASE}/availability") && &m.payload[..] == b"offline"));
-    // The log line comes after the discovery it caused: wait for it, not for an order.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !d.log().contains("configuration reloaded") {
-        assert!(
-            Instant::now() < deadline,
-            "no reload in the log:\n{}",
-            d.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // The new trigger is evaluated: an observable event, not a log line.
+    c.wait(
+        "porch evaluated after SIGHUP",
+        60,
+        topic(&format!("{BASE}/trigger/porch/attributes")),
+    )
+    .await;
     // stderr is a file here, as under systemd: no colour codes in it.
     assert!(
         !d.log().contains('\x1b'),
@@ -1141,4 +1138,467 @@ async fn an_uncertain_answer_is_no_observation_for_a_trigger() {
             "a state was published from uncertain answers"
         );
     }
+}
+
+// ---- faults: bursts, outages, kills, hostile input ------------------------------------
+
+/// Waits for the daemon process to end; panics after `secs`.
+fn wait_exit(d: &mut Daemon, secs: u64) -> std::process::ExitStatus {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(s) = d.child.try_wait().unwrap() {
+            return s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "daemon did not stop within {secs} s:\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Collects replies on `topic` by correlation data until `want` distinct ones arrived;
+/// returns how many times each was answered.
+async fn replies_by_correlation(
+    c: &mut Client,
+    reply_topic: &str,
+    want: usize,
+    secs: u64,
+) -> std::collections::HashMap<Vec<u8>, Vec<Value>> {
+    let mut by: std::collections::HashMap<Vec<u8>, Vec<Value>> = Default::default();
+    for m in c.seen.drain(..) {
+        if m.topic == reply_topic {
+            by.entry(m.correlation.clone().unwrap_or_default().to_vec())
+                .or_default()
+                .push(m.json());
+        }
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    while by.len() < want {
+        match tokio::time::timeout_at(deadline, c.rx.recv()).await {
+            Ok(Some(m)) if m.topic == reply_topic => by
+                .entry(m.correlation.clone().unwrap_or_default().to_vec())
+                .or_default()
+                .push(m.json()),
+            Ok(Some(_)) => {}
+            _ => panic!("only {} of {want} requests answered", by.len()),
+        }
+    }
+    by
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bursts_of_300_requests_of_every_kind_are_each_answered_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(
+        dir.path(),
+        "allow_anonymous true\nmax_queued_messages 10000",
+    );
+    let mut d = Daemon::start(dir.path(), &config(dir.path(), broker.port, "v5", ""));
+    let mut c = Client::connect(
+        broker.port,
+        "t-burst",
+        &["burst/#", &format!("{BASE}/availability")],
+    )
+    .await;
+    c.wait("online", 60, |m| &m.payload[..] == b"online").await;
+    let kinds: Vec<(&str, Box<dyn Fn(usize) -> Value>)> = vec![
+        ("snapshot", Box::new(|_| json!({}))),
+        (
+            "trigger_add",
+            Box::new(|i| json!({"trigger": {"name": format!("t{i}"), "question": "Is it on?"}})),
+        ),
+        (
+            "trigger_remove",
+            Box::new(|i| json!({"name": format!("t{i}")})),
+        ),
+        ("query", Box::new(|_| json!({"question": "What is it?"}))),
+        ("yes_no", Box::new(|_| json!({"question": "Is it on?"}))),
+        ("caption", Box::new(|_| json!({}))),
+        ("detect", Box::new(|_| json!({"object": "car"}))),
+        ("point", Box::new(|_| json!({"object": "car"}))),
+        ("trigger_list", Box::new(|_| json!({}))),
+        ("health_check", Box::new(|_| json!({}))),
+    ];
+    for (kind, body) in &kinds {
+        let reply_topic = format!("burst/{kind}");
+        for i in 0..300usize {
+            c.request_v5(
+                &format!("{BASE}/request/{kind}"),
+                body(i),
+                &reply_topic,
+                &i.to_be_bytes(),
+            )
+            .await;
+        }
+        let by = replies_by_correlation(&mut c, &reply_topic, 300, 240).await;
+        let twice: Vec<_> = by.values().filter(|v| v.len() > 1).collect();
+        assert!(twice.is_empty(), "{kind}: answered twice: {twice:?}");
+        let mut codes: std::collections::BTreeMap<String, usize> = Default::default();
+        for v in by.values() {
+            let code = v[0]["error"]["code"].as_str().unwrap_or("ok").to_owned();
+            *codes.entry(code).or_default() += 1;
+        }
+        eprintln!("{kind}: {codes:?}");
+        assert!(
+            codes.get("ok").copied().unwrap_or(0) > 0,
+            "{kind}: {codes:?}"
+        );
+        match *kind {
+            // 64 triggers at most (daemon.max_triggers).
+            "trigger_add" => assert_eq!(codes.get("ok"), Some(&64), "{codes:?}"),
+            "trigger_remove" => assert_eq!(codes.get("ok"), Some(&64), "{codes:?}"),
+            "snapshot" | "health_check" | "trigger_list" => {
+                assert_eq!(codes.get("ok"), Some(&300), "{codes:?}")
+            }
+            // The rest: answered or refused as busy, nothing else.
+            _ => assert!(
+                codes.keys().all(|k| k == "ok" || k == "busy"),
+                "{kind}: {codes:?}"
+            ),
+        }
+    }
+    // Still responsive to signals after it all.
+    d.signal(libc::SIGTERM);
+    assert!(wait_exit(&mut d, 15).success(), "{}", d.log());
+}
+
+/// Reads `VmHWM` (peak) and `VmRSS` of a process, in kB.
+fn memory_kb(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmHWM:"), field("VmRSS:"))
+}
+
+/// An 8192x8192 RGB PNG (mostly one colour, so it is small on the wire), written a row
+/// at a time.
+fn huge_png() -> Vec<u8> {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    let mut enc = png::Encoder::new(std::io::BufWriter::new(file.reopen().unwrap()), 8192, 8192);
+    enc.set_color(png::ColorType::Rgb);
+    enc.set_depth(png::BitDepth::Eight);
+    let mut w = enc.write_header().unwrap().into_stream_writer().unwrap();
+    let mut row = vec![90u8; 8192 * 3];
+    for y in 0..8192usize {
+        row[y * 3] = 200;
+        std::io::Write::write_all(&mut w, &row).unwrap();
+        row[y * 3] = 90;
+    }
+    w.finish().unwrap();
+    std::fs::read(file.path()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_8192_pixel_pngs_keep_memory_bounded() {
+    let png = huge_png();
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), "allow_anonymous true");
+    let cfg = config(dir.path(), broker.port, "v5", "").replace(
+        "max_payload = 65536",
+        &format!("max_payload = {}", png.len() + 1024),
+    );
+    let d = Daemon::start(dir.path(), &cfg);
+    let mut c = Client::connect(
+        broker.port,
+        "t-png",
+        &["png/#", &format!("{BASE}/availability")],
+    )
+    .await;
+    c.wait("online", 60, |m| &m.payload[..] == b"online").await;
+    // One small request first, so that everything lazily allocated is in the baseline.
+    c.request_v5(
+        &format!("{BASE}/request/query"),
+        json!({"question": "What?"}),
+        "png/r",
+        b"warm",
+    )
+    .await;
+    replies_by_correlation(&mut c, "png/r", 1, 60).await;
+    let (peak_before, idle) = memory_kb(d.child.id());
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&png);
+    for i in 0..10u8 {
+        c.request_v5(
+            &format!("{BASE}/request/query"),
+            json!({"question": "What is it?", "image": b64}),
+            "png/r",
+            &[i],
+        )
+        .await;
+    }
+    let by = replies_by_correlation(&mut c, "png/r", 10, 240).await;
+    let answered: Vec<&Value> = by.values().map(|v| &v[0]).collect();
+    assert!(answered.iter().any(|v| v["status"] == "ok"), "{answered:?}");
+    for v in answered.iter().filter(|v| v["status"] == "ok") {
+        // Reduced at once to 1024 pixels a side, aspect kept.
+        assert_eq!(
+            (v["data"]["width"].as_u64(), v["data"]["height"].as_u64()),
+            (Some(1024), Some(1024)),
+            "{v}"
+        );
+    }
+    let (peak, _) = memory_kb(d.child.id());
+    eprintln!(
+        "idle {idle} kB, peak before {peak_before} kB, peak after ten 8192x8192 PNGs {peak} kB"
+    );
+    assert!(
+        peak.max(peak_before) <= idle.max(peak_before) + 100 * 1024,
+        "peak {peak} kB, idle {idle} kB, peak before {peak_before} kB"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_with_requests_in_flight_loses_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), "allow_anonymous true");
+    let cfg =
+        config(dir.path(), broker.port, "v5", "").replace("max_pending = 4", "max_pending = 16");
+    let mut d = Daemon::start(dir.path(), &cfg);
+    let mut c = Client::connect(
+        broker.port,
+        "t-kill",
+        &["kill/#", &format!("{BASE}/availability")],
+    )
+    .await;
+    c.wait("online", 60, |m| &m.payload[..] == b"online").await;
+    for i in 0..10u8 {
+        c.request_v5(
+            &format!("{BASE}/request/query"),
+            json!({"question": "What is it?"}),
+            "kill/r",
+            &[i],
+        )
+        .await;
+    }
+    // Kill as soon as the first answer is out: the rest are received, not yet answered.
+    c.wait("first reply", 60, topic("kill/r")).await;
+    d.child.kill().unwrap();
+    d.child.wait().unwrap();
+    let answered_before = c.seen.iter().filter(|m| m.topic == "kill/r").count();
+    let _d2 = Daemon::start(dir.path(), &cfg);
+    let by = replies_by_correlation(&mut c, "kill/r", 10, 120).await;
+    eprintln!("answered before the kill: {answered_before}; all 10 answered");
+    for v in by.values() {
+        assert_eq!(v[0]["status"], "ok", "{v:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_a_burst_answers_every_request_and_disconnects_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("mosquitto.log");
+    let broker = Broker::start(
+        dir.path(),
+        &format!(
+            "allow_anonymous true\nlog_dest file {}\nlog_type all",
+            log.display()
+        ),
+    );
+    let cfg = config(dir.path(), broker.port, "v5", "");
+    let mut d = Daemon::start(dir.path(), &cfg);
+    let mut c = Client::connect(
+        broker.port,
+        "t-term",
+        &["term/#", &format!("{BASE}/availability")],
+    )
+    .await;
+    c.wait("online", 60, |m| &m.payload[..] == b"online").await;
+    for i in 0..40u8 {
+        c.request_v5(
+            &format!("{BASE}/request/query"),
+            json!({"question": "What is it?"}),
+            "term/r",
+            &[i],
+        )
+        .await;
+    }
+    c.wait("first reply", 60, topic("term/r")).await;
+    d.signal(libc::SIGTERM);
+    assert!(wait_exit(&mut d, 15).success(), "{}", d.log());
+    let broker_log = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        broker_log.contains("Client moonwatch-cam1 disconnected."),
+        "no clean DISCONNECT:\n{broker_log}"
+    );
+    c.wait("clean offline", 10, |m| {
+        m.topic.ends_with("/availability") && &m.payload[..] == b"offline"
+    })
+    .await;
+    // Requests the broker had not delivered yet wait in the session: a new run answers
+    // them. None is answered twice.
+    let _d2 = Daemon::start(dir.path(), &cfg);
+    let by = replies_by_correlation(&mut c, "term/r", 40, 120).await;
+    let twice: Vec<_> = by.values().filter(|v| v.len() > 1).collect();
+    assert!(twice.is_empty(), "answered twice: {twice:?}");
+    let stopping = by
+        .values()
+        .filter(|v| v[0]["error"]["code"] == "shutting_down")
+        .count();
+    eprintln!("40 answered once each; {stopping} with shutting_down");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_broker_outage_keeps_ticks_signals_and_the_watchdog_going() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = Broker::start(dir.path(), "allow_anonymous true");
+    let sock_path = dir.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    let env = [
+        ("NOTIFY_SOCKET", sock_path.to_str().unwrap()),
+        ("WATCHDOG_USEC", "2000000"),
+    ];
+    let trigger = "[[trigger]]\nname = \"door\"\nquestion = \"Is the door open?\"\ninterval = 1\n";
+    let mut d = Daemon::start_env(
+        dir.path(),
+        &config(dir.path(), broker.port, "v5", trigger),
+        &env,
+    );
+    {
+        let mut c =
+            Client::connect(broker.port, "t-out1", &[&format!("{BASE}/availability")]).await;
+        c.wait("online", 60, |m| &m.payload[..] == b"online").await;
+    }
+    broker.stop();
+    let heard = notifications(&sock, Duration::from_secs(15));
+    let pings = heard.iter().filter(|m| m.contains("WATCHDOG=1")).count();
+    assert!(
+        pings >= 10,
+        "{pings} watchdog pings in a 15 s outage: {heard:?}"
+    );
+    // The broker comes back: the daemon reconnects and publishes its newest state; what
+    // was superseded during the outage is counted.
+    broker.spawn();
+    let mut c = Client::connect(broker.port, "t-out2", &[&format!("{BASE}/#")]).await;
+    c.wait("online again", 60, |m| {
+        m.topic.ends_with("/availability") && &m.payload[..] == b"online"
+    })
+    .await;
+    let stats = c
+        .wait("stats with superseded messages", 30, |m| {
+            m.topic == format!("{BASE}/stats")
+                && m.json()["outbox"]["superseded"].as_u64() > Some(0)
+        })
+        .await
+        .json();
+    eprintln!("after the outage: {}", stats["outbox"]);
+    // A second outage, and SIGTERM in the middle of it: the daemon ends at once.
+    broker.stop();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    d.signal(libc::SIGTERM);
+    let t = Instant::now();
+    assert!(wait_exit(&mut d, 10).success(), "{}", d.log());
+    eprintln!(
+        "stopped {:?} after SIGTERM with the broker down",
+        t.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_message_is_answered_or_dropped_never_a_reconnect_loop() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), "allow_anonymous true");
+    for protocol in ["v3.1.1", "v5"] {
+        let sub = dir.path().join(protocol);
+        std::fs::create_dir_all(&sub).unwrap();
+        let d = Daemon::start(&sub, &config(&sub, broker.port, protocol, ""));
+        let mut c = Client::connect(
+            broker.port,
+            &format!("t-big-{protocol}"),
+            &["big/#", &format!("{BASE}/#")],
+        )
+        .await;
+        c.wait("online", 60, |m| {
+            m.topic.ends_with("/availability") && &m.payload[..] == b"online"
+        })
+        .await;
+        // Over max_payload (64 KiB) but readable: answered too_large (v5 carries the
+        // response topic; v3.1.1 replies on the default topic).
+        let mid = json!({"question": "x".repeat(100_000)});
+        c.request_v5(&format!("{BASE}/request/query"), mid, "big/r", b"mid")
+            .await;
+        c.wait("too_large", 30, |m| {
+            (m.topic == "big/r" || m.topic == format!("{BASE}/response/query"))
+                && m.json()["error"]["code"] == "too_large"
+        })
+        .await;
+        // Over the packet limit: v5 brokers drop it for us (Maximum Packet Size); v3.1.1
+        // drops the session once. Either way the daemon serves the next request.
+        let huge = vec![b'x'; 600_000];
+        c.publish(&format!("{BASE}/request/query"), huge).await;
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        c.request_v5(
+            &format!("{BASE}/request/health_check"),
+            json!({"transaction": "after"}),
+            "big/r",
+            b"after",
+        )
+        .await;
+        c.wait("health after the oversized message", 30, |m| {
+            m.json()["transaction"] == "after"
+        })
+        .await;
+        let losses = d.log().matches("lost the broker").count();
+        assert!(
+            losses <= 1,
+            "{losses} reconnects over {protocol}:\n{}",
+            d.log()
+        );
+        drop(d);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_cannot_forge_or_flood_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), "allow_anonymous true");
+    let d = Daemon::start(dir.path(), &config(dir.path(), broker.port, "v5", ""));
+    let mut c = Client::connect(broker.port, "t-log", &[&format!("{BASE}/#")]).await;
+    c.wait("online", 60, |m| {
+        m.topic.ends_with("/availability") && &m.payload[..] == b"online"
+    })
+    .await;
+    let forged = "\n2026-01-01T00:00:00Z  INFO moonwatch: forged line";
+    for i in 0..500 {
+        c.publish(&format!("{BASE}/request/query"), format!("{{not json {i}"))
+            .await;
+    }
+    // A reply topic the broker would refuse (control characters) is never used.
+    c.publish(
+        &format!("{BASE}/request/query"),
+        json!({"question": "Q?", "reply_to": format!("x{forged}")}).to_string(),
+    )
+    .await;
+    c.publish(
+        &format!("{BASE}/request/trigger_add"),
+        json!({"trigger": {"name": "x", "question": format!("Q?{forged}")}, "transaction": "last"})
+            .to_string(),
+    )
+    .await;
+    if tokio::time::timeout(
+        Duration::from_secs(60),
+        c.wait("last reply", 60, |m| m.json()["transaction"] == "last"),
+    )
+    .await
+    .is_err()
+    {
+        panic!("no last reply:\n{}", d.log());
+    }
+    c.wait("stats", 10, topic(&format!("{BASE}/stats"))).await;
+    let log = d.log();
+    assert!(
+        !log.lines().any(|l| l.starts_with("2026-01-01T00:00:00Z")),
+        "a forged line:\n{log}"
+    );
+    assert!(
+        log.lines().count() < 40,
+        "{} lines for 500 bad requests:\n{log}",
+        log.lines().count()
+    );
 }

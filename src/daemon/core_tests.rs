@@ -749,3 +749,23 @@ fn message_expiry_bounds_the_wait_and_is_set_on_replies() {
         .collect();
     assert_eq!(expiries, [Some(10), Some(1)]);
 }
+
+#[test]
+fn a_refused_subscription_makes_the_daemon_unhealthy_and_tells_systemd() {
+    let now = t0();
+    let mut c = core(config(|_| {}), now);
+    let cam = running(frame_at(now, 1));
+    let acts = c.handle(
+        now,
+        &cam,
+        Input::Mqtt(MqttEvent::Subscribed {
+            refused: vec!["homeassistant/status".into()],
+        }),
+    );
+    assert!(acts.iter().any(
+        |a| matches!(a, Act::Notify(Notify::Status(s)) if s.contains("homeassistant/status"))
+    ));
+    let acts = c.handle(now, &cam, request("health_check", "{}", 1));
+    let v = serde_json::to_value(replies(&acts).remove(0).0.data).expect("json");
+    assert_eq!(v["healthy"], false, "{v}");
+}

@@ -171,8 +171,10 @@ pub fn reply_address(
     }
 }
 
+/// A topic the broker will take: a PUBLISH to anything else makes brokers drop the
+/// connection, and a persistent session would send it again on every reconnect.
 fn valid_publish_topic(t: &str) -> bool {
-    !t.is_empty() && !t.contains(['#', '+', '\0']) && t.len() < 65_535
+    !t.is_empty() && !t.contains(['#', '+']) && !t.chars().any(char::is_control) && t.len() < 65_535
 }
 
 fn looks_like_image(b: &[u8]) -> bool {

@@ -638,3 +638,95 @@ impl Task {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(subscriptions: &[&str]) -> (Task, mpsc::UnboundedReceiver<MqttEvent>) {
+        let (client, _) =
+            rumqttc::AsyncClient::new(rumqttc::MqttOptions::new("t", "127.0.0.1", 1), 16);
+        let (events, rx) = mpsc::unbounded_channel();
+        let (stats, _) = watch::channel(OutboxStats::default());
+        let t = Task {
+            client: Client::V311(client),
+            outbox: outbox::Outbox::new(10, 10),
+            subscriptions: subscriptions.iter().map(|s| (*s).to_owned()).collect(),
+            connection: 0,
+            connected: false,
+            owed: Vec::new(),
+            events,
+            stats,
+        };
+        (t, rx)
+    }
+
+    #[test]
+    fn refused_subscriptions_are_reported_by_filter() {
+        let (mut t, mut rx) = task(&["base/request/+", "homeassistant/status"]);
+        t.on_step(Step::Connected {
+            session_present: false,
+        });
+        assert!(matches!(rx.try_recv(), Ok(MqttEvent::Connected { .. })));
+        t.on_step(Step::SubAck(vec![false, true]));
+        match rx.try_recv() {
+            Ok(MqttEvent::Subscribed { refused }) => assert_eq!(refused, ["base/request/+"]),
+            other => panic!("{other:?}"),
+        }
+        // A SUBACK with fewer codes than filters refuses the rest.
+        t.on_step(Step::SubAck(vec![true]));
+        match rx.try_recv() {
+            Ok(MqttEvent::Subscribed { refused }) => assert_eq!(refused, ["homeassistant/status"]),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn messages_carry_the_acknowledgement_of_their_connection() {
+        let (mut t, mut rx) = task(&["a"]);
+        for _ in 0..2 {
+            t.on_step(Step::Connected {
+                session_present: true,
+            });
+        }
+        let _ = (rx.try_recv(), rx.try_recv());
+        t.on_step(Step::Message {
+            topic: "a".into(),
+            payload: Bytes::from_static(b"{}"),
+            response_topic: None,
+            correlation: None,
+            expiry: Some(30),
+            dup: true,
+            pkid: Some(9),
+        });
+        match rx.try_recv() {
+            Ok(MqttEvent::Message(m)) => {
+                assert_eq!(
+                    m.ack,
+                    Some(AckToken {
+                        connection: 2,
+                        pkid: 9
+                    })
+                );
+                assert!(m.redelivered);
+                assert_eq!(m.expiry, Some(30));
+            }
+            other => panic!("{other:?}"),
+        }
+        // An acknowledgement owed on connection 1 is not sent on connection 2.
+        t.ack(AckToken {
+            connection: 1,
+            pkid: 4,
+        });
+        assert!(t.owed.is_empty());
+    }
+
+    #[test]
+    fn an_oversized_packet_is_recognised_as_repeating() {
+        let e = rumqttc::ConnectionError::MqttState(rumqttc::StateError::Deserialization(
+            rumqttc::mqttbytes::Error::PayloadSizeLimitExceeded(1 << 20),
+        ));
+        assert!(repeats_with_session(&format!("{e:?}")));
+        assert!(!repeats_with_session("NetworkTimeout"));
+    }
+}
