@@ -144,6 +144,8 @@ const SCENE_MIN_GAP: f64 = 1.0;
 const RECENT: usize = 512;
 /// Seconds between INFO lines counting bad requests (each one is logged at debug).
 const BAD_REQUEST_LOG_EVERY: Duration = Duration::from_secs(60);
+/// Snapshot requests that may wait for a starting camera.
+const SNAPSHOT_WAITERS: usize = 1024;
 /// Largest side of a client's image once decoded.
 pub const REQUEST_IMAGE_SIDE: u32 = 1024;
 
@@ -262,6 +264,8 @@ pub struct Core {
     camera_online: Option<bool>,
     /// Thumbnail of the newest camera frame, by frame key.
     thumb: Option<(u64, [u8; 64])>,
+    /// Snapshot requests waiting for a starting camera's first frame.
+    snapshot_waiters: Vec<(ReplyTo, Instant)>,
     /// The frame last published as snapshot (key) and its JPEG size.
     last_snapshot: Option<(u64, usize)>,
     stopping: Option<Instant>,
@@ -306,6 +310,7 @@ impl Core {
             last_watchdog: None,
             camera_online: None,
             thumb: None,
+            snapshot_waiters: Vec::new(),
             last_snapshot: None,
             stopping: None,
             exited: false,
@@ -504,7 +509,22 @@ impl Core {
             Action::ListTriggers => Ok(ReplyData::Triggers(self.trigger_list())),
             Action::AddTrigger(t) => return self.add_trigger(now, t, reply, out),
             Action::RemoveTrigger(n) => return self.remove_trigger(now, &n, reply, out),
-            Action::Snapshot => self.snapshot(now, cam, req.image.is_some(), out),
+            Action::Snapshot => {
+                let starting = matches!(self.camera_health(now, cam), CameraHealth::Starting);
+                if req.image.is_none() && starting {
+                    if self.snapshot_waiters.len() < SNAPSHOT_WAITERS {
+                        // Answered with the first frame, or after the grace period.
+                        self.snapshot_waiters.push((reply, now.mono));
+                        return;
+                    }
+                    Err(ApiError::new(
+                        Code::Busy,
+                        "too many snapshots wait for the camera",
+                    ))
+                } else {
+                    self.snapshot(now, cam, req.image.is_some(), out)
+                }
+            }
             Action::Skill(skill) => {
                 if self.queue.len() >= self.cfg.daemon.max_pending {
                     Err(ApiError::new(
@@ -1036,6 +1056,7 @@ impl Core {
             }
         }
         let health = self.camera_health(now, cam);
+        self.answer_snapshot_waiters(now, cam, &health, out);
         while let Some(job) = self.queue.pop_front() {
             if now.mono >= job.deadline {
                 let e = ApiError::new(
@@ -1146,6 +1167,28 @@ impl Core {
                 length: self.cfg.daemon.caption_length,
             }];
             self.submit(now, Work::Caption, Picture::Frame(frame), skills, out);
+        }
+    }
+
+    fn answer_snapshot_waiters(
+        &mut self,
+        now: Now,
+        cam: &CameraView,
+        health: &CameraHealth,
+        out: &mut Vec<Act>,
+    ) {
+        if self.snapshot_waiters.is_empty() {
+            return;
+        }
+        let waiters = std::mem::take(&mut self.snapshot_waiters);
+        for (reply, since) in waiters {
+            let waited_out = now.mono.duration_since(since) >= CAMERA_GRACE;
+            if matches!(health, CameraHealth::Starting) && !waited_out {
+                self.snapshot_waiters.push((reply, since));
+            } else {
+                let result = self.snapshot(now, cam, false, out);
+                self.reply(now, reply, result, out);
+            }
         }
     }
 
@@ -1318,6 +1361,10 @@ impl Core {
         while let Some(job) = self.queue.pop_front() {
             let e = ApiError::new(Code::ShuttingDown, "moonwatch is stopping");
             self.reply(now, job.reply, Err(e), out);
+        }
+        for (reply, _) in std::mem::take(&mut self.snapshot_waiters) {
+            let e = ApiError::new(Code::ShuttingDown, "moonwatch is stopping");
+            self.reply(now, reply, Err(e), out);
         }
         // A job in flight may finish (interactive answers are worth a moment); its
         // result arrives as EngineDone, or it is cancelled after STOP_GRACE.

@@ -769,3 +769,26 @@ fn a_refused_subscription_makes_the_daemon_unhealthy_and_tells_systemd() {
     let v = serde_json::to_value(replies(&acts).remove(0).0.data).expect("json");
     assert_eq!(v["healthy"], false, "{v}");
 }
+
+#[test]
+fn snapshots_wait_for_a_starting_camera() {
+    let now = t0();
+    let mut c = core(config(|_| {}), now);
+    let starting = CameraView {
+        latest: None,
+        status: CameraStatus::Starting,
+    };
+    for pkid in 1..4 {
+        assert!(c
+            .handle(now, &starting, request("snapshot", "{}", pkid))
+            .is_empty());
+    }
+    let t = now.after(Duration::from_secs(1));
+    let acts = c.handle(t, &running(frame_at(t, 1)), Input::Tick);
+    assert_eq!(codes(&acts), ["ok"; 3]);
+    assert_eq!(
+        published(&acts, "mw/cam/snapshot").len(),
+        1,
+        "one frame, one JPEG"
+    );
+}
