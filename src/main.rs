@@ -88,6 +88,15 @@ enum Command {
     },
     /// List V4L2 cameras with their formats, sizes and frame rates.
     Cameras,
+    /// Print the JSON Schema of an MQTT payload (request, reply, trigger_attributes,
+    /// trigger_event, caption, stats), or write them all into a directory.
+    Schema {
+        /// The payload; all of them when omitted (needs --out).
+        name: Option<String>,
+        /// Write `{name}.schema.json` files into this directory.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Grab one frame from a camera and write it as JPEG.
     Snapshot {
         /// The camera (see `ask --help`); defaults to the configuration's [camera].
@@ -300,6 +309,7 @@ fn run(command: Command) -> Result<(), Failure> {
         Command::YesNo { input, question } => ask(&input, vec![Skill::YesNo { question }]),
         Command::Model { command } => model(command),
         Command::Cameras => cameras(),
+        Command::Schema { name, out } => schema(name.as_deref(), out.as_deref()),
         Command::Snapshot {
             camera,
             config,
@@ -664,4 +674,41 @@ fn model(command: ModelCommand) -> Result<(), Failure> {
             Ok(())
         }
     }
+}
+
+/// `moonwatch schema`: the wire format's JSON Schemas.
+fn schema(name: Option<&str>, out: Option<&Path>) -> Result<(), Failure> {
+    let all = moonwatch::mqtt::wire::schemas();
+    let pick: Vec<_> = all
+        .iter()
+        .filter(|(n, _)| name.is_none_or(|want| want == *n))
+        .collect();
+    if pick.is_empty() {
+        let names: Vec<&str> = all.iter().map(|(n, _)| *n).collect();
+        return Err(Failure::new(
+            exit::USAGE,
+            format!("no payload named {name:?}; known: {}", names.join(", ")),
+        ));
+    }
+    let pretty = |v: &serde_json::Value| serde_json::to_string_pretty(v).unwrap_or_default();
+    match out {
+        Some(dir) => {
+            let io =
+                |e: std::io::Error| Failure::new(exit::IOERR, format!("{}: {e}", dir.display()));
+            std::fs::create_dir_all(dir).map_err(io)?;
+            for (n, v) in pick {
+                let path = dir.join(format!("{n}.schema.json"));
+                std::fs::write(&path, pretty(v) + "\n").map_err(io)?;
+                eprintln!("wrote {}", path.display());
+            }
+        }
+        None if pick.len() == 1 => println!("{}", pretty(&pick[0].1)),
+        None => {
+            return Err(Failure::new(
+                exit::USAGE,
+                "name a payload, or give --out DIR for all of them",
+            ))
+        }
+    }
+    Ok(())
 }

@@ -253,3 +253,47 @@ fn the_cli_prints_whole_known_answers() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("uncertain"));
 }
+
+#[test]
+fn the_committed_json_schemas_match_the_wire_types() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_moonwatch"))
+        .args(["schema", "--out"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let docs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/schema");
+    let bless = std::env::var_os("MOONWATCH_BLESS").is_some();
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        let entry = entry.unwrap();
+        let made = std::fs::read_to_string(entry.path()).unwrap();
+        let committed = docs.join(entry.file_name());
+        if bless {
+            std::fs::create_dir_all(&docs).unwrap();
+            std::fs::write(&committed, &made).unwrap();
+        }
+        assert_eq!(
+            std::fs::read_to_string(&committed).unwrap_or_default(),
+            made,
+            "{} is out of date: MOONWATCH_BLESS=1 cargo test --test cli",
+            committed.display()
+        );
+    }
+    // One payload to stdout; an unknown name is a usage error.
+    let one = std::process::Command::new(env!("CARGO_BIN_EXE_moonwatch"))
+        .args(["schema", "reply"])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&one.stdout).unwrap();
+    assert_eq!(v["title"], "Reply");
+    let bad = std::process::Command::new(env!("CARGO_BIN_EXE_moonwatch"))
+        .args(["schema", "nope"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(64));
+}

@@ -315,6 +315,47 @@ impl Client {
 
 const BASE: &str = "moonwatch/cam1";
 
+/// Validates every JSON payload the daemon published (as seen by a client) against the
+/// schema generated from the wire types; returns how many were checked.
+fn validate_published(seen: &[Msg]) -> usize {
+    let validators: std::collections::HashMap<&str, jsonschema::Validator> =
+        moonwatch::mqtt::wire::schemas()
+            .into_iter()
+            .map(|(name, schema)| (name, jsonschema::validator_for(&schema).unwrap()))
+            .collect();
+    let mut checked = 0;
+    for m in seen {
+        if m.payload.is_empty() || m.topic.contains("/request/") {
+            continue;
+        }
+        let kind = if m.json().get("status").is_some() && m.json().get("request").is_some() {
+            "reply"
+        } else if m.topic.ends_with("/stats") {
+            "stats"
+        } else if m.topic.ends_with("/caption") {
+            "caption"
+        } else if m.topic.contains("/trigger/") && m.topic.ends_with("/attributes") {
+            "trigger_attributes"
+        } else if m.topic.contains("/trigger/") && m.topic.ends_with("/event") {
+            "trigger_event"
+        } else {
+            continue;
+        };
+        let v = m.json();
+        let errors: Vec<String> = validators[kind]
+            .iter_errors(&v)
+            .map(|e| e.to_string())
+            .collect();
+        assert!(
+            errors.is_empty(),
+            "{kind} on {} does not match its schema: {errors:?}\n{v}",
+            m.topic
+        );
+        checked += 1;
+    }
+    checked
+}
+
 fn topic(t: &str) -> impl Fn(&Msg) -> bool + '_ {
     move |m| m.topic == t
 }
@@ -323,7 +364,10 @@ fn topic(t: &str) -> impl Fn(&Msg) -> bool + '_ {
 async fn requests_are_answered_with_v5_correlation_and_v311_transactions() {
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start(dir.path(), "allow_anonymous true");
-    let _d = Daemon::start(dir.path(), &config(dir.path(), broker.port, "v5", ""));
+    let _d = Daemon::start(
+        dir.path(),
+        &config(dir.path(), broker.port, "v5", "caption_interval = 1\n"),
+    );
     let mut c = Client::connect(broker.port, "t-v5", &["client/inbox", &format!("{BASE}/#")]).await;
     let online = c
         .wait("online", 60, |m| {
@@ -414,6 +458,20 @@ async fn requests_are_answered_with_v5_correlation_and_v311_transactions() {
         .wait("snapshot", 30, topic(&format!("{BASE}/snapshot")))
         .await;
     assert_eq!(&s.payload[..3], &[0xff, 0xd8, 0xff]);
+    // Every payload published in this test matches the schema in docs/schema/.
+    c.wait("caption", 60, topic(&format!("{BASE}/caption")))
+        .await;
+    c.wait("stats", 10, topic(&format!("{BASE}/stats"))).await;
+    let kinds: std::collections::BTreeSet<&str> = c
+        .seen
+        .iter()
+        .map(|m| m.topic.rsplit('/').next().unwrap_or(""))
+        .collect();
+    assert!(
+        kinds.contains("caption") && kinds.contains("stats"),
+        "{kinds:?}"
+    );
+    assert!(validate_published(&c.seen) >= 5);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -981,6 +1039,8 @@ async fn trigger_begin_and_end_events_follow_the_models_answers() {
         m.topic == format!("{BASE}/trigger/door") && &m.payload[..] == b"OFF"
     })
     .await;
+    // Events and attributes match their schemas.
+    assert!(validate_published(&c.seen) >= 4);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1248,6 +1308,17 @@ async fn bursts_of_300_requests_of_every_kind_are_each_answered_exactly_once() {
             .await;
         }
         let by = replies_by_correlation(&mut c, &reply_topic, 300, 240).await;
+        let all: Vec<Msg> = by
+            .values()
+            .flatten()
+            .map(|v| Msg {
+                topic: reply_topic.clone(),
+                payload: Bytes::from(v.to_string()),
+                retain: false,
+                correlation: None,
+            })
+            .collect();
+        assert_eq!(validate_published(&all), all.len());
         let twice: Vec<_> = by.values().filter(|v| v.len() > 1).collect();
         assert!(twice.is_empty(), "{kind}: answered twice: {twice:?}");
         let mut codes: std::collections::BTreeMap<String, usize> = Default::default();
@@ -1497,6 +1568,7 @@ async fn a_long_broker_outage_keeps_ticks_signals_and_the_watchdog_going() {
         .await
         .json();
     eprintln!("after the outage: {}", stats["outbox"]);
+    assert!(validate_published(&c.seen) >= 1);
     // A second outage, and SIGTERM in the middle of it: the daemon ends at once.
     broker.stop();
     tokio::time::sleep(Duration::from_secs(3)).await;

@@ -1,6 +1,6 @@
 //! Every JSON payload moonwatch publishes or accepts, as serde types. `moonwatch schema`
-//! (and `docs/mqtt-schema.json`, kept in step by a test) is generated from these, and the
-//! daemon tests validate what the daemon really publishes against it.
+//! and `docs/schema/*.schema.json` (kept in step by a test) are generated from these, and
+//! the daemon tests validate what the daemon really publishes against them.
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -221,25 +221,21 @@ pub struct Counters {
     pub last_trigger_ms: Option<f64>,
 }
 
-/// Every payload type, by where it travels, as one JSON Schema document.
-pub fn schema() -> Value {
-    #[derive(JsonSchema)]
-    #[allow(dead_code)]
-    struct Payloads {
-        /// `{base}/request/{name}`, accepted.
-        request: RequestBody,
-        /// Replies.
-        reply: Reply,
-        /// `{base}/trigger/{name}/attributes`, retained.
-        trigger_attributes: TriggerAttributes,
-        /// `{base}/trigger/{name}/event`.
-        trigger_event: TriggerEvent,
-        /// `{base}/caption`, retained.
-        caption: Caption,
-        /// `{base}/stats`, retained.
-        stats: Stats,
+/// A JSON Schema (draft 2020-12) for every payload, by name: `request`, `reply`,
+/// `trigger_attributes`, `trigger_event`, `caption`, `stats`. Written to
+/// `docs/schema/{name}.schema.json` (a test keeps the files in step with these types).
+pub fn schemas() -> Vec<(&'static str, Value)> {
+    fn one<T: JsonSchema>() -> Value {
+        serde_json::to_value(schemars::schema_for!(T)).unwrap_or_default()
     }
-    serde_json::to_value(schemars::schema_for!(Payloads)).unwrap_or_default()
+    vec![
+        ("request", one::<RequestBody>()),
+        ("reply", one::<Reply>()),
+        ("trigger_attributes", one::<TriggerAttributes>()),
+        ("trigger_event", one::<TriggerEvent>()),
+        ("caption", one::<Caption>()),
+        ("stats", one::<Stats>()),
+    ]
 }
 
 pub fn to_bytes(v: &impl Serialize) -> Vec<u8> {
