@@ -139,6 +139,41 @@ fn a_camera_missing_at_start_is_reported_retried_and_picked_up() {
 }
 
 #[test]
+fn a_camera_that_returns_after_a_long_outage_is_picked_up_within_seconds() {
+    let dir = tempfile::tempdir().unwrap();
+    let video = dir.path().join("unplugged.avi");
+    let c = CameraConfig {
+        source: SourceKind::File,
+        path: video.clone(),
+        width: 160,
+        height: 120,
+        ..CameraConfig::default()
+    };
+    // The shipped timing: the retry delay grows to its cap during a long outage.
+    let timing = CaptureTiming::new(4.0);
+    let cam = Camera::spawn(camera::source_for(&c), timing).unwrap();
+    wait_status(
+        &cam,
+        |s| matches!(s, CameraStatus::Down { retry_in, .. } if *retry_in == timing.backoff_max),
+    );
+    make_video(&video, 30);
+    let back = std::time::Instant::now();
+    let f = cam
+        .wait_newer(0, Duration::from_secs(30))
+        .expect("frames once the camera is back");
+    let took = back.elapsed();
+    eprintln!(
+        "first frame {took:?} after the camera came back (retry cap {:?})",
+        timing.backoff_max
+    );
+    assert_eq!(f.seq, 1);
+    assert!(
+        took < timing.backoff_max + Duration::from_secs(8),
+        "{took:?}"
+    );
+}
+
+#[test]
 fn a_pipeline_that_errors_is_reported_with_the_reason() {
     let c = CameraConfig {
         source: SourceKind::GstV4l2,

@@ -90,8 +90,10 @@ impl CaptureTiming {
         Self {
             rate,
             stall_after: Duration::from_secs(10),
-            backoff_first: Duration::from_secs(1),
-            backoff_max: Duration::from_secs(30),
+            // A camera plugged back in is found within about two seconds; retrying a
+            // missing device this often costs nothing worth saving.
+            backoff_first: Duration::from_millis(500),
+            backoff_max: Duration::from_secs(2),
         }
     }
 }
