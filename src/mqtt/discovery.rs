@@ -21,9 +21,13 @@ fn common(t: &Topics, object: &str, name: &str) -> Value {
         "name": name,
         "unique_id": format!("moonwatch_{}_{object}", t.device_id),
         "object_id": format!("moonwatch_{}_{object}", t.device_id),
-        "availability_topic": t.availability(),
-        "payload_available": "online",
-        "payload_not_available": "offline",
+        // Unavailable when the daemon is offline or its camera delivers no fresh frames:
+        // a dead camera must not leave the last `ON` standing.
+        "availability": [
+            { "topic": t.availability(), "payload_available": "online", "payload_not_available": "offline" },
+            { "topic": t.camera_availability(), "payload_available": "online", "payload_not_available": "offline" },
+        ],
+        "availability_mode": "all",
         "device": device(t),
         "origin": { "name": "moonwatch", "sw_version": env!("CARGO_PKG_VERSION") },
     })
@@ -144,7 +148,12 @@ mod tests {
         assert_eq!(v["state_topic"], "moonwatch/garage/trigger/door_open");
         assert_eq!(v["unique_id"], "moonwatch_garage_door_open");
         assert_eq!(v["device_class"], "garage_door");
-        assert_eq!(v["availability_topic"], "moonwatch/garage/availability");
+        assert_eq!(v["availability"][0]["topic"], "moonwatch/garage/availability");
+        assert_eq!(
+            v["availability"][1]["topic"],
+            "moonwatch/garage/camera/availability"
+        );
+        assert_eq!(v["availability_mode"], "all");
         assert_eq!(v["device"]["identifiers"][0], "moonwatch_garage");
         assert!(object_count(&t, &trig).is_none());
         let car: TriggerConfig =
