@@ -1278,23 +1278,21 @@ async fn bursts_of_300_requests_of_every_kind_are_each_answered_exactly_once() {
     )
     .await;
     c.wait("online", 60, |m| &m.payload[..] == b"online").await;
-    let kinds: Vec<(&str, Box<dyn Fn(usize) -> Value>)> = vec![
-        ("snapshot", Box::new(|_| json!({}))),
+    type Body = fn(usize) -> Value;
+    let kinds: Vec<(&str, Body)> = vec![
+        ("snapshot", |_| json!({})),
         (
             "trigger_add",
-            Box::new(|i| json!({"trigger": {"name": format!("t{i}"), "question": "Is it on?"}})),
+            |i| json!({"trigger": {"name": format!("t{i}"), "question": "Is it on?"}}),
         ),
-        (
-            "trigger_remove",
-            Box::new(|i| json!({"name": format!("t{i}")})),
-        ),
-        ("query", Box::new(|_| json!({"question": "What is it?"}))),
-        ("yes_no", Box::new(|_| json!({"question": "Is it on?"}))),
-        ("caption", Box::new(|_| json!({}))),
-        ("detect", Box::new(|_| json!({"object": "car"}))),
-        ("point", Box::new(|_| json!({"object": "car"}))),
-        ("trigger_list", Box::new(|_| json!({}))),
-        ("health_check", Box::new(|_| json!({}))),
+        ("trigger_remove", |i| json!({"name": format!("t{i}")})),
+        ("query", |_| json!({"question": "What is it?"})),
+        ("yes_no", |_| json!({"question": "Is it on?"})),
+        ("caption", |_| json!({})),
+        ("detect", |_| json!({"object": "car"})),
+        ("point", |_| json!({"object": "car"})),
+        ("trigger_list", |_| json!({})),
+        ("health_check", |_| json!({})),
     ];
     for (kind, body) in &kinds {
         let reply_topic = format!("burst/{kind}");

@@ -173,7 +173,7 @@ struct Pending {
 
 #[derive(Debug)]
 enum Work {
-    Interactive(Pending),
+    Interactive(Box<Pending>),
     Trigger { name: String },
     Caption,
 }
@@ -264,6 +264,8 @@ pub struct Core {
     camera_online: Option<bool>,
     /// Thumbnail of the newest camera frame, by frame key.
     thumb: Option<(u64, [u8; 64])>,
+    /// Triggers due together and the frame they are evaluated on.
+    round: Option<(Arc<Frame>, VecDeque<String>)>,
     /// Snapshot requests waiting for a starting camera's first frame.
     snapshot_waiters: Vec<(ReplyTo, Instant)>,
     /// The frame last published as snapshot (key) and its JPEG size.
@@ -311,6 +313,7 @@ impl Core {
             camera_online: None,
             thumb: None,
             snapshot_waiters: Vec::new(),
+            round: None,
             last_snapshot: None,
             stopping: None,
             exited: false,
@@ -1097,7 +1100,7 @@ impl Core {
                 }
             };
             let skills = vec![job.skill.clone()];
-            self.submit(now, Work::Interactive(job), picture, skills, out);
+            self.submit(now, Work::Interactive(Box::new(job)), picture, skills, out);
             return;
         }
         if !self.queue.is_empty() {
@@ -1114,47 +1117,66 @@ impl Core {
                 t
             }
         };
-        let mut due = None;
-        for t in self.triggers.values_mut() {
-            if t.error.is_some() {
-                continue;
-            }
-            let changed = t
-                .last_thumb
-                .is_none_or(|p| triggers::scene_difference(&p, &thumb) > SCENE_CHANGE);
-            let Some(end) = t.last_end else {
-                due = Some(t.cfg.name.clone());
-                break;
-            };
-            let since = now.unix - end;
-            if changed && since >= SCENE_MIN_GAP.min(t.cfg.interval as f64) {
-                due = Some(t.cfg.name.clone());
-                break;
-            }
-            if since >= t.cfg.interval as f64 {
-                if t.state.settled() {
-                    // Same picture, settled answer: it stands; look again next interval.
-                    t.last_end = Some(now.unix);
-                    self.counters.trigger_skips += 1;
+        // Triggers due together form a round on one frame, so that all of them but the
+        // first reuse its encoded image (a new frame costs a whole image encode, about
+        // 16 s on a Pi 5); requests may run between them.
+        if self
+            .round
+            .as_ref()
+            .is_none_or(|(_, names)| names.is_empty())
+        {
+            let mut due = VecDeque::new();
+            for t in self.triggers.values_mut() {
+                if t.error.is_some() {
                     continue;
                 }
-                due = Some(t.cfg.name.clone());
-                break;
+                let changed = t
+                    .last_thumb
+                    .is_none_or(|p| triggers::scene_difference(&p, &thumb) > SCENE_CHANGE);
+                let Some(end) = t.last_end else {
+                    due.push_back(t.cfg.name.clone());
+                    continue;
+                };
+                let since = now.unix - end;
+                if changed && since >= SCENE_MIN_GAP.min(t.cfg.interval as f64) {
+                    due.push_back(t.cfg.name.clone());
+                } else if since >= t.cfg.interval as f64 {
+                    if t.state.settled() {
+                        // Same picture, settled answer: it stands; look again next interval.
+                        t.last_end = Some(now.unix);
+                        self.counters.trigger_skips += 1;
+                    } else {
+                        due.push_back(t.cfg.name.clone());
+                    }
+                }
             }
+            self.round = (!due.is_empty()).then(|| (frame.clone(), due));
         }
-        if let Some(name) = due {
-            if let Some(t) = self.triggers.get_mut(&name) {
-                t.last_thumb = Some(thumb);
+        if let Some((round_frame, names)) = self.round.as_mut() {
+            let round_frame = round_frame.clone();
+            while let Some(name) = names.pop_front() {
+                let Some(t) = self.triggers.get_mut(&name) else {
+                    continue;
+                };
+                if t.error.is_some() {
+                    continue;
+                }
+                t.last_thumb = Some(if round_frame.key == frame.key {
+                    thumb
+                } else {
+                    triggers::thumbnail(&round_frame.rgb, round_frame.width, round_frame.height)
+                });
                 let skills = vec![t.cfg.skill()];
                 self.submit(
                     now,
                     Work::Trigger { name },
-                    Picture::Frame(frame),
+                    Picture::Frame(round_frame),
                     skills,
                     out,
                 );
+                return;
             }
-            return;
+            self.round = None;
         }
         let every = self.cfg.daemon.caption_interval;
         if every > 0

@@ -792,3 +792,41 @@ fn snapshots_wait_for_a_starting_camera() {
         "one frame, one JPEG"
     );
 }
+
+#[test]
+fn triggers_due_together_share_one_frame_even_as_newer_ones_arrive() {
+    let now = t0();
+    let mut c = core(
+        config(|c| {
+            c.triggers = vec![
+                trigger("a", "A?", 10),
+                trigger("b", "B?", 10),
+                trigger("c", "C?", 10),
+            ]
+        }),
+        now,
+    );
+    let first = frame_at(now, 10);
+    let mut seen = Vec::new();
+    let mut t = now;
+    let mut acts = c.handle(t, &running(first.clone()), Input::Tick);
+    for n in 1..=3u64 {
+        let Some(Act::Submit {
+            job,
+            picture: Picture::Frame(f),
+            ..
+        }) = acts.into_iter().find(|a| matches!(a, Act::Submit { .. }))
+        else {
+            panic!("trigger {n} not submitted");
+        };
+        seen.push(f.key);
+        // Each evaluation takes 16 s; the camera has a new picture every time.
+        t = t.after(Duration::from_secs(16));
+        let newer = frame_at(t, 10 + n as u8 * 50);
+        acts = c.handle(t, &running(newer.clone()), done(job, Ok(yes_no(true)), &f));
+    }
+    assert!(
+        seen.iter().all(|k| *k == first.key),
+        "all three on the round's frame"
+    );
+}

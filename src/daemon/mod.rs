@@ -81,7 +81,6 @@ struct Job {
 pub struct Daemon {
     core: Core,
     config_path: PathBuf,
-    state_dir: PathBuf,
     conn: Connection,
     events: mpsc::UnboundedReceiver<MqttEvent>,
     engine: Arc<Engine>,
@@ -89,12 +88,11 @@ pub struct Daemon {
     next_engine: Option<Engine>,
     camera: Camera,
     job: Option<Job>,
-    models: (
-        mpsc::UnboundedSender<Result<Engine, String>>,
-        mpsc::UnboundedReceiver<Result<Engine, String>>,
-    ),
-    saves: mpsc::UnboundedSender<(u64, store::RuntimeTriggers)>,
-    saved: mpsc::UnboundedReceiver<(u64, Result<(), String>)>,
+    /// Models loaded by a reload arrive here.
+    models_tx: mpsc::UnboundedSender<Result<Engine, String>>,
+    models: mpsc::UnboundedReceiver<Result<Engine, String>>,
+    saves: SaveRequests,
+    saved: SaveResults,
 }
 
 impl std::fmt::Debug for Daemon {
@@ -143,18 +141,19 @@ impl Daemon {
             Now::read(),
         );
         let (conn, events) = crate::mqtt::start(&mqtt, spec, core.subscriptions());
-        let (saves, saved) = saver(state_dir.clone());
+        let (saves, saved) = saver(state_dir);
+        let (models_tx, models) = mpsc::unbounded_channel();
         Ok(Self {
             core,
             config_path,
-            state_dir,
             conn,
             events,
             engine: Arc::new(engine),
             next_engine: None,
             camera,
             job: None,
-            models: mpsc::unbounded_channel(),
+            models_tx,
+            models,
             saves,
             saved,
         })
@@ -186,7 +185,7 @@ impl Daemon {
                     }
                 },
                 Some((save, result)) = self.saved.recv() => Input::Saved { save, result },
-                Some(loaded) = self.models.1.recv() => match loaded {
+                Some(loaded) = self.models.recv() => match loaded {
                     Ok(engine) => {
                         self.next_engine = Some(engine);
                         Input::ModelLoaded(Ok(()))
@@ -238,7 +237,7 @@ impl Daemon {
                     Act::Notify(n) => notify(&n),
                     Act::LoadModel(cfg) => {
                         let settings = moondream::Settings::from_config(&cfg);
-                        let tx = self.models.0.clone();
+                        let tx = self.models_tx.clone();
                         tokio::task::spawn_blocking(move || {
                             let _ = tx.send(moondream::start(settings).map_err(|e| e.to_string()));
                         });
@@ -262,7 +261,6 @@ impl Daemon {
                 }
             }
         }
-        let _ = &self.state_dir;
         exit
     }
 
@@ -319,12 +317,10 @@ fn notify(n: &Notify) {
 }
 
 /// Saves runtime triggers one after another (never two at once, never on the executor).
-fn saver(
-    dir: PathBuf,
-) -> (
-    mpsc::UnboundedSender<(u64, store::RuntimeTriggers)>,
-    mpsc::UnboundedReceiver<(u64, Result<(), String>)>,
-) {
+type SaveRequests = mpsc::UnboundedSender<(u64, store::RuntimeTriggers)>;
+type SaveResults = mpsc::UnboundedReceiver<(u64, Result<(), String>)>;
+
+fn saver(dir: PathBuf) -> (SaveRequests, SaveResults) {
     let (tx, mut rx) = mpsc::unbounded_channel::<(u64, store::RuntimeTriggers)>();
     let (done_tx, done) = mpsc::unbounded_channel();
     tokio::spawn(async move {

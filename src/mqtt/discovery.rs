@@ -148,7 +148,10 @@ mod tests {
         assert_eq!(v["state_topic"], "moonwatch/garage/trigger/door_open");
         assert_eq!(v["unique_id"], "moonwatch_garage_door_open");
         assert_eq!(v["device_class"], "garage_door");
-        assert_eq!(v["availability"][0]["topic"], "moonwatch/garage/availability");
+        assert_eq!(
+            v["availability"][0]["topic"],
+            "moonwatch/garage/availability"
+        );
         assert_eq!(
             v["availability"][1]["topic"],
             "moonwatch/garage/camera/availability"

@@ -566,7 +566,7 @@ impl Task {
             return;
         }
         self.owed.retain(|&pkid| !self.client.try_ack(pkid));
-        while let Some(m) = self.outbox.next() {
+        while let Some(m) = self.outbox.next_to_send() {
             if !self.client.try_publish(&m) {
                 self.outbox.refused();
                 break;

@@ -146,7 +146,7 @@ impl Outbox {
 
     /// The next message to hand to the client, if the in-flight window has room. Replies
     /// and events go first, then retained state in the order it was queued.
-    pub fn next(&mut self) -> Option<Outgoing> {
+    pub fn next_to_send(&mut self) -> Option<Outgoing> {
         if self.handed.len() + self.inflight.len() >= self.max_inflight {
             return None;
         }
@@ -162,7 +162,7 @@ impl Outbox {
         Some(m)
     }
 
-    /// The client could not take the message `next` returned: it goes back to the front.
+    /// The client could not take the message `next_to_send` returned: it goes back to the front.
     pub fn refused(&mut self) {
         if let Some(m) = self.handed.pop_back() {
             self.requeue(m);
@@ -264,7 +264,9 @@ mod tests {
             o.push(reply(n, None));
         }
         assert_eq!(o.stats().dropped, 2);
-        let topics: Vec<String> = std::iter::from_fn(|| o.next()).map(|m| m.topic).collect();
+        let topics: Vec<String> = std::iter::from_fn(|| o.next_to_send())
+            .map(|m| m.topic)
+            .collect();
         assert_eq!(topics, ["r/2", "r/3", "r/4"]);
     }
 
@@ -284,7 +286,7 @@ mod tests {
         o.push(Outgoing::retained("t/other", vec![1]));
         assert_eq!(o.stats().queued, 2);
         assert_eq!(o.stats().superseded, 99);
-        let m = o.next().expect("one");
+        let m = o.next_to_send().expect("one");
         assert_eq!((m.topic.as_str(), &m.payload[..]), ("t/state", &[99u8][..]));
         o.sent(1);
         assert_eq!(
@@ -302,8 +304,8 @@ mod tests {
         for n in 0..4 {
             o.push(reply(n, Some(100 + n as u16)));
         }
-        assert!(o.next().is_some() && o.next().is_some());
-        assert!(o.next().is_none(), "window of two is full");
+        assert!(o.next_to_send().is_some() && o.next_to_send().is_some());
+        assert!(o.next_to_send().is_none(), "window of two is full");
         o.sent(7);
         o.sent(8);
         // A retransmission of 7 after a reconnect changes nothing.
@@ -311,7 +313,7 @@ mod tests {
         assert_eq!(o.acked(8)[0].pkid, 101);
         assert_eq!(o.acked(7)[0].pkid, 100);
         assert_eq!(o.acked(7), vec![], "a second PUBACK is ignored");
-        assert_eq!(o.next().expect("room again").topic, "r/2");
+        assert_eq!(o.next_to_send().expect("room again").topic, "r/2");
     }
 
     #[test]
@@ -320,12 +322,17 @@ mod tests {
         for n in 0..3 {
             o.push(reply(n, None));
         }
-        let _ = (o.next(), o.next(), o.next());
+        let _ = (o.next_to_send(), o.next_to_send(), o.next_to_send());
         o.sent(1); // r/0 in flight; r/1 and r/2 handed but not yet sent
         o.session(true);
-        assert!(o.next().is_none(), "a resumed session resends them itself");
+        assert!(
+            o.next_to_send().is_none(),
+            "a resumed session resends them itself"
+        );
         o.session(false);
-        let topics: Vec<String> = std::iter::from_fn(|| o.next()).map(|m| m.topic).collect();
+        let topics: Vec<String> = std::iter::from_fn(|| o.next_to_send())
+            .map(|m| m.topic)
+            .collect();
         assert_eq!(topics, ["r/0", "r/1", "r/2"]);
         assert!(!o.is_empty());
     }
@@ -335,9 +342,9 @@ mod tests {
         let mut o = Outbox::new(10, 10);
         o.push(reply(0, None));
         o.push(reply(1, None));
-        let m = o.next().expect("r/0");
+        let m = o.next_to_send().expect("r/0");
         assert_eq!(m.topic, "r/0");
         o.refused();
-        assert_eq!(o.next().expect("again").topic, "r/0");
+        assert_eq!(o.next_to_send().expect("again").topic, "r/0");
     }
 }
