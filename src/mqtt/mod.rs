@@ -91,7 +91,7 @@ impl Connection {
     pub async fn shutdown(self, within: Duration) {
         self.send(Command::Shutdown { within });
         let mut task = self.task;
-        if tokio::time::timeout(within + Duration::from_secs(1), &mut task)
+        if tokio::time::timeout(within + Duration::from_secs(4), &mut task)
             .await
             .is_err()
         {
@@ -473,7 +473,20 @@ async fn drive(mut el: impl EventSource, tx: mpsc::UnboundedSender<Step>) {
             _ => None,
         };
         let closed = matches!(step, Step::Closed);
-        if tx.send(step).is_err() || closed {
+        if tx.send(step).is_err() {
+            break;
+        }
+        if closed {
+            // Read on until the broker closes the connection: closing a socket with
+            // unread data sends a reset, which can overtake our DISCONNECT (the broker
+            // would then publish the Last Will). What arrives now is not acknowledged, so
+            // the broker keeps it for the session.
+            let end = tokio::time::Instant::now() + Duration::from_secs(2);
+            while let Ok(step) = tokio::time::timeout_at(end, el.step()).await {
+                if matches!(step, Step::Error(_)) {
+                    break;
+                }
+            }
             break;
         }
         if let Some(d) = wait {
@@ -510,6 +523,8 @@ impl Task {
     ) {
         let mut deadline: Option<tokio::time::Instant> = None;
         let mut disconnect_sent = false;
+        // After DISCONNECT: how long to wait for the driver to see the broker close.
+        let linger = Duration::from_secs(3);
         loop {
             self.feed();
             let _ = self.stats.send_if_modified(|s| {
@@ -520,7 +535,7 @@ impl Task {
             });
             if let Some(d) = deadline {
                 let flushed = self.outbox.is_empty() && self.owed.is_empty();
-                if !self.connected {
+                if !self.connected && !disconnect_sent {
                     // Nothing can be flushed; the broker's Last Will says offline.
                     break;
                 }
@@ -528,11 +543,16 @@ impl Task {
                     disconnect_sent = self.client.try_disconnect();
                 }
             }
-            let sleep_until =
-                deadline.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+            let sleep_until = match deadline {
+                Some(d) if disconnect_sent => d.max(tokio::time::Instant::now()) + linger,
+                Some(d) => d,
+                None => tokio::time::Instant::now() + Duration::from_secs(3600),
+            };
             tokio::select! {
                 step = steps.recv() => match step {
-                    None | Some(Step::Closed) => break,
+                    // The driver ends once the broker closed the connection.
+                    None => break,
+                    Some(Step::Closed) => self.connected = false,
                     Some(step) => self.on_step(step),
                 },
                 cmd = commands.recv(), if deadline.is_none() => match cmd {
