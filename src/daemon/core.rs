@@ -1126,6 +1126,7 @@ impl Core {
             .is_none_or(|(_, names)| names.is_empty())
         {
             let mut due = VecDeque::new();
+            let mut soon = Vec::new();
             for t in self.triggers.values_mut() {
                 if t.error.is_some() {
                     continue;
@@ -1138,9 +1139,10 @@ impl Core {
                     continue;
                 };
                 let since = now.unix - end;
-                if changed && since >= SCENE_MIN_GAP.min(t.cfg.interval as f64) {
+                let interval = t.cfg.interval as f64;
+                if changed && since >= SCENE_MIN_GAP.min(interval) {
                     due.push_back(t.cfg.name.clone());
-                } else if since >= t.cfg.interval as f64 {
+                } else if since >= interval {
                     if t.state.settled() {
                         // Same picture, settled answer: it stands; look again next interval.
                         t.last_end = Some(now.unix);
@@ -1148,7 +1150,14 @@ impl Core {
                     } else {
                         due.push_back(t.cfg.name.clone());
                     }
+                } else if since >= interval / 2.0 && !t.state.settled() {
+                    // Due within half an interval: joins the round now rather than
+                    // costing a frame of its own later, which keeps rounds together.
+                    soon.push(t.cfg.name.clone());
                 }
+            }
+            if !due.is_empty() {
+                due.extend(soon);
             }
             self.round = (!due.is_empty()).then(|| (frame.clone(), due));
         }

@@ -830,3 +830,62 @@ fn triggers_due_together_share_one_frame_even_as_newer_ones_arrive() {
         "all three on the round's frame"
     );
 }
+
+#[test]
+fn triggers_almost_due_join_the_round_so_rounds_stay_together() {
+    let now = t0();
+    let mut c = core(
+        config(|c| c.triggers = vec![trigger("a", "A?", 10), trigger("b", "B?", 10)]),
+        now,
+    );
+    let f = frame_at(now, 10);
+    // a and b run on one frame; b ends 1 s after a.
+    let (ja, _) = submitted(&c.handle(now, &running(f.clone()), Input::Tick)).expect("a");
+    let t = now.after(Duration::from_secs(15));
+    let (jb, _) =
+        submitted(&c.handle(t, &running(frame_at(t, 10)), done(ja, Ok(yes_no(true)), &f)))
+            .expect("b, same round");
+    let t = t.after(Duration::from_secs(1));
+    // b's model is unsure: b is not settled and stays on its interval.
+    let unsure = Response {
+        answers: vec![Answered {
+            answer: Answer::YesNo {
+                answer: None,
+                confidence: 0.5,
+                p_yes: 0.2,
+                p_no: 0.2,
+            },
+            timing: SkillTiming::default(),
+        }],
+        ..yes_no(true)
+    };
+    c.handle(
+        t,
+        &running(frame_at(t, 10)),
+        done(jb, Ok(unsure.clone()), &f),
+    );
+    // At a's interval, b is 1 s short of its own: both go, on one new frame.
+    let t = now.after(Duration::from_secs(25));
+    let newer = frame_at(t, 99);
+    let acts = c.handle(t, &running(newer.clone()), Input::Tick);
+    let Some(Act::Submit { job, .. }) = acts.into_iter().find(|a| matches!(a, Act::Submit { .. }))
+    else {
+        panic!("a due");
+    };
+    let acts = c.handle(t, &running(frame_at(t, 150)), done(job, Ok(unsure), &newer));
+    let Some(Act::Submit {
+        picture: Picture::Frame(g),
+        skills,
+        ..
+    }) = acts.into_iter().find(|a| matches!(a, Act::Submit { .. }))
+    else {
+        panic!("b joins the round");
+    };
+    assert_eq!(
+        skills,
+        vec![Skill::YesNo {
+            question: "B?".into()
+        }]
+    );
+    assert_eq!(g.key, newer.key);
+}
