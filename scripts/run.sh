@@ -49,7 +49,7 @@ echo "moonwatch: camera: $camera$([ "$camera" = test ] && echo ' (no /dev/video0
 
 # A broker on localhost, unless one already listens there.
 if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-  printf 'listener %s 127.0.0.1\nallow_anonymous true\n' "$port" > "$home/mosquitto.conf"
+  printf 'listener %s 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\n' "$port" > "$home/mosquitto.conf"
   mosquitto -d -c "$home/mosquitto.conf"
   sleep 0.5
   echo "moonwatch: started mosquitto on 127.0.0.1:$port"
