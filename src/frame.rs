@@ -105,28 +105,7 @@ impl Frame {
 
     /// Decodes an encoded image (format guessed from its bytes); `what` names it in errors.
     pub fn decode(bytes: &[u8], what: &str) -> Result<Self, FrameError> {
-        let derr = |reason: String| FrameError::Decode {
-            what: what.to_owned(),
-            reason,
-        };
-        let mut reader = ImageReader::new(std::io::Cursor::new(bytes))
-            .with_guessed_format()
-            .map_err(|e| derr(e.to_string()))?;
-        if reader.format().is_none() {
-            return Err(derr("unrecognised file format".into()));
-        }
-        let mut limits = Limits::default();
-        limits.max_image_width = Some(MAX_SIDE);
-        limits.max_image_height = Some(MAX_SIDE);
-        limits.max_alloc = Some(512 * 1024 * 1024);
-        reader.limits(limits);
-        let img = reader.decode().map_err(|e| match e {
-            image::ImageError::Limits(_) => {
-                derr(format!("larger than {MAX_SIDE}x{MAX_SIDE} pixels"))
-            }
-            other => derr(other.to_string()),
-        })?;
-        let rgb = img.into_rgb8();
+        let rgb = decode_rgb(bytes, what, 512 * 1024 * 1024)?;
         let (w, h) = rgb.dimensions();
         Self::from_rgb(w, h, rgb.into_raw())
     }
@@ -137,35 +116,12 @@ impl Frame {
     /// few MB, not 200); other formats may decode to at most [`MAX_DECODE_BYTES`] before
     /// they are reduced.
     pub fn decode_bounded(bytes: &[u8], what: &str, max_side: u32) -> Result<Self, FrameError> {
-        let derr = |reason: String| FrameError::Decode {
-            what: what.to_owned(),
-            reason,
-        };
         if bytes.starts_with(b"\x89PNG\r\n\x1a\n") {
             if let Some(f) = png_reduced(bytes, what, max_side)? {
                 return Ok(f);
             }
         }
-        let mut reader = ImageReader::new(std::io::Cursor::new(bytes))
-            .with_guessed_format()
-            .map_err(|e| derr(e.to_string()))?;
-        if reader.format().is_none() {
-            return Err(derr("unrecognised file format".into()));
-        }
-        let mut limits = Limits::default();
-        limits.max_image_width = Some(MAX_SIDE);
-        limits.max_image_height = Some(MAX_SIDE);
-        limits.max_alloc = Some(MAX_DECODE_BYTES);
-        reader.limits(limits);
-        let img = reader.decode().map_err(|e| match e {
-            image::ImageError::Limits(_) => derr(format!(
-                "too large to decode within {} MiB (send at most about {} megapixels, or PNG)",
-                MAX_DECODE_BYTES >> 20,
-                MAX_DECODE_BYTES / 4 / 1_000_000
-            )),
-            other => derr(other.to_string()),
-        })?;
-        let rgb = img.into_rgb8();
+        let rgb = decode_rgb(bytes, what, MAX_DECODE_BYTES)?;
         let (w, h) = rgb.dimensions();
         let (rw, rh) = reduced_size(w, h, max_side);
         if (rw, rh) == (w, h) {
@@ -217,6 +173,33 @@ impl Frame {
         }
         out
     }
+}
+
+/// Decodes any supported format to RGB, within `MAX_SIDE` a side and `max_alloc` bytes.
+fn decode_rgb(bytes: &[u8], what: &str, max_alloc: u64) -> Result<image::RgbImage, FrameError> {
+    let derr = |reason: String| FrameError::Decode {
+        what: what.to_owned(),
+        reason,
+    };
+    let mut reader = ImageReader::new(std::io::Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| derr(e.to_string()))?;
+    if reader.format().is_none() {
+        return Err(derr("unrecognised file format".into()));
+    }
+    let mut limits = Limits::default();
+    limits.max_image_width = Some(MAX_SIDE);
+    limits.max_image_height = Some(MAX_SIDE);
+    limits.max_alloc = Some(max_alloc);
+    reader.limits(limits);
+    let img = reader.decode().map_err(|e| match e {
+        image::ImageError::Limits(_) => derr(format!(
+            "larger than {MAX_SIDE}x{MAX_SIDE} pixels or {} MiB decoded (send a smaller image, or PNG)",
+            max_alloc >> 20
+        )),
+        other => derr(other.to_string()),
+    })?;
+    Ok(img.into_rgb8())
 }
 
 /// Decoding memory allowed for a client's non-PNG image before it is reduced.

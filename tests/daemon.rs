@@ -331,6 +331,8 @@ fn validate_published(seen: &[Msg]) -> usize {
         }
         let kind = if m.json().get("status").is_some() && m.json().get("request").is_some() {
             "reply"
+        } else if m.topic.starts_with("homeassistant/") && m.topic.ends_with("/config") {
+            "discovery"
         } else if m.topic.ends_with("/stats") {
             "stats"
         } else if m.topic.ends_with("/caption") {
@@ -719,6 +721,14 @@ async fn triggers_publish_state_and_discovery_and_change_at_runtime() {
         !d.log().contains('\x1b'),
         "ANSI escapes in a non-terminal log"
     );
+    // Discovery configs, states and attributes match their schemas.
+    let discovery = c
+        .seen
+        .iter()
+        .filter(|m| m.topic.starts_with("homeassistant/") && !m.payload.is_empty())
+        .count();
+    assert!(discovery > 0);
+    assert!(validate_published(&c.seen) > discovery);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -756,19 +756,22 @@ impl Core {
         self.runtime.removed.retain(|n| n != &t.name);
         self.runtime.added.retain(|x| x.name != t.name);
         self.runtime.added.push(t.clone());
-        if let Some(old) = self.triggers.get(&t.name) {
-            if old.cfg.object.is_some() && t.object.is_none() {
-                self.publish_retained(
-                    out,
-                    discovery::count_topic(&self.topics, &old.cfg),
-                    Bytes::new(),
-                );
+        let name = t.name.clone();
+        self.install_trigger(t, out);
+        self.save(reply, SavedKind::Added(name), out);
+    }
+
+    /// Adds or replaces a trigger with a fresh state, and its entities: a count sensor
+    /// the old one had and the new one lacks is removed.
+    fn install_trigger(&mut self, cfg: TriggerConfig, out: &mut Vec<Act>) {
+        if let Some(old) = self.triggers.get(&cfg.name) {
+            if old.cfg.object.is_some() && cfg.object.is_none() {
+                let topic = discovery::count_topic(&self.topics, &old.cfg);
+                self.publish_retained(out, topic, Bytes::new());
             }
         }
-        self.publish_trigger_discovery(&t, out);
-        let name = t.name.clone();
-        self.triggers.insert(name.clone(), Trigger::new(t));
-        self.save(reply, SavedKind::Added(name), out);
+        self.publish_trigger_discovery(&cfg, out);
+        self.triggers.insert(cfg.name.clone(), Trigger::new(cfg));
     }
 
     fn remove_trigger(&mut self, now: Now, name: &str, reply: ReplyTo, out: &mut Vec<Act>) {
@@ -1473,17 +1476,7 @@ impl Core {
         for (name, cfg) in want {
             let same = self.triggers.get(&name).is_some_and(|t| t.cfg == cfg);
             if !same {
-                if let Some(old) = self.triggers.get(&name) {
-                    if old.cfg.object.is_some() && cfg.object.is_none() {
-                        self.publish_retained(
-                            out,
-                            discovery::count_topic(&self.topics, &old.cfg),
-                            Bytes::new(),
-                        );
-                    }
-                }
-                self.publish_trigger_discovery(&cfg, out);
-                self.triggers.insert(name, Trigger::new(cfg));
+                self.install_trigger(cfg, out);
             }
         }
         let mqtt = self.cfg.mqtt.clone();

@@ -181,23 +181,6 @@ fn looks_like_image(b: &[u8]) -> bool {
     b.starts_with(&[0xff, 0xd8, 0xff]) || b.starts_with(b"\x89PNG\r\n\x1a\n")
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Body {
-    question: Option<String>,
-    object: Option<String>,
-    length: Option<CaptionLength>,
-    image: Option<String>,
-    // Read from the raw JSON before this struct is built (so errors can carry them);
-    // declared so that `deny_unknown_fields` accepts them.
-    #[allow(dead_code)]
-    transaction: Option<Value>,
-    #[allow(dead_code)]
-    reply_to: Option<String>,
-    trigger: Option<TriggerConfig>,
-    name: Option<String>,
-}
-
 /// Parses a request published on `{base}/request/{name}`.
 ///
 /// Errors carry whatever `transaction` and `reply_to` could still be read, so that even a
@@ -256,7 +239,7 @@ pub fn parse_request(
             reply_to.clone(),
         )
     };
-    let body: Body =
+    let body: super::wire::RequestBody =
         serde_json::from_value(value.clone()).map_err(|e| bad(Code::BadRequest, e.to_string()))?;
     let need = |field: Option<String>, what: &str| {
         field.filter(|s| !s.trim().is_empty()).ok_or_else(|| {
@@ -313,28 +296,6 @@ pub fn parse_request(
         transaction,
         reply_to,
     })
-}
-
-/// A success reply.
-pub fn ok_reply(name: &str, data: Value, transaction: Option<&Value>) -> Vec<u8> {
-    let mut v = json!({ "status": "ok", "request": name, "data": data });
-    if let Some(t) = transaction {
-        v["transaction"] = t.clone();
-    }
-    v.to_string().into_bytes()
-}
-
-/// An error reply.
-pub fn error_reply(name: &str, err: &ApiError, transaction: Option<&Value>) -> Vec<u8> {
-    let mut v = json!({
-        "status": "error",
-        "request": name,
-        "error": { "code": err.code, "message": err.message },
-    });
-    if let Some(t) = transaction {
-        v["transaction"] = t.clone();
-    }
-    v.to_string().into_bytes()
 }
 
 #[cfg(test)]
@@ -480,27 +441,6 @@ mod tests {
         assert_eq!(
             reply_address(&t, "query", None, None, None).topic,
             "moonwatch/garage/response/query"
-        );
-    }
-
-    #[test]
-    fn reply_payloads() {
-        let ok: Value =
-            serde_json::from_slice(&ok_reply("query", json!({"answer":"a"}), Some(&json!(1))))
-                .unwrap();
-        assert_eq!(
-            ok,
-            json!({"status":"ok","request":"query","data":{"answer":"a"},"transaction":1})
-        );
-        let err: Value = serde_json::from_slice(&error_reply(
-            "query",
-            &ApiError::new(Code::Busy, "full"),
-            None,
-        ))
-        .unwrap();
-        assert_eq!(
-            err,
-            json!({"status":"error","request":"query","error":{"code":"busy","message":"full"}})
         );
     }
 }

@@ -1,43 +1,109 @@
 //! Home Assistant MQTT discovery: one device, a binary sensor per trigger, a sensor for the
 //! caption, an image entity for the snapshot. Pure: returns (topic, retained payload).
 
-use serde_json::{json, Value};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
 use super::api::Topics;
 use crate::triggers::TriggerConfig;
 
-fn device(t: &Topics) -> Value {
-    json!({
-        "identifiers": [format!("moonwatch_{}", t.device_id)],
-        "name": format!("moonwatch {}", t.device_id),
-        "model": "moonwatch (Moondream2)",
-        "manufacturer": "moonwatch",
-        "sw_version": env!("CARGO_PKG_VERSION"),
-    })
+/// One entity's discovery config, as Home Assistant's MQTT integration reads it (the keys
+/// of <https://www.home-assistant.io/integrations/mqtt/>; unset keys are left out).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+pub struct EntityConfig {
+    pub name: String,
+    pub unique_id: String,
+    pub object_id: String,
+    pub availability: Vec<Availability>,
+    pub availability_mode: String,
+    pub device: Device,
+    pub origin: Origin,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_topic: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload_on: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload_off: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_class: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_template: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub json_attributes_topic: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub json_attributes_template: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_class: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unit_of_measurement: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub icon: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_topic: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_type: Option<String>,
 }
 
-fn common(t: &Topics, object: &str, name: &str) -> Value {
-    json!({
-        "name": name,
-        "unique_id": format!("moonwatch_{}_{object}", t.device_id),
-        "object_id": format!("moonwatch_{}_{object}", t.device_id),
-        // Unavailable when the daemon is offline or its camera delivers no fresh frames:
-        // a dead camera must not leave the last `ON` standing.
-        "availability": [
-            { "topic": t.availability(), "payload_available": "online", "payload_not_available": "offline" },
-            { "topic": t.camera_availability(), "payload_available": "online", "payload_not_available": "offline" },
-        ],
-        "availability_mode": "all",
-        "device": device(t),
-        "origin": { "name": "moonwatch", "sw_version": env!("CARGO_PKG_VERSION") },
-    })
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+pub struct Availability {
+    pub topic: String,
+    pub payload_available: String,
+    pub payload_not_available: String,
 }
 
-fn merge(mut a: Value, b: Value) -> Value {
-    if let (Some(a), Value::Object(b)) = (a.as_object_mut(), b) {
-        a.extend(b);
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+pub struct Device {
+    pub identifiers: Vec<String>,
+    pub name: String,
+    pub model: String,
+    pub manufacturer: String,
+    pub sw_version: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+pub struct Origin {
+    pub name: String,
+    pub sw_version: String,
+}
+
+fn availability(topic: String) -> Availability {
+    Availability {
+        topic,
+        payload_available: "online".into(),
+        payload_not_available: "offline".into(),
     }
-    a
+}
+
+/// What every entity of this device shares. Entities are unavailable when the daemon is
+/// offline or its camera delivers no fresh frames: a dead camera must not leave the last
+/// `ON` standing.
+fn common(t: &Topics, object: &str, name: &str) -> EntityConfig {
+    EntityConfig {
+        name: name.to_owned(),
+        unique_id: format!("moonwatch_{}_{object}", t.device_id),
+        object_id: format!("moonwatch_{}_{object}", t.device_id),
+        availability: vec![
+            availability(t.availability()),
+            availability(t.camera_availability()),
+        ],
+        availability_mode: "all".into(),
+        device: Device {
+            identifiers: vec![format!("moonwatch_{}", t.device_id)],
+            name: format!("moonwatch {}", t.device_id),
+            model: "moonwatch (Moondream2)".into(),
+            manufacturer: "moonwatch".into(),
+            sw_version: env!("CARGO_PKG_VERSION").into(),
+        },
+        origin: Origin {
+            name: "moonwatch".into(),
+            sw_version: env!("CARGO_PKG_VERSION").into(),
+        },
+        ..EntityConfig::default()
+    }
+}
+
+fn bytes(c: &EntityConfig) -> Vec<u8> {
+    serde_json::to_vec(c).unwrap_or_default()
 }
 
 /// The config topic of a trigger's entity.
@@ -50,19 +116,15 @@ pub fn trigger_topic(t: &Topics, trigger: &TriggerConfig) -> String {
 
 /// A binary sensor for a trigger: ON while the question is answered yes / the object seen.
 pub fn trigger(t: &Topics, trigger: &TriggerConfig) -> (String, Vec<u8>) {
-    let mut v = merge(
-        common(t, &trigger.name, &trigger.name.replace('_', " ")),
-        json!({
-            "state_topic": t.trigger_state(&trigger.name),
-            "payload_on": "ON",
-            "payload_off": "OFF",
-            "json_attributes_topic": t.trigger_attributes(&trigger.name),
-        }),
-    );
-    if let Some(dc) = &trigger.device_class {
-        v["device_class"] = json!(dc);
-    }
-    (trigger_topic(t, trigger), v.to_string().into_bytes())
+    let c = EntityConfig {
+        state_topic: Some(t.trigger_state(&trigger.name)),
+        payload_on: Some("ON".into()),
+        payload_off: Some("OFF".into()),
+        json_attributes_topic: Some(t.trigger_attributes(&trigger.name)),
+        device_class: trigger.device_class.clone(),
+        ..common(t, &trigger.name, &trigger.name.replace('_', " "))
+    };
+    (trigger_topic(t, trigger), bytes(&c))
 }
 
 /// The config topic of an object trigger's count sensor.
@@ -76,53 +138,50 @@ pub fn count_topic(t: &Topics, trigger: &TriggerConfig) -> String {
 /// For an object trigger: a sensor with how many were seen in the last evaluation.
 pub fn object_count(t: &Topics, trigger: &TriggerConfig) -> Option<(String, Vec<u8>)> {
     let object = trigger.object.as_ref()?;
-    let v = merge(
-        common(
+    let c = EntityConfig {
+        state_topic: Some(t.trigger_attributes(&trigger.name)),
+        value_template: Some("{{ value_json.details.count }}".into()),
+        json_attributes_topic: Some(t.trigger_attributes(&trigger.name)),
+        json_attributes_template: Some("{{ value_json.details | tojson }}".into()),
+        state_class: Some("measurement".into()),
+        unit_of_measurement: Some(object.clone()),
+        ..common(
             t,
             &format!("{}_count", trigger.name),
             &format!("{object} count"),
-        ),
-        json!({
-            "state_topic": t.trigger_attributes(&trigger.name),
-            "value_template": "{{ value_json.details.count }}",
-            "json_attributes_topic": t.trigger_attributes(&trigger.name),
-            "json_attributes_template": "{{ value_json.details | tojson }}",
-            "state_class": "measurement",
-            "unit_of_measurement": object,
-        }),
-    );
-    Some((count_topic(t, trigger), v.to_string().into_bytes()))
+        )
+    };
+    Some((count_topic(t, trigger), bytes(&c)))
 }
 
 /// The caption sensor and the snapshot image.
 pub fn device_entities(t: &Topics) -> Vec<(String, Vec<u8>)> {
-    let caption = merge(
-        common(t, "caption", "caption"),
-        json!({
-            "state_topic": t.caption(),
-            "value_template": "{{ value_json.caption[:255] }}",
-            "json_attributes_topic": t.caption(),
-            "icon": "mdi:text-box-outline",
-        }),
-    );
-    let snapshot = merge(
-        common(t, "snapshot", "snapshot"),
-        json!({ "image_topic": t.snapshot(), "content_type": "image/jpeg" }),
-    );
+    let caption = EntityConfig {
+        state_topic: Some(t.caption()),
+        value_template: Some("{{ value_json.caption[:255] }}".into()),
+        json_attributes_topic: Some(t.caption()),
+        icon: Some("mdi:text-box-outline".into()),
+        ..common(t, "caption", "caption")
+    };
+    let snapshot = EntityConfig {
+        image_topic: Some(t.snapshot()),
+        content_type: Some("image/jpeg".into()),
+        ..common(t, "snapshot", "snapshot")
+    };
     vec![
         (
             format!(
                 "{}/sensor/moonwatch_{}/caption/config",
                 t.discovery_prefix, t.device_id
             ),
-            caption.to_string().into_bytes(),
+            bytes(&caption),
         ),
         (
             format!(
                 "{}/image/moonwatch_{}/snapshot/config",
                 t.discovery_prefix, t.device_id
             ),
-            snapshot.to_string().into_bytes(),
+            bytes(&snapshot),
         ),
     ]
 }
@@ -131,6 +190,7 @@ pub fn device_entities(t: &Topics) -> Vec<(String, Vec<u8>)> {
 mod tests {
     use super::*;
     use crate::config::MqttConfig;
+    use serde_json::{json, Value};
 
     #[test]
     fn trigger_entities_follow_home_assistant_conventions() {

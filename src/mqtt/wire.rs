@@ -222,7 +222,8 @@ pub struct Counters {
 }
 
 /// A JSON Schema (draft 2020-12) for every payload, by name: `request`, `reply`,
-/// `trigger_attributes`, `trigger_event`, `caption`, `stats`. Written to
+/// `trigger_attributes`, `trigger_event`, `caption`, `stats`, `discovery` (Home
+/// Assistant entity configs). Written to
 /// `docs/schema/{name}.schema.json` (a test keeps the files in step with these types).
 pub fn schemas() -> Vec<(&'static str, Value)> {
     fn one<T: JsonSchema>() -> Value {
@@ -235,6 +236,7 @@ pub fn schemas() -> Vec<(&'static str, Value)> {
         ("trigger_event", one::<TriggerEvent>()),
         ("caption", one::<Caption>()),
         ("stats", one::<Stats>()),
+        ("discovery", one::<super::discovery::EntityConfig>()),
     ]
 }
 
