@@ -185,14 +185,27 @@ struct Input {
     #[arg(
         long,
         short,
-        required_unless_present = "camera",
+        required_unless_present_any = ["camera", "broker"],
         conflicts_with = "camera"
     )]
     image: Option<PathBuf>,
     /// Take the picture from a camera: test, v4l2[:DEVICE], /dev/videoN, libcamera,
     /// nvargus[:N], rtsp://..., file:PATH, image:PATH, gst:PIPELINE, or config.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "broker")]
     camera: Option<String>,
+    /// Ask a running moonwatch through this MQTT broker (HOST[:PORT], MQTT v5) instead of
+    /// loading the model here; without --image it answers on its own camera.
+    #[arg(long)]
+    broker: Option<String>,
+    /// The daemon's device id (with --broker); defaults to this machine's host name.
+    #[arg(long, requires = "broker")]
+    device: Option<String>,
+    /// The daemon's topic prefix (with --broker).
+    #[arg(long, default_value = "moonwatch", requires = "broker")]
+    prefix: String,
+    /// Seconds to wait for each reply (with --broker).
+    #[arg(long, default_value_t = 120, requires = "broker")]
+    timeout: u64,
     /// Configuration file; defaults to $MOONWATCH_CONFIG, then /etc/moonwatch/moonwatch.toml.
     #[arg(long, short)]
     config: Option<PathBuf>,
@@ -453,6 +466,9 @@ fn settings(input: &Input) -> Result<Settings, Failure> {
 }
 
 fn ask(input: &Input, skills: Vec<Skill>) -> Result<(), Failure> {
+    if let Some(broker) = &input.broker {
+        return ask_remote(input, broker, &skills);
+    }
     // Get the picture first: a bad path or a missing camera should not cost a model load.
     let frame = match (&input.image, &input.camera) {
         (Some(path), _) => Frame::load(path)?,
@@ -482,6 +498,118 @@ fn presence(present: Option<bool>, confidence: f32) -> String {
         Some(false) => format!("not present (confidence {confidence:.2})"),
         None => "presence uncertain (the model answered neither yes nor no)".into(),
     }
+}
+
+/// `ask` and friends with `--broker`: the same questions, put to a running daemon.
+fn ask_remote(input: &Input, broker: &str, skills: &[Skill]) -> Result<(), Failure> {
+    use base64::Engine as _;
+    use moonwatch::mqtt::api::Code;
+    use moonwatch::mqtt::remote::{Remote, RemoteError};
+    use moonwatch::mqtt::wire::{ReplyData, Status};
+    use serde_json::json;
+    let image = match &input.image {
+        Some(path) => {
+            let bytes = std::fs::read(path).map_err(|e| {
+                Failure::new(
+                    exit::NOINPUT,
+                    format!("cannot read image {}: {e}", path.display()),
+                )
+            })?;
+            Some(base64::engine::general_purpose::STANDARD.encode(bytes))
+        }
+        None => None,
+    };
+    let device = input
+        .device
+        .clone()
+        .unwrap_or_else(moonwatch::daemon::default_device_id);
+    let remote = Remote::new(
+        broker,
+        format!("{}/{device}", input.prefix),
+        std::time::Duration::from_secs(input.timeout),
+    )
+    .map_err(|e| Failure::new(exit::USAGE, e))?;
+    let requests: Vec<(String, serde_json::Value)> = skills
+        .iter()
+        .map(|skill| {
+            let (name, mut body) = match skill {
+                Skill::Query { question } => ("query", json!({ "question": question })),
+                Skill::YesNo { question } => ("yes_no", json!({ "question": question })),
+                Skill::Caption { length } => ("caption", json!({ "length": length })),
+                Skill::Detect { object } => ("detect", json!({ "object": object })),
+                Skill::Point { object } => ("point", json!({ "object": object })),
+            };
+            if let Some(img) = &image {
+                body["image"] = json!(img);
+            }
+            (name.to_owned(), body)
+        })
+        .collect();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::new(exit::SOFTWARE, e))?;
+    let replies = rt.block_on(remote.ask(&requests)).map_err(|e| {
+        let code = match e {
+            RemoteError::Broker { .. } => exit::UNAVAILABLE,
+            RemoteError::Timeout { .. } => exit::TEMPFAIL,
+            RemoteError::BadReply { .. } => exit::SOFTWARE,
+        };
+        Failure::new(code, e)
+    })?;
+    let mut response = Response {
+        frame_key: String::new(),
+        prefix: Default::default(),
+        answers: Vec::new(),
+        queued_ms: 0.0,
+        total_ms: 0.0,
+    };
+    for (reply, (name, _)) in replies.into_iter().zip(&requests) {
+        match (reply.status, reply.data, reply.error) {
+            (Status::Ok, Some(ReplyData::Answer(a)), _) => {
+                if response.answers.is_empty() {
+                    response.prefix.reused = a.prefix_reused;
+                    response.prefix.image_encode_ms = a.image_encode_ms;
+                    response.prefix.input_width = a.width;
+                    response.prefix.input_height = a.height;
+                }
+                response.total_ms += a.total_ms;
+                response.answers.push(a.answered);
+            }
+            (Status::Error, _, Some(e)) => {
+                let code = match e.code {
+                    Code::BadImage => exit::DATAERR,
+                    Code::CameraUnavailable => exit::NOINPUT,
+                    Code::Busy | Code::Timeout | Code::ShuttingDown => exit::TEMPFAIL,
+                    Code::ModelError => exit::SOFTWARE,
+                    _ => exit::USAGE,
+                };
+                let what = serde_json::to_value(e.code).unwrap_or_default();
+                return Err(Failure::new(
+                    code,
+                    format!(
+                        "moonwatch answered {name} with {}: {}",
+                        what.as_str().unwrap_or("an error"),
+                        e.message
+                    ),
+                ));
+            }
+            _ => {
+                return Err(Failure::new(
+                    exit::SOFTWARE,
+                    format!("the reply to {name} carries no answer"),
+                ))
+            }
+        }
+    }
+    if input.json {
+        let text =
+            serde_json::to_string_pretty(&response).map_err(|e| Failure::new(exit::SOFTWARE, e))?;
+        println!("{text}");
+    } else {
+        print_human(&response);
+    }
+    Ok(())
 }
 
 fn print_human(r: &Response) {

@@ -1693,3 +1693,115 @@ async fn bad_requests_cannot_forge_or_flood_the_log() {
         log.lines().count()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_asks_a_running_daemon_over_mqtt() {
+    let pair = common::answering(" a red door", true);
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), "allow_anonymous true");
+    let _d = Daemon::start(
+        dir.path(),
+        &config_for(&pair, dir.path(), broker.port, "v5", ""),
+    );
+    let mut c = Client::connect(broker.port, "t-cli", &[&format!("{BASE}/availability")]).await;
+    c.wait("online", 60, |m| &m.payload[..] == b"online").await;
+    let addr = format!("127.0.0.1:{}", broker.port);
+    let cli = move |args: Vec<String>| {
+        tokio::task::spawn_blocking(move || {
+            Command::new(env!("CARGO_BIN_EXE_moonwatch"))
+                .args(&args)
+                .env("RUST_LOG", "warn")
+                .output()
+                .unwrap()
+        })
+    };
+    let args = |v: &[&str]| -> Vec<String> { v.iter().map(|s| (*s).to_owned()).collect() };
+    let remote = ["--broker", &addr, "--device", "cam1"];
+
+    // On the daemon's camera, the whole known answer, as the local command prints it.
+    let out = cli(args(
+        &[&["ask"][..], &remote, &["What is this?", "And this?"]].concat(),
+    ))
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "[1] a red door\n[2] a red door\n"
+    );
+
+    // On an image sent along, with the JSON the local command prints.
+    let img = common::png(dir.path(), "door.png", 3);
+    let out = cli(args(
+        &[
+            &["caption", "--json", "--image", img.to_str().unwrap()][..],
+            &remote,
+        ]
+        .concat(),
+    ))
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["answers"][0]["caption"], "a red door", "{v}");
+
+    // No daemon under that device id: a clear error, exit 75 (try again later).
+    let out = cli(args(&[
+        "yes-no",
+        "--broker",
+        &addr,
+        "--device",
+        "nosuch",
+        "--timeout",
+        "2",
+        "Open?",
+    ]))
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(75));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("moonwatch/nosuch/request/yes_no"), "{err}");
+
+    // No broker there: exit 69 (unavailable).
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let out = cli(args(&["ask", "--broker", &closed.to_string(), "Q?"]))
+        .await
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(69),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A daemon error comes back as the local command's exit code: a bad image is 65.
+    let bad = dir.path().join("bad.png");
+    std::fs::write(&bad, b"\x89PNG\r\n\x1a\nnot really").unwrap();
+    let out = cli(args(
+        &[
+            &["ask", "--image", bad.to_str().unwrap()][..],
+            &remote,
+            &["Q?"],
+        ]
+        .concat(),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(65),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -11,6 +11,7 @@
 pub mod api;
 pub mod discovery;
 pub mod outbox;
+pub mod remote;
 pub mod wire;
 
 use std::time::Duration;
