@@ -1426,6 +1426,17 @@ impl Core {
                 }
             }
         }
+        // A save that does not finish (a hung disk) is answered as not persisted.
+        if !self.saving.is_empty() && now.mono.duration_since(since) > STOP_GRACE * 2 {
+            for save in self.saving.keys().copied().collect::<Vec<_>>() {
+                self.on_saved(
+                    now,
+                    save,
+                    Err("moonwatch stopped before the save finished".into()),
+                    out,
+                );
+            }
+        }
         if self.in_flight.is_some() || !self.saving.is_empty() {
             return;
         }

@@ -889,3 +889,31 @@ fn triggers_almost_due_join_the_round_so_rounds_stay_together() {
     );
     assert_eq!(g.key, newer.key);
 }
+
+#[test]
+fn a_save_that_never_finishes_does_not_hold_up_the_stop() {
+    let now = t0();
+    let mut c = core(config(|_| {}), now);
+    let cam = running(frame_at(now, 1));
+    let acts = c.handle(
+        now,
+        &cam,
+        request(
+            "trigger_add",
+            r#"{"trigger":{"name":"a","question":"A?"}}"#,
+            1,
+        ),
+    );
+    assert!(replies(&acts).is_empty());
+    let acts = c.handle(now, &cam, Input::Stop);
+    assert!(!acts.iter().any(|a| matches!(a, Act::Exit)));
+    let t = now.after(Duration::from_secs(7));
+    let acts = c.handle(t, &running(frame_at(t, 1)), Input::Tick);
+    let (r, acks) = replies(&acts).remove(0);
+    assert_eq!(acks, vec![1]);
+    assert_eq!(
+        serde_json::to_value(r.data).expect("json")["persisted"],
+        false
+    );
+    assert!(matches!(acts.last(), Some(Act::Exit)));
+}

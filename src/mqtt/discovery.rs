@@ -13,7 +13,9 @@ use crate::triggers::TriggerConfig;
 pub struct EntityConfig {
     pub name: String,
     pub unique_id: String,
-    pub object_id: String,
+    /// The entity id Home Assistant gives a new entity (`{domain}.{id}`); replaces
+    /// `object_id`, deprecated in Home Assistant 2025.10 ("stops working in 2026.4").
+    pub default_entity_id: String,
     pub availability: Vec<Availability>,
     pub availability_mode: String,
     pub device: Device,
@@ -77,11 +79,11 @@ fn availability(topic: String) -> Availability {
 /// What every entity of this device shares. Entities are unavailable when the daemon is
 /// offline or its camera delivers no fresh frames: a dead camera must not leave the last
 /// `ON` standing.
-fn common(t: &Topics, object: &str, name: &str) -> EntityConfig {
+fn common(t: &Topics, domain: &str, object: &str, name: &str) -> EntityConfig {
     EntityConfig {
         name: name.to_owned(),
         unique_id: format!("moonwatch_{}_{object}", t.device_id),
-        object_id: format!("moonwatch_{}_{object}", t.device_id),
+        default_entity_id: format!("{domain}.moonwatch_{}_{object}", t.device_id),
         availability: vec![
             availability(t.availability()),
             availability(t.camera_availability()),
@@ -122,7 +124,12 @@ pub fn trigger(t: &Topics, trigger: &TriggerConfig) -> (String, Vec<u8>) {
         payload_off: Some("OFF".into()),
         json_attributes_topic: Some(t.trigger_attributes(&trigger.name)),
         device_class: trigger.device_class.clone(),
-        ..common(t, &trigger.name, &trigger.name.replace('_', " "))
+        ..common(
+            t,
+            "binary_sensor",
+            &trigger.name,
+            &trigger.name.replace('_', " "),
+        )
     };
     (trigger_topic(t, trigger), bytes(&c))
 }
@@ -147,6 +154,7 @@ pub fn object_count(t: &Topics, trigger: &TriggerConfig) -> Option<(String, Vec<
         unit_of_measurement: Some(object.clone()),
         ..common(
             t,
+            "sensor",
             &format!("{}_count", trigger.name),
             &format!("{object} count"),
         )
@@ -161,12 +169,12 @@ pub fn device_entities(t: &Topics) -> Vec<(String, Vec<u8>)> {
         value_template: Some("{{ value_json.caption[:255] }}".into()),
         json_attributes_topic: Some(t.caption()),
         icon: Some("mdi:text-box-outline".into()),
-        ..common(t, "caption", "caption")
+        ..common(t, "sensor", "caption", "caption")
     };
     let snapshot = EntityConfig {
         image_topic: Some(t.snapshot()),
         content_type: Some("image/jpeg".into()),
-        ..common(t, "snapshot", "snapshot")
+        ..common(t, "image", "snapshot", "snapshot")
     };
     vec![
         (
@@ -207,6 +215,11 @@ mod tests {
         let v: Value = serde_json::from_slice(&payload).unwrap();
         assert_eq!(v["state_topic"], "moonwatch/garage/trigger/door_open");
         assert_eq!(v["unique_id"], "moonwatch_garage_door_open");
+        assert_eq!(
+            v["default_entity_id"],
+            "binary_sensor.moonwatch_garage_door_open"
+        );
+        assert!(v.get("object_id").is_none(), "deprecated since 2025.10");
         assert_eq!(v["device_class"], "garage_door");
         assert_eq!(
             v["availability"][0]["topic"],

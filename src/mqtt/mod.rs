@@ -209,7 +209,10 @@ pub fn start(
         Protocol::V311 => {
             let mut o = rumqttc::MqttOptions::new(&spec.client_id, &cfg.host, cfg.port);
             o.set_keep_alive(keepalive);
-            o.set_max_packet_size(max, max);
+            // Outgoing: what we publish (snapshots) is not bounded by what we accept;
+            // rumqttc's default outgoing limit would turn a large snapshot into a
+            // reconnect loop. MQTT's own limit is 256 MiB.
+            o.set_max_packet_size(max, 256 << 20);
             o.set_clean_session(false);
             o.set_manual_acks(true);
             o.set_last_will(rumqttc::LastWill::new(
