@@ -1027,15 +1027,22 @@ async fn trigger_begin_and_end_events_follow_the_models_answers() {
         .await
         .json();
     assert!(begin["confidence"].as_f64().unwrap() > 0.9, "{begin}");
-    assert_eq!(begin["snapshot_topic"], format!("{BASE}/snapshot"));
+    assert_eq!(
+        begin["snapshot_topic"],
+        format!("{BASE}/trigger/door/snapshot")
+    );
+    assert_eq!(begin["event_type"], "begin");
     c.wait("ON", 10, |m| {
         m.topic == format!("{BASE}/trigger/door") && &m.payload[..] == b"ON"
     })
     .await;
-    let snap = c
-        .wait("snapshot", 10, topic(&format!("{BASE}/snapshot")))
-        .await;
-    assert_eq!(&snap.payload[..2], &[0xff, 0xd8]);
+    for t in [
+        format!("{BASE}/snapshot"),
+        format!("{BASE}/trigger/door/snapshot"),
+    ] {
+        let snap = c.wait("snapshot", 10, topic(&t)).await;
+        assert_eq!(&snap.payload[..2], &[0xff, 0xd8]);
+    }
 
     std::fs::write(&d.config, &with_no).unwrap();
     d.signal(libc::SIGHUP);

@@ -832,25 +832,23 @@ impl Core {
         if !self.cfg.mqtt.discovery {
             return;
         }
-        let (topic, payload) = discovery::trigger(&self.topics, cfg);
-        self.publish_retained(out, topic, payload);
-        if let Some((topic, payload)) = discovery::object_count(&self.topics, cfg) {
+        for (topic, payload) in discovery::trigger_entities(&self.topics, cfg) {
             self.publish_retained(out, topic, payload);
         }
     }
 
     /// Deletes every entity and retained topic of a trigger.
     fn clear_trigger(&self, cfg: &TriggerConfig, out: &mut Vec<Act>) {
-        self.publish_retained(
-            out,
-            discovery::trigger_topic(&self.topics, cfg),
-            Bytes::new(),
-        );
-        if cfg.object.is_some() {
-            self.publish_retained(out, discovery::count_topic(&self.topics, cfg), Bytes::new());
+        for topic in discovery::trigger_entity_topics(&self.topics, cfg) {
+            self.publish_retained(out, topic, Bytes::new());
         }
-        self.publish_retained(out, self.topics.trigger_state(&cfg.name), Bytes::new());
-        self.publish_retained(out, self.topics.trigger_attributes(&cfg.name), Bytes::new());
+        for topic in [
+            self.topics.trigger_state(&cfg.name),
+            self.topics.trigger_attributes(&cfg.name),
+            self.topics.trigger_snapshot(&cfg.name),
+        ] {
+            self.publish_retained(out, topic, Bytes::new());
+        }
     }
 
     fn on_trigger_answer(
@@ -907,7 +905,7 @@ impl Core {
             answer: said,
             frame_time: unix(frame.captured_at),
             frame_seq: frame.seq,
-            snapshot_topic: self.topics.snapshot(),
+            snapshot_topic: self.topics.trigger_snapshot(name),
             details,
             error: None,
         };
@@ -929,16 +927,26 @@ impl Core {
                         _ => (wire::EventKind::Begin, None),
                     };
                     if kind == wire::EventKind::Begin {
-                        self.publish_snapshot(frame, out);
+                        // The trigger's own snapshot (what an automation on this begin
+                        // wants), and the device's.
+                        let jpeg = Bytes::from(frame.to_jpeg(85));
+                        self.last_snapshot = Some((frame.key, jpeg.len()));
+                        self.publish_retained(
+                            out,
+                            self.topics.trigger_snapshot(name),
+                            jpeg.clone(),
+                        );
+                        self.publish_retained(out, self.topics.snapshot(), jpeg);
                     }
                     tracing::info!(trigger = ?name, ?kind, "trigger event");
                     let ev = wire::TriggerEvent {
                         kind,
+                        event_type: kind,
                         trigger: name.to_owned(),
                         confidence,
                         frame_time: unix(frame.captured_at),
                         frame_seq: frame.seq,
-                        snapshot_topic: self.topics.snapshot(),
+                        snapshot_topic: self.topics.trigger_snapshot(name),
                         duration_s: duration,
                     };
                     out.push(Act::Publish(Outgoing::event(
@@ -963,7 +971,7 @@ impl Core {
             answer: None,
             frame_time: 0.0,
             frame_seq: 0,
-            snapshot_topic: self.topics.snapshot(),
+            snapshot_topic: self.topics.trigger_snapshot(name),
             details: wire::Details::None {},
             error: Some(why),
         };
@@ -1226,6 +1234,16 @@ impl Core {
         }
     }
 
+    fn publish_caption(&mut self, caption: &str, frame: &Frame, out: &mut Vec<Act>) {
+        self.counters.captions += 1;
+        let v = wire::Caption {
+            caption: caption.to_owned(),
+            frame_time: unix(frame.captured_at),
+            frame_seq: frame.seq,
+        };
+        self.publish_retained(out, self.topics.caption(), wire::to_bytes(&v));
+    }
+
     fn submit(
         &mut self,
         now: Now,
@@ -1267,7 +1285,16 @@ impl Core {
             Work::Interactive(p) => {
                 self.counters.last_request_ms = Some(elapsed);
                 let reply = match (result, frame) {
-                    (Ok(r), Some(f)) => Ok(ReplyData::Answer(answer_reply(&r, &f))),
+                    (Ok(r), Some(f)) => {
+                        // A caption of the camera's picture (the "caption now" button) is
+                        // the camera's caption; one of a request's own image is not.
+                        if let (None, Some(Answer::Caption { caption })) =
+                            (&p.image, r.answers.first().map(|a| &a.answer))
+                        {
+                            self.publish_caption(caption, &f, out);
+                        }
+                        Ok(ReplyData::Answer(answer_reply(&r, &f)))
+                    }
                     (Ok(_), None) => Err(ApiError::new(Code::ModelError, "no picture")),
                     (Err(e), _) => Err(engine_error(e, self.stopping.is_some())),
                 };
@@ -1296,13 +1323,7 @@ impl Core {
                 (Ok(r), Some(f)) => {
                     if let Some(Answer::Caption { caption }) = r.answers.first().map(|a| &a.answer)
                     {
-                        self.counters.captions += 1;
-                        let v = wire::Caption {
-                            caption: caption.clone(),
-                            frame_time: unix(f.captured_at),
-                            frame_seq: f.seq,
-                        };
-                        self.publish_retained(out, self.topics.caption(), wire::to_bytes(&v));
+                        self.publish_caption(caption, &f, out);
                     }
                 }
                 (Err(e), _) => tracing::warn!("caption failed: {e}"),

@@ -632,6 +632,9 @@ fn removing_an_object_trigger_removes_its_count_sensor() {
     );
     assert!(cleared.contains(&"homeassistant/binary_sensor/moonwatch_cam/car/config"));
     assert!(cleared.contains(&"mw/cam/trigger/car"));
+    assert!(cleared.contains(&"homeassistant/event/moonwatch_cam/car_event/config"));
+    assert!(cleared.contains(&"homeassistant/image/moonwatch_cam/car_snapshot/config"));
+    assert!(cleared.contains(&"mw/cam/trigger/car/snapshot"));
 }
 
 #[test]
@@ -916,4 +919,56 @@ fn a_save_that_never_finishes_does_not_hold_up_the_stop() {
         false
     );
     assert!(matches!(acts.last(), Some(Act::Exit)));
+}
+
+#[test]
+fn a_caption_of_the_cameras_frame_is_the_cameras_caption() {
+    let now = t0();
+    let mut c = core(config(|_| {}), now);
+    let f = frame_at(now, 10);
+    let cam = running(f.clone());
+    let caption = Response {
+        answers: vec![Answered {
+            answer: Answer::Caption {
+                caption: "a porch".into(),
+            },
+            timing: SkillTiming::default(),
+        }],
+        ..yes_no(true)
+    };
+    // The "caption now" button publishes {} to request/caption.
+    let (job, _) = submitted(&c.handle(now, &cam, request("caption", "{}", 1))).expect("runs");
+    let acts = c.handle(now, &cam, done(job, Ok(caption.clone()), &f));
+    assert_eq!(published(&acts, "mw/cam/caption").len(), 1);
+    // A caption of the request's own image is not the camera's.
+    let png = {
+        let img = image::RgbImage::from_pixel(4, 4, image::Rgb([1, 2, 3]));
+        let mut out = std::io::Cursor::new(Vec::new());
+        img.write_to(&mut out, image::ImageFormat::Png)
+            .expect("png");
+        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, out.into_inner())
+    };
+    let body = format!(r#"{{"image":"{png}"}}"#);
+    let (job, _) = submitted(&c.handle(now, &cam, request("caption", &body, 2))).expect("runs");
+    let acts = c.handle(now, &cam, done(job, Ok(caption), &f));
+    assert!(published(&acts, "mw/cam/caption").is_empty());
+}
+
+#[test]
+fn a_begin_publishes_the_frame_on_the_triggers_own_snapshot_topic() {
+    let now = t0();
+    let mut c = core(
+        config(|c| c.triggers = vec![trigger("door", "Door?", 10)]),
+        now,
+    );
+    let f = frame_at(now, 10);
+    let (job, _) = submitted(&c.handle(now, &running(f.clone()), Input::Tick)).expect("runs");
+    let acts = c.handle(now, &running(f.clone()), done(job, Ok(yes_no(true)), &f));
+    assert_eq!(published(&acts, "mw/cam/trigger/door/snapshot").len(), 1);
+    assert_eq!(published(&acts, "mw/cam/snapshot").len(), 1);
+    let ev: wire::TriggerEvent =
+        serde_json::from_slice(&published(&acts, "mw/cam/trigger/door/event")[0].payload)
+            .expect("event");
+    assert_eq!(ev.event_type, wire::EventKind::Begin);
+    assert_eq!(ev.snapshot_topic, "mw/cam/trigger/door/snapshot");
 }

@@ -58,6 +58,10 @@ impl Topics {
     pub fn trigger_attributes(&self, name: &str) -> String {
         format!("{}/trigger/{name}/attributes", self.base)
     }
+    /// Retained JPEG of the frame of a trigger's last begin.
+    pub fn trigger_snapshot(&self, name: &str) -> String {
+        format!("{}/trigger/{name}/snapshot", self.base)
+    }
     /// Begin / end events (not retained).
     pub fn trigger_event(&self, name: &str) -> String {
         format!("{}/trigger/{name}/event", self.base)

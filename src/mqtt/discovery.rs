@@ -44,6 +44,17 @@ pub struct EntityConfig {
     pub image_topic: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub content_type: Option<String>,
+    /// `event` entities: the `event_type` values the state topic carries.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub event_types: Vec<String>,
+    /// `diagnostic` for entities about moonwatch itself rather than the scene.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entity_category: Option<String>,
+    /// `button` entities: where a press is published, and what.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command_topic: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload_press: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
@@ -108,58 +119,98 @@ fn bytes(c: &EntityConfig) -> Vec<u8> {
     serde_json::to_vec(c).unwrap_or_default()
 }
 
-/// The config topic of a trigger's entity.
+/// The config topic of a trigger's binary sensor.
 pub fn trigger_topic(t: &Topics, trigger: &TriggerConfig) -> String {
-    format!(
-        "{}/binary_sensor/moonwatch_{}/{}/config",
-        t.discovery_prefix, t.device_id, trigger.name
-    )
-}
-
-/// A binary sensor for a trigger: ON while the question is answered yes / the object seen.
-pub fn trigger(t: &Topics, trigger: &TriggerConfig) -> (String, Vec<u8>) {
-    let c = EntityConfig {
-        state_topic: Some(t.trigger_state(&trigger.name)),
-        payload_on: Some("ON".into()),
-        payload_off: Some("OFF".into()),
-        json_attributes_topic: Some(t.trigger_attributes(&trigger.name)),
-        device_class: trigger.device_class.clone(),
-        ..common(
-            t,
-            "binary_sensor",
-            &trigger.name,
-            &trigger.name.replace('_', " "),
-        )
-    };
-    (trigger_topic(t, trigger), bytes(&c))
+    entity_topic(t, "binary_sensor", &trigger.name)
 }
 
 /// The config topic of an object trigger's count sensor.
 pub fn count_topic(t: &Topics, trigger: &TriggerConfig) -> String {
+    entity_topic(t, "sensor", &format!("{}_count", trigger.name))
+}
+
+fn entity_topic(t: &Topics, domain: &str, object: &str) -> String {
     format!(
-        "{}/sensor/moonwatch_{}/{}_count/config",
-        t.discovery_prefix, t.device_id, trigger.name
+        "{}/{domain}/moonwatch_{}/{object}/config",
+        t.discovery_prefix, t.device_id
     )
 }
 
-/// For an object trigger: a sensor with how many were seen in the last evaluation.
-pub fn object_count(t: &Topics, trigger: &TriggerConfig) -> Option<(String, Vec<u8>)> {
-    let object = trigger.object.as_ref()?;
-    let c = EntityConfig {
-        state_topic: Some(t.trigger_attributes(&trigger.name)),
-        value_template: Some("{{ value_json.details.count }}".into()),
-        json_attributes_topic: Some(t.trigger_attributes(&trigger.name)),
-        json_attributes_template: Some("{{ value_json.details | tojson }}".into()),
-        state_class: Some("measurement".into()),
-        unit_of_measurement: Some(object.clone()),
+/// Every entity a trigger has, as (config topic, retained payload): a binary sensor (ON
+/// while the question is answered yes / the object seen), an event entity (`begin` /
+/// `end`), an image entity with the frame of its last begin, and for object triggers a
+/// sensor with how many were seen in the last evaluation.
+pub fn trigger_entities(t: &Topics, trigger: &TriggerConfig) -> Vec<(String, Vec<u8>)> {
+    let name = &trigger.name;
+    let label = name.replace('_', " ");
+    let state = EntityConfig {
+        state_topic: Some(t.trigger_state(name)),
+        payload_on: Some("ON".into()),
+        payload_off: Some("OFF".into()),
+        json_attributes_topic: Some(t.trigger_attributes(name)),
+        device_class: trigger.device_class.clone(),
+        ..common(t, "binary_sensor", name, &label)
+    };
+    let event = EntityConfig {
+        state_topic: Some(t.trigger_event(name)),
+        event_types: vec!["begin".into(), "end".into()],
         ..common(
             t,
-            "sensor",
-            &format!("{}_count", trigger.name),
-            &format!("{object} count"),
+            "event",
+            &format!("{name}_event"),
+            &format!("{label} event"),
         )
     };
-    Some((count_topic(t, trigger), bytes(&c)))
+    let snapshot = EntityConfig {
+        image_topic: Some(t.trigger_snapshot(name)),
+        content_type: Some("image/jpeg".into()),
+        ..common(
+            t,
+            "image",
+            &format!("{name}_snapshot"),
+            &format!("{label} snapshot"),
+        )
+    };
+    let mut out = vec![
+        (trigger_topic(t, trigger), bytes(&state)),
+        (
+            entity_topic(t, "event", &format!("{name}_event")),
+            bytes(&event),
+        ),
+        (
+            entity_topic(t, "image", &format!("{name}_snapshot")),
+            bytes(&snapshot),
+        ),
+    ];
+    if let Some(object) = &trigger.object {
+        let count = EntityConfig {
+            state_topic: Some(t.trigger_attributes(name)),
+            value_template: Some("{{ value_json.details.count }}".into()),
+            json_attributes_topic: Some(t.trigger_attributes(name)),
+            json_attributes_template: Some("{{ value_json.details | tojson }}".into()),
+            state_class: Some("measurement".into()),
+            unit_of_measurement: Some(object.clone()),
+            ..common(
+                t,
+                "sensor",
+                &format!("{name}_count"),
+                &format!("{object} count"),
+            )
+        };
+        out.push((count_topic(t, trigger), bytes(&count)));
+    }
+    out
+}
+
+/// The config topics of every entity a trigger may have had (to delete them all).
+pub fn trigger_entity_topics(t: &Topics, trigger: &TriggerConfig) -> Vec<String> {
+    let name = &trigger.name;
+    vec![
+        trigger_topic(t, trigger),
+        entity_topic(t, "event", &format!("{name}_event")),
+        entity_topic(t, "image", &format!("{name}_snapshot")),
+        count_topic(t, trigger),
+    ]
 }
 
 /// The caption sensor and the snapshot image.
@@ -176,22 +227,50 @@ pub fn device_entities(t: &Topics) -> Vec<(String, Vec<u8>)> {
         content_type: Some("image/jpeg".into()),
         ..common(t, "image", "snapshot", "snapshot")
     };
-    vec![
+    let mut out = vec![
+        (entity_topic(t, "sensor", "caption"), bytes(&caption)),
+        (entity_topic(t, "image", "snapshot"), bytes(&snapshot)),
+    ];
+    // Buttons: take a snapshot / a caption now (the replies go to the default topics).
+    for (object, name, request) in [
+        ("snapshot_now", "snapshot now", "snapshot"),
+        ("caption_now", "caption now", "caption"),
+    ] {
+        let button = EntityConfig {
+            command_topic: Some(format!("{}/request/{request}", t.base)),
+            payload_press: Some("{}".into()),
+            ..common(t, "button", object, name)
+        };
+        out.push((entity_topic(t, "button", object), bytes(&button)));
+    }
+    // Diagnostics from `{base}/stats`; available while the daemon is, camera or not.
+    for (object, name, template, unit) in [
         (
-            format!(
-                "{}/sensor/moonwatch_{}/caption/config",
-                t.discovery_prefix, t.device_id
-            ),
-            bytes(&caption),
+            "queue_depth",
+            "queue depth",
+            "{{ value_json.queue_depth }}",
+            None,
         ),
+        ("frames", "frames", "{{ value_json.frames }}", None),
+        ("camera", "camera", "{{ value_json.camera }}", None),
         (
-            format!(
-                "{}/image/moonwatch_{}/snapshot/config",
-                t.discovery_prefix, t.device_id
-            ),
-            bytes(&snapshot),
+            "last_inference",
+            "last inference",
+            "{{ value_json.counters.last_trigger_ms or value_json.counters.last_request_ms }}",
+            Some("ms"),
         ),
-    ]
+    ] {
+        let mut sensor = EntityConfig {
+            state_topic: Some(t.stats()),
+            value_template: Some(template.into()),
+            entity_category: Some("diagnostic".into()),
+            unit_of_measurement: unit.map(str::to_owned),
+            ..common(t, "sensor", object, name)
+        };
+        sensor.availability.truncate(1);
+        out.push((entity_topic(t, "sensor", object), bytes(&sensor)));
+    }
+    out
 }
 
 #[cfg(test)]
@@ -200,6 +279,14 @@ mod tests {
     use crate::config::MqttConfig;
     use serde_json::{json, Value};
 
+    fn find(all: &[(String, Vec<u8>)], topic: &str) -> Value {
+        let (_, payload) = all
+            .iter()
+            .find(|(t, _)| t == topic)
+            .unwrap_or_else(|| panic!("no {topic}"));
+        serde_json::from_slice(payload).unwrap()
+    }
+
     #[test]
     fn trigger_entities_follow_home_assistant_conventions() {
         let t = Topics::new(&MqttConfig::default(), "garage");
@@ -207,12 +294,16 @@ mod tests {
             json!({"name":"door_open","question":"Is the door open?","device_class":"garage_door"}),
         )
         .unwrap();
-        let (topic, payload) = trigger(&t, &trig);
+        let all = trigger_entities(&t, &trig);
         assert_eq!(
-            topic,
-            "homeassistant/binary_sensor/moonwatch_garage/door_open/config"
+            all.len(),
+            3,
+            "binary sensor, event, image; no count for a question"
         );
-        let v: Value = serde_json::from_slice(&payload).unwrap();
+        let v = find(
+            &all,
+            "homeassistant/binary_sensor/moonwatch_garage/door_open/config",
+        );
         assert_eq!(v["state_topic"], "moonwatch/garage/trigger/door_open");
         assert_eq!(v["unique_id"], "moonwatch_garage_door_open");
         assert_eq!(
@@ -231,20 +322,54 @@ mod tests {
         );
         assert_eq!(v["availability_mode"], "all");
         assert_eq!(v["device"]["identifiers"][0], "moonwatch_garage");
-        assert!(object_count(&t, &trig).is_none());
+        let e = find(
+            &all,
+            "homeassistant/event/moonwatch_garage/door_open_event/config",
+        );
+        assert_eq!(e["state_topic"], "moonwatch/garage/trigger/door_open/event");
+        assert_eq!(e["event_types"], json!(["begin", "end"]));
+        assert_eq!(
+            e["default_entity_id"],
+            "event.moonwatch_garage_door_open_event"
+        );
+        let i = find(
+            &all,
+            "homeassistant/image/moonwatch_garage/door_open_snapshot/config",
+        );
+        assert_eq!(
+            i["image_topic"],
+            "moonwatch/garage/trigger/door_open/snapshot"
+        );
+
         let car: TriggerConfig =
             serde_json::from_value(json!({"name":"car","object":"car"})).unwrap();
-        let (topic, payload) = object_count(&t, &car).unwrap();
-        assert_eq!(
-            topic,
-            "homeassistant/sensor/moonwatch_garage/car_count/config"
+        let all = trigger_entities(&t, &car);
+        let v = find(
+            &all,
+            "homeassistant/sensor/moonwatch_garage/car_count/config",
         );
-        let v: Value = serde_json::from_slice(&payload).unwrap();
         assert_eq!(v["state_topic"], "moonwatch/garage/trigger/car/attributes");
         assert_eq!(v["value_template"], "{{ value_json.details.count }}");
-        let all = device_entities(&t);
-        assert!(all
-            .iter()
-            .any(|(t, _)| t == "homeassistant/image/moonwatch_garage/snapshot/config"));
+        // Removal covers every entity a trigger can have.
+        let topics = trigger_entity_topics(&t, &car);
+        assert!(all.iter().all(|(topic, _)| topics.contains(topic)));
+
+        let dev = device_entities(&t);
+        find(&dev, "homeassistant/image/moonwatch_garage/snapshot/config");
+        let b = find(
+            &dev,
+            "homeassistant/button/moonwatch_garage/caption_now/config",
+        );
+        assert_eq!(b["command_topic"], "moonwatch/garage/request/caption");
+        let q = find(
+            &dev,
+            "homeassistant/sensor/moonwatch_garage/queue_depth/config",
+        );
+        assert_eq!(q["entity_category"], "diagnostic");
+        assert_eq!(
+            q["availability"].as_array().unwrap().len(),
+            1,
+            "not the camera's"
+        );
     }
 }

@@ -135,6 +135,7 @@ pub struct TriggerRemoved {
 }
 
 /// Retained on `{base}/trigger/{name}/attributes` after every evaluation.
+/// `snapshot_topic` is the trigger's own `{base}/trigger/{name}/snapshot`.
 #[derive(Debug, Serialize, Deserialize, JsonSchema)]
 pub struct TriggerAttributes {
     pub confidence: f32,
@@ -176,6 +177,8 @@ pub enum EventKind {
 pub struct TriggerEvent {
     #[serde(rename = "type")]
     pub kind: EventKind,
+    /// The same as `type`, under the key Home Assistant's event entities read.
+    pub event_type: EventKind,
     pub trigger: String,
     pub confidence: f32,
     pub frame_time: f64,
