@@ -1812,3 +1812,64 @@ async fn the_cli_asks_a_running_daemon_over_mqtt() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trigger_switched_off_from_home_assistant_stays_off_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), "allow_anonymous true");
+    let trigger = "[[trigger]]\nname = \"door\"\nquestion = \"Is the door open?\"\ninterval = 1\n";
+    let cfg = config_for(&common::tiny_yes(), dir.path(), broker.port, "v5", trigger);
+    let mut d = Daemon::start(dir.path(), &cfg);
+    let mut c = Client::connect(
+        broker.port,
+        "t-switch",
+        &[&format!("{BASE}/#"), "homeassistant/#"],
+    )
+    .await;
+    c.wait(
+        "switch entity",
+        60,
+        topic("homeassistant/switch/moonwatch_cam1/door_enabled/config"),
+    )
+    .await;
+    c.wait(
+        "evaluated",
+        60,
+        topic(&format!("{BASE}/trigger/door/attributes")),
+    )
+    .await;
+    c.publish(&format!("{BASE}/trigger/door/set"), "OFF").await;
+    c.wait("switched off", 30, |m| {
+        m.topic == format!("{BASE}/trigger/door/enabled") && &m.payload[..] == b"OFF"
+    })
+    .await;
+    // Two stats messages after the switch: no evaluation between them.
+    let evals = |m: &Msg| m.json()["counters"]["trigger_evaluations"].as_u64();
+    c.clear();
+    let a = evals(&c.wait("stats", 30, topic(&format!("{BASE}/stats"))).await);
+    c.clear();
+    let b = evals(&c.wait("stats", 30, topic(&format!("{BASE}/stats"))).await);
+    assert_eq!(a, b, "evaluated while switched off");
+    // Restarted, it is still off (triggers.json), and says so.
+    d.signal(libc::SIGTERM);
+    assert!(wait_exit(&mut d, 15).success());
+    let _d = Daemon::start(dir.path(), &cfg);
+    c.clear();
+    c.wait("online", 60, |m| {
+        m.topic == format!("{BASE}/availability") && &m.payload[..] == b"online"
+    })
+    .await;
+    c.publish(
+        &format!("{BASE}/request/trigger_list"),
+        json!({"transaction": "l"}).to_string(),
+    )
+    .await;
+    let list = c
+        .wait("list", 30, |m| {
+            m.topic.contains("/response/") && m.json()["transaction"] == "l"
+        })
+        .await
+        .json();
+    assert_eq!(list["data"]["triggers"][0]["enabled"], false, "{list}");
+    assert!(validate_published(&c.seen) > 0);
+}

@@ -196,6 +196,8 @@ struct Trigger {
     last_thumb: Option<[u8; 64]>,
     /// Set when the engine refused it: it is not evaluated again until replaced.
     error: Option<String>,
+    /// Its switch: off means not evaluated (kept across restarts).
+    enabled: bool,
 }
 
 impl Trigger {
@@ -206,6 +208,7 @@ impl Trigger {
             last_end: None,
             last_thumb: None,
             error: None,
+            enabled: true,
         }
     }
 }
@@ -220,7 +223,8 @@ enum Recent {
 /// A trigger change waiting for its save to finish before it is answered.
 #[derive(Debug)]
 struct Saving {
-    reply: ReplyTo,
+    /// `None` for a switch: nothing to answer.
+    reply: Option<ReplyTo>,
     data: SavedKind,
 }
 
@@ -228,6 +232,7 @@ struct Saving {
 enum SavedKind {
     Added(String),
     Removed(String),
+    Switched,
 }
 
 /// Camera health as the core judges it.
@@ -327,14 +332,19 @@ impl Core {
             cfg,
         };
         for (name, cfg) in core.wanted_triggers(&core.cfg) {
-            core.triggers.insert(name, Trigger::new(cfg));
+            let t = core.new_trigger(cfg);
+            core.triggers.insert(name, t);
         }
         core
     }
 
     /// The subscriptions every session makes.
     pub fn subscriptions(&self) -> Vec<String> {
-        vec![self.topics.requests(), self.topics.ha_status()]
+        vec![
+            self.topics.requests(),
+            self.topics.ha_status(),
+            self.topics.trigger_set_filter(),
+        ]
     }
 
     pub fn set_outbox_stats(&mut self, s: OutboxStats) {
@@ -385,6 +395,10 @@ impl Core {
                             on_off(on),
                         )));
                     }
+                    out.push(Act::Publish(Outgoing::retained(
+                        self.topics.trigger_enabled(&t.cfg.name),
+                        on_off(t.enabled),
+                    )));
                 }
             }
             MqttEvent::Subscribed { refused } => {
@@ -426,8 +440,62 @@ impl Core {
                     self.publish_discovery(out);
                 }
             }
-            MqttEvent::Message(m) => self.on_request(now, cam, m, out),
+            MqttEvent::Message(m) => match self.topics.trigger_set_name(&m.topic) {
+                Some(name) => {
+                    let name = name.to_owned();
+                    self.on_switch(&name, &m, out)
+                }
+                None => self.on_request(now, cam, m, out),
+            },
         }
+    }
+
+    /// A trigger's switch: `ON` / `OFF` on `{base}/trigger/{name}/set`.
+    fn on_switch(&mut self, name: &str, m: &Incoming, out: &mut Vec<Act>) {
+        let want = match m.payload.trim_ascii() {
+            b"ON" | b"on" | b"true" => Some(true),
+            b"OFF" | b"off" | b"false" => Some(false),
+            _ => None,
+        };
+        let topic = self.topics.trigger_enabled(name);
+        let (Some(on), Some(t)) = (want, self.triggers.get_mut(name)) else {
+            tracing::debug!(trigger = ?name, "ignored a switch command (unknown trigger or payload not ON/OFF)");
+            self.bad_requests += 1;
+            if let Some(a) = m.ack {
+                out.push(Act::Ack(a));
+            }
+            return;
+        };
+        t.enabled = on;
+        if let Some((_, names)) = self.round.as_mut() {
+            names.retain(|n| n != name);
+        }
+        tracing::info!(trigger = ?name, enabled = on, "trigger switched");
+        self.runtime.disabled.retain(|n| n != name);
+        if !on {
+            self.runtime.disabled.push(name.to_owned());
+        }
+        let mut state = Outgoing::retained(topic, on_off(on));
+        state.acks.extend(m.ack);
+        out.push(Act::Publish(state));
+        let save = self.next_id();
+        self.saving.insert(
+            save,
+            Saving {
+                reply: None,
+                data: SavedKind::Switched,
+            },
+        );
+        out.push(Act::Save {
+            save,
+            triggers: self.runtime.clone(),
+        });
+    }
+
+    fn new_trigger(&self, cfg: TriggerConfig) -> Trigger {
+        let mut t = Trigger::new(cfg);
+        t.enabled = !self.runtime.disabled.contains(&t.cfg.name);
+        t
     }
 
     fn on_request(&mut self, now: Now, cam: &CameraView, m: Incoming, out: &mut Vec<Act>) {
@@ -671,6 +739,7 @@ impl Core {
                         .state
                         .map(|on| if on { "ON" } else { "OFF" }.to_owned()),
                     confidence: t.state.state.map(|_| t.state.last_confidence),
+                    enabled: t.enabled,
                     error: t.error.clone(),
                 })
                 .collect(),
@@ -771,7 +840,12 @@ impl Core {
             }
         }
         self.publish_trigger_discovery(&cfg, out);
-        self.triggers.insert(cfg.name.clone(), Trigger::new(cfg));
+        let t = self.new_trigger(cfg);
+        out.push(Act::Publish(Outgoing::retained(
+            self.topics.trigger_enabled(&t.cfg.name),
+            on_off(t.enabled),
+        )));
+        self.triggers.insert(t.cfg.name.clone(), t);
     }
 
     fn remove_trigger(&mut self, now: Now, name: &str, reply: ReplyTo, out: &mut Vec<Act>) {
@@ -780,6 +854,7 @@ impl Core {
             return self.reply(now, reply, Err(e), out);
         };
         self.runtime.added.retain(|x| x.name != name);
+        self.runtime.disabled.retain(|n| n != name);
         if self.cfg.triggers.iter().any(|c| c.name == name)
             && !self.runtime.removed.iter().any(|n| n == name)
         {
@@ -791,7 +866,13 @@ impl Core {
 
     fn save(&mut self, reply: ReplyTo, data: SavedKind, out: &mut Vec<Act>) {
         let save = self.next_id();
-        self.saving.insert(save, Saving { reply, data });
+        self.saving.insert(
+            save,
+            Saving {
+                reply: Some(reply),
+                data,
+            },
+        );
         out.push(Act::Save {
             save,
             triggers: self.runtime.clone(),
@@ -811,8 +892,11 @@ impl Core {
             SavedKind::Removed(removed) => {
                 ReplyData::Removed(wire::TriggerRemoved { removed, persisted })
             }
+            SavedKind::Switched => return,
         };
-        self.reply(now, s.reply, Ok(data), out);
+        if let Some(reply) = s.reply {
+            self.reply(now, reply, Ok(data), out);
+        }
     }
 
     fn publish_discovery(&self, out: &mut Vec<Act>) {
@@ -846,6 +930,7 @@ impl Core {
             self.topics.trigger_state(&cfg.name),
             self.topics.trigger_attributes(&cfg.name),
             self.topics.trigger_snapshot(&cfg.name),
+            self.topics.trigger_enabled(&cfg.name),
         ] {
             self.publish_retained(out, topic, Bytes::new());
         }
@@ -1139,7 +1224,7 @@ impl Core {
             let mut due = VecDeque::new();
             let mut soon = Vec::new();
             for t in self.triggers.values_mut() {
-                if t.error.is_some() {
+                if t.error.is_some() || !t.enabled {
                     continue;
                 }
                 let changed = t
@@ -1178,7 +1263,7 @@ impl Core {
                 let Some(t) = self.triggers.get_mut(&name) else {
                     continue;
                 };
-                if t.error.is_some() {
+                if t.error.is_some() || !t.enabled {
                     continue;
                 }
                 t.last_thumb = Some(if round_frame.key == frame.key {

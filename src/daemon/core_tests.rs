@@ -972,3 +972,82 @@ fn a_begin_publishes_the_frame_on_the_triggers_own_snapshot_topic() {
     assert_eq!(ev.event_type, wire::EventKind::Begin);
     assert_eq!(ev.snapshot_topic, "mw/cam/trigger/door/snapshot");
 }
+
+fn switch(name: &str, payload: &str, pkid: u16) -> Input {
+    Input::Mqtt(MqttEvent::Message(Incoming {
+        topic: format!("mw/cam/trigger/{name}/set"),
+        payload: Bytes::from(payload.to_owned()),
+        response_topic: None,
+        correlation: None,
+        expiry: None,
+        redelivered: false,
+        ack: Some(AckToken {
+            connection: 1,
+            pkid,
+        }),
+    }))
+}
+
+#[test]
+fn a_switched_off_trigger_is_not_evaluated_and_stays_off_across_restarts() {
+    let now = t0();
+    let cfg = config(|c| c.triggers = vec![trigger("door", "Door?", 1)]);
+    let mut c = core(cfg.clone(), now);
+    assert!(c
+        .subscriptions()
+        .contains(&"mw/cam/trigger/+/set".to_owned()));
+    let acts = c.handle(
+        now,
+        &CameraView {
+            latest: None,
+            status: CameraStatus::Starting,
+        },
+        switch("door", "OFF", 4),
+    );
+    let state = published(&acts, "mw/cam/trigger/door/enabled");
+    assert_eq!(&state[0].payload[..], b"OFF");
+    assert_eq!(
+        state[0].acks,
+        vec![AckToken {
+            connection: 1,
+            pkid: 4
+        }],
+        "acknowledged with the state"
+    );
+    let saved = acts
+        .iter()
+        .find_map(|a| match a {
+            Act::Save { triggers, .. } => Some(triggers.clone()),
+            _ => None,
+        })
+        .expect("persisted");
+    assert_eq!(saved.disabled, vec!["door".to_owned()]);
+    let cam = running(frame_at(now, 10));
+    assert!(
+        submitted(&c.handle(now, &cam, Input::Tick)).is_none(),
+        "off: not evaluated"
+    );
+    // A restart with the saved state: still off, and says so.
+    let topics = Topics::new(&cfg.mqtt, "cam");
+    let mut again = Core::new(cfg, topics, saved, None, None, now);
+    let acts = again.handle(
+        now,
+        &cam,
+        Input::Mqtt(MqttEvent::Connected {
+            session_present: false,
+        }),
+    );
+    assert_eq!(
+        &published(&acts, "mw/cam/trigger/door/enabled")[0].payload[..],
+        b"OFF"
+    );
+    assert!(submitted(&acts).is_none());
+    // Switched on: evaluated again. Nonsense is ignored (and acknowledged).
+    let acts = again.handle(now, &cam, switch("door", "maybe", 5));
+    assert!(
+        matches!(acts[..], [Act::Ack(AckToken { pkid: 5, .. })]),
+        "{acts:?}"
+    );
+    let acts = again.handle(now, &cam, switch("door", "ON", 6));
+    assert!(submitted(&acts).is_some());
+}

@@ -16,6 +16,9 @@ use crate::triggers::TriggerConfig;
 pub struct RuntimeTriggers {
     pub added: Vec<TriggerConfig>,
     pub removed: Vec<String>,
+    /// Triggers switched off (their Home Assistant switch), configured or added.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub disabled: Vec<String>,
 }
 
 pub fn path(state_dir: &Path) -> PathBuf {
@@ -114,6 +117,7 @@ mod tests {
         let rt = RuntimeTriggers {
             added: vec![],
             removed: vec!["a".into()],
+            disabled: vec!["b".into()],
         };
         save(dir.path(), &rt).unwrap();
         assert_eq!(load(dir.path()).triggers, rt);

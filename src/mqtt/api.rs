@@ -58,6 +58,22 @@ impl Topics {
     pub fn trigger_attributes(&self, name: &str) -> String {
         format!("{}/trigger/{name}/attributes", self.base)
     }
+    /// Retained `ON` / `OFF`: whether the trigger is evaluated (its switch).
+    pub fn trigger_enabled(&self, name: &str) -> String {
+        format!("{}/trigger/{name}/enabled", self.base)
+    }
+    /// Subscription for trigger switches: `ON` / `OFF` to `{base}/trigger/{name}/set`.
+    pub fn trigger_set_filter(&self) -> String {
+        format!("{}/trigger/+/set", self.base)
+    }
+    /// The trigger a `.../trigger/{name}/set` topic is about.
+    pub fn trigger_set_name<'t>(&self, topic: &'t str) -> Option<&'t str> {
+        topic
+            .strip_prefix(&self.base)?
+            .strip_prefix("/trigger/")?
+            .strip_suffix("/set")
+            .filter(|n| !n.contains('/'))
+    }
     /// Retained JPEG of the frame of a trigger's last begin.
     pub fn trigger_snapshot(&self, name: &str) -> String {
         format!("{}/trigger/{name}/snapshot", self.base)

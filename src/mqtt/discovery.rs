@@ -171,8 +171,26 @@ pub fn trigger_entities(t: &Topics, trigger: &TriggerConfig) -> Vec<(String, Vec
             &format!("{label} snapshot"),
         )
     };
+    let switch = EntityConfig {
+        state_topic: Some(t.trigger_enabled(name)),
+        command_topic: Some(format!("{}/trigger/{name}/set", t.base)),
+        payload_on: Some("ON".into()),
+        payload_off: Some("OFF".into()),
+        entity_category: Some("config".into()),
+        icon: Some("mdi:eye-check-outline".into()),
+        ..common(
+            t,
+            "switch",
+            &format!("{name}_enabled"),
+            &format!("{label} enabled"),
+        )
+    };
     let mut out = vec![
         (trigger_topic(t, trigger), bytes(&state)),
+        (
+            entity_topic(t, "switch", &format!("{name}_enabled")),
+            bytes(&switch),
+        ),
         (
             entity_topic(t, "event", &format!("{name}_event")),
             bytes(&event),
@@ -209,6 +227,7 @@ pub fn trigger_entity_topics(t: &Topics, trigger: &TriggerConfig) -> Vec<String>
         trigger_topic(t, trigger),
         entity_topic(t, "event", &format!("{name}_event")),
         entity_topic(t, "image", &format!("{name}_snapshot")),
+        entity_topic(t, "switch", &format!("{name}_enabled")),
         count_topic(t, trigger),
     ]
 }
@@ -297,8 +316,20 @@ mod tests {
         let all = trigger_entities(&t, &trig);
         assert_eq!(
             all.len(),
-            3,
-            "binary sensor, event, image; no count for a question"
+            4,
+            "binary sensor, switch, event, image; no count for a question"
+        );
+        let sw = find(
+            &all,
+            "homeassistant/switch/moonwatch_garage/door_open_enabled/config",
+        );
+        assert_eq!(
+            sw["command_topic"],
+            "moonwatch/garage/trigger/door_open/set"
+        );
+        assert_eq!(
+            sw["state_topic"],
+            "moonwatch/garage/trigger/door_open/enabled"
         );
         let v = find(
             &all,

@@ -117,6 +117,8 @@ pub struct TriggerEntry {
     /// "ON", "OFF", or null before the first decision.
     pub state: Option<String>,
     pub confidence: Option<f32>,
+    /// Switched on (evaluated) or off.
+    pub enabled: bool,
     /// Why the trigger is not evaluated (the engine refused it), if it is not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
