@@ -297,3 +297,123 @@ fn the_committed_json_schemas_match_the_wire_types() {
         .unwrap();
     assert_eq!(bad.status.code(), Some(64));
 }
+
+/// Every string in a YAML document, depth first.
+fn yaml_strings(y: &yaml_rust2::Yaml, out: &mut Vec<String>) {
+    use yaml_rust2::Yaml;
+    match y {
+        Yaml::String(s) => out.push(s.clone()),
+        Yaml::Array(a) => a.iter().for_each(|v| yaml_strings(v, out)),
+        Yaml::Hash(h) => h.iter().for_each(|(k, v)| {
+            yaml_strings(k, out);
+            yaml_strings(v, out);
+        }),
+        _ => {}
+    }
+}
+
+/// Every property name any payload schema declares.
+fn schema_keys(v: &serde_json::Value, out: &mut std::collections::BTreeSet<String>) {
+    match v {
+        serde_json::Value::Object(m) => {
+            if let Some(serde_json::Value::Object(props)) = m.get("properties") {
+                out.extend(props.keys().cloned());
+            }
+            m.values().for_each(|x| schema_keys(x, out));
+        }
+        serde_json::Value::Array(a) => a.iter().for_each(|x| schema_keys(x, out)),
+        _ => {}
+    }
+}
+
+#[test]
+fn the_home_assistant_examples_are_yaml_that_uses_only_what_the_api_has() {
+    let doc = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/home-assistant.md"),
+    )
+    .unwrap();
+    let blocks: Vec<&str> = doc
+        .split("```yaml\n")
+        .skip(1)
+        .map(|b| b.split("```").next().unwrap())
+        .collect();
+    assert_eq!(blocks.len(), 3, "notify, ask, switch");
+    // What the API offers, from the code itself: the topics and entity ids of device
+    // `garage` with the triggers the examples name, and every payload key.
+    let cfg = moonwatch::config::MqttConfig::default();
+    let t = moonwatch::mqtt::api::Topics::new(&cfg, "garage");
+    let mut entity_ids = std::collections::BTreeSet::new();
+    for name in ["garage_door", "porch"] {
+        let trig: moonwatch::triggers::TriggerConfig =
+            serde_json::from_value(serde_json::json!({"name": name, "question": "Q?"})).unwrap();
+        for (_, payload) in moonwatch::mqtt::discovery::trigger_entities(&t, &trig) {
+            let v: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+            entity_ids.insert(v["default_entity_id"].as_str().unwrap().to_owned());
+        }
+    }
+    let topics: std::collections::BTreeSet<String> = [
+        t.trigger_event("garage_door"),
+        format!("{}/request/query", t.base),
+        t.response("query"),
+    ]
+    .into_iter()
+    .collect();
+    let mut keys = std::collections::BTreeSet::new();
+    for (_, schema) in moonwatch::mqtt::wire::schemas() {
+        schema_keys(&schema, &mut keys);
+    }
+    let mut used_topics = 0;
+    let mut used_entities = 0;
+    let mut used_keys = 0;
+    for block in blocks {
+        let docs = yaml_rust2::YamlLoader::load_from_str(block)
+            .unwrap_or_else(|e| panic!("not YAML: {e}\n{block}"));
+        let mut strings = Vec::new();
+        docs.iter().for_each(|d| yaml_strings(d, &mut strings));
+        for s in &strings {
+            if s.starts_with("moonwatch/") {
+                assert!(
+                    topics.contains(s),
+                    "{s} is not a moonwatch topic here: {topics:?}"
+                );
+                used_topics += 1;
+            }
+            for word in s.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '.')) {
+                if word.contains(".moonwatch_") {
+                    assert!(
+                        entity_ids.contains(word),
+                        "{word} is not an entity moonwatch makes: {entity_ids:?}"
+                    );
+                    used_entities += 1;
+                }
+            }
+            for path in template_paths(s) {
+                for key in path.split('.') {
+                    assert!(
+                        keys.contains(key),
+                        "payload key {key:?} ({path}) is in no schema"
+                    );
+                }
+                used_keys += 1;
+            }
+        }
+    }
+    assert!(used_topics >= 3 && used_entities >= 3 && used_keys >= 4);
+}
+
+/// The key paths a template reads from a payload: `value_json.a.b`, `payload_json.a`.
+fn template_paths(s: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for marker in ["value_json.", "payload_json."] {
+        let mut rest = s;
+        while let Some(i) = rest.find(marker) {
+            rest = &rest[i + marker.len()..];
+            let path: String = rest
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '.')
+                .collect();
+            out.push(path.trim_end_matches('.').to_owned());
+        }
+    }
+    out
+}
