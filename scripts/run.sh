@@ -80,6 +80,10 @@ or with MQTT v3.1.1 (the reply goes to $base/response/query, with your transacti
   mosquitto_sub -p $port -t $base/response/query -C 1 &
   mosquitto_pub -p $port -t $base/request/query -m '{"question":"What is in the picture?","transaction":"t1"}'
 
+or with moonwatch itself as the client:
+
+  $bin ask --broker 127.0.0.1:$port --device $device "What is in the picture?"
+
 Other requests: caption, yes_no, detect, point, snapshot, trigger_add, trigger_remove,
 trigger_list, health_check (docs/mqtt-api.md). Watching everything: mosquitto_sub -p $port -v -t '$base/#'
 
