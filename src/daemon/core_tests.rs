@@ -159,6 +159,26 @@ fn query(text: &str) -> Response {
     }
 }
 
+/// A response with one answer.
+fn answering(answer: Answer) -> Response {
+    Response {
+        answers: vec![Answered {
+            answer,
+            timing: SkillTiming::default(),
+        }],
+        ..yes_no(true)
+    }
+}
+
+/// A small PNG, base64, as a request's `image`.
+fn png_base64() -> String {
+    let img = image::RgbImage::from_pixel(4, 4, image::Rgb([1, 2, 3]));
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png)
+        .expect("png");
+    base64::Engine::encode(&base64::engine::general_purpose::STANDARD, out.into_inner())
+}
+
 fn done(job: u64, r: Result<Response, EngineError>, f: &Arc<Frame>) -> Input {
     Input::EngineDone {
         job,
@@ -247,13 +267,7 @@ fn stale_or_missing_frames_answer_camera_unavailable_but_images_are_served() {
             retry_in: Duration::from_secs(1),
         },
     };
-    let png = {
-        let img = image::RgbImage::from_pixel(4, 4, image::Rgb([1, 2, 3]));
-        let mut out = std::io::Cursor::new(Vec::new());
-        img.write_to(&mut out, image::ImageFormat::Png)
-            .expect("png");
-        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, out.into_inner())
-    };
+    let png = png_base64();
     let acts = c.handle(
         later,
         &down,
@@ -476,15 +490,9 @@ fn captions_follow_their_interval() {
     let mut c = core(config(|c| c.daemon.caption_interval = 30), now);
     let f = frame_at(now, 10);
     let (job, _) = submitted(&c.handle(now, &running(f.clone()), Input::Tick)).expect("caption");
-    let caption = Response {
-        answers: vec![Answered {
-            answer: Answer::Caption {
-                caption: "a porch".into(),
-            },
-            timing: SkillTiming::default(),
-        }],
-        ..yes_no(true)
-    };
+    let caption = answering(Answer::Caption {
+        caption: "a porch".into(),
+    });
     let acts = c.handle(now, &running(f.clone()), done(job, Ok(caption), &f));
     let cap: wire::Caption =
         serde_json::from_slice(&published(&acts, "mw/cam/caption")[0].payload).expect("caption");
@@ -927,27 +935,15 @@ fn a_caption_of_the_cameras_frame_is_the_cameras_caption() {
     let mut c = core(config(|_| {}), now);
     let f = frame_at(now, 10);
     let cam = running(f.clone());
-    let caption = Response {
-        answers: vec![Answered {
-            answer: Answer::Caption {
-                caption: "a porch".into(),
-            },
-            timing: SkillTiming::default(),
-        }],
-        ..yes_no(true)
-    };
+    let caption = answering(Answer::Caption {
+        caption: "a porch".into(),
+    });
     // The "caption now" button publishes {} to request/caption.
     let (job, _) = submitted(&c.handle(now, &cam, request("caption", "{}", 1))).expect("runs");
     let acts = c.handle(now, &cam, done(job, Ok(caption.clone()), &f));
     assert_eq!(published(&acts, "mw/cam/caption").len(), 1);
     // A caption of the request's own image is not the camera's.
-    let png = {
-        let img = image::RgbImage::from_pixel(4, 4, image::Rgb([1, 2, 3]));
-        let mut out = std::io::Cursor::new(Vec::new());
-        img.write_to(&mut out, image::ImageFormat::Png)
-            .expect("png");
-        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, out.into_inner())
-    };
+    let png = png_base64();
     let body = format!(r#"{{"image":"{png}"}}"#);
     let (job, _) = submitted(&c.handle(now, &cam, request("caption", &body, 2))).expect("runs");
     let acts = c.handle(now, &cam, done(job, Ok(caption), &f));
