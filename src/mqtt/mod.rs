@@ -362,7 +362,12 @@ enum Step {
     SubAck(Vec<bool>),
     /// Our DISCONNECT went out: the connection is finished.
     Closed,
-    Error(String),
+    Error {
+        reason: String,
+        /// A message larger than we accept: a persistent session would deliver it again
+        /// on every reconnect.
+        oversized: bool,
+    },
     Other,
 }
 
@@ -373,17 +378,34 @@ trait EventSource: Send + 'static {
     fn forget_session(&mut self, forget: bool);
 }
 
-/// An error that a persistent session would repeat for ever: a message larger than we
-/// accept is redelivered on every reconnect.
-fn repeats_with_session(e: &str) -> bool {
-    e.contains("PayloadSizeLimitExceeded") || e.contains("payload size limit")
+/// Whether a v5 connection error is a packet over our size limit.
+fn v5_oversized(e: &v5::ConnectionError) -> bool {
+    matches!(
+        e,
+        v5::ConnectionError::MqttState(v5::StateError::Deserialization(
+            v5::mqttbytes::Error::PayloadSizeLimitExceeded { .. }
+        ))
+    )
+}
+
+/// Whether a v3.1.1 connection error is a packet over our size limit.
+fn v311_oversized(e: &rumqttc::ConnectionError) -> bool {
+    matches!(
+        e,
+        rumqttc::ConnectionError::MqttState(rumqttc::StateError::Deserialization(
+            rumqttc::mqttbytes::Error::PayloadSizeLimitExceeded(_)
+        ))
+    )
 }
 
 impl EventSource for v5::EventLoop {
     async fn step(&mut self) -> Step {
         use rumqttc::v5::mqttbytes::v5::{Packet, SubscribeReasonCode};
         match self.poll().await {
-            Err(e) => Step::Error(format!("{e:?}")),
+            Err(e) => Step::Error {
+                reason: e.to_string(),
+                oversized: v5_oversized(&e),
+            },
             Ok(v5::Event::Incoming(Packet::ConnAck(ack))) => Step::Connected {
                 session_present: ack.session_present,
             },
@@ -420,7 +442,10 @@ impl EventSource for rumqttc::EventLoop {
     async fn step(&mut self) -> Step {
         use rumqttc::{Packet, SubscribeReasonCode};
         match self.poll().await {
-            Err(e) => Step::Error(format!("{e:?}")),
+            Err(e) => Step::Error {
+                reason: e.to_string(),
+                oversized: v311_oversized(&e),
+            },
             Ok(rumqttc::Event::Incoming(Packet::ConnAck(ack))) => Step::Connected {
                 session_present: ack.session_present,
             },
@@ -466,8 +491,8 @@ async fn drive(mut el: impl EventSource, tx: mpsc::UnboundedSender<Step>) {
                 }
                 None
             }
-            Step::Error(e) => {
-                if repeats_with_session(e) {
+            Step::Error { oversized, .. } => {
+                if *oversized {
                     // The broker would send the same message again on every session.
                     el.forget_session(true);
                     forgetting = true;
@@ -487,7 +512,7 @@ async fn drive(mut el: impl EventSource, tx: mpsc::UnboundedSender<Step>) {
             // the broker keeps it for the session.
             let end = tokio::time::Instant::now() + Duration::from_secs(2);
             while let Ok(step) = tokio::time::timeout_at(end, el.step()).await {
-                if matches!(step, Step::Error(_)) {
+                if matches!(step, Step::Error { .. }) {
                     break;
                 }
             }
@@ -654,9 +679,9 @@ impl Task {
                     .collect();
                 let _ = self.events.send(MqttEvent::Subscribed { refused });
             }
-            Step::Error(e) => {
+            Step::Error { reason, .. } => {
                 self.connected = false;
-                let _ = self.events.send(MqttEvent::Disconnected(e));
+                let _ = self.events.send(MqttEvent::Disconnected(reason));
             }
             Step::Closed | Step::Other => {}
         }
@@ -750,7 +775,15 @@ mod tests {
         let e = rumqttc::ConnectionError::MqttState(rumqttc::StateError::Deserialization(
             rumqttc::mqttbytes::Error::PayloadSizeLimitExceeded(1 << 20),
         ));
-        assert!(repeats_with_session(&format!("{e:?}")));
-        assert!(!repeats_with_session("NetworkTimeout"));
+        assert!(v311_oversized(&e));
+        assert!(!v311_oversized(&rumqttc::ConnectionError::NetworkTimeout));
+        let e = v5::ConnectionError::MqttState(v5::StateError::Deserialization(
+            v5::mqttbytes::Error::PayloadSizeLimitExceeded {
+                pkt_size: 1 << 20,
+                max: 1024,
+            },
+        ));
+        assert!(v5_oversized(&e));
+        assert!(!v5_oversized(&v5::ConnectionError::NetworkTimeout));
     }
 }
