@@ -784,6 +784,6 @@ mod tests {
             },
         ));
         assert!(v5_oversized(&e));
-        assert!(!v5_oversized(&v5::ConnectionError::NetworkTimeout));
+        assert!(!v5_oversized(&v5::ConnectionError::RequestsDone));
     }
 }
