@@ -482,14 +482,7 @@ fn ask(input: &Input, skills: Vec<Skill>) -> Result<(), Failure> {
     let engine = moondream::start(settings(input)?)?;
     let response = engine.run(Request::new(frame, skills))?;
     engine.shutdown();
-    if input.json {
-        let text =
-            serde_json::to_string_pretty(&response).map_err(|e| Failure::new(exit::SOFTWARE, e))?;
-        println!("{text}");
-    } else {
-        print_human(&response);
-    }
-    Ok(())
+    print_response(input, &response)
 }
 
 fn presence(present: Option<bool>, confidence: f32) -> String {
@@ -602,12 +595,17 @@ fn ask_remote(input: &Input, broker: &str, skills: &[Skill]) -> Result<(), Failu
             }
         }
     }
+    print_response(input, &response)
+}
+
+/// A response as JSON (`--json`) or as lines for people.
+fn print_response(input: &Input, response: &Response) -> Result<(), Failure> {
     if input.json {
         let text =
-            serde_json::to_string_pretty(&response).map_err(|e| Failure::new(exit::SOFTWARE, e))?;
+            serde_json::to_string_pretty(response).map_err(|e| Failure::new(exit::SOFTWARE, e))?;
         println!("{text}");
     } else {
-        print_human(&response);
+        print_human(response);
     }
     Ok(())
 }

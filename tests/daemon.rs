@@ -1366,6 +1366,19 @@ async fn bursts_of_300_requests_of_every_kind_are_each_answered_exactly_once() {
     assert!(wait_exit(&mut d, 15).success(), "{}", d.log());
 }
 
+/// Publishes `n` queries (v5) with replies to `reply_topic`, correlation data 0..n.
+async fn send_queries(c: &Client, n: u8, reply_topic: &str) {
+    for i in 0..n {
+        c.request_v5(
+            &format!("{BASE}/request/query"),
+            json!({"question": "What is it?"}),
+            reply_topic,
+            &[i],
+        )
+        .await;
+    }
+}
+
 /// Reads `VmHWM` (peak) and `VmRSS` of a process, in kB.
 fn memory_kb(pid: u32) -> (u64, u64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -1470,15 +1483,7 @@ async fn kill_9_with_requests_in_flight_loses_none() {
     )
     .await;
     c.wait("online", 60, |m| &m.payload[..] == b"online").await;
-    for i in 0..10u8 {
-        c.request_v5(
-            &format!("{BASE}/request/query"),
-            json!({"question": "What is it?"}),
-            "kill/r",
-            &[i],
-        )
-        .await;
-    }
+    send_queries(&c, 10, "kill/r").await;
     // Kill as soon as the first answer is out: the rest are received, not yet answered.
     c.wait("first reply", 60, topic("kill/r")).await;
     d.child.kill().unwrap();
@@ -1506,15 +1511,7 @@ async fn sigterm_during_a_burst_answers_every_request_and_disconnects_cleanly() 
     )
     .await;
     c.wait("online", 60, |m| &m.payload[..] == b"online").await;
-    for i in 0..40u8 {
-        c.request_v5(
-            &format!("{BASE}/request/query"),
-            json!({"question": "What is it?"}),
-            "term/r",
-            &[i],
-        )
-        .await;
-    }
+    send_queries(&c, 40, "term/r").await;
     c.wait("first reply", 60, topic("term/r")).await;
     d.signal(libc::SIGTERM);
     assert!(wait_exit(&mut d, 15).success(), "{}", d.log());

@@ -273,8 +273,8 @@ pub struct Core {
     round: Option<(Arc<Frame>, VecDeque<String>)>,
     /// Snapshot requests waiting for a starting camera's first frame.
     snapshot_waiters: Vec<(ReplyTo, Instant)>,
-    /// The frame last published as snapshot (key) and its JPEG size.
-    last_snapshot: Option<(u64, usize)>,
+    /// The frame last published as snapshot (key) and its JPEG.
+    last_snapshot: Option<(u64, Bytes)>,
     stopping: Option<Instant>,
     exited: bool,
     problems: Vec<String>,
@@ -776,7 +776,7 @@ impl Core {
                 ))
             }
         };
-        let bytes = self.publish_snapshot(&frame, out);
+        let bytes = self.publish_snapshot(&frame, out).len();
         Ok(ReplyData::Snapshot(wire::SnapshotReply {
             topic: self.topics.snapshot(),
             width: frame.width,
@@ -787,18 +787,18 @@ impl Core {
         }))
     }
 
-    /// Encodes and publishes `frame` as the snapshot, once per frame.
-    fn publish_snapshot(&mut self, frame: &Frame, out: &mut Vec<Act>) -> usize {
-        if let Some((key, bytes)) = self.last_snapshot {
-            if key == frame.key {
-                return bytes;
+    /// Publishes `frame` as the device's snapshot, encoding it once per frame; returns
+    /// the JPEG.
+    fn publish_snapshot(&mut self, frame: &Frame, out: &mut Vec<Act>) -> Bytes {
+        if let Some((key, jpeg)) = &self.last_snapshot {
+            if *key == frame.key {
+                return jpeg.clone();
             }
         }
-        let jpeg = frame.to_jpeg(85);
-        let bytes = jpeg.len();
-        self.last_snapshot = Some((frame.key, bytes));
-        self.publish_retained(out, self.topics.snapshot(), jpeg);
-        bytes
+        let jpeg = Bytes::from(frame.to_jpeg(85));
+        self.last_snapshot = Some((frame.key, jpeg.clone()));
+        self.publish_retained(out, self.topics.snapshot(), jpeg.clone());
+        jpeg
     }
 
     // ---- triggers ---------------------------------------------------------------------
@@ -1014,14 +1014,8 @@ impl Core {
                     if kind == wire::EventKind::Begin {
                         // The trigger's own snapshot (what an automation on this begin
                         // wants), and the device's.
-                        let jpeg = Bytes::from(frame.to_jpeg(85));
-                        self.last_snapshot = Some((frame.key, jpeg.len()));
-                        self.publish_retained(
-                            out,
-                            self.topics.trigger_snapshot(name),
-                            jpeg.clone(),
-                        );
-                        self.publish_retained(out, self.topics.snapshot(), jpeg);
+                        let jpeg = self.publish_snapshot(frame, out);
+                        self.publish_retained(out, self.topics.trigger_snapshot(name), jpeg);
                     }
                     tracing::info!(trigger = ?name, ?kind, "trigger event");
                     let ev = wire::TriggerEvent {
