@@ -4,10 +4,14 @@
 //! then lists every semantic problem at once, each with the key it concerns, so a user fixes
 //! a file in one pass. `moonwatch check-config` prints those and exits with [`EX_CONFIG`].
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+
+use crate::triggers::TriggerConfig;
+use crate::zone::Zone;
 
 /// sysexits' EX_CONFIG: the exit status for a configuration that cannot be used.
 pub const EX_CONFIG: i32 = 78;
@@ -21,15 +25,17 @@ pub const DEFAULT_PATH: &str = "/etc/moonwatch/moonwatch.toml";
 pub struct Config {
     /// The Moondream2 model and how llama.cpp runs it.
     pub model: ModelConfig,
-    /// Where pictures come from.
-    pub camera: CameraConfig,
+    /// Where pictures come from: one `[camera]`, or named `[[camera]]` sections served by
+    /// one engine.
+    pub camera: Cameras,
     /// The broker and the topic layout.
     pub mqtt: MqttConfig,
     /// The running daemon: state, periodic work, limits.
     pub daemon: DaemonConfig,
-    /// Standing triggers (`[[trigger]]` tables).
+    /// Standing triggers of a single `[camera]` (`[[trigger]]` tables); `[[camera]]`
+    /// sections hold their own (`[[camera.trigger]]`).
     #[serde(rename = "trigger")]
-    pub triggers: Vec<crate::triggers::TriggerConfig>,
+    pub triggers: Vec<TriggerConfig>,
 }
 
 /// MQTT protocol version.
@@ -73,6 +79,18 @@ pub struct MqttConfig {
     /// Publish Home Assistant discovery.
     pub discovery: bool,
     pub discovery_prefix: String,
+    /// `device`: one config per camera listing its entities (Home Assistant 2024.11 and
+    /// later); `entity`: one config per entity, for older versions.
+    pub discovery_form: DiscoveryForm,
+}
+
+/// How Home Assistant discovery is published.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DiscoveryForm {
+    #[default]
+    Device,
+    Entity,
 }
 
 impl Default for MqttConfig {
@@ -95,6 +113,7 @@ impl Default for MqttConfig {
             client_key: PathBuf::new(),
             discovery: true,
             discovery_prefix: "homeassistant".into(),
+            discovery_form: DiscoveryForm::Device,
         }
     }
 }
@@ -198,6 +217,93 @@ pub struct CameraConfig {
     pub sensor_id: u32,
     /// videotestsrc pattern for `source = "test"` (smpte, ball, snow, ...).
     pub pattern: String,
+    /// `[[camera]]` sections: the camera's name in topics (`{prefix}/{name}/...`) and in
+    /// Home Assistant. A single `[camera]` is addressed by `mqtt.device_id` instead.
+    pub name: String,
+    /// Named regions of the frame (`door = [x_min, y_min, x_max, y_max]`, relative), for
+    /// triggers and requests to look at instead of the whole picture.
+    pub zones: BTreeMap<String, Zone>,
+    /// This camera's triggers (`[[camera.trigger]]`).
+    #[serde(rename = "trigger")]
+    pub triggers: Vec<TriggerConfig>,
+}
+
+impl CameraConfig {
+    /// Whether `other` captures the same way (name, zones and triggers aside): a change
+    /// here restarts the camera.
+    pub fn same_source(&self, other: &Self) -> bool {
+        let strip = |c: &Self| Self {
+            name: String::new(),
+            zones: BTreeMap::new(),
+            triggers: Vec::new(),
+            ..c.clone()
+        };
+        strip(self) == strip(other)
+    }
+}
+
+/// The `camera` key: one `[camera]` table, or `[[camera]]` sections.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum Cameras {
+    One(CameraConfig),
+    Many(Vec<CameraConfig>),
+}
+
+impl Default for Cameras {
+    fn default() -> Self {
+        Self::One(CameraConfig::default())
+    }
+}
+
+// By hand rather than `untagged`, so that a mistake inside a camera section is reported
+// with its key instead of "did not match any variant".
+impl<'de> Deserialize<'de> for Cameras {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Cameras;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a [camera] table or [[camera]] sections")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Cameras, A::Error> {
+                CameraConfig::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(Cameras::One)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<Cameras, A::Error> {
+                Vec::deserialize(serde::de::value::SeqAccessDeserializer::new(seq))
+                    .map(Cameras::Many)
+            }
+        }
+        d.deserialize_any(Visit)
+    }
+}
+
+impl Cameras {
+    pub fn as_slice(&self) -> &[CameraConfig] {
+        match self {
+            Self::One(c) => std::slice::from_ref(c),
+            Self::Many(v) => v,
+        }
+    }
+    fn as_mut_slice(&mut self) -> &mut [CameraConfig] {
+        match self {
+            Self::One(c) => std::slice::from_mut(c),
+            Self::Many(v) => v,
+        }
+    }
+}
+
+/// One camera as the daemon serves it: its topic id, capture settings, zones and
+/// configured triggers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CameraSpec {
+    /// `{prefix}/{id}/...` in topics: `mqtt.device_id` for a single `[camera]`, the name
+    /// of a `[[camera]]` section.
+    pub id: String,
+    pub config: CameraConfig,
+    /// Runtime triggers of this camera live in `{state_dir}/{store}`.
+    pub store: String,
 }
 
 impl Default for CameraConfig {
@@ -215,6 +321,9 @@ impl Default for CameraConfig {
             capture_rate: 1.0,
             sensor_id: 0,
             pattern: "smpte".into(),
+            name: String::new(),
+            zones: BTreeMap::new(),
+            triggers: Vec::new(),
         }
     }
 }
@@ -485,50 +594,92 @@ impl Config {
                 "must be one line of at most 200 characters".into(),
             );
         }
-        let c = &self.camera;
-        if c.width == 0
-            || c.height == 0
-            || c.width > crate::frame::MAX_SIDE
-            || c.height > crate::frame::MAX_SIDE
-        {
-            bad(
-                "camera.width",
-                format!("{}x{} must be between 1x1 and 8192x8192", c.width, c.height),
-            );
+        let many = matches!(self.camera, Cameras::Many(_));
+        if let Cameras::Many(v) = &self.camera {
+            if v.is_empty() {
+                bad(
+                    "camera",
+                    "[[camera]] sections: at least one is needed".into(),
+                );
+            }
+            if !self.triggers.is_empty() {
+                bad(
+                    "trigger",
+                    "with [[camera]] sections, triggers belong to a camera: write \
+                     [[camera.trigger]] after the camera's [[camera]] section"
+                        .into(),
+                );
+            }
         }
-        if c.fps == 0 || c.fps > 240 {
-            bad("camera.fps", format!("{} must be between 1 and 240", c.fps));
-        }
-        if !(c.capture_rate > 0.0 && c.capture_rate <= 60.0) {
-            bad(
-                "camera.capture_rate",
-                format!(
-                    "{} must be above 0 and at most 60 frames per second",
-                    c.capture_rate
-                ),
-            );
-        }
-        match c.source {
-            SourceKind::Gstreamer if c.pipeline.trim().is_empty() => bad(
-                "camera.pipeline",
-                "source \"gstreamer\" needs a pipeline".into(),
-            ),
-            SourceKind::Rtsp if !c.url.contains("://") => bad(
-                "camera.url",
-                format!(
-                    "{:?} is not a stream address such as rtsp://host/path",
-                    c.url
-                ),
-            ),
-            SourceKind::File | SourceKind::Image if c.path.as_os_str().is_empty() => bad(
-                "camera.path",
-                "source \"file\" and \"image\" need a path".into(),
-            ),
-            SourceKind::V4l2 | SourceKind::GstV4l2 if c.device.as_os_str().is_empty() => bad(
-                "camera.device",
-                "must name a V4L2 device such as /dev/video0".into(),
-            ),
-            _ => {}
+        let mut camera_names = std::collections::HashSet::new();
+        for (i, c) in self.camera.as_slice().iter().enumerate() {
+            let at = if many {
+                format!("camera[{i}]")
+            } else {
+                "camera".to_owned()
+            };
+            let key = |k: &str| format!("{at}.{k}");
+            if many {
+                if c.name.is_empty() || c.name.len() > 64 || !topic_id(&c.name) {
+                    bad(
+                        &key("name"),
+                        format!(
+                            "{:?}: each [[camera]] needs a name of 1-64 letters, digits, - and _",
+                            c.name
+                        ),
+                    );
+                } else if !camera_names.insert(c.name.as_str()) {
+                    bad(&key("name"), format!("{:?} is used twice", c.name));
+                }
+            } else if !c.name.is_empty() {
+                bad(
+                    &key("name"),
+                    "a single [camera] is addressed by mqtt.device_id; name cameras in \
+                     [[camera]] sections"
+                        .into(),
+                );
+            }
+            self.camera_problems(c, &key, &mut bad);
+            let mut triggers: Vec<&TriggerConfig> = c.triggers.iter().collect();
+            let (tkey, first) = if many {
+                (key("trigger"), 0)
+            } else {
+                // A single camera's triggers may be top-level or in the section.
+                triggers.splice(0..0, self.triggers.iter());
+                ("trigger".to_owned(), self.triggers.len())
+            };
+            if triggers.len() > self.daemon.max_triggers {
+                bad(
+                    &tkey,
+                    format!(
+                        "{} triggers configured; daemon.max_triggers allows {} per camera",
+                        triggers.len(),
+                        self.daemon.max_triggers
+                    ),
+                );
+            }
+            let mut names = std::collections::HashSet::new();
+            for (j, t) in triggers.iter().enumerate() {
+                let at = if j < first {
+                    format!("trigger[{j}]")
+                } else {
+                    key(&format!("trigger[{}]", j - first))
+                };
+                for (k, message) in t.problems() {
+                    bad(&format!("{at}.{k}"), message);
+                }
+                if let Some(z) = &t.zone {
+                    if let Err(m) = z.resolve(&c.zones) {
+                        bad(&format!("{at}.zone"), m);
+                    }
+                }
+                if !names.insert(t.name.as_str()) {
+                    bad(
+                        &format!("{at}.name"),
+                        format!("{:?} is used twice on this camera", t.name),
+                    );
+                }
+            }
         }
         let q = &self.mqtt;
         if q.host.trim().is_empty() {
@@ -537,11 +688,7 @@ impl Config {
         if q.port == 0 {
             bad("mqtt.port", "must not be 0".into());
         }
-        let id_ok = |s: &str| {
-            s.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-        };
-        if !id_ok(&q.device_id) || q.device_id.len() > 64 {
+        if !topic_id(&q.device_id) || q.device_id.len() > 64 {
             bad(
                 "mqtt.device_id",
                 format!("{:?} may use only letters, digits, - and _", q.device_id),
@@ -597,33 +744,11 @@ impl Config {
                 format!("{} must be between 1 and 1024", dm.max_pending),
             );
         }
-        let mut names = std::collections::HashSet::new();
         if dm.max_triggers == 0 || dm.max_triggers > 1024 {
             bad(
                 "daemon.max_triggers",
                 format!("{} must be between 1 and 1024", dm.max_triggers),
             );
-        }
-        if self.triggers.len() > dm.max_triggers {
-            bad(
-                "trigger",
-                format!(
-                    "{} triggers configured; daemon.max_triggers allows {}",
-                    self.triggers.len(),
-                    dm.max_triggers
-                ),
-            );
-        }
-        for (i, t) in self.triggers.iter().enumerate() {
-            for (key, message) in t.problems() {
-                bad(&format!("trigger[{i}].{key}"), message);
-            }
-            if !names.insert(t.name.as_str()) {
-                bad(
-                    &format!("trigger[{i}].name"),
-                    format!("{:?} is used twice", t.name),
-                );
-            }
         }
         let d = &m.download;
         if d.quantize.is_some() && m.text.file_name() == Some(std::ffi::OsStr::new(&d.text_file)) {
@@ -668,16 +793,113 @@ impl Config {
         out
     }
 
+    /// Problems of one camera section's capture settings and zones; `key` makes the
+    /// dotted key.
+    fn camera_problems(
+        &self,
+        c: &CameraConfig,
+        key: &dyn Fn(&str) -> String,
+        bad: &mut dyn FnMut(&str, String),
+    ) {
+        if c.width == 0
+            || c.height == 0
+            || c.width > crate::frame::MAX_SIDE
+            || c.height > crate::frame::MAX_SIDE
+        {
+            bad(
+                &key("width"),
+                format!("{}x{} must be between 1x1 and 8192x8192", c.width, c.height),
+            );
+        }
+        if c.fps == 0 || c.fps > 240 {
+            bad(&key("fps"), format!("{} must be between 1 and 240", c.fps));
+        }
+        if !(c.capture_rate > 0.0 && c.capture_rate <= 60.0) {
+            bad(
+                &key("capture_rate"),
+                format!(
+                    "{} must be above 0 and at most 60 frames per second",
+                    c.capture_rate
+                ),
+            );
+        }
+        match c.source {
+            SourceKind::Gstreamer if c.pipeline.trim().is_empty() => bad(
+                &key("pipeline"),
+                "source \"gstreamer\" needs a pipeline".into(),
+            ),
+            SourceKind::Rtsp if !c.url.contains("://") => bad(
+                &key("url"),
+                format!(
+                    "{:?} is not a stream address such as rtsp://host/path",
+                    c.url
+                ),
+            ),
+            SourceKind::File | SourceKind::Image if c.path.as_os_str().is_empty() => bad(
+                &key("path"),
+                "source \"file\" and \"image\" need a path".into(),
+            ),
+            SourceKind::V4l2 | SourceKind::GstV4l2 if c.device.as_os_str().is_empty() => bad(
+                &key("device"),
+                "must name a V4L2 device such as /dev/video0".into(),
+            ),
+            _ => {}
+        }
+        for name in c.zones.keys() {
+            if name.is_empty()
+                || name.len() > 64
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+            {
+                bad(
+                    &key(&format!("zones.{name}")),
+                    format!("{name:?}: zone names are 1-64 of a-z, 0-9 and _"),
+                );
+            }
+        }
+    }
+
     fn resolve_paths(&mut self, base: &Path) {
-        for p in [
-            &mut self.model.text,
-            &mut self.model.mmproj,
-            &mut self.camera.path,
-        ] {
+        let cameras = self.camera.as_mut_slice().iter_mut().map(|c| &mut c.path);
+        for p in [&mut self.model.text, &mut self.model.mmproj]
+            .into_iter()
+            .chain(cameras)
+        {
             if p.is_relative() && !p.as_os_str().is_empty() {
                 *p = base.join(&*p);
             }
         }
+    }
+
+    /// The cameras the daemon serves, each with its topic id and its configured triggers
+    /// (a single `[camera]` takes the top-level `[[trigger]]`s too); `device_id` is the
+    /// resolved `mqtt.device_id`.
+    pub fn cameras(&self, device_id: &str) -> Vec<CameraSpec> {
+        match &self.camera {
+            Cameras::One(c) => {
+                let mut config = c.clone();
+                config.triggers.splice(0..0, self.triggers.iter().cloned());
+                vec![CameraSpec {
+                    id: device_id.to_owned(),
+                    config,
+                    store: "triggers.json".into(),
+                }]
+            }
+            Cameras::Many(v) => v
+                .iter()
+                .map(|c| CameraSpec {
+                    id: c.name.clone(),
+                    config: c.clone(),
+                    store: format!("triggers-{}.json", c.name),
+                })
+                .collect(),
+        }
+    }
+
+    /// The first camera's capture settings (what `moonwatch ask --camera` starts from).
+    pub fn first_camera(&self) -> CameraConfig {
+        self.camera.as_slice().first().cloned().unwrap_or_default()
     }
 
     /// Thread count for llama.cpp, with 0 meaning every available core.
@@ -687,6 +909,12 @@ impl Config {
             n => n,
         }
     }
+}
+
+/// Letters, digits, `-` and `_`: what a topic level and an entity id accept.
+fn topic_id(s: &str) -> bool {
+    s.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 /// True for a 64-digit hexadecimal string (a SHA-256 digest).

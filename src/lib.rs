@@ -1,6 +1,7 @@
 //! moonwatch: an edge vision daemon. Cameras in, Moondream2 on llama.cpp in the middle,
 //! MQTT out. See ARCHITECTURE.md for the map of modules.
 
+pub mod annotate;
 pub mod backoff;
 pub mod camera;
 pub mod config;
@@ -10,3 +11,4 @@ pub mod model;
 pub mod mqtt;
 pub mod triggers;
 pub mod vision;
+pub mod zone;

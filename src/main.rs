@@ -330,7 +330,7 @@ fn run(command: Command) -> Result<(), Failure> {
             timeout,
         } => {
             let cfg = find_config(config.as_deref())?.unwrap_or_default();
-            let frame = grab(&camera, &cfg.camera, timeout)?;
+            let frame = grab(&camera, &cfg.first_camera(), timeout)?;
             std::fs::write(&output, frame.to_jpeg(90)).map_err(|e| {
                 Failure::new(
                     exit::IOERR,
@@ -346,8 +346,12 @@ fn run(command: Command) -> Result<(), Failure> {
 /// One frame from the camera named by `spec`.
 fn grab(spec: &str, base: &CameraConfig, timeout: u64) -> Result<Frame, Failure> {
     let cam = camera::parse_spec(spec, base).map_err(|e| Failure::new(64, e))?;
+    // Checked as a single [camera] (a [[camera]] section's name is not one's).
     let probe = Config {
-        camera: cam.clone(),
+        camera: moonwatch::config::Cameras::One(CameraConfig {
+            name: String::new(),
+            ..cam.clone()
+        }),
         ..Config::default()
     };
     let problems: Vec<String> = probe
@@ -474,7 +478,7 @@ fn ask(input: &Input, skills: Vec<Skill>) -> Result<(), Failure> {
         (Some(path), _) => Frame::load(path)?,
         (None, Some(spec)) => {
             let cfg = find_config(input.config.as_deref())?.unwrap_or_default();
-            grab(spec, &cfg.camera, 10)?
+            grab(spec, &cfg.first_camera(), 10)?
         }
         (None, None) => return Err(Failure::new(64, "pass --image FILE or --camera SPEC")),
     };

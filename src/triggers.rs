@@ -36,6 +36,14 @@ pub struct TriggerConfig {
     /// Home Assistant device class of the binary sensor (occupancy, door, motion, ...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device_class: Option<String>,
+    /// The part of the frame to look at: a zone of the camera by name, or
+    /// `[x_min, y_min, x_max, y_max]` (relative); the whole frame when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<crate::zone::ZoneRef>,
+    /// Object triggers: the snapshot of a begin shows the boxes found, drawn on the frame
+    /// (default); `false` keeps the plain frame.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub annotate: Option<bool>,
 }
 
 /// Home Assistant's binary_sensor device classes
@@ -87,6 +95,11 @@ mod defaults {
 }
 
 impl TriggerConfig {
+    /// Whether a begin's snapshot has the boxes drawn on it.
+    pub fn annotates(&self) -> bool {
+        self.object.is_some() && self.annotate != Some(false)
+    }
+
     /// Every problem with this trigger, as (key, message); `key` is relative ("name").
     pub fn problems(&self) -> Vec<(&'static str, String)> {
         let mut out = Vec::new();
@@ -119,6 +132,12 @@ impl TriggerConfig {
                 "question",
                 "exactly one of question and object must be set".into(),
             )),
+        }
+        if self.annotate.is_some() && self.object.is_none() {
+            out.push((
+                "annotate",
+                "is for object triggers (their snapshot shows the boxes)".into(),
+            ));
         }
         if let Some(dc) = &self.device_class {
             if !BINARY_SENSOR_CLASSES.contains(&dc.as_str()) {
@@ -275,26 +294,38 @@ pub fn due(last_eval: Option<f64>, interval: u64, scene_changed: bool, now: f64)
 
 /// A tiny grey thumbnail of a frame, for spotting scene changes cheaply.
 pub fn thumbnail(rgb: &[u8], width: u32, height: u32) -> [u8; 64] {
+    thumbnail_region(rgb, width, height, (0, 0, width, height))
+}
+
+/// The thumbnail of the pixels `x0..x1`, `y0..y1` of a frame (a zone's).
+pub fn thumbnail_region(
+    rgb: &[u8],
+    width: u32,
+    height: u32,
+    (rx0, ry0, rx1, ry1): (u32, u32, u32, u32),
+) -> [u8; 64] {
     let mut out = [0u8; 64];
-    if width == 0 || height == 0 || rgb.len() < (width * height * 3) as usize {
+    if width == 0
+        || height == 0
+        || rgb.len() < (width * height * 3) as usize
+        || rx1 <= rx0
+        || ry1 <= ry0
+        || rx1 > width
+        || ry1 > height
+    {
         return out;
     }
+    let (w, h) = (rx1 - rx0, ry1 - ry0);
     for (i, cell) in out.iter_mut().enumerate() {
         let (cx, cy) = ((i % 8) as u32, (i / 8) as u32);
-        let (x0, x1) = (
-            cx * width / 8,
-            ((cx + 1) * width / 8).max(cx * width / 8 + 1),
-        );
-        let (y0, y1) = (
-            cy * height / 8,
-            ((cy + 1) * height / 8).max(cy * height / 8 + 1),
-        );
+        let (x0, x1) = (cx * w / 8, ((cx + 1) * w / 8).max(cx * w / 8 + 1));
+        let (y0, y1) = (cy * h / 8, ((cy + 1) * h / 8).max(cy * h / 8 + 1));
         let (mut sum, mut n) = (0u64, 0u64);
         // Sample a 4x4 grid inside the cell: enough for a change detector.
         for sy in 0..4 {
             for sx in 0..4 {
-                let x = (x0 + (x1 - x0) * sx / 4).min(width - 1);
-                let y = (y0 + (y1 - y0) * sy / 4).min(height - 1);
+                let x = rx0 + (x0 + (x1 - x0) * sx / 4).min(w - 1);
+                let y = ry0 + (y0 + (y1 - y0) * sy / 4).min(h - 1);
                 let p = ((y * width + x) * 3) as usize;
                 sum += u64::from(rgb[p]) + u64::from(rgb[p + 1]) + u64::from(rgb[p + 2]);
                 n += 3;
@@ -328,6 +359,8 @@ mod tests {
             cooldown,
             interval: 10,
             device_class: None,
+            zone: None,
+            annotate: None,
         }
     }
 

@@ -17,13 +17,14 @@ use serde_json::Value;
 
 use super::store::RuntimeTriggers;
 use crate::camera::CameraStatus;
-use crate::config::{CameraConfig, Config};
+use crate::config::{CameraConfig, CameraSpec, Config};
 use crate::frame::Frame;
 use crate::mqtt::api::{self, Action, ApiError, Code, ReplyAddress, Topics};
 use crate::mqtt::wire::{self, ReplyData};
 use crate::mqtt::{discovery, AckToken, Class, Incoming, MqttEvent, OutboxStats, Outgoing};
 use crate::triggers::{self, Change, Observation, TriggerConfig, TriggerState};
 use crate::vision::{Answer, Answered, EngineError, Response, Skill};
+use crate::zone::Zone;
 
 /// The time, as the executor read it.
 #[derive(Debug, Clone, Copy)]
@@ -54,11 +55,51 @@ pub fn unix(t: SystemTime) -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
-/// What the camera shows at the moment of an input.
+/// What a camera shows at the moment of an input.
 #[derive(Debug, Clone)]
 pub struct CameraView {
     pub latest: Option<Arc<Frame>>,
     pub status: CameraStatus,
+}
+
+impl CameraView {
+    /// A camera that is not there (a view missing from the executor's list).
+    fn absent() -> Self {
+        Self {
+            latest: None,
+            status: CameraStatus::Stopped,
+        }
+    }
+}
+
+/// What every camera shows, in configuration order; one camera's view stands for a
+/// single-camera daemon.
+pub trait Views {
+    fn views(&self) -> &[CameraView];
+}
+
+impl Views for CameraView {
+    fn views(&self) -> &[CameraView] {
+        std::slice::from_ref(self)
+    }
+}
+
+impl Views for [CameraView] {
+    fn views(&self) -> &[CameraView] {
+        self
+    }
+}
+
+impl<const N: usize> Views for [CameraView; N] {
+    fn views(&self) -> &[CameraView] {
+        self
+    }
+}
+
+impl Views for Vec<CameraView> {
+    fn views(&self) -> &[CameraView] {
+        self
+    }
 }
 
 /// Everything the core reacts to.
@@ -100,23 +141,29 @@ pub enum Picture {
 pub enum Act {
     Publish(Outgoing),
     Ack(AckToken),
+    /// Run `skills` on `picture`, or on its `zone` when one is given (the executor
+    /// crops; `EngineDone` brings back the whole picture).
     Submit {
         job: u64,
         picture: Picture,
+        zone: Option<Zone>,
         skills: Vec<Skill>,
     },
     Cancel {
         job: u64,
     },
+    /// Write a camera's runtime triggers to `{state_dir}/{store}`.
     Save {
         save: u64,
+        store: String,
         triggers: RuntimeTriggers,
     },
     Notify(Notify),
     LoadModel(Box<Config>),
     /// Swap in the model loaded last; the engine is idle.
     UseNewModel,
-    RestartCamera(CameraConfig),
+    /// Restart camera `index` (configuration order) with new capture settings.
+    RestartCamera(usize, CameraConfig),
     /// Everything is answered and `offline` is queued: flush and end.
     Exit,
 }
@@ -148,6 +195,9 @@ const BAD_REQUEST_LOG_EVERY: Duration = Duration::from_secs(60);
 const SNAPSHOT_WAITERS: usize = 1024;
 /// Largest side of a client's image once decoded.
 pub const REQUEST_IMAGE_SIDE: u32 = 1024;
+/// Interactive jobs run in a row while triggers wait; then one trigger job runs, so a
+/// flood of requests slows triggers down but never stops them.
+const INTERACTIVE_BURST: u32 = 4;
 
 /// Where and how a request is answered.
 #[derive(Debug, Clone)]
@@ -164,9 +214,13 @@ struct ReplyTo {
 
 #[derive(Debug)]
 struct Pending {
+    /// The camera it was asked of.
+    cam: usize,
     reply: ReplyTo,
     skill: Skill,
     image: Option<Bytes>,
+    zone: Option<Zone>,
+    annotate: bool,
     received: Instant,
     deadline: Instant,
 }
@@ -174,8 +228,22 @@ struct Pending {
 #[derive(Debug)]
 enum Work {
     Interactive(Box<Pending>),
-    Trigger { name: String },
-    Caption,
+    Trigger {
+        cam: usize,
+        name: String,
+        zone: Option<Zone>,
+    },
+    Caption {
+        cam: usize,
+    },
+}
+
+/// Triggers of one camera due together, and the frame they are evaluated on.
+#[derive(Debug)]
+struct Round {
+    cam: usize,
+    frame: Arc<Frame>,
+    names: VecDeque<String>,
 }
 
 #[derive(Debug)]
@@ -243,14 +311,101 @@ enum CameraHealth {
     Unavailable(String),
 }
 
+/// One camera: its topics, triggers and what was last published for it.
+#[derive(Debug)]
+struct Cam {
+    spec: CameraSpec,
+    topics: Topics,
+    triggers: BTreeMap<String, Trigger>,
+    runtime: RuntimeTriggers,
+    /// The camera availability last published.
+    online: Option<bool>,
+    /// Thumbnails of the newest frame (its key), by zone.
+    thumbs: (u64, HashMap<Option<[u32; 4]>, [u8; 64]>),
+    /// Snapshot requests waiting for a starting camera's first frame.
+    snapshot_waiters: Vec<(ReplyTo, Instant)>,
+    /// The frame last published as snapshot (key) and its JPEG.
+    last_snapshot: Option<(u64, Bytes)>,
+    last_caption: Option<f64>,
+    /// Triggers removed or replaced in this run: their entities that no trigger has any
+    /// more are listed as removed in every discovery config, so a config that replaces
+    /// another before it was sent still removes them.
+    gone: VecDeque<TriggerConfig>,
+}
+
+/// Removed triggers remembered per camera for discovery.
+const GONE: usize = 64;
+
+impl Cam {
+    fn new(
+        spec: CameraSpec,
+        mqtt: &crate::config::MqttConfig,
+        device_id: &str,
+        runtime: RuntimeTriggers,
+    ) -> Self {
+        let mut cam = Self {
+            topics: Topics::camera(mqtt, device_id, &spec.id),
+            spec,
+            triggers: BTreeMap::new(),
+            runtime,
+            online: None,
+            thumbs: (0, HashMap::new()),
+            snapshot_waiters: Vec::new(),
+            last_snapshot: None,
+            last_caption: None,
+            gone: VecDeque::new(),
+        };
+        for (name, cfg) in effective_triggers(&cam.spec.config.triggers, &cam.runtime) {
+            let t = cam.new_trigger(cfg);
+            cam.triggers.insert(name, t);
+        }
+        cam
+    }
+
+    /// Remembers a removed or replaced trigger for discovery.
+    fn forget(&mut self, cfg: TriggerConfig) {
+        self.gone.retain(|g| g.name != cfg.name);
+        self.gone.push_back(cfg);
+        while self.gone.len() > GONE {
+            self.gone.pop_front();
+        }
+    }
+
+    fn new_trigger(&self, cfg: TriggerConfig) -> Trigger {
+        let mut t = Trigger::new(cfg);
+        t.enabled = !self.runtime.disabled.contains(&t.cfg.name);
+        t
+    }
+
+    /// The rectangle a trigger or request names, from this camera's zones.
+    fn zone(&self, z: Option<&crate::zone::ZoneRef>) -> Result<Option<Zone>, String> {
+        z.map(|z| z.resolve(&self.spec.config.zones)).transpose()
+    }
+
+    /// The 64-cell thumbnail of `zone` of `frame`, computed once per frame and zone.
+    fn thumbnail(&mut self, frame: &Frame, zone: Option<Zone>) -> [u8; 64] {
+        if self.thumbs.0 != frame.key {
+            self.thumbs = (frame.key, HashMap::new());
+        }
+        let key = zone.map(|z| <[f32; 4]>::from(z).map(f32::to_bits));
+        *self.thumbs.1.entry(key).or_insert_with(|| match zone {
+            Some(z) => z.thumbnail(frame),
+            None => triggers::thumbnail(&frame.rgb, frame.width, frame.height),
+        })
+    }
+}
+
 /// The daemon's state and rules.
 #[derive(Debug)]
 pub struct Core {
     cfg: Config,
+    /// The resolved `mqtt.device_id`.
+    device_id: String,
+    /// The cameras, in configuration order.
+    cams: Vec<Cam>,
+    /// Topics of the process (availability, Home Assistant's status).
     topics: Topics,
     started: Instant,
-    triggers: BTreeMap<String, Trigger>,
-    runtime: RuntimeTriggers,
     queue: VecDeque<Pending>,
     in_flight: Option<InFlight>,
     saving: BTreeMap<u64, Saving>,
@@ -262,19 +417,16 @@ pub struct Core {
     refused_subscriptions: Vec<String>,
     recent: HashMap<u64, Recent>,
     recent_order: VecDeque<u64>,
-    last_caption: Option<f64>,
     last_stats: Option<Instant>,
     last_watchdog: Option<Instant>,
-    /// The camera availability last published.
-    camera_online: Option<bool>,
-    /// Thumbnail of the newest camera frame, by frame key.
-    thumb: Option<(u64, [u8; 64])>,
-    /// Triggers due together and the frame they are evaluated on.
-    round: Option<(Arc<Frame>, VecDeque<String>)>,
-    /// Snapshot requests waiting for a starting camera's first frame.
-    snapshot_waiters: Vec<(ReplyTo, Instant)>,
-    /// The frame last published as snapshot (key) and its JPEG.
-    last_snapshot: Option<(u64, Bytes)>,
+    /// Triggers of one camera due together and the frame they are evaluated on.
+    round: Option<Round>,
+    /// The camera whose triggers are looked at first for the next round, and for the
+    /// next caption (round robin: one busy camera cannot starve another).
+    next_round_cam: usize,
+    next_caption_cam: usize,
+    /// Interactive jobs run in a row (see [`INTERACTIVE_BURST`]).
+    interactive_streak: u32,
     stopping: Option<Instant>,
     exited: bool,
     problems: Vec<String>,
@@ -287,20 +439,35 @@ pub struct Core {
 }
 
 impl Core {
-    /// `runtime` comes from `triggers.json`; `problem` is what loading it reported.
+    /// `device_id` is the resolved `mqtt.device_id`; `runtime` holds each camera's
+    /// runtime triggers (configuration order; missing ones are empty), `problems` what
+    /// loading them reported.
     pub fn new(
         cfg: Config,
-        topics: Topics,
-        runtime: RuntimeTriggers,
-        problem: Option<String>,
+        device_id: &str,
+        runtime: Vec<RuntimeTriggers>,
+        problems: Vec<String>,
         watchdog_period: Option<Duration>,
         now: Now,
     ) -> Self {
-        let mut core = Self {
-            topics,
+        let mut runtime = runtime.into_iter();
+        let cams = cfg
+            .cameras(device_id)
+            .into_iter()
+            .map(|spec| {
+                Cam::new(
+                    spec,
+                    &cfg.mqtt,
+                    device_id,
+                    runtime.next().unwrap_or_default(),
+                )
+            })
+            .collect();
+        Self {
+            topics: Topics::new(&cfg.mqtt, device_id),
+            device_id: device_id.to_owned(),
+            cams,
             started: now.mono,
-            triggers: BTreeMap::new(),
-            runtime,
             queue: VecDeque::new(),
             in_flight: None,
             saving: BTreeMap::new(),
@@ -312,17 +479,15 @@ impl Core {
             refused_subscriptions: Vec::new(),
             recent: HashMap::new(),
             recent_order: VecDeque::new(),
-            last_caption: None,
             last_stats: None,
             last_watchdog: None,
-            camera_online: None,
-            thumb: None,
-            snapshot_waiters: Vec::new(),
             round: None,
-            last_snapshot: None,
+            next_round_cam: 0,
+            next_caption_cam: 0,
+            interactive_streak: 0,
             stopping: None,
             exited: false,
-            problems: problem.into_iter().collect(),
+            problems,
             reload_problem: None,
             model_loading: false,
             model_ready: false,
@@ -330,21 +495,22 @@ impl Core {
             last_bad_log: None,
             watchdog_period,
             cfg,
-        };
-        for (name, cfg) in core.wanted_triggers(&core.cfg) {
-            let t = core.new_trigger(cfg);
-            core.triggers.insert(name, t);
         }
-        core
     }
 
     /// The subscriptions every session makes.
     pub fn subscriptions(&self) -> Vec<String> {
-        vec![
-            self.topics.requests(),
-            self.topics.ha_status(),
-            self.topics.trigger_set_filter(),
-        ]
+        let mut out = vec![self.topics.ha_status()];
+        for c in &self.cams {
+            out.push(c.topics.requests());
+            out.push(c.topics.trigger_set_filter());
+        }
+        out
+    }
+
+    /// The cameras' ids and capture settings, in configuration order.
+    pub fn cameras(&self) -> impl Iterator<Item = &CameraSpec> {
+        self.cams.iter().map(|c| &c.spec)
     }
 
     pub fn set_outbox_stats(&mut self, s: OutboxStats) {
@@ -356,28 +522,29 @@ impl Core {
         self.in_flight.as_ref().map(|f| f.job)
     }
 
-    /// Reacts to one input.
-    pub fn handle(&mut self, now: Now, cam: &CameraView, input: Input) -> Vec<Act> {
+    /// Reacts to one input; `cams` is what each camera shows.
+    pub fn handle(&mut self, now: Now, cams: &(impl Views + ?Sized), input: Input) -> Vec<Act> {
+        let views = cams.views();
         let mut out = Vec::new();
         match input {
-            Input::Mqtt(ev) => self.on_mqtt(now, cam, ev, &mut out),
+            Input::Mqtt(ev) => self.on_mqtt(now, views, ev, &mut out),
             Input::EngineDone { job, result, frame } => {
                 self.on_done(now, job, result, frame, &mut out)
             }
             Input::Saved { save, result } => self.on_saved(now, save, result, &mut out),
-            Input::Tick => self.on_tick(now, cam, &mut out),
+            Input::Tick => self.on_tick(now, views, &mut out),
             Input::Stop => self.on_stop(now, &mut out),
             Input::Reload(r) => self.on_reload(r, &mut out),
             Input::ModelLoaded(r) => self.on_model_loaded(r, &mut out),
         }
-        self.schedule(now, cam, &mut out);
+        self.schedule(now, views, &mut out);
         self.maybe_exit(now, &mut out);
         out
     }
 
     // ---- broker -------------------------------------------------------------------
 
-    fn on_mqtt(&mut self, now: Now, cam: &CameraView, ev: MqttEvent, out: &mut Vec<Act>) {
+    fn on_mqtt(&mut self, now: Now, views: &[CameraView], ev: MqttEvent, out: &mut Vec<Act>) {
         match ev {
             MqttEvent::Connected { session_present } => {
                 tracing::info!(session_present, "connected to the broker");
@@ -386,19 +553,22 @@ impl Core {
                 self.refused_subscriptions.clear();
                 self.publish_retained(out, self.topics.availability(), "online");
                 self.publish_discovery(out);
-                let health = self.camera_health(now, cam);
-                self.publish_camera_availability(&health, true, out);
-                for t in self.triggers.values() {
-                    if let Some(on) = t.state.state {
+                for ci in 0..self.cams.len() {
+                    let health = self.camera_health(now, ci, views);
+                    self.publish_camera_availability(ci, &health, true, out);
+                    let cam = &self.cams[ci];
+                    for t in cam.triggers.values() {
+                        if let Some(on) = t.state.state {
+                            out.push(Act::Publish(Outgoing::retained(
+                                cam.topics.trigger_state(&t.cfg.name),
+                                on_off(on),
+                            )));
+                        }
                         out.push(Act::Publish(Outgoing::retained(
-                            self.topics.trigger_state(&t.cfg.name),
-                            on_off(on),
+                            cam.topics.trigger_enabled(&t.cfg.name),
+                            on_off(t.enabled),
                         )));
                     }
-                    out.push(Act::Publish(Outgoing::retained(
-                        self.topics.trigger_enabled(&t.cfg.name),
-                        on_off(t.enabled),
-                    )));
                 }
             }
             MqttEvent::Subscribed { refused } => {
@@ -440,25 +610,39 @@ impl Core {
                     self.publish_discovery(out);
                 }
             }
-            MqttEvent::Message(m) => match self.topics.trigger_set_name(&m.topic) {
-                Some(name) => {
-                    let name = name.to_owned();
-                    self.on_switch(&name, &m, out)
+            MqttEvent::Message(m) => {
+                let switch = self.cams.iter().enumerate().find_map(|(ci, c)| {
+                    c.topics
+                        .trigger_set_name(&m.topic)
+                        .map(|n| (ci, n.to_owned()))
+                });
+                let request = self.cams.iter().enumerate().find_map(|(ci, c)| {
+                    c.topics.request_name(&m.topic).map(|n| (ci, n.to_owned()))
+                });
+                match (switch, request) {
+                    (Some((ci, name)), _) => self.on_switch(ci, &name, &m, out),
+                    (None, Some((ci, name))) => self.on_request(now, ci, name, views, m, out),
+                    (None, None) => {
+                        tracing::debug!(topic = ?m.topic, "message on an unexpected topic");
+                        if let Some(t) = m.ack {
+                            out.push(Act::Ack(t));
+                        }
+                    }
                 }
-                None => self.on_request(now, cam, m, out),
-            },
+            }
         }
     }
 
     /// A trigger's switch: `ON` / `OFF` on `{base}/trigger/{name}/set`.
-    fn on_switch(&mut self, name: &str, m: &Incoming, out: &mut Vec<Act>) {
+    fn on_switch(&mut self, ci: usize, name: &str, m: &Incoming, out: &mut Vec<Act>) {
         let want = match m.payload.trim_ascii() {
             b"ON" | b"on" | b"true" => Some(true),
             b"OFF" | b"off" | b"false" => Some(false),
             _ => None,
         };
-        let topic = self.topics.trigger_enabled(name);
-        let (Some(on), Some(t)) = (want, self.triggers.get_mut(name)) else {
+        let cam = &mut self.cams[ci];
+        let topic = cam.topics.trigger_enabled(name);
+        let (Some(on), Some(t)) = (want, cam.triggers.get_mut(name)) else {
             tracing::debug!(trigger = ?name, "ignored a switch command (unknown trigger or payload not ON/OFF)");
             self.bad_requests += 1;
             if let Some(a) = m.ack {
@@ -467,45 +651,29 @@ impl Core {
             return;
         };
         t.enabled = on;
-        if let Some((_, names)) = self.round.as_mut() {
-            names.retain(|n| n != name);
+        if let Some(r) = self.round.as_mut().filter(|r| r.cam == ci) {
+            r.names.retain(|n| n != name);
         }
-        tracing::info!(trigger = ?name, enabled = on, "trigger switched");
-        self.runtime.disabled.retain(|n| n != name);
+        tracing::info!(camera = %cam.spec.id, trigger = ?name, enabled = on, "trigger switched");
+        cam.runtime.disabled.retain(|n| n != name);
         if !on {
-            self.runtime.disabled.push(name.to_owned());
+            cam.runtime.disabled.push(name.to_owned());
         }
         let mut state = Outgoing::retained(topic, on_off(on));
         state.acks.extend(m.ack);
         out.push(Act::Publish(state));
-        let save = self.next_id();
-        self.saving.insert(
-            save,
-            Saving {
-                reply: None,
-                data: SavedKind::Switched,
-            },
-        );
-        out.push(Act::Save {
-            save,
-            triggers: self.runtime.clone(),
-        });
+        self.save(ci, None, SavedKind::Switched, out);
     }
 
-    fn new_trigger(&self, cfg: TriggerConfig) -> Trigger {
-        let mut t = Trigger::new(cfg);
-        t.enabled = !self.runtime.disabled.contains(&t.cfg.name);
-        t
-    }
-
-    fn on_request(&mut self, now: Now, cam: &CameraView, m: Incoming, out: &mut Vec<Act>) {
-        let Some(name) = self.topics.request_name(&m.topic).map(str::to_owned) else {
-            tracing::debug!(topic = ?m.topic, "message on an unexpected topic");
-            if let Some(t) = m.ack {
-                out.push(Act::Ack(t));
-            }
-            return;
-        };
+    fn on_request(
+        &mut self,
+        now: Now,
+        ci: usize,
+        name: String,
+        views: &[CameraView],
+        m: Incoming,
+        out: &mut Vec<Act>,
+    ) {
         let key = m.ack.map(|_| request_key(&m));
         if let (true, Some(k), Some(token)) = (m.redelivered, key, m.ack) {
             match self.recent.get_mut(&k) {
@@ -530,42 +698,29 @@ impl Core {
         self.counters.requests += 1;
         let corr = m.correlation.as_deref();
         let expiry = m.expiry.map(|s| (s, now.mono));
+        let topics = &self.cams[ci].topics;
         let parsed = api::parse_request(&name, &m.payload, self.cfg.mqtt.max_payload);
+        let reply_to = |payload_reply_to: Option<&str>, transaction| ReplyTo {
+            address: api::reply_address(
+                topics,
+                &name,
+                m.response_topic.as_deref(),
+                corr,
+                payload_reply_to,
+            ),
+            name: name.clone(),
+            transaction,
+            ack: m.ack,
+            expiry,
+            key,
+        };
         let (req, reply) = match parsed {
             Ok(req) => {
-                let address = api::reply_address(
-                    &self.topics,
-                    &name,
-                    m.response_topic.as_deref(),
-                    corr,
-                    req.reply_to.as_deref(),
-                );
-                let reply = ReplyTo {
-                    name,
-                    address,
-                    transaction: req.transaction.clone(),
-                    ack: m.ack,
-                    expiry,
-                    key,
-                };
+                let reply = reply_to(req.reply_to.as_deref(), req.transaction.clone());
                 (req, reply)
             }
-            Err((err, transaction, reply_to)) => {
-                let address = api::reply_address(
-                    &self.topics,
-                    &name,
-                    m.response_topic.as_deref(),
-                    corr,
-                    reply_to.as_deref(),
-                );
-                let reply = ReplyTo {
-                    name,
-                    address,
-                    transaction,
-                    ack: m.ack,
-                    expiry,
-                    key,
-                };
+            Err((err, transaction, payload_reply_to)) => {
+                let reply = reply_to(payload_reply_to.as_deref(), transaction);
                 self.reply(now, reply, Err(err), out);
                 return;
             }
@@ -576,16 +731,17 @@ impl Core {
             return;
         }
         let result = match req.action {
-            Action::HealthCheck => Ok(ReplyData::Health(self.health(now, cam))),
-            Action::ListTriggers => Ok(ReplyData::Triggers(self.trigger_list())),
-            Action::AddTrigger(t) => return self.add_trigger(now, t, reply, out),
-            Action::RemoveTrigger(n) => return self.remove_trigger(now, &n, reply, out),
+            Action::HealthCheck => Ok(ReplyData::Health(self.health(now, ci, views))),
+            Action::ListTriggers => Ok(ReplyData::Triggers(self.trigger_list(ci))),
+            Action::AddTrigger(t) => return self.add_trigger(now, ci, t, reply, out),
+            Action::RemoveTrigger(n) => return self.remove_trigger(now, ci, &n, reply, out),
             Action::Snapshot => {
-                let starting = matches!(self.camera_health(now, cam), CameraHealth::Starting);
+                let starting = matches!(self.camera_health(now, ci, views), CameraHealth::Starting);
+                let waiters = &mut self.cams[ci].snapshot_waiters;
                 if req.image.is_none() && starting {
-                    if self.snapshot_waiters.len() < SNAPSHOT_WAITERS {
+                    if waiters.len() < SNAPSHOT_WAITERS {
                         // Answered with the first frame, or after the grace period.
-                        self.snapshot_waiters.push((reply, now.mono));
+                        waiters.push((reply, now.mono));
                         return;
                     }
                     Err(ApiError::new(
@@ -593,31 +749,34 @@ impl Core {
                         "too many snapshots wait for the camera",
                     ))
                 } else {
-                    self.snapshot(now, cam, req.image.is_some(), out)
+                    self.snapshot(now, ci, views, req.image.is_some(), out)
                 }
             }
-            Action::Skill(skill) => {
-                if self.queue.len() >= self.cfg.daemon.max_pending {
-                    Err(ApiError::new(
-                        Code::Busy,
-                        format!("{} requests are already waiting", self.queue.len()),
-                    ))
-                } else {
+            Action::Skill(skill) => match self.cams[ci].zone(req.zone.as_ref()) {
+                Err(m) => Err(ApiError::new(Code::BadRequest, m)),
+                Ok(_) if self.queue.len() >= self.cfg.daemon.max_pending => Err(ApiError::new(
+                    Code::Busy,
+                    format!("{} requests are already waiting", self.queue.len()),
+                )),
+                Ok(zone) => {
                     let timeout = Duration::from_secs(self.cfg.daemon.request_timeout);
                     let limit = match m.expiry {
                         Some(s) => timeout.min(Duration::from_secs(u64::from(s))),
                         None => timeout,
                     };
                     self.queue.push_back(Pending {
+                        cam: ci,
                         reply,
                         skill,
                         image: req.image.map(Bytes::from),
+                        zone,
+                        annotate: req.annotate,
                         received: now.mono,
                         deadline: now.mono + limit,
                     });
                     return;
                 }
-            }
+            },
         };
         self.reply(now, reply, result, out);
     }
@@ -701,7 +860,7 @@ impl Core {
 
     // ---- requests answered at once ----------------------------------------------------
 
-    fn health(&self, now: Now, cam: &CameraView) -> wire::Health {
+    fn health(&self, now: Now, ci: usize, views: &[CameraView]) -> wire::Health {
         let mut problems = self.problems.clone();
         if !self.refused_subscriptions.is_empty() {
             problems.push(format!(
@@ -709,7 +868,7 @@ impl Core {
                 self.refused_subscriptions.join(", ")
             ));
         }
-        if let CameraHealth::Unavailable(why) = self.camera_health(now, cam) {
+        if let CameraHealth::Unavailable(why) = self.camera_health(now, ci, views) {
             problems.push(format!("camera unavailable: {why}"));
         }
         if self.engine_stuck(now) {
@@ -722,14 +881,14 @@ impl Core {
         wire::Health {
             healthy: problems.is_empty(),
             uptime_s: now.mono.duration_since(self.started).as_secs(),
-            camera: self.camera_text(now, cam),
+            camera: self.camera_text(now, ci, views),
             problems,
         }
     }
 
-    fn trigger_list(&self) -> wire::TriggerList {
+    fn trigger_list(&self, ci: usize) -> wire::TriggerList {
         wire::TriggerList {
-            triggers: self
+            triggers: self.cams[ci]
                 .triggers
                 .values()
                 .map(|t| wire::TriggerEntry {
@@ -746,12 +905,13 @@ impl Core {
         }
     }
 
-    /// Publishes the newest camera frame as the retained snapshot. A request's own image
-    /// is never published: the snapshot is the camera's picture.
+    /// Publishes the camera's newest frame as its retained snapshot. A request's own
+    /// image is never published: the snapshot is the camera's picture.
     fn snapshot(
         &mut self,
         now: Now,
-        cam: &CameraView,
+        ci: usize,
+        views: &[CameraView],
         has_image: bool,
         out: &mut Vec<Act>,
     ) -> Result<ReplyData, ApiError> {
@@ -761,7 +921,7 @@ impl Core {
                 "request/snapshot publishes the camera's frame and takes no \"image\"",
             ));
         }
-        let frame = match self.camera_health(now, cam) {
+        let frame = match self.camera_health(now, ci, views) {
             CameraHealth::Fresh(f) => f,
             CameraHealth::Starting => {
                 return Err(ApiError::new(
@@ -776,9 +936,9 @@ impl Core {
                 ))
             }
         };
-        let bytes = self.publish_snapshot(&frame, out).len();
+        let bytes = self.publish_snapshot(ci, &frame, out).len();
         Ok(ReplyData::Snapshot(wire::SnapshotReply {
-            topic: self.topics.snapshot(),
+            topic: self.cams[ci].topics.snapshot(),
             width: frame.width,
             height: frame.height,
             frame_time: unix(frame.captured_at),
@@ -787,95 +947,107 @@ impl Core {
         }))
     }
 
-    /// Publishes `frame` as the device's snapshot, encoding it once per frame; returns
+    /// Publishes `frame` as the camera's snapshot, encoding it once per frame; returns
     /// the JPEG.
-    fn publish_snapshot(&mut self, frame: &Frame, out: &mut Vec<Act>) -> Bytes {
-        if let Some((key, jpeg)) = &self.last_snapshot {
+    fn publish_snapshot(&mut self, ci: usize, frame: &Frame, out: &mut Vec<Act>) -> Bytes {
+        let cam = &mut self.cams[ci];
+        if let Some((key, jpeg)) = &cam.last_snapshot {
             if *key == frame.key {
                 return jpeg.clone();
             }
         }
         let jpeg = Bytes::from(frame.to_jpeg(85));
-        self.last_snapshot = Some((frame.key, jpeg.clone()));
-        self.publish_retained(out, self.topics.snapshot(), jpeg.clone());
+        cam.last_snapshot = Some((frame.key, jpeg.clone()));
+        out.push(Act::Publish(Outgoing::retained(
+            cam.topics.snapshot(),
+            jpeg.clone(),
+        )));
         jpeg
     }
 
     // ---- triggers ---------------------------------------------------------------------
 
-    /// Configured triggers, less the removed, plus the added (an added one replaces a
-    /// configured one of the same name).
-    fn wanted_triggers(&self, cfg: &Config) -> BTreeMap<String, TriggerConfig> {
-        effective_triggers(cfg, &self.runtime)
-    }
-
-    fn add_trigger(&mut self, now: Now, t: TriggerConfig, reply: ReplyTo, out: &mut Vec<Act>) {
-        let replaces = self.triggers.contains_key(&t.name);
-        if !replaces && self.triggers.len() >= self.cfg.daemon.max_triggers {
-            let e = ApiError::new(
-                Code::BadRequest,
-                format!(
-                    "{} triggers exist, daemon.max_triggers allows {}; remove one first",
-                    self.triggers.len(),
-                    self.cfg.daemon.max_triggers
-                ),
-            );
-            return self.reply(now, reply, Err(e), out);
+    fn add_trigger(
+        &mut self,
+        now: Now,
+        ci: usize,
+        t: TriggerConfig,
+        reply: ReplyTo,
+        out: &mut Vec<Act>,
+    ) {
+        let cam = &self.cams[ci];
+        let replaces = cam.triggers.contains_key(&t.name);
+        let refused = if let Err(m) = cam.zone(t.zone.as_ref()) {
+            Some(format!("trigger.zone: {m}"))
+        } else if !replaces && cam.triggers.len() >= self.cfg.daemon.max_triggers {
+            Some(format!(
+                "{} triggers exist, daemon.max_triggers allows {}; remove one first",
+                cam.triggers.len(),
+                self.cfg.daemon.max_triggers
+            ))
+        } else {
+            None
+        };
+        if let Some(m) = refused {
+            return self.reply(now, reply, Err(ApiError::new(Code::BadRequest, m)), out);
         }
-        self.runtime.removed.retain(|n| n != &t.name);
-        self.runtime.added.retain(|x| x.name != t.name);
-        self.runtime.added.push(t.clone());
+        let rt = &mut self.cams[ci].runtime;
+        rt.removed.retain(|n| n != &t.name);
+        rt.added.retain(|x| x.name != t.name);
+        rt.added.push(t.clone());
         let name = t.name.clone();
-        self.install_trigger(t, out);
-        self.save(reply, SavedKind::Added(name), out);
+        self.install_trigger(ci, t, out);
+        self.save(ci, Some(reply), SavedKind::Added(name), out);
     }
 
     /// Adds or replaces a trigger with a fresh state, and its entities: a count sensor
     /// the old one had and the new one lacks is removed.
-    fn install_trigger(&mut self, cfg: TriggerConfig, out: &mut Vec<Act>) {
-        if let Some(old) = self.triggers.get(&cfg.name) {
-            if old.cfg.object.is_some() && cfg.object.is_none() {
-                let topic = discovery::count_topic(&self.topics, &old.cfg);
-                self.publish_retained(out, topic, Bytes::new());
-            }
-        }
-        self.publish_trigger_discovery(&cfg, out);
-        let t = self.new_trigger(cfg);
+    fn install_trigger(&mut self, ci: usize, cfg: TriggerConfig, out: &mut Vec<Act>) {
+        let cam = &mut self.cams[ci];
+        let t = cam.new_trigger(cfg);
         out.push(Act::Publish(Outgoing::retained(
-            self.topics.trigger_enabled(&t.cfg.name),
+            cam.topics.trigger_enabled(&t.cfg.name),
             on_off(t.enabled),
         )));
-        self.triggers.insert(t.cfg.name.clone(), t);
+        if let Some(old) = cam.triggers.insert(t.cfg.name.clone(), t) {
+            cam.forget(old.cfg);
+        }
+        self.publish_device_discovery(ci, out);
     }
 
-    fn remove_trigger(&mut self, now: Now, name: &str, reply: ReplyTo, out: &mut Vec<Act>) {
-        let Some(t) = self.triggers.remove(name) else {
+    fn remove_trigger(
+        &mut self,
+        now: Now,
+        ci: usize,
+        name: &str,
+        reply: ReplyTo,
+        out: &mut Vec<Act>,
+    ) {
+        let cam = &mut self.cams[ci];
+        let Some(t) = cam.triggers.remove(name) else {
             let e = ApiError::new(Code::NotFound, format!("no trigger named {name:?}"));
             return self.reply(now, reply, Err(e), out);
         };
-        self.runtime.added.retain(|x| x.name != name);
-        self.runtime.disabled.retain(|n| n != name);
-        if self.cfg.triggers.iter().any(|c| c.name == name)
-            && !self.runtime.removed.iter().any(|n| n == name)
+        cam.runtime.added.retain(|x| x.name != name);
+        cam.runtime.disabled.retain(|n| n != name);
+        if cam.spec.config.triggers.iter().any(|c| c.name == name)
+            && !cam.runtime.removed.iter().any(|n| n == name)
         {
-            self.runtime.removed.push(name.to_owned());
+            cam.runtime.removed.push(name.to_owned());
         }
-        self.clear_trigger(&t.cfg, out);
-        self.save(reply, SavedKind::Removed(name.to_owned()), out);
+        self.clear_trigger(ci, &t.cfg, out);
+        self.save(ci, Some(reply), SavedKind::Removed(name.to_owned()), out);
     }
 
-    fn save(&mut self, reply: ReplyTo, data: SavedKind, out: &mut Vec<Act>) {
+    /// Saves camera `ci`'s runtime triggers; `reply` is answered once the save is done.
+    fn save(&mut self, ci: usize, reply: Option<ReplyTo>, data: SavedKind, out: &mut Vec<Act>) {
         let save = self.next_id();
-        self.saving.insert(
-            save,
-            Saving {
-                reply: Some(reply),
-                data,
-            },
-        );
+        self.saving.insert(save, Saving { reply, data });
+        let cam = &self.cams[ci];
         out.push(Act::Save {
             save,
-            triggers: self.runtime.clone(),
+            store: cam.spec.store.clone(),
+            triggers: cam.runtime.clone(),
         });
     }
 
@@ -899,38 +1071,39 @@ impl Core {
         }
     }
 
+    /// Every camera's Home Assistant discovery.
     fn publish_discovery(&self, out: &mut Vec<Act>) {
-        if !self.cfg.mqtt.discovery {
-            return;
-        }
-        for (topic, payload) in discovery::device_entities(&self.topics) {
-            self.publish_retained(out, topic, payload);
-        }
-        for t in self.triggers.values() {
-            self.publish_trigger_discovery(&t.cfg, out);
+        for ci in 0..self.cams.len() {
+            self.publish_device_discovery(ci, out);
         }
     }
 
-    /// A trigger's entities: its binary sensor, and a count sensor for object triggers.
-    fn publish_trigger_discovery(&self, cfg: &TriggerConfig, out: &mut Vec<Act>) {
+    /// Camera `ci`'s Home Assistant device and every entity of its triggers; entities of
+    /// removed triggers are removed.
+    fn publish_device_discovery(&self, ci: usize, out: &mut Vec<Act>) {
         if !self.cfg.mqtt.discovery {
             return;
         }
-        for (topic, payload) in discovery::trigger_entities(&self.topics, cfg) {
+        let cam = &self.cams[ci];
+        let triggers: Vec<&TriggerConfig> = cam.triggers.values().map(|t| &t.cfg).collect();
+        let gone: Vec<&TriggerConfig> = cam.gone.iter().collect();
+        let form = self.cfg.mqtt.discovery_form;
+        for (topic, payload) in discovery::camera(&cam.topics, &triggers, &gone, form) {
             self.publish_retained(out, topic, payload);
         }
     }
 
-    /// Deletes every entity and retained topic of a trigger.
-    fn clear_trigger(&self, cfg: &TriggerConfig, out: &mut Vec<Act>) {
-        for topic in discovery::trigger_entity_topics(&self.topics, cfg) {
-            self.publish_retained(out, topic, Bytes::new());
-        }
+    /// Deletes every entity and retained topic of a trigger (already taken out of the
+    /// camera's triggers).
+    fn clear_trigger(&mut self, ci: usize, cfg: &TriggerConfig, out: &mut Vec<Act>) {
+        self.cams[ci].forget(cfg.clone());
+        self.publish_device_discovery(ci, out);
+        let t = &self.cams[ci].topics;
         for topic in [
-            self.topics.trigger_state(&cfg.name),
-            self.topics.trigger_attributes(&cfg.name),
-            self.topics.trigger_snapshot(&cfg.name),
-            self.topics.trigger_enabled(&cfg.name),
+            t.trigger_state(&cfg.name),
+            t.trigger_attributes(&cfg.name),
+            t.trigger_snapshot(&cfg.name),
+            t.trigger_enabled(&cfg.name),
         ] {
             self.publish_retained(out, topic, Bytes::new());
         }
@@ -939,9 +1112,11 @@ impl Core {
     fn on_trigger_answer(
         &mut self,
         now: Now,
+        ci: usize,
         name: &str,
         answer: &Answer,
         frame: &Frame,
+        zone: Option<Zone>,
         out: &mut Vec<Act>,
     ) {
         // Object triggers decide on the presence answer, like question triggers on theirs:
@@ -976,7 +1151,8 @@ impl Core {
             ),
             _ => return,
         };
-        let Some(t) = self.triggers.get_mut(name) else {
+        let cam = &mut self.cams[ci];
+        let Some(t) = cam.triggers.get_mut(name) else {
             return;
         };
         let changes = match said {
@@ -985,24 +1161,23 @@ impl Core {
                 .observe(&t.cfg, Observation { on, confidence }, now.unix),
             None => Vec::new(),
         };
+        let annotates = t.cfg.annotates();
+        let object = t.cfg.object.clone().unwrap_or_default();
+        let topics = cam.topics.clone();
         let attrs = wire::TriggerAttributes {
             confidence,
             answer: said,
             frame_time: unix(frame.captured_at),
             frame_seq: frame.seq,
-            snapshot_topic: self.topics.trigger_snapshot(name),
+            snapshot_topic: topics.trigger_snapshot(name),
             details,
             error: None,
         };
-        self.publish_retained(
-            out,
-            self.topics.trigger_attributes(name),
-            wire::to_bytes(&attrs),
-        );
+        self.publish_retained(out, topics.trigger_attributes(name), wire::to_bytes(&attrs));
         for change in changes {
             match change {
                 Change::State(on) => {
-                    self.publish_retained(out, self.topics.trigger_state(name), on_off(on))
+                    self.publish_retained(out, topics.trigger_state(name), on_off(on))
                 }
                 Change::Begin | Change::End { .. } => {
                     let (kind, duration) = match change {
@@ -1013,11 +1188,20 @@ impl Core {
                     };
                     if kind == wire::EventKind::Begin {
                         // The trigger's own snapshot (what an automation on this begin
-                        // wants), and the device's.
-                        let jpeg = self.publish_snapshot(frame, out);
-                        self.publish_retained(out, self.topics.trigger_snapshot(name), jpeg);
+                        // wants: with the boxes drawn for an object), and the camera's.
+                        let plain = self.publish_snapshot(ci, frame, out);
+                        let jpeg = if annotates {
+                            let drawn = Bytes::from(crate::annotate::annotated_jpeg(
+                                frame, answer, &object, zone,
+                            ));
+                            self.publish_retained(out, topics.annotated(), drawn.clone());
+                            drawn
+                        } else {
+                            plain
+                        };
+                        self.publish_retained(out, topics.trigger_snapshot(name), jpeg);
                     }
-                    tracing::info!(trigger = ?name, ?kind, "trigger event");
+                    tracing::info!(camera = %topics.device_id, trigger = ?name, ?kind, "trigger event");
                     let ev = wire::TriggerEvent {
                         kind,
                         event_type: kind,
@@ -1025,11 +1209,11 @@ impl Core {
                         confidence,
                         frame_time: unix(frame.captured_at),
                         frame_seq: frame.seq,
-                        snapshot_topic: self.topics.trigger_snapshot(name),
+                        snapshot_topic: topics.trigger_snapshot(name),
                         duration_s: duration,
                     };
                     out.push(Act::Publish(Outgoing::event(
-                        self.topics.trigger_event(name),
+                        topics.trigger_event(name),
                         wire::to_bytes(&ev),
                     )));
                 }
@@ -1037,42 +1221,39 @@ impl Core {
         }
     }
 
-    /// A trigger the engine refused: it gets an error and is no longer evaluated; the
-    /// others go on.
-    fn trigger_failed(&mut self, name: &str, why: String, out: &mut Vec<Act>) {
-        let Some(t) = self.triggers.get_mut(name) else {
+    /// A trigger the engine refused (or whose zone is gone): it gets an error and is no
+    /// longer evaluated; the others go on.
+    fn trigger_failed(&mut self, ci: usize, name: &str, why: String, out: &mut Vec<Act>) {
+        let cam = &mut self.cams[ci];
+        let Some(t) = cam.triggers.get_mut(name) else {
             return;
         };
-        tracing::warn!(trigger = ?name, reason = ?why, "the engine refused the trigger; it is paused until replaced");
+        tracing::warn!(camera = %cam.spec.id, trigger = ?name, reason = ?why, "the trigger cannot be evaluated; it is paused until replaced");
         t.error = Some(why.clone());
         let attrs = wire::TriggerAttributes {
             confidence: 0.0,
             answer: None,
             frame_time: 0.0,
             frame_seq: 0,
-            snapshot_topic: self.topics.trigger_snapshot(name),
+            snapshot_topic: cam.topics.trigger_snapshot(name),
             details: wire::Details::None {},
             error: Some(why),
         };
-        self.publish_retained(
-            out,
-            self.topics.trigger_attributes(name),
-            wire::to_bytes(&attrs),
-        );
+        let topic = cam.topics.trigger_attributes(name);
+        self.publish_retained(out, topic, wire::to_bytes(&attrs));
     }
 
     // ---- camera -----------------------------------------------------------------------
 
-    /// Frames older than a few capture intervals are stale.
-    fn stale_after(&self) -> f64 {
-        (3.0 / self.cfg.camera.capture_rate).max(3.0)
-    }
-
-    fn camera_health(&self, now: Now, cam: &CameraView) -> CameraHealth {
+    fn camera_health(&self, now: Now, ci: usize, views: &[CameraView]) -> CameraHealth {
+        let absent = CameraView::absent();
+        let cam = views.get(ci).unwrap_or(&absent);
+        // Frames older than a few capture intervals are stale.
+        let stale_after = (3.0 / self.cams[ci].spec.config.capture_rate).max(3.0);
         let fresh = cam
             .latest
             .as_ref()
-            .filter(|f| now.unix - unix(f.captured_at) <= self.stale_after());
+            .filter(|f| now.unix - unix(f.captured_at) <= stale_after);
         match (&cam.status, fresh) {
             (CameraStatus::Down { reason, .. }, _) => CameraHealth::Unavailable(reason.clone()),
             (CameraStatus::Stopped, _) => CameraHealth::Unavailable("the camera is stopped".into()),
@@ -1088,8 +1269,8 @@ impl Core {
         }
     }
 
-    fn camera_text(&self, now: Now, cam: &CameraView) -> String {
-        match self.camera_health(now, cam) {
+    fn camera_text(&self, now: Now, ci: usize, views: &[CameraView]) -> String {
+        match self.camera_health(now, ci, views) {
             CameraHealth::Fresh(_) => "running".into(),
             CameraHealth::Starting => "starting".into(),
             CameraHealth::Unavailable(why) => format!("unavailable: {why}"),
@@ -1098,30 +1279,31 @@ impl Core {
 
     fn publish_camera_availability(
         &mut self,
+        ci: usize,
         health: &CameraHealth,
         force: bool,
         out: &mut Vec<Act>,
     ) {
+        let cam = &mut self.cams[ci];
         let online = match health {
             CameraHealth::Fresh(_) => true,
             CameraHealth::Starting => return,
             CameraHealth::Unavailable(why) => {
-                if self.camera_online != Some(false) {
-                    tracing::warn!(reason = ?why, "camera unavailable; triggers paused");
+                if cam.online != Some(false) {
+                    tracing::warn!(camera = %cam.spec.id, reason = ?why, "camera unavailable; its triggers are paused");
                 }
                 false
             }
         };
-        if force || self.camera_online != Some(online) {
-            if online && self.camera_online == Some(false) {
-                tracing::info!("camera delivering again; triggers resume");
+        if force || cam.online != Some(online) {
+            if online && cam.online == Some(false) {
+                tracing::info!(camera = %cam.spec.id, "camera delivering again; its triggers resume");
             }
-            self.camera_online = Some(online);
-            self.publish_retained(
-                out,
-                self.topics.camera_availability(),
+            cam.online = Some(online);
+            out.push(Act::Publish(Outgoing::retained(
+                cam.topics.camera_availability(),
                 if online { "online" } else { "offline" },
-            );
+            )));
         }
     }
 
@@ -1133,9 +1315,10 @@ impl Core {
         id
     }
 
-    /// Starts the next job when the engine is idle: interactive, then triggers, then
-    /// captions.
-    fn schedule(&mut self, now: Now, cam: &CameraView, out: &mut Vec<Act>) {
+    /// Starts the next job when the engine is idle: interactive requests first (at most
+    /// [`INTERACTIVE_BURST`] in a row while triggers wait), then trigger rounds, then
+    /// captions; cameras take turns for rounds and captions.
+    fn schedule(&mut self, now: Now, views: &[CameraView], out: &mut Vec<Act>) {
         if self.in_flight.is_some() || self.stopping.is_some() || self.exited {
             return;
         }
@@ -1144,14 +1327,105 @@ impl Core {
             self.model_ready = false;
             out.push(Act::UseNewModel);
             // Answers that stood on an unchanged picture came from the old model.
-            for t in self.triggers.values_mut() {
+            for t in self.cams.iter_mut().flat_map(|c| c.triggers.values_mut()) {
                 t.last_thumb = None;
             }
         }
-        let health = self.camera_health(now, cam);
-        self.answer_snapshot_waiters(now, cam, &health, out);
-        while let Some(job) = self.queue.pop_front() {
+        let health: Vec<CameraHealth> = (0..self.cams.len())
+            .map(|ci| self.camera_health(now, ci, views))
+            .collect();
+        for (ci, h) in health.iter().enumerate() {
+            self.answer_snapshot_waiters(now, ci, views, h, out);
+        }
+        if self.round.is_none() {
+            self.round = self.next_round(now, &health);
+        }
+        let triggers_wait = self.round.is_some();
+        if !triggers_wait || self.interactive_streak < INTERACTIVE_BURST {
+            if self.run_interactive(now, &health, out) {
+                self.interactive_streak += 1;
+                return;
+            }
+        }
+        self.interactive_streak = 0;
+        while let Some(round) = self.round.as_mut() {
+            let Some(name) = round.names.pop_front() else {
+                self.round = None;
+                break;
+            };
+            let (ci, frame) = (round.cam, round.frame.clone());
+            let cam = &mut self.cams[ci];
+            let Some(t) = cam.triggers.get(&name) else {
+                continue;
+            };
+            if t.error.is_some() || !t.enabled {
+                continue;
+            }
+            let skills = vec![t.cfg.skill()];
+            let zone = match cam.zone(t.cfg.zone.as_ref()) {
+                Ok(z) => z,
+                Err(why) => {
+                    self.trigger_failed(ci, &name, why, out);
+                    continue;
+                }
+            };
+            let thumb = cam.thumbnail(&frame, zone);
+            if let Some(t) = cam.triggers.get_mut(&name) {
+                t.last_thumb = Some(thumb);
+            }
+            let work = Work::Trigger {
+                cam: ci,
+                name,
+                zone,
+            };
+            self.submit(now, work, Picture::Frame(frame), zone, skills, out);
+            return;
+        }
+        let every = self.cfg.daemon.caption_interval;
+        if every == 0 {
+            return;
+        }
+        let n = self.cams.len();
+        for k in 0..n {
+            let ci = (self.next_caption_cam + k) % n;
+            let CameraHealth::Fresh(frame) = &health[ci] else {
+                continue;
+            };
+            let cam = &mut self.cams[ci];
+            if cam
+                .last_caption
+                .is_some_and(|t| now.unix - t < every as f64)
+            {
+                continue;
+            }
+            cam.last_caption = Some(now.unix);
+            self.next_caption_cam = ci + 1;
+            let skills = vec![Skill::Caption {
+                length: self.cfg.daemon.caption_length,
+            }];
+            let frame = frame.clone();
+            self.submit(
+                now,
+                Work::Caption { cam: ci },
+                Picture::Frame(frame),
+                None,
+                skills,
+                out,
+            );
+            return;
+        }
+    }
+
+    /// Starts the oldest interactive request that can run; answers those that cannot
+    /// (expired, camera unavailable). False when none was started.
+    fn run_interactive(&mut self, now: Now, health: &[CameraHealth], out: &mut Vec<Act>) -> bool {
+        let mut i = 0;
+        while i < self.queue.len() {
+            let job = &self.queue[i];
             if now.mono >= job.deadline {
+                let Some(job) = self.queue.remove(i) else {
+                    break;
+                };
                 let e = ApiError::new(
                     Code::Timeout,
                     format!(
@@ -1162,165 +1436,148 @@ impl Core {
                 self.reply(now, job.reply, Err(e), out);
                 continue;
             }
-            let picture = match (&job.image, &health) {
-                (Some(bytes), _) => Picture::Encoded(bytes.clone()),
-                (None, CameraHealth::Fresh(f)) => Picture::Frame(f.clone()),
+            let refused = match (&job.image, &health[job.cam]) {
+                (Some(bytes), _) => Ok(Picture::Encoded(bytes.clone())),
+                (None, CameraHealth::Fresh(f)) => Ok(Picture::Frame(f.clone())),
                 (None, CameraHealth::Starting)
                     if now.mono.duration_since(job.received) < CAMERA_GRACE =>
                 {
-                    // A camera still starting gets a few seconds; the job waits its turn.
-                    self.queue.push_front(job);
-                    break;
-                }
-                (None, CameraHealth::Starting) => {
-                    let e = ApiError::new(
-                        Code::CameraUnavailable,
-                        "the camera has not delivered a frame yet; send an \"image\" instead",
-                    );
-                    self.reply(now, job.reply, Err(e), out);
+                    // A camera still starting gets a few seconds; other cameras' requests
+                    // go ahead meanwhile.
+                    i += 1;
                     continue;
                 }
-                (None, CameraHealth::Unavailable(why)) => {
-                    let e = ApiError::new(
-                        Code::CameraUnavailable,
-                        format!("no camera frame ({why}); send an \"image\" instead"),
-                    );
-                    self.reply(now, job.reply, Err(e), out);
-                    continue;
-                }
+                (None, CameraHealth::Starting) => Err(ApiError::new(
+                    Code::CameraUnavailable,
+                    "the camera has not delivered a frame yet; send an \"image\" instead",
+                )),
+                (None, CameraHealth::Unavailable(why)) => Err(ApiError::new(
+                    Code::CameraUnavailable,
+                    format!("no camera frame ({why}); send an \"image\" instead"),
+                )),
             };
-            let skills = vec![job.skill.clone()];
-            self.submit(now, Work::Interactive(Box::new(job)), picture, skills, out);
-            return;
-        }
-        if !self.queue.is_empty() {
-            return;
-        }
-        let CameraHealth::Fresh(frame) = health else {
-            return;
-        };
-        let thumb = match self.thumb {
-            Some((key, t)) if key == frame.key => t,
-            _ => {
-                let t = triggers::thumbnail(&frame.rgb, frame.width, frame.height);
-                self.thumb = Some((frame.key, t));
-                t
+            let Some(job) = self.queue.remove(i) else {
+                break;
+            };
+            match refused {
+                Ok(picture) => {
+                    let skills = vec![job.skill.clone()];
+                    let zone = job.zone;
+                    self.submit(
+                        now,
+                        Work::Interactive(Box::new(job)),
+                        picture,
+                        zone,
+                        skills,
+                        out,
+                    );
+                    return true;
+                }
+                Err(e) => self.reply(now, job.reply, Err(e), out),
             }
-        };
-        // Triggers due together form a round on one frame, so that all of them but the
-        // first reuse its encoded image (a new frame costs a whole image encode, about
-        // 16 s on a Pi 5); requests may run between them.
-        if self
-            .round
-            .as_ref()
-            .is_none_or(|(_, names)| names.is_empty())
-        {
-            let mut due = VecDeque::new();
+        }
+        false
+    }
+
+    /// The next camera (in turn) with triggers due on its newest frame, and those
+    /// triggers, grouped by zone so that each zone's crop is encoded once.
+    fn next_round(&mut self, now: Now, health: &[CameraHealth]) -> Option<Round> {
+        let n = self.cams.len();
+        for k in 0..n {
+            let ci = (self.next_round_cam + k) % n;
+            let CameraHealth::Fresh(frame) = &health[ci] else {
+                continue;
+            };
+            let cam = &mut self.cams[ci];
+            let mut due = Vec::new();
             let mut soon = Vec::new();
-            for t in self.triggers.values_mut() {
+            let names: Vec<String> = cam.triggers.keys().cloned().collect();
+            for name in names {
+                let Some(t) = cam.triggers.get(&name) else {
+                    continue;
+                };
                 if t.error.is_some() || !t.enabled {
                     continue;
                 }
+                let zone = cam.zone(t.cfg.zone.as_ref()).ok().flatten();
+                let zone_key = zone.map(<[f32; 4]>::from).map(|z| z.map(f32::to_bits));
+                let thumb = cam.thumbnail(frame, zone);
+                let Some(t) = cam.triggers.get_mut(&name) else {
+                    continue;
+                };
                 let changed = t
                     .last_thumb
                     .is_none_or(|p| triggers::scene_difference(&p, &thumb) > SCENE_CHANGE);
                 let Some(end) = t.last_end else {
-                    due.push_back(t.cfg.name.clone());
+                    due.push((zone_key, name));
                     continue;
                 };
                 let since = now.unix - end;
                 let interval = t.cfg.interval as f64;
                 if changed && since >= SCENE_MIN_GAP.min(interval) {
-                    due.push_back(t.cfg.name.clone());
+                    due.push((zone_key, name));
                 } else if since >= interval {
                     if t.state.settled() {
                         // Same picture, settled answer: it stands; look again next interval.
                         t.last_end = Some(now.unix);
                         self.counters.trigger_skips += 1;
                     } else {
-                        due.push_back(t.cfg.name.clone());
+                        due.push((zone_key, name));
                     }
                 } else if since >= interval / 2.0 && !t.state.settled() {
                     // Due within half an interval: joins the round now rather than
                     // costing a frame of its own later, which keeps rounds together.
-                    soon.push(t.cfg.name.clone());
+                    soon.push((zone_key, name));
                 }
             }
-            if !due.is_empty() {
-                due.extend(soon);
+            if due.is_empty() {
+                continue;
             }
-            self.round = (!due.is_empty()).then(|| (frame.clone(), due));
+            due.extend(soon);
+            // Stable: within a zone, triggers keep their order.
+            due.sort_by_key(|(z, _)| *z);
+            self.next_round_cam = ci + 1;
+            return Some(Round {
+                cam: ci,
+                frame: frame.clone(),
+                names: due.into_iter().map(|(_, n)| n).collect(),
+            });
         }
-        if let Some((round_frame, names)) = self.round.as_mut() {
-            let round_frame = round_frame.clone();
-            while let Some(name) = names.pop_front() {
-                let Some(t) = self.triggers.get_mut(&name) else {
-                    continue;
-                };
-                if t.error.is_some() || !t.enabled {
-                    continue;
-                }
-                t.last_thumb = Some(if round_frame.key == frame.key {
-                    thumb
-                } else {
-                    triggers::thumbnail(&round_frame.rgb, round_frame.width, round_frame.height)
-                });
-                let skills = vec![t.cfg.skill()];
-                self.submit(
-                    now,
-                    Work::Trigger { name },
-                    Picture::Frame(round_frame),
-                    skills,
-                    out,
-                );
-                return;
-            }
-            self.round = None;
-        }
-        let every = self.cfg.daemon.caption_interval;
-        if every > 0
-            && self
-                .last_caption
-                .is_none_or(|t| now.unix - t >= every as f64)
-        {
-            self.last_caption = Some(now.unix);
-            let skills = vec![Skill::Caption {
-                length: self.cfg.daemon.caption_length,
-            }];
-            self.submit(now, Work::Caption, Picture::Frame(frame), skills, out);
-        }
+        None
     }
 
     fn answer_snapshot_waiters(
         &mut self,
         now: Now,
-        cam: &CameraView,
+        ci: usize,
+        views: &[CameraView],
         health: &CameraHealth,
         out: &mut Vec<Act>,
     ) {
-        if self.snapshot_waiters.is_empty() {
+        if self.cams[ci].snapshot_waiters.is_empty() {
             return;
         }
-        let waiters = std::mem::take(&mut self.snapshot_waiters);
+        let waiters = std::mem::take(&mut self.cams[ci].snapshot_waiters);
         for (reply, since) in waiters {
             let waited_out = now.mono.duration_since(since) >= CAMERA_GRACE;
             if matches!(health, CameraHealth::Starting) && !waited_out {
-                self.snapshot_waiters.push((reply, since));
+                self.cams[ci].snapshot_waiters.push((reply, since));
             } else {
-                let result = self.snapshot(now, cam, false, out);
+                let result = self.snapshot(now, ci, views, false, out);
                 self.reply(now, reply, result, out);
             }
         }
     }
 
-    fn publish_caption(&mut self, caption: &str, frame: &Frame, out: &mut Vec<Act>) {
+    fn publish_caption(&mut self, ci: usize, caption: &str, frame: &Frame, out: &mut Vec<Act>) {
         self.counters.captions += 1;
         let v = wire::Caption {
             caption: caption.to_owned(),
             frame_time: unix(frame.captured_at),
             frame_seq: frame.seq,
         };
-        self.publish_retained(out, self.topics.caption(), wire::to_bytes(&v));
+        let topic = self.cams[ci].topics.caption();
+        self.publish_retained(out, topic, wire::to_bytes(&v));
     }
 
     fn submit(
@@ -1328,6 +1585,7 @@ impl Core {
         now: Now,
         work: Work,
         picture: Picture,
+        zone: Option<Zone>,
         skills: Vec<Skill>,
         out: &mut Vec<Act>,
     ) {
@@ -1341,6 +1599,7 @@ impl Core {
         out.push(Act::Submit {
             job,
             picture,
+            zone,
             skills,
         });
     }
@@ -1364,45 +1623,70 @@ impl Core {
             Work::Interactive(p) => {
                 self.counters.last_request_ms = Some(elapsed);
                 let reply = match (result, frame) {
-                    (Ok(r), Some(f)) => {
-                        // A caption of the camera's picture (the "caption now" button) is
-                        // the camera's caption; one of a request's own image is not.
-                        if let (None, Some(Answer::Caption { caption })) =
-                            (&p.image, r.answers.first().map(|a| &a.answer))
-                        {
-                            self.publish_caption(caption, &f, out);
+                    (Ok(mut r), Some(f)) => {
+                        if let Some(z) = p.zone {
+                            for a in &mut r.answers {
+                                z.answer_to_frame(&mut a.answer);
+                            }
                         }
-                        Ok(ReplyData::Answer(answer_reply(&r, &f)))
+                        let first = r.answers.first().map(|a| &a.answer);
+                        // A caption of the camera's picture (the "caption now" button) is
+                        // the camera's caption; one of a request's own image (or of a
+                        // zone) is not.
+                        if let (None, None, Some(Answer::Caption { caption })) =
+                            (&p.image, p.zone, first)
+                        {
+                            self.publish_caption(p.cam, caption, &f, out);
+                        }
+                        let annotated = match (p.annotate, first, &p.skill) {
+                            (true, Some(a), Skill::Detect { object } | Skill::Point { object }) => {
+                                let jpeg = crate::annotate::annotated_jpeg(&f, a, object, p.zone);
+                                let topic = self.cams[p.cam].topics.annotated();
+                                self.publish_retained(out, topic.clone(), jpeg);
+                                Some(topic)
+                            }
+                            _ => None,
+                        };
+                        let mut data = answer_reply(&r, &f);
+                        data.zone = p.zone;
+                        data.annotated_topic = annotated;
+                        Ok(ReplyData::Answer(data))
                     }
                     (Ok(_), None) => Err(ApiError::new(Code::ModelError, "no picture")),
                     (Err(e), _) => Err(engine_error(e, self.stopping.is_some())),
                 };
                 self.reply(now, p.reply, reply, out);
             }
-            Work::Trigger { name } => {
+            Work::Trigger { cam, name, zone } => {
                 self.counters.last_trigger_ms = Some(elapsed);
-                if let Some(t) = self.triggers.get_mut(&name) {
+                if let Some(t) = self.cams[cam].triggers.get_mut(&name) {
                     t.last_end = Some(now.unix);
                 }
                 match (result, frame) {
                     (Ok(r), Some(f)) => {
                         if let Some(a) = r.answers.first() {
+                            let mut answer = a.answer.clone();
+                            if let Some(z) = zone {
+                                z.answer_to_frame(&mut answer);
+                            }
                             self.counters.trigger_evaluations += 1;
-                            self.on_trigger_answer(now, &name, &a.answer, &f, out);
+                            self.on_trigger_answer(now, cam, &name, &answer, &f, zone, out);
                         }
                     }
-                    (Err(EngineError::Invalid(why)), _) => self.trigger_failed(&name, why, out),
+                    (Err(EngineError::Invalid(why)), _) => {
+                        self.trigger_failed(cam, &name, why, out)
+                    }
                     (Err(e), _) => {
                         tracing::warn!(trigger = ?name, "trigger evaluation failed: {e}");
                     }
                     (Ok(_), None) => {}
                 }
             }
-            Work::Caption => match (result, frame) {
+            Work::Caption { cam } => match (result, frame) {
                 (Ok(r), Some(f)) => {
                     if let Some(Answer::Caption { caption }) = r.answers.first().map(|a| &a.answer)
                     {
-                        self.publish_caption(caption, &f, out);
+                        self.publish_caption(cam, caption, &f, out);
                     }
                 }
                 (Err(e), _) => tracing::warn!("caption failed: {e}"),
@@ -1420,10 +1704,12 @@ impl Core {
         })
     }
 
-    fn on_tick(&mut self, now: Now, cam: &CameraView, out: &mut Vec<Act>) {
-        let health = self.camera_health(now, cam);
+    fn on_tick(&mut self, now: Now, views: &[CameraView], out: &mut Vec<Act>) {
         if self.connected {
-            self.publish_camera_availability(&health, false, out);
+            for ci in 0..self.cams.len() {
+                let health = self.camera_health(now, ci, views);
+                self.publish_camera_availability(ci, &health, false, out);
+            }
         }
         // A job running far past its time is cancelled.
         if let Some(f) = self.in_flight.as_mut() {
@@ -1443,7 +1729,9 @@ impl Core {
             })
         {
             self.last_stats = Some(now.mono);
-            self.publish_stats(now, cam, out);
+            for ci in 0..self.cams.len() {
+                self.publish_stats(now, ci, views, out);
+            }
         }
         if self.bad_requests > 0
             && self
@@ -1470,17 +1758,23 @@ impl Core {
         }
     }
 
-    fn publish_stats(&self, now: Now, cam: &CameraView, out: &mut Vec<Act>) {
+    /// A camera's stats: its frames, state and triggers, and the engine's queue and
+    /// counters (shared by every camera).
+    fn publish_stats(&self, now: Now, ci: usize, views: &[CameraView], out: &mut Vec<Act>) {
+        let cam = &self.cams[ci];
         let v = wire::Stats {
             uptime_s: now.mono.duration_since(self.started).as_secs(),
-            frames: cam.latest.as_ref().map_or(0, |f| f.seq),
-            camera: self.camera_text(now, cam),
+            frames: views
+                .get(ci)
+                .and_then(|v| v.latest.as_ref())
+                .map_or(0, |f| f.seq),
+            camera: self.camera_text(now, ci, views),
             queue_depth: self.queue.len() + usize::from(self.in_flight.is_some()),
-            triggers: self.triggers.len(),
+            triggers: cam.triggers.len(),
             counters: self.counters.clone(),
             outbox: self.outbox,
         };
-        self.publish_retained(out, self.topics.stats(), wire::to_bytes(&v));
+        self.publish_retained(out, cam.topics.stats(), wire::to_bytes(&v));
     }
 
     // ---- stop and reload ------------------------------------------------------------------
@@ -1492,13 +1786,14 @@ impl Core {
         tracing::info!("stopping");
         self.stopping = Some(now.mono);
         out.push(Act::Notify(Notify::Stopping));
+        let stopping = || ApiError::new(Code::ShuttingDown, "moonwatch is stopping");
         while let Some(job) = self.queue.pop_front() {
-            let e = ApiError::new(Code::ShuttingDown, "moonwatch is stopping");
-            self.reply(now, job.reply, Err(e), out);
+            self.reply(now, job.reply, Err(stopping()), out);
         }
-        for (reply, _) in std::mem::take(&mut self.snapshot_waiters) {
-            let e = ApiError::new(Code::ShuttingDown, "moonwatch is stopping");
-            self.reply(now, reply, Err(e), out);
+        for ci in 0..self.cams.len() {
+            for (reply, _) in std::mem::take(&mut self.cams[ci].snapshot_waiters) {
+                self.reply(now, reply, Err(stopping()), out);
+            }
         }
         // A job in flight may finish (interactive answers are worth a moment); its
         // result arrives as EngineDone, or it is cancelled after STOP_GRACE.
@@ -1546,16 +1841,27 @@ impl Core {
     }
 
     fn on_reload(&mut self, r: Result<Box<Config>, String>, out: &mut Vec<Act>) {
+        let refuse = |this: &mut Self, out: &mut Vec<Act>, e: String| {
+            tracing::error!("reload refused, keeping the running configuration: {e}");
+            let p = format!("reload refused: {e}");
+            out.push(Act::Notify(Notify::Status(p.clone())));
+            this.reload_problem = Some(p);
+        };
         let new = match r {
             Ok(c) => *c,
-            Err(e) => {
-                tracing::error!("reload refused, keeping the running configuration: {e}");
-                let p = format!("reload refused: {e}");
-                out.push(Act::Notify(Notify::Status(p.clone())));
-                self.reload_problem = Some(p);
-                return;
-            }
+            Err(e) => return refuse(self, out, e),
         };
+        let specs = new.cameras(&self.device_id);
+        let ids: Vec<&str> = specs.iter().map(|s| s.id.as_str()).collect();
+        let running: Vec<&str> = self.cams.iter().map(|c| c.spec.id.as_str()).collect();
+        if ids != running {
+            let e = format!(
+                "the cameras changed ({} -> {}); restart moonwatch to add, remove or rename cameras",
+                running.join(", "),
+                ids.join(", ")
+            );
+            return refuse(self, out, e);
+        }
         out.push(Act::Notify(Notify::Reloading));
         self.reload_problem = None;
         if new.mqtt != self.cfg.mqtt {
@@ -1563,31 +1869,43 @@ impl Core {
                 "[mqtt] changed; restart moonwatch to apply it (the connection is kept)"
             );
         }
-        if new.camera != self.cfg.camera {
-            tracing::info!("[camera] changed; restarting the camera");
-            out.push(Act::RestartCamera(new.camera.clone()));
-            for t in self.triggers.values_mut() {
-                t.last_thumb = None;
-            }
-        }
         if new.model != self.cfg.model {
             tracing::info!("[model] changed; loading the new model beside the running one");
             self.model_loading = true;
             self.model_ready = false;
             out.push(Act::LoadModel(Box::new(new.clone())));
         }
-        let want = self.wanted_triggers(&new);
-        let old: Vec<TriggerConfig> = self.triggers.values().map(|t| t.cfg.clone()).collect();
-        for cfg in &old {
-            if !want.contains_key(&cfg.name) {
-                self.clear_trigger(cfg, out);
-                self.triggers.remove(&cfg.name);
+        // A round in progress may name triggers that change now.
+        self.round = None;
+        for (ci, spec) in specs.into_iter().enumerate() {
+            let cam = &mut self.cams[ci];
+            let restart = !spec.config.same_source(&cam.spec.config);
+            if restart {
+                tracing::info!(camera = %spec.id, "capture settings changed; restarting the camera");
+                out.push(Act::RestartCamera(ci, spec.config.clone()));
             }
-        }
-        for (name, cfg) in want {
-            let same = self.triggers.get(&name).is_some_and(|t| t.cfg == cfg);
-            if !same {
-                self.install_trigger(cfg, out);
+            if restart || spec.config.zones != cam.spec.config.zones {
+                for t in cam.triggers.values_mut() {
+                    t.last_thumb = None;
+                }
+            }
+            cam.spec = spec;
+            let want = effective_triggers(&cam.spec.config.triggers, &cam.runtime);
+            let old: Vec<TriggerConfig> = cam.triggers.values().map(|t| t.cfg.clone()).collect();
+            for cfg in &old {
+                if !want.contains_key(&cfg.name) {
+                    self.cams[ci].triggers.remove(&cfg.name);
+                    self.clear_trigger(ci, cfg, out);
+                }
+            }
+            for (name, cfg) in want {
+                let same = self.cams[ci]
+                    .triggers
+                    .get(&name)
+                    .is_some_and(|t| t.cfg == cfg);
+                if !same {
+                    self.install_trigger(ci, cfg, out);
+                }
             }
         }
         let mqtt = self.cfg.mqtt.clone();
@@ -1620,9 +1938,11 @@ impl Core {
 
 /// Configured triggers, less the removed, plus the added (an added one replaces a
 /// configured one of the same name).
-pub fn effective_triggers(cfg: &Config, rt: &RuntimeTriggers) -> BTreeMap<String, TriggerConfig> {
-    let mut out: BTreeMap<String, TriggerConfig> = cfg
-        .triggers
+pub fn effective_triggers(
+    configured: &[TriggerConfig],
+    rt: &RuntimeTriggers,
+) -> BTreeMap<String, TriggerConfig> {
+    let mut out: BTreeMap<String, TriggerConfig> = configured
         .iter()
         .filter(|t| !rt.removed.contains(&t.name))
         .map(|t| (t.name.clone(), t.clone()))
@@ -1691,6 +2011,8 @@ fn answer_reply(r: &Response, frame: &Frame) -> wire::AnswerReply {
         prefix_reused: r.prefix.reused,
         image_encode_ms: r.prefix.image_encode_ms,
         total_ms: r.total_ms,
+        zone: None,
+        annotated_topic: None,
     }
 }
 

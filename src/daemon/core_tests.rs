@@ -35,6 +35,8 @@ fn trigger(name: &str, question: &str, interval: u64) -> TriggerConfig {
         cooldown: 0,
         interval,
         device_class: None,
+        zone: None,
+        annotate: None,
     }
 }
 
@@ -48,12 +50,11 @@ fn config(f: impl FnOnce(&mut Config)) -> Config {
 }
 
 fn core(cfg: Config, now: Now) -> Core {
-    let topics = Topics::new(&cfg.mqtt, "cam");
     let mut c = Core::new(
         cfg,
-        topics,
-        RuntimeTriggers::default(),
-        None,
+        "cam",
+        Vec::new(),
+        Vec::new(),
         Some(Duration::from_secs(2)),
         now,
     );
@@ -582,7 +583,7 @@ fn triggers_are_limited_and_saved_before_the_reply() {
     let save = acts
         .iter()
         .find_map(|a| match a {
-            Act::Save { save, triggers } => Some((*save, triggers.added.len())),
+            Act::Save { save, triggers, .. } => Some((*save, triggers.added.len())),
             _ => None,
         })
         .expect("saved");
@@ -719,10 +720,13 @@ fn reload_diffs_triggers_loads_the_model_aside_and_reports_refusals() {
         })
         .collect();
     assert!(cleared.contains(&"mw/cam/trigger/a"), "{cleared:?}");
-    assert_eq!(
-        published(&acts, "homeassistant/binary_sensor/moonwatch_cam/b/config").len(),
-        1
-    );
+    // One device config: b's entities in it, a's removed with its platform alone.
+    let device = published(&acts, "homeassistant/device/moonwatch_cam/config");
+    let v: Value =
+        serde_json::from_slice(&device.last().expect("device config").payload).expect("json");
+    assert_eq!(v["cmps"]["b"]["state_topic"], "mw/cam/trigger/b");
+    assert_eq!(v["cmps"]["a"], serde_json::json!({"p": "binary_sensor"}));
+    assert_eq!(v["cmps"]["a_event"], serde_json::json!({"p": "event"}));
     // The old model serves meanwhile (a job is running on it); once the
     // new one is loaded, it is swapped in when the engine is idle.
     let job = c.job().expect("a job runs on the old model");
@@ -1024,8 +1028,7 @@ fn a_switched_off_trigger_is_not_evaluated_and_stays_off_across_restarts() {
         "off: not evaluated"
     );
     // A restart with the saved state: still off, and says so.
-    let topics = Topics::new(&cfg.mqtt, "cam");
-    let mut again = Core::new(cfg, topics, saved, None, None, now);
+    let mut again = Core::new(cfg, "cam", vec![saved], Vec::new(), None, now);
     let acts = again.handle(
         now,
         &cam,

@@ -25,6 +25,7 @@ use crate::frame::Frame;
 use crate::mqtt::api::Topics;
 use crate::mqtt::{Command, Connection, MqttEvent};
 use crate::vision::{moondream, Cancel, Engine, EngineError, Request, Response};
+use crate::zone::Zone;
 
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
@@ -86,7 +87,8 @@ pub struct Daemon {
     engine: Arc<Engine>,
     /// A model loaded by a reload, waiting for the core to swap it in.
     next_engine: Option<Engine>,
-    camera: Camera,
+    /// The cameras, in configuration order (the core's camera indices).
+    cameras: Vec<Camera>,
     job: Option<Job>,
     /// Models loaded by a reload arrive here.
     models_tx: mpsc::UnboundedSender<Result<Engine, String>>,
@@ -116,8 +118,17 @@ impl Daemon {
         let engine = tokio::task::spawn_blocking(move || moondream::start(settings))
             .await
             .map_err(|e| DaemonError::Setup(e.to_string()))??;
-        let camera = Camera::start(&cfg.camera)
-            .map_err(|e| DaemonError::Setup(format!("cannot start the camera thread: {e}")))?;
+        let specs = cfg.cameras(&device_id);
+        let mut cameras = Vec::new();
+        for spec in &specs {
+            let camera = Camera::start(&spec.config).map_err(|e| {
+                DaemonError::Setup(format!(
+                    "cannot start the thread of camera {}: {e}",
+                    spec.id
+                ))
+            })?;
+            cameras.push(camera);
+        }
         let client_id = if cfg.mqtt.client_id.is_empty() {
             format!("moonwatch-{device_id}")
         } else {
@@ -126,17 +137,26 @@ impl Daemon {
         let spec = crate::mqtt::connect_spec(&cfg.mqtt, client_id, topics.availability())
             .map_err(DaemonError::Setup)?;
         let state_dir = cfg.daemon.state_dir.clone();
-        let loaded = store::load(&state_dir);
-        if let Some(p) = &loaded.problem {
-            tracing::error!("{p}");
+        let (mut runtime, mut problems) = (Vec::new(), Vec::new());
+        for spec in &specs {
+            let loaded = store::load(&state_dir, &spec.store);
+            if let Some(p) = loaded.problem {
+                tracing::error!("{p}");
+                problems.push(p);
+            }
+            runtime.push(loaded.triggers);
         }
-        tracing::info!(device = %device_id, base = %topics.base, "moonwatch running");
+        let bases: Vec<String> = specs
+            .iter()
+            .map(|s| format!("{}/{}", cfg.mqtt.prefix, s.id))
+            .collect();
+        tracing::info!(device = %device_id, cameras = ?bases, "moonwatch running");
         let mqtt = cfg.mqtt.clone();
         let core = Core::new(
             cfg,
-            topics,
-            loaded.triggers,
-            loaded.problem,
+            &device_id,
+            runtime,
+            problems,
             sd_notify::watchdog_enabled(),
             Now::read(),
         );
@@ -150,7 +170,7 @@ impl Daemon {
             events,
             engine: Arc::new(engine),
             next_engine: None,
-            camera,
+            cameras,
             job: None,
             models_tx,
             models,
@@ -207,27 +227,36 @@ impl Daemon {
         let mut exit = false;
         let mut inputs = vec![input];
         while let Some(input) = inputs.pop() {
-            let cam = CameraView {
-                latest: self.camera.latest(),
-                status: self.camera.status(),
-            };
+            let views: Vec<CameraView> = self
+                .cameras
+                .iter()
+                .map(|c| CameraView {
+                    latest: c.latest(),
+                    status: c.status(),
+                })
+                .collect();
             self.core.set_outbox_stats(self.conn.stats());
-            for act in self.core.handle(Now::read(), &cam, input) {
+            for act in self.core.handle(Now::read(), &views, input) {
                 match act {
                     Act::Publish(m) => self.conn.publish(m),
                     Act::Ack(t) => self.conn.send(Command::Ack(t)),
                     Act::Submit {
                         job,
                         picture,
+                        zone,
                         skills,
-                    } => self.submit(job, picture, skills),
+                    } => self.submit(job, picture, zone, skills),
                     Act::Cancel { job } => {
                         if let Some(j) = self.job.as_ref().filter(|j| j.id == job) {
                             j.cancel.cancel();
                         }
                     }
-                    Act::Save { save, triggers } => {
-                        if self.saves.send((save, triggers)).is_err() {
+                    Act::Save {
+                        save,
+                        store,
+                        triggers,
+                    } => {
+                        if self.saves.send((save, store, triggers)).is_err() {
                             inputs.push(Input::Saved {
                                 save,
                                 result: Err("the save task ended".into()),
@@ -250,12 +279,14 @@ impl Daemon {
                             tracing::info!("the new model serves from now on");
                         }
                     }
-                    Act::RestartCamera(c) => match Camera::start(&c) {
+                    Act::RestartCamera(i, c) => match Camera::start(&c) {
                         Ok(cam) => {
-                            let old = std::mem::replace(&mut self.camera, cam);
-                            tokio::task::spawn_blocking(move || old.stop());
+                            if let Some(slot) = self.cameras.get_mut(i) {
+                                let old = std::mem::replace(slot, cam);
+                                tokio::task::spawn_blocking(move || old.stop());
+                            }
                         }
-                        Err(e) => tracing::error!("cannot restart the camera: {e}"),
+                        Err(e) => tracing::error!("cannot restart camera {i}: {e}"),
                     },
                     Act::Exit => exit = true,
                 }
@@ -265,8 +296,15 @@ impl Daemon {
     }
 
     /// Starts an engine job: a client's image is decoded (and reduced) only now, one at a
-    /// time, off the executor.
-    fn submit(&mut self, id: u64, picture: Picture, skills: Vec<crate::vision::Skill>) {
+    /// time, off the executor; with a zone, the engine gets the crop and the result comes
+    /// back with the whole picture.
+    fn submit(
+        &mut self,
+        id: u64,
+        picture: Picture,
+        zone: Option<Zone>,
+        skills: Vec<crate::vision::Skill>,
+    ) {
         let cancel = Cancel::new();
         let engine = self.engine.clone();
         let stop = cancel.clone();
@@ -285,7 +323,12 @@ impl Daemon {
                     }
                 }
             };
-            let mut req = Request::new(frame.clone(), skills);
+            let seen = match zone.map(|z| z.crop(&frame)) {
+                None => frame.clone(),
+                Some(Ok(crop)) => Arc::new(crop),
+                Some(Err(e)) => return (Err(EngineError::Image(e.to_string())), Some(frame)),
+            };
+            let mut req = Request::new(seen, skills);
             req.cancel = stop;
             let result = match engine.submit(req) {
                 Ok(ticket) => ticket.await.unwrap_or(Err(EngineError::Stopped)),
@@ -317,17 +360,17 @@ fn notify(n: &Notify) {
 }
 
 /// Saves runtime triggers one after another (never two at once, never on the executor).
-type SaveRequests = mpsc::UnboundedSender<(u64, store::RuntimeTriggers)>;
+type SaveRequests = mpsc::UnboundedSender<(u64, String, store::RuntimeTriggers)>;
 type SaveResults = mpsc::UnboundedReceiver<(u64, Result<(), String>)>;
 
 fn saver(dir: PathBuf) -> (SaveRequests, SaveResults) {
-    let (tx, mut rx) = mpsc::unbounded_channel::<(u64, store::RuntimeTriggers)>();
+    let (tx, mut rx) = mpsc::unbounded_channel::<(u64, String, store::RuntimeTriggers)>();
     let (done_tx, done) = mpsc::unbounded_channel();
     tokio::spawn(async move {
-        while let Some((save, triggers)) = rx.recv().await {
+        while let Some((save, file, triggers)) = rx.recv().await {
             let dir = dir.clone();
             let result = tokio::task::spawn_blocking(move || {
-                store::save(&dir, &triggers).map_err(|e| e.to_string())
+                store::save(&dir, &file, &triggers).map_err(|e| e.to_string())
             })
             .await
             .unwrap_or_else(|e| Err(e.to_string()));

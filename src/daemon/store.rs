@@ -1,11 +1,12 @@
-//! `{state_dir}/triggers.json`: the triggers added and removed over MQTT.
+//! `{state_dir}/triggers.json` (`triggers-{camera}.json` for each `[[camera]]`): the
+//! triggers added, removed and switched off over MQTT.
 //!
 //! Saved as write to a temporary file, fsync, rename, fsync the directory, so a crash or a
 //! power cut leaves the old file or the new one, never a mix. A file that does not parse is
 //! renamed aside (`triggers.json.corrupt-{unix time}`) and reported, never overwritten.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
@@ -21,9 +22,8 @@ pub struct RuntimeTriggers {
     pub disabled: Vec<String>,
 }
 
-pub fn path(state_dir: &Path) -> PathBuf {
-    state_dir.join("triggers.json")
-}
+/// The single camera's file; `[[camera]]` sections have `triggers-{name}.json`.
+pub const DEFAULT_FILE: &str = "triggers.json";
 
 /// What loading found.
 #[derive(Debug)]
@@ -33,9 +33,9 @@ pub struct Loaded {
     pub problem: Option<String>,
 }
 
-/// Reads the runtime triggers; a missing file is an empty set.
-pub fn load(state_dir: &Path) -> Loaded {
-    let path = path(state_dir);
+/// Reads the runtime triggers from `{state_dir}/{file}`; a missing file is an empty set.
+pub fn load(state_dir: &Path, file: &str) -> Loaded {
+    let path = state_dir.join(file);
     let bytes = match std::fs::read(&path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -60,7 +60,7 @@ pub fn load(state_dir: &Path) -> Loaded {
             let stamp = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs());
-            let aside = state_dir.join(format!("triggers.json.corrupt-{stamp}"));
+            let aside = state_dir.join(format!("{file}.corrupt-{stamp}"));
             let kept = std::fs::rename(&path, &aside);
             let problem = match kept {
                 Ok(()) => format!(
@@ -82,9 +82,9 @@ pub fn load(state_dir: &Path) -> Loaded {
     }
 }
 
-/// Writes the runtime triggers durably.
-pub fn save(state_dir: &Path, triggers: &RuntimeTriggers) -> std::io::Result<()> {
-    let path = path(state_dir);
+/// Writes the runtime triggers to `{state_dir}/{file}` durably.
+pub fn save(state_dir: &Path, file: &str, triggers: &RuntimeTriggers) -> std::io::Result<()> {
+    let path = state_dir.join(file);
     // A corrupt file that could not be moved aside is never overwritten.
     if let Ok(b) = std::fs::read(&path) {
         if serde_json::from_slice::<RuntimeTriggers>(&b).is_err() {
@@ -95,7 +95,7 @@ pub fn save(state_dir: &Path, triggers: &RuntimeTriggers) -> std::io::Result<()>
         }
     }
     std::fs::create_dir_all(state_dir)?;
-    let tmp = state_dir.join("triggers.json.tmp");
+    let tmp = state_dir.join(format!("{file}.tmp"));
     let body = serde_json::to_vec_pretty(triggers).map_err(std::io::Error::other)?;
     {
         let mut f = std::fs::File::create(&tmp)?;
@@ -113,18 +113,18 @@ mod tests {
     #[test]
     fn saves_round_trip_and_a_corrupt_file_is_kept_aside() {
         let dir = tempfile::tempdir().unwrap();
-        assert!(load(dir.path()).problem.is_none());
+        assert!(load(dir.path(), DEFAULT_FILE).problem.is_none());
         let rt = RuntimeTriggers {
             added: vec![],
             removed: vec!["a".into()],
             disabled: vec!["b".into()],
         };
-        save(dir.path(), &rt).unwrap();
-        assert_eq!(load(dir.path()).triggers, rt);
+        save(dir.path(), DEFAULT_FILE, &rt).unwrap();
+        assert_eq!(load(dir.path(), DEFAULT_FILE).triggers, rt);
         // Truncated, as by a crash of an older version that wrote in place.
-        let full = std::fs::read(path(dir.path())).unwrap();
-        std::fs::write(path(dir.path()), &full[..full.len() / 2]).unwrap();
-        let loaded = load(dir.path());
+        let full = std::fs::read(dir.path().join(DEFAULT_FILE)).unwrap();
+        std::fs::write(dir.path().join(DEFAULT_FILE), &full[..full.len() / 2]).unwrap();
+        let loaded = load(dir.path(), DEFAULT_FILE);
         assert_eq!(loaded.triggers, RuntimeTriggers::default());
         let problem = loaded.problem.unwrap();
         assert!(problem.contains("corrupt"), "{problem}");
@@ -143,7 +143,7 @@ mod tests {
             &full[..full.len() / 2]
         );
         // A new save goes to a fresh file.
-        save(dir.path(), &rt).unwrap();
-        assert_eq!(load(dir.path()).triggers, rt);
+        save(dir.path(), DEFAULT_FILE, &rt).unwrap();
+        assert_eq!(load(dir.path(), DEFAULT_FILE).triggers, rt);
     }
 }

@@ -9,25 +9,41 @@ use crate::config::MqttConfig;
 use crate::triggers::TriggerConfig;
 use crate::vision::{CaptionLength, Skill};
 
-/// All topics of one device, under `{prefix}/{device_id}`.
+/// All topics of one camera, under `{prefix}/{id}`: the device id for a single camera,
+/// the camera's name for `[[camera]]` sections.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Topics {
     pub base: String,
     pub discovery_prefix: String,
+    /// The camera's id in topics and Home Assistant.
     pub device_id: String,
+    /// `{prefix}/{mqtt.device_id}`: where the process's availability (its Last Will) is.
+    pub process_base: String,
 }
 
 impl Topics {
+    /// The topics of a single camera addressed by the device id.
     pub fn new(cfg: &MqttConfig, device_id: &str) -> Self {
+        Self::camera(cfg, device_id, device_id)
+    }
+    /// The topics of camera `id` served by the process `device_id`.
+    pub fn camera(cfg: &MqttConfig, device_id: &str, id: &str) -> Self {
         Self {
-            base: format!("{}/{}", cfg.prefix, device_id),
+            base: format!("{}/{}", cfg.prefix, id),
             discovery_prefix: cfg.discovery_prefix.clone(),
-            device_id: device_id.to_owned(),
+            device_id: id.to_owned(),
+            process_base: format!("{}/{}", cfg.prefix, device_id),
         }
     }
-    /// Retained `online` / `offline` (the broker's Last Will says `offline`).
+    /// Retained `online` / `offline` of the process (the broker's Last Will says
+    /// `offline`); shared by every camera it serves.
     pub fn availability(&self) -> String {
-        format!("{}/availability", self.base)
+        format!("{}/availability", self.process_base)
+    }
+    /// Retained JPEG: the picture of the last detect or point asked to be annotated, with
+    /// its boxes or points drawn on it.
+    pub fn annotated(&self) -> String {
+        format!("{}/annotated", self.base)
     }
     /// Retained `online` / `offline`: whether the camera delivers fresh frames.
     pub fn camera_availability(&self) -> String {
@@ -161,6 +177,10 @@ pub struct ApiRequest {
     pub transaction: Option<Value>,
     /// Reply topic asked for in the payload (MQTT v3.1.1 clients).
     pub reply_to: Option<String>,
+    /// The part of the picture to look at.
+    pub zone: Option<crate::zone::ZoneRef>,
+    /// Publish the picture with the boxes or points drawn on it.
+    pub annotate: bool,
 }
 
 /// Where a reply goes and what travels with it.
@@ -236,6 +256,8 @@ pub fn parse_request(
             image: Some(payload.to_vec()),
             transaction: None,
             reply_to: None,
+            zone: None,
+            annotate: false,
         });
     }
     let value: Value = if payload.iter().all(u8::is_ascii_whitespace) {
@@ -302,6 +324,23 @@ pub fn parse_request(
     if let Action::Skill(skill) = &action {
         crate::vision::prompt::check(skill).map_err(|m| bad(Code::BadRequest, m))?;
     }
+    let annotate = body.annotate.unwrap_or(false);
+    let locates = matches!(
+        action,
+        Action::Skill(Skill::Detect { .. } | Skill::Point { .. })
+    );
+    if annotate && !locates {
+        return Err(bad(
+            Code::BadRequest,
+            "\"annotate\" is for detect and point requests".into(),
+        ));
+    }
+    if body.zone.is_some() && !matches!(action, Action::Skill(_)) {
+        return Err(bad(
+            Code::BadRequest,
+            format!("request/{name} takes no \"zone\""),
+        ));
+    }
     let image = match body.image {
         Some(b64) => Some(
             base64::engine::general_purpose::STANDARD
@@ -315,6 +354,8 @@ pub fn parse_request(
         image,
         transaction,
         reply_to,
+        zone: body.zone,
+        annotate,
     })
 }
 

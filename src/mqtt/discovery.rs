@@ -1,10 +1,20 @@
-//! Home Assistant MQTT discovery: one device, a binary sensor per trigger, a sensor for the
-//! caption, an image entity for the snapshot. Pure: returns (topic, retained payload).
+//! Home Assistant MQTT discovery: each camera is a device with, per trigger, a binary
+//! sensor, switch, event and image (and a count sensor for objects), and for the camera a
+//! caption sensor, snapshot and annotated images, buttons and diagnostic sensors.
+//!
+//! Two forms, as `mqtt.discovery_form` says: `device` (one retained config per camera on
+//! `{prefix}/device/moonwatch_{id}/config` listing its components under `cmps`; Home
+//! Assistant 2024.11 and later), or `entity` (one retained config per entity, for older
+//! versions). Both give the same discovery ids (`moonwatch_{id} {object}`), so switching
+//! form keeps the entities. A removed component is published as `{"p": platform}` in the
+//! device form, as an empty config in the entity form. Pure: returns (topic, payload).
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 
 use super::api::Topics;
+use crate::config::DiscoveryForm;
 use crate::triggers::TriggerConfig;
 
 /// One entity's discovery config, as Home Assistant's MQTT integration reads it (the keys
@@ -119,12 +129,12 @@ fn bytes(c: &EntityConfig) -> Vec<u8> {
     serde_json::to_vec(c).unwrap_or_default()
 }
 
-/// The config topic of a trigger's binary sensor.
+/// The config topic of a trigger's binary sensor (entity form).
 pub fn trigger_topic(t: &Topics, trigger: &TriggerConfig) -> String {
     entity_topic(t, "binary_sensor", &trigger.name)
 }
 
-/// The config topic of an object trigger's count sensor.
+/// The config topic of an object trigger's count sensor (entity form).
 pub fn count_topic(t: &Topics, trigger: &TriggerConfig) -> String {
     entity_topic(t, "sensor", &format!("{}_count", trigger.name))
 }
@@ -136,11 +146,40 @@ fn entity_topic(t: &Topics, domain: &str, object: &str) -> String {
     )
 }
 
-/// Every entity a trigger has, as (config topic, retained payload): a binary sensor (ON
-/// while the question is answered yes / the object seen), an event entity (`begin` /
-/// `end`), an image entity with the frame of its last begin, and for object triggers a
-/// sensor with how many were seen in the last evaluation.
-pub fn trigger_entities(t: &Topics, trigger: &TriggerConfig) -> Vec<(String, Vec<u8>)> {
+/// The topic of a camera's device-form discovery config.
+pub fn device_topic(t: &Topics) -> String {
+    format!(
+        "{}/device/moonwatch_{}/config",
+        t.discovery_prefix, t.device_id
+    )
+}
+
+/// One entity of a camera: its platform, object id (unique within the camera) and config.
+#[derive(Debug)]
+pub struct Component {
+    pub domain: &'static str,
+    pub object: String,
+    pub config: EntityConfig,
+}
+
+impl Component {
+    fn new(domain: &'static str, object: String, config: EntityConfig) -> Self {
+        Self {
+            domain,
+            object,
+            config,
+        }
+    }
+    fn topic(&self, t: &Topics) -> String {
+        entity_topic(t, self.domain, &self.object)
+    }
+}
+
+/// Every entity a trigger has: a binary sensor (ON while the question is answered yes /
+/// the object seen), a switch (evaluated or not), an event entity (`begin` / `end`), an
+/// image entity with the frame of its last begin, and for object triggers a sensor with
+/// how many were seen in the last evaluation.
+pub fn trigger_components(t: &Topics, trigger: &TriggerConfig) -> Vec<Component> {
     let name = &trigger.name;
     let label = name.replace('_', " ");
     let state = EntityConfig {
@@ -186,19 +225,10 @@ pub fn trigger_entities(t: &Topics, trigger: &TriggerConfig) -> Vec<(String, Vec
         )
     };
     let mut out = vec![
-        (trigger_topic(t, trigger), bytes(&state)),
-        (
-            entity_topic(t, "switch", &format!("{name}_enabled")),
-            bytes(&switch),
-        ),
-        (
-            entity_topic(t, "event", &format!("{name}_event")),
-            bytes(&event),
-        ),
-        (
-            entity_topic(t, "image", &format!("{name}_snapshot")),
-            bytes(&snapshot),
-        ),
+        Component::new("binary_sensor", name.clone(), state),
+        Component::new("switch", format!("{name}_enabled"), switch),
+        Component::new("event", format!("{name}_event"), event),
+        Component::new("image", format!("{name}_snapshot"), snapshot),
     ];
     if let Some(object) = &trigger.object {
         let count = EntityConfig {
@@ -215,25 +245,99 @@ pub fn trigger_entities(t: &Topics, trigger: &TriggerConfig) -> Vec<(String, Vec
                 &format!("{object} count"),
             )
         };
-        out.push((count_topic(t, trigger), bytes(&count)));
+        out.push(Component::new("sensor", format!("{name}_count"), count));
     }
     out
 }
 
-/// The config topics of every entity a trigger may have had (to delete them all).
-pub fn trigger_entity_topics(t: &Topics, trigger: &TriggerConfig) -> Vec<String> {
+/// Every entity a trigger has, in the entity form: (config topic, retained payload).
+pub fn trigger_entities(t: &Topics, trigger: &TriggerConfig) -> Vec<(String, Vec<u8>)> {
+    trigger_components(t, trigger)
+        .into_iter()
+        .map(|c| (c.topic(t), bytes(&c.config)))
+        .collect()
+}
+
+/// The (domain, object) of every entity a trigger may have had (to delete them all).
+fn trigger_objects(trigger: &TriggerConfig) -> Vec<(&'static str, String)> {
     let name = &trigger.name;
     vec![
-        trigger_topic(t, trigger),
-        entity_topic(t, "event", &format!("{name}_event")),
-        entity_topic(t, "image", &format!("{name}_snapshot")),
-        entity_topic(t, "switch", &format!("{name}_enabled")),
-        count_topic(t, trigger),
+        ("binary_sensor", name.clone()),
+        ("event", format!("{name}_event")),
+        ("image", format!("{name}_snapshot")),
+        ("switch", format!("{name}_enabled")),
+        ("sensor", format!("{name}_count")),
     ]
 }
 
-/// The caption sensor and the snapshot image.
-pub fn device_entities(t: &Topics) -> Vec<(String, Vec<u8>)> {
+/// The entity-form config topics of every entity a trigger may have had.
+pub fn trigger_entity_topics(t: &Topics, trigger: &TriggerConfig) -> Vec<String> {
+    trigger_objects(trigger)
+        .into_iter()
+        .map(|(d, o)| entity_topic(t, d, &o))
+        .collect()
+}
+
+/// A camera's whole discovery: the device's entities and those of `triggers`, and the
+/// removal of the entities of `gone` (removed or replaced triggers) that no trigger has
+/// any more.
+pub fn camera(
+    t: &Topics,
+    triggers: &[&TriggerConfig],
+    gone: &[&TriggerConfig],
+    form: DiscoveryForm,
+) -> Vec<(String, Vec<u8>)> {
+    let mut present = device_components(t);
+    for trig in triggers {
+        present.extend(trigger_components(t, trig));
+    }
+    let removed: Vec<(&'static str, String)> = gone
+        .iter()
+        .flat_map(|g| trigger_objects(g))
+        .filter(|(_, o)| present.iter().all(|c| &c.object != o))
+        .collect();
+    // Configs in the entity form (this form, or left by an older moonwatch) of removed
+    // entities are cleared so Home Assistant never brings them back.
+    let cleared = removed
+        .iter()
+        .map(|(d, o)| (entity_topic(t, d, o), Vec::new()));
+    match form {
+        DiscoveryForm::Entity => present
+            .iter()
+            .map(|c| (c.topic(t), bytes(&c.config)))
+            .chain(cleared)
+            .collect(),
+        DiscoveryForm::Device => {
+            let mut cmps = Map::new();
+            for c in present {
+                let Ok(Value::Object(mut entity)) = serde_json::to_value(&c.config) else {
+                    continue;
+                };
+                entity.remove("device");
+                entity.remove("origin");
+                entity.insert("p".into(), c.domain.into());
+                cmps.insert(c.object, Value::Object(entity));
+            }
+            for (domain, object) in &removed {
+                cmps.insert(object.clone(), serde_json::json!({ "p": domain }));
+            }
+            let base = common(t, "device", "", "");
+            let payload = serde_json::json!({
+                "dev": base.device,
+                "o": base.origin,
+                "cmps": cmps,
+            });
+            let device = serde_json::to_vec(&payload).unwrap_or_default();
+            std::iter::once((device_topic(t), device))
+                .chain(cleared)
+                .collect()
+        }
+    }
+}
+
+/// The caption sensor, the snapshot and annotated images, the buttons and the diagnostic
+/// sensors of a camera.
+pub fn device_components(t: &Topics) -> Vec<Component> {
     let caption = EntityConfig {
         state_topic: Some(t.caption()),
         value_template: Some("{{ value_json.caption[:255] }}".into()),
@@ -241,14 +345,23 @@ pub fn device_entities(t: &Topics) -> Vec<(String, Vec<u8>)> {
         icon: Some("mdi:text-box-outline".into()),
         ..common(t, "sensor", "caption", "caption")
     };
-    let snapshot = EntityConfig {
-        image_topic: Some(t.snapshot()),
+    let image = |object: &str, name: &str, topic: String| EntityConfig {
+        image_topic: Some(topic),
         content_type: Some("image/jpeg".into()),
-        ..common(t, "image", "snapshot", "snapshot")
+        ..common(t, "image", object, name)
     };
     let mut out = vec![
-        (entity_topic(t, "sensor", "caption"), bytes(&caption)),
-        (entity_topic(t, "image", "snapshot"), bytes(&snapshot)),
+        Component::new("sensor", "caption".into(), caption),
+        Component::new(
+            "image",
+            "snapshot".into(),
+            image("snapshot", "snapshot", t.snapshot()),
+        ),
+        Component::new(
+            "image",
+            "annotated".into(),
+            image("annotated", "detections", t.annotated()),
+        ),
     ];
     // Buttons: take a snapshot / a caption now (the replies go to the default topics).
     for (object, name, request) in [
@@ -260,7 +373,7 @@ pub fn device_entities(t: &Topics) -> Vec<(String, Vec<u8>)> {
             payload_press: Some("{}".into()),
             ..common(t, "button", object, name)
         };
-        out.push((entity_topic(t, "button", object), bytes(&button)));
+        out.push(Component::new("button", object.into(), button));
     }
     // Diagnostics from `{base}/stats`; available while the daemon is, camera or not.
     for (object, name, template, unit) in [
@@ -287,9 +400,17 @@ pub fn device_entities(t: &Topics) -> Vec<(String, Vec<u8>)> {
             ..common(t, "sensor", object, name)
         };
         sensor.availability.truncate(1);
-        out.push((entity_topic(t, "sensor", object), bytes(&sensor)));
+        out.push(Component::new("sensor", object.into(), sensor));
     }
     out
+}
+
+/// The device's own entities in the entity form: (config topic, retained payload).
+pub fn device_entities(t: &Topics) -> Vec<(String, Vec<u8>)> {
+    device_components(t)
+        .into_iter()
+        .map(|c| (c.topic(t), bytes(&c.config)))
+        .collect()
 }
 
 #[cfg(test)]

@@ -27,6 +27,13 @@ pub struct RequestBody {
     pub reply_to: Option<String>,
     pub trigger: Option<TriggerConfig>,
     pub name: Option<String>,
+    /// Look at this part of the picture only: a zone of the camera by name, or
+    /// `[x_min, y_min, x_max, y_max]` (relative). Boxes and points come back in the whole
+    /// picture's coordinates.
+    pub zone: Option<crate::zone::ZoneRef>,
+    /// detect and point: also publish the picture with the results drawn on it (JPEG,
+    /// retained) on `{base}/annotated`.
+    pub annotate: Option<bool>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -83,6 +90,12 @@ pub struct AnswerReply {
     pub prefix_reused: bool,
     pub image_encode_ms: f64,
     pub total_ms: f64,
+    /// The zone looked at, in the picture's relative coordinates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<crate::zone::Zone>,
+    /// Where the annotated picture was published, when one was asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub annotated_topic: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize, JsonSchema)]
