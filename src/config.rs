@@ -996,6 +996,107 @@ mod tests {
     }
 
     #[test]
+    fn camera_sections_parse_and_mistakes_are_named_by_key() {
+        let c = Config::parse(
+            r#"
+[[camera]]
+name = "driveway"
+source = "rtsp"
+url = "rtsp://cam1/stream"
+[camera.zones]
+gate = [0.5, 0.2, 1.0, 0.9]
+[[camera.trigger]]
+name = "car"
+object = "car"
+zone = "gate"
+
+[[camera]]
+name = "porch"
+source = "rtsp"
+url = "rtsp://cam2/stream"
+[[camera.trigger]]
+name = "car"
+question = "Is there a package?"
+zone = [0.0, 0.5, 0.5, 1.0]
+"#,
+        )
+        .unwrap();
+        assert!(c.problems().is_empty(), "{:?}", c.problems());
+        let specs = c.cameras("host");
+        let ids: Vec<&str> = specs.iter().map(|s| s.id.as_str()).collect();
+        assert_eq!(ids, ["driveway", "porch"]);
+        assert_eq!(specs[1].store, "triggers-porch.json");
+        assert_eq!(
+            specs[0].config.triggers[0].name, "car",
+            "names are per camera"
+        );
+
+        let bad = Config::parse(
+            r#"
+[[trigger]]
+name = "top"
+question = "Top?"
+[[camera]]
+name = "a"
+source = "rtsp"
+url = "nope"
+[camera.zones]
+Gate = [0.5, 0.2, 0.4, 0.9]
+[[camera.trigger]]
+name = "car"
+object = "car"
+zone = "drive"
+[[camera]]
+name = "a"
+"#,
+        );
+        // A zone with x_max < x_min is refused while parsing, with its reason.
+        let e = bad.unwrap_err();
+        assert!(e.contains("x_min"), "{e}");
+        let c = Config::parse(
+            r#"
+[[trigger]]
+name = "top"
+question = "Top?"
+[[camera]]
+name = "a"
+source = "rtsp"
+url = "nope"
+[camera.zones]
+Gate = [0.5, 0.2, 0.9, 0.9]
+[[camera.trigger]]
+name = "car"
+object = "car"
+zone = "drive"
+[[camera]]
+name = "a"
+"#,
+        )
+        .unwrap();
+        let keys: Vec<String> = c.problems().into_iter().map(|p| p.key).collect();
+        for k in [
+            "trigger",
+            "camera[0].url",
+            "camera[0].zones.Gate",
+            "camera[0].trigger[0].zone",
+            "camera[1].name",
+        ] {
+            assert!(keys.iter().any(|x| x == k), "{k} not in {keys:?}");
+        }
+        // A single [camera] keeps mqtt.device_id and takes top-level triggers.
+        let one = Config::parse(
+            "[camera]\nsource = \"test\"\n[[trigger]]\nname = \"a\"\nquestion = \"A?\"\n",
+        )
+        .unwrap();
+        let specs = one.cameras("host");
+        assert_eq!(
+            (specs[0].id.as_str(), specs[0].config.triggers.len()),
+            ("host", 1)
+        );
+        assert_eq!(specs[0].store, "triggers.json");
+    }
+
+    #[test]
     fn relative_model_paths_follow_the_config_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("m.toml");

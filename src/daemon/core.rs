@@ -1337,48 +1337,18 @@ impl Core {
         for (ci, h) in health.iter().enumerate() {
             self.answer_snapshot_waiters(now, ci, views, h, out);
         }
-        if self.round.is_none() {
+        if self.round.as_ref().is_none_or(|r| r.names.is_empty()) {
             self.round = self.next_round(now, &health);
         }
         let triggers_wait = self.round.is_some();
-        if !triggers_wait || self.interactive_streak < INTERACTIVE_BURST {
-            if self.run_interactive(now, &health, out) {
-                self.interactive_streak += 1;
-                return;
-            }
+        if (!triggers_wait || self.interactive_streak < INTERACTIVE_BURST)
+            && self.run_interactive(now, &health, out)
+        {
+            self.interactive_streak += 1;
+            return;
         }
         self.interactive_streak = 0;
-        while let Some(round) = self.round.as_mut() {
-            let Some(name) = round.names.pop_front() else {
-                self.round = None;
-                break;
-            };
-            let (ci, frame) = (round.cam, round.frame.clone());
-            let cam = &mut self.cams[ci];
-            let Some(t) = cam.triggers.get(&name) else {
-                continue;
-            };
-            if t.error.is_some() || !t.enabled {
-                continue;
-            }
-            let skills = vec![t.cfg.skill()];
-            let zone = match cam.zone(t.cfg.zone.as_ref()) {
-                Ok(z) => z,
-                Err(why) => {
-                    self.trigger_failed(ci, &name, why, out);
-                    continue;
-                }
-            };
-            let thumb = cam.thumbnail(&frame, zone);
-            if let Some(t) = cam.triggers.get_mut(&name) {
-                t.last_thumb = Some(thumb);
-            }
-            let work = Work::Trigger {
-                cam: ci,
-                name,
-                zone,
-            };
-            self.submit(now, work, Picture::Frame(frame), zone, skills, out);
+        if self.run_round(now, &health, out) || self.run_interactive(now, &health, out) {
             return;
         }
         let every = self.cfg.daemon.caption_interval;
@@ -1414,6 +1384,51 @@ impl Core {
             );
             return;
         }
+    }
+
+    /// Starts the next trigger of the round in progress, or of the next camera's round.
+    /// False when no trigger is due.
+    fn run_round(&mut self, now: Now, health: &[CameraHealth], out: &mut Vec<Act>) -> bool {
+        // Each camera's round at most once: triggers that cannot run end the search.
+        for _ in 0..=self.cams.len() {
+            if self.round.as_ref().is_none_or(|r| r.names.is_empty()) {
+                self.round = self.next_round(now, health);
+            }
+            let Some(round) = self.round.as_mut() else {
+                return false;
+            };
+            while let Some(name) = round.names.pop_front() {
+                let (ci, frame) = (round.cam, round.frame.clone());
+                let cam = &mut self.cams[ci];
+                let Some(t) = cam.triggers.get(&name) else {
+                    continue;
+                };
+                if t.error.is_some() || !t.enabled {
+                    continue;
+                }
+                let skills = vec![t.cfg.skill()];
+                let zone = match cam.zone(t.cfg.zone.as_ref()) {
+                    Ok(z) => z,
+                    Err(why) => {
+                        self.trigger_failed(ci, &name, why, out);
+                        return self.run_round(now, health, out);
+                    }
+                };
+                let thumb = cam.thumbnail(&frame, zone);
+                if let Some(t) = cam.triggers.get_mut(&name) {
+                    t.last_thumb = Some(thumb);
+                }
+                let work = Work::Trigger {
+                    cam: ci,
+                    name,
+                    zone,
+                };
+                self.submit(now, work, Picture::Frame(frame), zone, skills, out);
+                return true;
+            }
+            self.round = None;
+        }
+        false
     }
 
     /// Starts the oldest interactive request that can run; answers those that cannot

@@ -1050,3 +1050,265 @@ fn a_switched_off_trigger_is_not_evaluated_and_stays_off_across_restarts() {
     let acts = again.handle(now, &cam, switch("door", "ON", 6));
     assert!(submitted(&acts).is_some());
 }
+
+// ---- several cameras, zones, annotations ---------------------------------------------
+
+/// Two `[[camera]]` sections, `a` and `b`, with the given triggers.
+fn two_cameras(a: Vec<TriggerConfig>, b: Vec<TriggerConfig>) -> Config {
+    let cam = |name: &str, triggers| crate::config::CameraConfig {
+        name: name.into(),
+        triggers,
+        ..Default::default()
+    };
+    config(|c| {
+        c.daemon.max_pending = 16;
+        c.camera = crate::config::Cameras::Many(vec![cam("a", a), cam("b", b)]);
+    })
+}
+
+/// The question of the skill submitted, and the picture's shade.
+fn job_of(acts: &[Act]) -> Option<(u64, String, u8)> {
+    acts.iter().find_map(|a| match a {
+        Act::Submit {
+            job,
+            picture: Picture::Frame(f),
+            skills,
+            ..
+        } => {
+            let q = match &skills[0] {
+                Skill::YesNo { question } | Skill::Query { question } => question.clone(),
+                Skill::Detect { object } => object.clone(),
+                s => format!("{s:?}"),
+            };
+            Some((*job, q, f.rgb[0]))
+        }
+        _ => None,
+    })
+}
+
+fn request_on(camera: &str, name: &str, body: &str, pkid: u16) -> Input {
+    let Input::Mqtt(MqttEvent::Message(mut m)) = request(name, body, pkid) else {
+        unreachable!()
+    };
+    m.topic = format!("mw/{camera}/request/{name}");
+    Input::Mqtt(MqttEvent::Message(m))
+}
+
+#[test]
+fn cameras_take_turns_a_round_each_on_one_frame() {
+    let now = t0();
+    let mut c = core(
+        two_cameras(
+            vec![trigger("a1", "A1?", 10), trigger("a2", "A2?", 10)],
+            vec![trigger("b1", "B1?", 10), trigger("b2", "B2?", 10)],
+        ),
+        now,
+    );
+    assert!(c.subscriptions().contains(&"mw/a/request/+".to_owned()));
+    assert!(c.subscriptions().contains(&"mw/b/trigger/+/set".to_owned()));
+    let (fa, fb) = (frame_at(now, 10), frame_at(now, 200));
+    let views = [running(fa.clone()), running(fb.clone())];
+    let mut order = Vec::new();
+    let mut acts = c.handle(now, &views, Input::Tick);
+    while let Some((job, q, shade)) = job_of(&acts) {
+        order.push((q, shade));
+        let f = if shade == 10 { &fa } else { &fb };
+        acts = c.handle(now, &views, done(job, Ok(yes_no(false)), f));
+    }
+    let expect: Vec<(String, u8)> = [("A1?", 10), ("A2?", 10), ("B1?", 200), ("B2?", 200)]
+        .iter()
+        .map(|(q, s)| (q.to_string(), *s))
+        .collect();
+    assert_eq!(
+        order, expect,
+        "a whole round per camera, each on its own frame"
+    );
+    // Each camera's trigger state goes to its own topics.
+    let later = now.after(Duration::from_secs(11));
+    let (fa2, fb2) = (frame_at(later, 90), frame_at(later, 250));
+    let views = [running(fa2.clone()), running(fb2)];
+    let (job, q, _) = job_of(&c.handle(later, &views, Input::Tick)).expect("next round");
+    assert_eq!(q, "A1?");
+    let acts = c.handle(later, &views, done(job, Ok(yes_no(true)), &fa2));
+    assert_eq!(published(&acts, "mw/a/trigger/a1").len(), 1);
+    assert!(published(&acts, "mw/b/trigger/a1").is_empty());
+}
+
+#[test]
+fn a_flood_of_requests_on_one_camera_does_not_starve_anothers_triggers() {
+    let now = t0();
+    let mut c = core(two_cameras(vec![], vec![trigger("b1", "B1?", 10)]), now);
+    let (fa, fb) = (frame_at(now, 10), frame_at(now, 200));
+    let views = [running(fa.clone()), running(fb.clone())];
+    // A request is running when the flood arrives.
+    let first = c.handle(
+        now,
+        &views,
+        request_on("a", "query", r#"{"question":"Q0?"}"#, 1),
+    );
+    let (mut job, _, _) = job_of(&first).expect("runs");
+    for i in 1..10u16 {
+        let body = format!(r#"{{"question":"Q{i}?"}}"#);
+        assert!(c
+            .handle(now, &views, request_on("a", "query", &body, i + 1))
+            .is_empty());
+    }
+    let mut order = Vec::new();
+    loop {
+        let acts = c.handle(now, &views, done(job, Ok(query("x")), &fa));
+        let Some((next, q, _)) = job_of(&acts) else {
+            break;
+        };
+        order.push(q);
+        job = next;
+    }
+    let b = order
+        .iter()
+        .position(|q| q == "B1?")
+        .expect("b's trigger ran");
+    assert!(b <= 4, "b's trigger waited behind {b} requests: {order:?}");
+    assert_eq!(order.len(), 10, "every request still answered: {order:?}");
+    // Requests are answered on the camera they were asked of.
+    let acts = c.handle(now, &views, request_on("b", "health_check", "{}", 99));
+    let (r, _) = replies(&acts).remove(0);
+    assert_eq!(r.status, wire::Status::Ok);
+}
+
+#[test]
+fn a_request_for_a_starting_camera_does_not_hold_up_another_cameras() {
+    let now = t0();
+    let mut c = core(two_cameras(vec![], vec![]), now);
+    let starting = CameraView {
+        latest: None,
+        status: CameraStatus::Starting,
+    };
+    let fb = frame_at(now, 200);
+    let views = [starting, running(fb)];
+    let body = r#"{"question":"Q?"}"#;
+    assert!(c
+        .handle(now, &views, request_on("a", "query", body, 1))
+        .is_empty());
+    let (_, q, shade) =
+        job_of(&c.handle(now, &views, request_on("b", "query", body, 2))).expect("b runs");
+    assert_eq!((q.as_str(), shade), ("Q?", 200));
+}
+
+fn detect_answer(boxes: Vec<crate::vision::parse::BBox>) -> Response {
+    answering(Answer::Detect {
+        present: Some(!boxes.is_empty()),
+        confidence: 0.9,
+        objects: boxes,
+        method: crate::vision::Method::PromptedBoxes,
+        raw: String::new(),
+        parsed: true,
+    })
+}
+
+fn whole() -> crate::vision::parse::BBox {
+    crate::vision::parse::BBox {
+        x_min: 0.0,
+        y_min: 0.0,
+        x_max: 1.0,
+        y_max: 1.0,
+    }
+}
+
+#[test]
+fn zones_crop_what_the_model_sees_and_boxes_come_back_in_frame_coordinates() {
+    let now = t0();
+    let mut car = trigger("car", "unused", 10);
+    car.question = None;
+    car.object = Some("car".into());
+    car.consecutive = 1;
+    car.zone = Some(crate::zone::ZoneRef::Named("drive".into()));
+    let mut cfg = config(|c| c.triggers = vec![car]);
+    let crate::config::Cameras::One(cam) = &mut cfg.camera else {
+        unreachable!()
+    };
+    let drive = crate::zone::Zone::try_from([0.5, 0.0, 1.0, 0.5]).expect("zone");
+    cam.zones.insert("drive".into(), drive);
+    let mut c = core(cfg, now);
+    let f = frame_at(now, 10);
+    let cam = running(f.clone());
+    let acts = c.handle(now, &cam, Input::Tick);
+    let zone = acts.iter().find_map(|a| match a {
+        Act::Submit { zone, .. } => Some(*zone),
+        _ => None,
+    });
+    assert_eq!(zone, Some(Some(drive)), "the trigger looks at its zone");
+    let (job, _) = submitted(&acts).expect("runs");
+    let acts = c.handle(now, &cam, done(job, Ok(detect_answer(vec![whole()])), &f));
+    let attrs: Value =
+        serde_json::from_slice(&published(&acts, "mw/cam/trigger/car/attributes")[0].payload)
+            .expect("json");
+    assert_eq!(
+        attrs["details"]["objects"][0],
+        serde_json::json!({"x_min": 0.5, "y_min": 0.0, "x_max": 1.0, "y_max": 0.5})
+    );
+    // An object trigger's begin snapshot shows its boxes: not the plain frame.
+    let plain = &published(&acts, "mw/cam/snapshot")[0].payload;
+    let own = &published(&acts, "mw/cam/trigger/car/snapshot")[0].payload;
+    assert_ne!(plain, own);
+    assert_eq!(&published(&acts, "mw/cam/annotated")[0].payload, own);
+
+    // Requests name zones too; an unknown one is refused at once.
+    let acts = c.handle(
+        now,
+        &cam,
+        request("detect", r#"{"object":"car","zone":"gate"}"#, 1),
+    );
+    assert_eq!(codes(&acts), vec!["bad_request"]);
+    assert!(replies(&acts)[0]
+        .0
+        .error
+        .as_ref()
+        .expect("error")
+        .message
+        .contains("drive"));
+    let acts = c.handle(
+        now,
+        &cam,
+        request(
+            "detect",
+            r#"{"object":"car","zone":[0.0,0.5,0.5,1.0],"annotate":true}"#,
+            2,
+        ),
+    );
+    let (job, _) = submitted(&acts).expect("runs");
+    let acts = c.handle(now, &cam, done(job, Ok(detect_answer(vec![whole()])), &f));
+    let v = serde_json::to_value(replies(&acts).remove(0).0.data).expect("json");
+    assert_eq!(v["objects"][0]["y_min"], 0.5, "{v}");
+    assert_eq!(v["zone"], serde_json::json!([0.0, 0.5, 0.5, 1.0]));
+    assert_eq!(v["annotated_topic"], "mw/cam/annotated");
+    let jpeg = &published(&acts, "mw/cam/annotated")[0].payload;
+    assert!(jpeg.starts_with(&[0xff, 0xd8]), "a JPEG");
+}
+
+#[test]
+fn a_reload_that_adds_or_renames_cameras_is_refused() {
+    let now = t0();
+    let mut c = core(two_cameras(vec![], vec![]), now);
+    let cam = running(frame_at(now, 1));
+    let mut new = two_cameras(vec![], vec![]);
+    if let crate::config::Cameras::Many(v) = &mut new.camera {
+        v[1].name = "c".into();
+    }
+    let acts = c.handle(now, &cam, Input::Reload(Ok(Box::new(new))));
+    assert!(acts
+        .iter()
+        .any(|a| matches!(a, Act::Notify(Notify::Status(s)) if s.contains("restart moonwatch"))));
+    // A changed source restarts that camera only.
+    let mut new = two_cameras(vec![], vec![]);
+    if let crate::config::Cameras::Many(v) = &mut new.camera {
+        v[1].device = "/dev/video9".into();
+    }
+    let acts = c.handle(now, &cam, Input::Reload(Ok(Box::new(new))));
+    let restarted: Vec<usize> = acts
+        .iter()
+        .filter_map(|a| match a {
+            Act::RestartCamera(i, _) => Some(*i),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(restarted, vec![1]);
+}
