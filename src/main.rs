@@ -73,12 +73,18 @@ enum Command {
         input: Input,
         /// What to look for, such as "person" or "red car".
         object: String,
+        /// Also write the picture with the boxes drawn on it (JPEG).
+        #[arg(long, value_name = "FILE")]
+        annotate: Option<PathBuf>,
     },
     /// Find points on an object (relative 0..1 coordinates).
     Point {
         #[command(flatten)]
         input: Input,
         object: String,
+        /// Also write the picture with the points drawn on it (JPEG).
+        #[arg(long, value_name = "FILE")]
+        annotate: Option<PathBuf>,
     },
     /// Answer a yes/no question with a confidence from the model's token probabilities.
     YesNo {
@@ -314,12 +320,20 @@ fn run(command: Command) -> Result<(), Failure> {
                 .into_iter()
                 .map(|question| Skill::Query { question })
                 .collect();
-            ask(&input, skills)
+            ask(&input, skills, None)
         }
-        Command::Caption { input, length } => ask(&input, vec![Skill::Caption { length }]),
-        Command::Detect { input, object } => ask(&input, vec![Skill::Detect { object }]),
-        Command::Point { input, object } => ask(&input, vec![Skill::Point { object }]),
-        Command::YesNo { input, question } => ask(&input, vec![Skill::YesNo { question }]),
+        Command::Caption { input, length } => ask(&input, vec![Skill::Caption { length }], None),
+        Command::Detect {
+            input,
+            object,
+            annotate,
+        } => ask(&input, vec![Skill::Detect { object }], annotate.as_deref()),
+        Command::Point {
+            input,
+            object,
+            annotate,
+        } => ask(&input, vec![Skill::Point { object }], annotate.as_deref()),
+        Command::YesNo { input, question } => ask(&input, vec![Skill::YesNo { question }], None),
         Command::Model { command } => model(command),
         Command::Cameras => cameras(),
         Command::Schema { name, out } => schema(name.as_deref(), out.as_deref()),
@@ -469,9 +483,21 @@ fn settings(input: &Input) -> Result<Settings, Failure> {
     Ok(settings)
 }
 
-fn ask(input: &Input, skills: Vec<Skill>) -> Result<(), Failure> {
+fn ask(input: &Input, skills: Vec<Skill>, annotate: Option<&Path>) -> Result<(), Failure> {
     if let Some(broker) = &input.broker {
-        return ask_remote(input, broker, &skills);
+        if annotate.is_some() && input.image.is_none() {
+            return Err(Failure::new(
+                exit::USAGE,
+                "--annotate with --broker needs --image: the camera's frame stays on the \
+                 daemon (ask it with \"annotate\": true to have it publish the picture on \
+                 {base}/annotated)",
+            ));
+        }
+        let response = ask_remote(input, broker, &skills)?;
+        if let (Some(out), Some(path)) = (annotate, &input.image) {
+            write_annotated(&Frame::load(path)?, &skills, &response, out)?;
+        }
+        return print_response(input, &response);
     }
     // Get the picture first: a bad path or a missing camera should not cost a model load.
     let frame = match (&input.image, &input.camera) {
@@ -484,9 +510,30 @@ fn ask(input: &Input, skills: Vec<Skill>) -> Result<(), Failure> {
     };
     let frame = Arc::new(frame);
     let engine = moondream::start(settings(input)?)?;
-    let response = engine.run(Request::new(frame, skills))?;
+    let response = engine.run(Request::new(frame.clone(), skills.clone()))?;
     engine.shutdown();
+    if let Some(out) = annotate {
+        write_annotated(&frame, &skills, &response, out)?;
+    }
     print_response(input, &response)
+}
+
+/// The picture with the first answer's boxes or points drawn on it, as `detect --annotate`
+/// writes it (the same drawing the daemon publishes on `{base}/annotated`).
+fn write_annotated(
+    frame: &Frame,
+    skills: &[Skill],
+    response: &Response,
+    out: &Path,
+) -> Result<(), Failure> {
+    let (Some(Skill::Detect { object } | Skill::Point { object }), Some(a)) =
+        (skills.first(), response.answers.first())
+    else {
+        return Ok(());
+    };
+    let jpeg = moonwatch::annotate::annotated_jpeg(frame, &a.answer, object, None);
+    std::fs::write(out, jpeg)
+        .map_err(|e| Failure::new(exit::IOERR, format!("cannot write {}: {e}", out.display())))
 }
 
 fn presence(present: Option<bool>, confidence: f32) -> String {
@@ -498,7 +545,7 @@ fn presence(present: Option<bool>, confidence: f32) -> String {
 }
 
 /// `ask` and friends with `--broker`: the same questions, put to a running daemon.
-fn ask_remote(input: &Input, broker: &str, skills: &[Skill]) -> Result<(), Failure> {
+fn ask_remote(input: &Input, broker: &str, skills: &[Skill]) -> Result<Response, Failure> {
     use base64::Engine as _;
     use moonwatch::mqtt::api::Code;
     use moonwatch::mqtt::remote::{Remote, RemoteError};
@@ -599,7 +646,7 @@ fn ask_remote(input: &Input, broker: &str, skills: &[Skill]) -> Result<(), Failu
             }
         }
     }
-    print_response(input, &response)
+    Ok(response)
 }
 
 /// A response as JSON (`--json`) or as lines for people.
