@@ -316,6 +316,32 @@ impl Client {
 
 const BASE: &str = "moonwatch/cam1";
 
+/// The device-form discovery of camera `id` lists `object` as a live entity.
+fn component(id: &str, object: &str) -> impl Fn(&Msg) -> bool {
+    let topic = format!("homeassistant/device/moonwatch_{id}/config");
+    let object = object.to_owned();
+    move |m: &Msg| {
+        m.topic == topic
+            && !m.payload.is_empty()
+            && m.json()["cmps"][&object]
+                .as_object()
+                .is_some_and(|c| c.len() > 1)
+    }
+}
+
+/// The device-form discovery of camera `id` removes `object`.
+fn component_removed(id: &str, object: &str) -> impl Fn(&Msg) -> bool {
+    let topic = format!("homeassistant/device/moonwatch_{id}/config");
+    let object = object.to_owned();
+    move |m: &Msg| {
+        m.topic == topic
+            && !m.payload.is_empty()
+            && m.json()["cmps"][&object]
+                .as_object()
+                .is_some_and(|c| c.len() == 1 && c.contains_key("p"))
+    }
+}
+
 /// Validates every JSON payload the daemon published (as seen by a client) against the
 /// schema generated from the wire types; returns how many were checked.
 fn validate_published(seen: &[Msg]) -> usize {
@@ -327,6 +353,36 @@ fn validate_published(seen: &[Msg]) -> usize {
     let mut checked = 0;
     for m in seen {
         if m.payload.is_empty() || m.topic.contains("/request/") {
+            continue;
+        }
+        if m.topic.starts_with("homeassistant/device/") {
+            // Device-form discovery: each component, with the device's blocks, is an
+            // entity config.
+            let v = m.json();
+            for (object, c) in v["cmps"].as_object().expect("cmps") {
+                let mut entity = c.clone();
+                let Some(fields) = entity.as_object_mut() else {
+                    panic!("component {object} is not an object")
+                };
+                assert!(
+                    fields.remove("p").is_some(),
+                    "component {object} has no platform"
+                );
+                if fields.is_empty() {
+                    continue; // a removed component
+                }
+                fields.insert("device".into(), v["dev"].clone());
+                fields.insert("origin".into(), v["o"].clone());
+                let errors: Vec<String> = validators["discovery"]
+                    .iter_errors(&entity)
+                    .map(|e| e.to_string())
+                    .collect();
+                assert!(
+                    errors.is_empty(),
+                    "component {object}: {errors:?}\n{entity}"
+                );
+                checked += 1;
+            }
             continue;
         }
         let kind = if m.json().get("status").is_some() && m.json().get("request").is_some() {
@@ -589,22 +645,22 @@ async fn triggers_publish_state_and_discovery_and_change_at_runtime() {
     .await;
 
     let disc = c
-        .wait(
-            "door discovery",
-            60,
-            topic("homeassistant/binary_sensor/moonwatch_cam1/door/config"),
-        )
+        .wait("door discovery", 60, component("cam1", "door"))
         .await;
     let retained = Client::connect(
         broker.port,
         "t-late",
-        &["homeassistant/binary_sensor/moonwatch_cam1/door/config"],
+        &["homeassistant/device/moonwatch_cam1/config"],
     )
     .await
     .wait("retained discovery", 10, |_| true)
     .await;
     assert!(retained.retain && retained.payload == disc.payload);
-    let v = disc.json();
+    let device = disc.json();
+    assert_eq!(device["dev"]["identifiers"][0], "moonwatch_cam1");
+    assert_eq!(device["o"]["name"], "moonwatch");
+    let v = device["cmps"]["door"].clone();
+    assert_eq!(v["p"], "binary_sensor");
     assert_eq!(
         (v["device_class"].as_str(), v["state_topic"].as_str()),
         (Some("door"), Some("moonwatch/cam1/trigger/door"))
@@ -644,12 +700,8 @@ async fn triggers_publish_state_and_discovery_and_change_at_runtime() {
         (Some("ok"), Some(true)),
         "{r}"
     );
-    c.wait(
-        "car discovery",
-        30,
-        topic("homeassistant/binary_sensor/moonwatch_cam1/car/config"),
-    )
-    .await;
+    c.wait("car discovery", 30, component("cam1", "car_count"))
+        .await;
     c.wait("car state", 60, topic(&format!("{BASE}/trigger/car")))
         .await;
     let saved = std::fs::read_to_string(dir.path().join("state/triggers.json")).unwrap();
@@ -658,12 +710,7 @@ async fn triggers_publish_state_and_discovery_and_change_at_runtime() {
     // Home Assistant coming online gets discovery again.
     c.clear();
     c.publish("homeassistant/status", "online").await;
-    c.wait(
-        "rediscovery",
-        30,
-        topic("homeassistant/binary_sensor/moonwatch_cam1/car/config"),
-    )
-    .await;
+    c.wait("rediscovery", 30, component("cam1", "car")).await;
 
     // Remove the configured one: its entity is deleted with an empty retained config.
     c.clear();
@@ -672,10 +719,11 @@ async fn triggers_publish_state_and_discovery_and_change_at_runtime() {
         json!({"name": "door"}).to_string(),
     )
     .await;
-    c.wait("door deleted", 30, |m| {
-        m.topic == "homeassistant/binary_sensor/moonwatch_cam1/door/config" && m.payload.is_empty()
-    })
-    .await;
+    // Every entity of it: the device config lists each with its platform alone.
+    for object in ["door", "door_enabled", "door_event", "door_snapshot"] {
+        c.wait("door deleted", 30, component_removed("cam1", object))
+            .await;
+    }
     let list_req = json!({"transaction": "list"}).to_string();
     c.publish(&format!("{BASE}/request/trigger_list"), list_req)
         .await;
@@ -702,7 +750,7 @@ async fn triggers_publish_state_and_discovery_and_change_at_runtime() {
     c.wait(
         "porch discovery after SIGHUP",
         30,
-        topic("homeassistant/binary_sensor/moonwatch_cam1/porch/config"),
+        component("cam1", "porch"),
     )
     .await;
     assert!(!c
@@ -1815,7 +1863,11 @@ async fn a_trigger_switched_off_from_home_assistant_stays_off_across_a_restart()
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start(dir.path(), "allow_anonymous true");
     let trigger = "[[trigger]]\nname = \"door\"\nquestion = \"Is the door open?\"\ninterval = 1\n";
-    let cfg = config_for(&common::tiny_yes(), dir.path(), broker.port, "v5", trigger);
+    // The per-entity discovery form, for Home Assistant before 2024.11.
+    let cfg = config_for(&common::tiny_yes(), dir.path(), broker.port, "v5", trigger).replace(
+        "device_id = \"cam1\"",
+        "device_id = \"cam1\"\ndiscovery_form = \"entity\"",
+    );
     let mut d = Daemon::start(dir.path(), &cfg);
     let mut c = Client::connect(
         broker.port,
@@ -1869,4 +1921,138 @@ async fn a_trigger_switched_off_from_home_assistant_stays_off_across_a_restart()
         .json();
     assert_eq!(list["data"]["triggers"][0]["enabled"], false, "{list}");
     assert!(validate_published(&c.seen) > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_cameras_share_one_engine_each_with_its_own_topics_and_device() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), "allow_anonymous true");
+    let single =
+        "[camera]\nsource = \"test\"\nwidth = 160\nheight = 120\nfps = 10\ncapture_rate = 4.0\n";
+    let cameras = r#"
+[[camera]]
+name = "drive"
+source = "test"
+pattern = "smpte"
+width = 160
+height = 120
+fps = 10
+capture_rate = 4.0
+[camera.zones]
+gate = [0.5, 0.0, 1.0, 0.5]
+[[camera.trigger]]
+name = "gate_open"
+question = "Is the gate open?"
+zone = "gate"
+threshold = 0.5
+consecutive = 1
+interval = 1
+
+[[camera]]
+name = "porch"
+source = "test"
+pattern = "ball"
+width = 160
+height = 120
+fps = 10
+capture_rate = 4.0
+[[camera.trigger]]
+name = "someone"
+question = "Is someone there?"
+threshold = 0.5
+consecutive = 1
+interval = 1
+"#;
+    let cfg = config_for(&common::tiny_yes(), dir.path(), broker.port, "v5", "")
+        .replace(single, "")
+        + cameras;
+    let mut d = Daemon::start(dir.path(), &cfg);
+    let mut c = Client::connect(
+        broker.port,
+        "t-cams",
+        &["moonwatch/#", "homeassistant/#", "t-cams/#"],
+    )
+    .await;
+    // One process (its availability under mqtt.device_id), two devices.
+    c.wait("process online", 60, |m| {
+        m.topic == "moonwatch/cam1/availability" && &m.payload[..] == b"online"
+    })
+    .await;
+    let drive = c
+        .wait("drive's device", 60, component("drive", "gate_open"))
+        .await
+        .json();
+    c.wait("porch's device", 60, component("porch", "someone"))
+        .await;
+    let gate = &drive["cmps"]["gate_open"];
+    assert_eq!(gate["state_topic"], "moonwatch/drive/trigger/gate_open");
+    assert_eq!(
+        gate["availability"][0]["topic"],
+        "moonwatch/cam1/availability"
+    );
+    assert_eq!(
+        gate["availability"][1]["topic"],
+        "moonwatch/drive/camera/availability"
+    );
+    assert_eq!(drive["dev"]["identifiers"][0], "moonwatch_drive");
+    // Both cameras' triggers are evaluated by the one engine, each on its own topics.
+    for t in [
+        "moonwatch/drive/trigger/gate_open",
+        "moonwatch/porch/trigger/someone",
+    ] {
+        let m = c.wait(t, 90, topic(t)).await;
+        assert_eq!(&m.payload[..], b"ON", "{t}");
+    }
+    // A request names its camera by topic, and may look at a zone only.
+    c.request_v5(
+        "moonwatch/porch/request/yes_no",
+        json!({"question": "Is it day?", "zone": [0.0, 0.0, 0.5, 0.5]}),
+        "t-cams/replies",
+        b"z1",
+    )
+    .await;
+    let Some(r) = c.try_wait(60, topic("t-cams/replies")).await else {
+        panic!("no zone reply; log:\n{}", d.log())
+    };
+    let r = r.json();
+    assert_eq!(r["status"], "ok", "{r}");
+    assert_eq!(r["data"]["answer"], true, "{r}");
+    assert_eq!(r["data"]["zone"], json!([0.0, 0.0, 0.5, 0.5]), "{r}");
+    // A zone the camera does not have is refused with the ones it has.
+    c.request_v5(
+        "moonwatch/porch/request/yes_no",
+        json!({"question": "Is it day?", "zone": "gate"}),
+        "t-cams/replies2",
+        b"z2",
+    )
+    .await;
+    let r = c
+        .wait("bad zone reply", 30, topic("t-cams/replies2"))
+        .await
+        .json();
+    assert_eq!(r["error"]["code"], "bad_request", "{r}");
+    // Triggers added to one camera are kept in that camera's file.
+    c.publish(
+        "moonwatch/porch/request/trigger_add",
+        json!({"trigger": {"name": "cat", "question": "Is there a cat?"}, "transaction": "t"})
+            .to_string(),
+    )
+    .await;
+    c.wait("add reply", 30, |m| {
+        m.topic == "moonwatch/porch/response/trigger_add" && m.json()["data"]["persisted"] == true
+    })
+    .await;
+    let saved = std::fs::read_to_string(dir.path().join("state/triggers-porch.json")).unwrap();
+    assert!(saved.contains("\"cat\""), "{saved}");
+    assert!(!dir.path().join("state/triggers-drive.json").exists());
+    for s in ["moonwatch/drive/stats", "moonwatch/porch/stats"] {
+        c.wait(s, 30, topic(s)).await;
+    }
+    assert!(validate_published(&c.seen) > 0);
+    d.signal(libc::SIGTERM);
+    assert!(wait_exit(&mut d, 15).success());
+    c.wait("offline", 15, |m| {
+        m.topic == "moonwatch/cam1/availability" && &m.payload[..] == b"offline"
+    })
+    .await;
 }

@@ -696,6 +696,7 @@ impl Core {
             self.remember(k, Recent::InProgress(Vec::new()));
         }
         self.counters.requests += 1;
+        tracing::debug!(camera = %self.cams[ci].spec.id, request = ?name, "request received");
         let corr = m.correlation.as_deref();
         let expiry = m.expiry.map(|s| (s, now.mono));
         let topics = &self.cams[ci].topics;
@@ -844,6 +845,7 @@ impl Core {
                 .request_timeout
                 .clamp(1, u64::from(u32::MAX)) as u32,
         };
+        tracing::debug!(request = ?to.name, topic = ?to.address.topic, "reply");
         out.push(Act::Publish(Outgoing {
             topic: to.address.topic,
             payload: wire::to_bytes(&body).into(),

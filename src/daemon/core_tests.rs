@@ -1312,3 +1312,35 @@ fn a_reload_that_adds_or_renames_cameras_is_refused() {
         .collect();
     assert_eq!(restarted, vec![1]);
 }
+
+#[test]
+fn a_request_with_a_zone_runs_while_the_cameras_triggers_are_always_due() {
+    let now = t0();
+    let mut c = core(two_cameras(vec![], vec![trigger("b1", "B1?", 1)]), now);
+    let mut t = now;
+    let mut shade = 0u8;
+    let mut views = [running(frame_at(t, 10)), running(frame_at(t, shade))];
+    let (mut job, _, _) = job_of(&c.handle(t, &views, Input::Tick)).expect("trigger runs");
+    let body = r#"{"question":"Q?","zone":[0.0,0.0,0.5,0.5]}"#;
+    assert!(c
+        .handle(t, &views, request_on("b", "yes_no", body, 7))
+        .is_empty());
+    for _ in 0..6 {
+        t = t.after(Duration::from_secs(2));
+        shade = shade.wrapping_add(60);
+        views = [running(frame_at(t, 10)), running(frame_at(t, shade))];
+        let f = views[1].latest.clone().expect("frame");
+        let acts = c.handle(t, &views, done(job, Ok(yes_no(true)), &f));
+        if !replies(&acts).is_empty() {
+            return;
+        }
+        let (next, q, _) = job_of(&acts).expect("next job");
+        if q == "Q?" {
+            let acts = c.handle(t, &views, done(next, Ok(yes_no(true)), &f));
+            assert_eq!(codes(&acts), vec!["ok"]);
+            return;
+        }
+        job = next;
+    }
+    panic!("the request never ran");
+}
