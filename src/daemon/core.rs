@@ -1111,14 +1111,13 @@ impl Core {
         }
     }
 
+    /// Trigger `name` of camera `ci`, evaluated on `zone` of `frame`, got `answer`.
     fn on_trigger_answer(
         &mut self,
         now: Now,
-        ci: usize,
-        name: &str,
+        (ci, name, zone): (usize, &str, Option<Zone>),
         answer: &Answer,
         frame: &Frame,
-        zone: Option<Zone>,
         out: &mut Vec<Act>,
     ) {
         // Object triggers decide on the presence answer, like question triggers on theirs:
@@ -1687,7 +1686,7 @@ impl Core {
                                 z.answer_to_frame(&mut answer);
                             }
                             self.counters.trigger_evaluations += 1;
-                            self.on_trigger_answer(now, cam, &name, &answer, &f, zone, out);
+                            self.on_trigger_answer(now, (cam, &name, zone), &answer, &f, out);
                         }
                     }
                     (Err(EngineError::Invalid(why)), _) => {
