@@ -316,30 +316,29 @@ impl Client {
 
 const BASE: &str = "moonwatch/cam1";
 
-/// The device-form discovery of camera `id` lists `object` as a live entity.
-fn component(id: &str, object: &str) -> impl Fn(&Msg) -> bool {
+/// The device-form discovery of camera `id`, where `object`'s component passes `test`.
+fn component_where(
+    id: &str,
+    object: &str,
+    test: fn(&serde_json::Map<String, Value>) -> bool,
+) -> impl Fn(&Msg) -> bool {
     let topic = format!("homeassistant/device/moonwatch_{id}/config");
     let object = object.to_owned();
     move |m: &Msg| {
         m.topic == topic
             && !m.payload.is_empty()
-            && m.json()["cmps"][&object]
-                .as_object()
-                .is_some_and(|c| c.len() > 1)
+            && m.json()["cmps"][&object].as_object().is_some_and(test)
     }
 }
 
-/// The device-form discovery of camera `id` removes `object`.
+/// The device-form discovery of camera `id` lists `object` as a live entity.
+fn component(id: &str, object: &str) -> impl Fn(&Msg) -> bool {
+    component_where(id, object, |c| c.len() > 1)
+}
+
+/// The device-form discovery of camera `id` removes `object` (its platform alone).
 fn component_removed(id: &str, object: &str) -> impl Fn(&Msg) -> bool {
-    let topic = format!("homeassistant/device/moonwatch_{id}/config");
-    let object = object.to_owned();
-    move |m: &Msg| {
-        m.topic == topic
-            && !m.payload.is_empty()
-            && m.json()["cmps"][&object]
-                .as_object()
-                .is_some_and(|c| c.len() == 1 && c.contains_key("p"))
-    }
+    component_where(id, object, |c| c.len() == 1 && c.contains_key("p"))
 }
 
 /// Validates every JSON payload the daemon published (as seen by a client) against the

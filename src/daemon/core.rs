@@ -1632,8 +1632,9 @@ impl Core {
             return;
         };
         let elapsed = now.mono.duration_since(done.started).as_secs_f64() * 1e3;
-        if result.is_ok() {
+        if let Ok(r) = &result {
             self.counters.inferences += 1;
+            self.counters.image_encodes += u64::from(!r.prefix.reused);
         }
         match done.work {
             Work::Interactive(p) => {

@@ -231,6 +231,10 @@ pub struct Counters {
     /// Requests redelivered by the broker and recognised (not run again).
     pub duplicates: u64,
     pub inferences: u64,
+    /// Engine jobs that encoded their picture (the rest reused the cached prefix of the
+    /// same picture or crop).
+    #[serde(default)]
+    pub image_encodes: u64,
     pub trigger_evaluations: u64,
     /// Due evaluations skipped because the scene had not changed.
     pub trigger_skips: u64,
