@@ -236,6 +236,26 @@ fn the_cli_prints_whole_known_answers() {
         stdout.contains("x_min 0.250 y_min 0.300 x_max 0.750 y_max 0.900"),
         "{stdout}"
     );
+    // --annotate writes the picture with that box drawn where it was found.
+    let drawn = dir.path().join("drawn.jpg");
+    let out = run_skill(
+        "detect",
+        &boxed.text,
+        &boxed.mmproj,
+        &image,
+        &["car", "--annotate", drawn.to_str().unwrap()],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let img = image::open(&drawn).expect("a picture").to_rgb8();
+    assert_eq!(img.dimensions(), (64, 48));
+    // The left edge of the box: x 0.25 of 64, halfway between y 0.30 and 0.90 of 48.
+    let near = |p: [u8; 3], q: [u8; 3]| p.iter().zip(q).all(|(a, b)| a.abs_diff(b) < 70);
+    let edge = img.get_pixel(16, 29).0;
+    assert!(near(edge, [0, 230, 64]), "box colour at the edge: {edge:?}");
     let out = run_skill(
         "yes-no",
         &boxed.text,
