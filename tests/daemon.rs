@@ -2030,6 +2030,27 @@ interval = 1
         .await
         .json();
     assert_eq!(r["error"]["code"], "bad_request", "{r}");
+    // A detection asked to be annotated publishes its picture on the camera's topic.
+    c.request_v5(
+        "moonwatch/drive/request/detect",
+        json!({"object": "car", "annotate": true}),
+        "t-cams/replies3",
+        b"d1",
+    )
+    .await;
+    let r = c
+        .wait("detect reply", 60, topic("t-cams/replies3"))
+        .await
+        .json();
+    assert_eq!(
+        r["data"]["annotated_topic"], "moonwatch/drive/annotated",
+        "{r}"
+    );
+    let jpeg = c
+        .wait("annotated picture", 30, topic("moonwatch/drive/annotated"))
+        .await;
+    let img = image::load_from_memory(&jpeg.payload).expect("a JPEG");
+    assert_eq!((img.width(), img.height()), (160, 120));
     // Triggers added to one camera are kept in that camera's file.
     c.publish(
         "moonwatch/porch/request/trigger_add",

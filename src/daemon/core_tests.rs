@@ -1344,3 +1344,34 @@ fn a_request_with_a_zone_runs_while_the_cameras_triggers_are_always_due() {
     }
     panic!("the request never ran");
 }
+
+#[test]
+fn triggers_that_share_a_zone_run_one_after_another_on_one_crop() {
+    let now = t0();
+    let z = |v: [f32; 4]| {
+        Some(crate::zone::ZoneRef::Rect(
+            crate::zone::Zone::try_from(v).expect("zone"),
+        ))
+    };
+    let mut a = trigger("a", "A?", 10);
+    a.zone = z([0.0, 0.0, 0.5, 0.5]);
+    let b = trigger("b", "B?", 10);
+    let mut c_ = trigger("c", "C?", 10);
+    c_.zone = z([0.0, 0.0, 0.5, 0.5]);
+    let mut c = core(config(|c| c.triggers = vec![a, b, c_]), now);
+    let f = frame_at(now, 10);
+    let cam = running(f.clone());
+    let mut zones = Vec::new();
+    let mut acts = c.handle(now, &cam, Input::Tick);
+    while let Some(Act::Submit { job, zone, .. }) =
+        acts.iter().find(|a| matches!(a, Act::Submit { .. }))
+    {
+        zones.push(zone.map(<[f32; 4]>::from));
+        let job = *job;
+        acts = c.handle(now, &cam, done(job, Ok(yes_no(false)), &f));
+    }
+    assert_eq!(zones.len(), 3);
+    // Whole frame first (no zone sorts first), then a and c together on their crop.
+    assert_eq!(zones[0], None);
+    assert_eq!(zones[1], zones[2]);
+}
