@@ -32,6 +32,8 @@ pub struct Config {
     pub mqtt: MqttConfig,
     /// The running daemon: state, periodic work, limits.
     pub daemon: DaemonConfig,
+    /// Sharing engines through the broker: camera nodes hand their jobs to workers.
+    pub pool: PoolConfig,
     /// Standing triggers of a single `[camera]` (`[[trigger]]` tables); `[[camera]]`
     /// sections hold their own (`[[camera.trigger]]`).
     #[serde(rename = "trigger")]
@@ -118,6 +120,42 @@ impl Default for MqttConfig {
     }
 }
 
+/// The `[pool]` section: engines shared through the broker (MQTT v5 shared subscriptions).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoolConfig {
+    /// Hand this node's engine jobs (each evaluation and request, with its picture) to the
+    /// pool's workers; with a model too, a job no worker answers runs here.
+    pub offload: bool,
+    /// Take jobs from the pool (a worker); needs a model.
+    pub serve: bool,
+    /// The shared subscription group: `$share/{group}/{prefix}/pool/request/+`.
+    pub group: String,
+    /// Seconds a worker has for a job before it is sent again.
+    pub job_timeout: u64,
+    /// Times a job is sent to the pool before it fails (or runs here).
+    pub attempts: u32,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        Self {
+            offload: false,
+            serve: false,
+            group: "moonwatch".into(),
+            job_timeout: 30,
+            attempts: 3,
+        }
+    }
+}
+
+impl Config {
+    /// Whether this node runs a model of its own.
+    pub fn has_model(&self) -> bool {
+        !(self.pool.offload && self.model.text.as_os_str().is_empty())
+    }
+}
+
 /// The `[daemon]` section.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -174,6 +212,8 @@ pub enum SourceKind {
     Test,
     /// Any GStreamer pipeline (`camera.pipeline`).
     Gstreamer,
+    /// No camera: a worker that only serves the pool (`pool.serve`).
+    None,
 }
 
 /// Pixel format asked of a V4L2 camera.
@@ -524,10 +564,15 @@ impl Config {
             })
         };
         let m = &self.model;
-        if m.text.as_os_str().is_empty() {
-            bad("model.text", "must name the text model GGUF file".into());
+        let modelless = !self.has_model();
+        if m.text.as_os_str().is_empty() && !modelless {
+            bad(
+                "model.text",
+                "must name the text model GGUF file (or set pool.offload for a node without a model)"
+                    .into(),
+            );
         }
-        if m.mmproj.as_os_str().is_empty() {
+        if m.mmproj.as_os_str().is_empty() && !modelless {
             bad(
                 "model.mmproj",
                 "must name the vision projector GGUF file".into(),
@@ -731,6 +776,40 @@ impl Config {
                 "client_cert and client_key go together".into(),
             );
         }
+        let pl = &self.pool;
+        if (pl.serve || pl.offload) && self.mqtt.protocol != Protocol::V5 {
+            bad(
+                "mqtt.protocol",
+                "the pool needs MQTT v5 (shared subscriptions, response topics)".into(),
+            );
+        }
+        if pl.serve && modelless {
+            bad("pool.serve", "a worker needs a model (model.text)".into());
+        }
+        if !pl.serve && matches!(&self.camera, Cameras::One(c) if c.source == SourceKind::None) {
+            bad(
+                "camera.source",
+                "\"none\" is for workers: set pool.serve = true, or name a camera".into(),
+            );
+        }
+        if pl.group.is_empty() || !topic_id(&pl.group) {
+            bad(
+                "pool.group",
+                format!("{:?} may use only letters, digits, - and _", pl.group),
+            );
+        }
+        if pl.job_timeout == 0 || pl.job_timeout > 3600 {
+            bad(
+                "pool.job_timeout",
+                format!("{} must be between 1 and 3600 seconds", pl.job_timeout),
+            );
+        }
+        if pl.attempts == 0 || pl.attempts > 100 {
+            bad(
+                "pool.attempts",
+                format!("{} must be between 1 and 100", pl.attempts),
+            );
+        }
         let dm = &self.daemon;
         if dm.stats_interval == 0 {
             bad("daemon.stats_interval", "must be at least 1 second".into());
@@ -877,6 +956,7 @@ impl Config {
     /// resolved `mqtt.device_id`.
     pub fn cameras(&self, device_id: &str) -> Vec<CameraSpec> {
         match &self.camera {
+            Cameras::One(c) if c.source == SourceKind::None => Vec::new(),
             Cameras::One(c) => {
                 let mut config = c.clone();
                 config.triggers.splice(0..0, self.triggers.iter().cloned());

@@ -78,7 +78,7 @@ pub fn pipeline_for(c: &CameraConfig) -> String {
             }
         }
         // Not GStreamer sources; listed for completeness of the match.
-        SourceKind::V4l2 | SourceKind::Image => String::new(),
+        SourceKind::V4l2 | SourceKind::Image | SourceKind::None => String::new(),
     }
 }
 

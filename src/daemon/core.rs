@@ -168,6 +168,14 @@ pub enum Act {
     Exit,
 }
 
+/// The pool as a camera node's executor sees it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PoolView {
+    /// This node has a model of its own (jobs no worker answers run here).
+    pub local_model: bool,
+    pub stats: wire::PoolStats,
+}
+
 /// systemd notifications.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Notify {
@@ -214,8 +222,8 @@ struct ReplyTo {
 
 #[derive(Debug)]
 struct Pending {
-    /// The camera it was asked of.
-    cam: usize,
+    /// The camera it was asked of; `None` for a pool job (a worker's).
+    cam: Option<usize>,
     reply: ReplyTo,
     skill: Skill,
     image: Option<Bytes>,
@@ -405,6 +413,12 @@ pub struct Core {
     cams: Vec<Cam>,
     /// Topics of the process (availability, Home Assistant's status).
     topics: Topics,
+    /// `{prefix}/pool`: where pool jobs arrive (workers) and heartbeats go.
+    pool_topics: Topics,
+    /// Pool jobs answered (a worker's).
+    served: u64,
+    /// The pool as the executor sees it (camera nodes with `pool.offload`).
+    pool: Option<PoolView>,
     started: Instant,
     queue: VecDeque<Pending>,
     in_flight: Option<InFlight>,
@@ -465,6 +479,9 @@ impl Core {
             .collect();
         Self {
             topics: Topics::new(&cfg.mqtt, device_id),
+            pool_topics: Topics::camera(&cfg.mqtt, device_id, "pool"),
+            served: 0,
+            pool: None,
             device_id: device_id.to_owned(),
             cams,
             started: now.mono,
@@ -501,6 +518,14 @@ impl Core {
     /// The subscriptions every session makes.
     pub fn subscriptions(&self) -> Vec<String> {
         let mut out = vec![self.topics.ha_status()];
+        if self.cfg.pool.serve {
+            // Shared: the broker hands each job to one member of the group.
+            out.push(format!(
+                "$share/{}/{}",
+                self.cfg.pool.group,
+                self.pool_topics.requests()
+            ));
+        }
         for c in &self.cams {
             out.push(c.topics.requests());
             out.push(c.topics.trigger_set_filter());
@@ -515,6 +540,17 @@ impl Core {
 
     pub fn set_outbox_stats(&mut self, s: OutboxStats) {
         self.outbox = s;
+    }
+
+    /// What the executor knows of the pool (camera nodes with `pool.offload`).
+    pub fn set_pool(&mut self, view: PoolView) {
+        self.pool = Some(view);
+    }
+
+    /// Whether jobs can run at all: on this node's model or on a live worker.
+    fn engine_reachable(&self) -> bool {
+        self.pool
+            .is_none_or(|p| p.local_model || p.stats.workers > 0)
     }
 
     /// The engine job in flight, if any.
@@ -552,6 +588,7 @@ impl Core {
                 self.broker_down_reported = false;
                 self.refused_subscriptions.clear();
                 self.publish_retained(out, self.topics.availability(), "online");
+                self.publish_heartbeat(true, out);
                 self.publish_discovery(out);
                 for ci in 0..self.cams.len() {
                     let health = self.camera_health(now, ci, views);
@@ -619,10 +656,18 @@ impl Core {
                 let request = self.cams.iter().enumerate().find_map(|(ci, c)| {
                     c.topics.request_name(&m.topic).map(|n| (ci, n.to_owned()))
                 });
-                match (switch, request) {
-                    (Some((ci, name)), _) => self.on_switch(ci, &name, &m, out),
-                    (None, Some((ci, name))) => self.on_request(now, ci, name, views, m, out),
-                    (None, None) => {
+                let pool = self
+                    .pool_topics
+                    .request_name(&m.topic)
+                    .filter(|_| self.cfg.pool.serve)
+                    .map(str::to_owned);
+                match (switch, request, pool) {
+                    (Some((ci, name)), _, _) => self.on_switch(ci, &name, &m, out),
+                    (None, Some((ci, name)), _) => {
+                        self.on_request(now, Some(ci), name, views, m, out)
+                    }
+                    (None, None, Some(name)) => self.on_request(now, None, name, views, m, out),
+                    (None, None, None) => {
                         tracing::debug!(topic = ?m.topic, "message on an unexpected topic");
                         if let Some(t) = m.ack {
                             out.push(Act::Ack(t));
@@ -665,10 +710,11 @@ impl Core {
         self.save(ci, None, SavedKind::Switched, out);
     }
 
+    /// A request to camera `ci`, or a pool job (`None`: this node is a worker).
     fn on_request(
         &mut self,
         now: Now,
-        ci: usize,
+        ci: Option<usize>,
         name: String,
         views: &[CameraView],
         m: Incoming,
@@ -696,10 +742,13 @@ impl Core {
             self.remember(k, Recent::InProgress(Vec::new()));
         }
         self.counters.requests += 1;
-        tracing::debug!(camera = %self.cams[ci].spec.id, request = ?name, "request received");
+        let topics = match ci {
+            Some(ci) => &self.cams[ci].topics,
+            None => &self.pool_topics,
+        };
+        tracing::debug!(base = %topics.base, request = ?name, "request received");
         let corr = m.correlation.as_deref();
         let expiry = m.expiry.map(|s| (s, now.mono));
-        let topics = &self.cams[ci].topics;
         let parsed = api::parse_request(&name, &m.payload, self.cfg.mqtt.max_payload);
         let reply_to = |payload_reply_to: Option<&str>, transaction| ReplyTo {
             address: api::reply_address(
@@ -731,6 +780,9 @@ impl Core {
             self.reply(now, reply, Err(e), out);
             return;
         }
+        let Some(ci) = ci else {
+            return self.on_pool_job(now, req, reply, m.expiry, out);
+        };
         let result = match req.action {
             Action::HealthCheck => Ok(ReplyData::Health(self.health(now, ci, views))),
             Action::ListTriggers => Ok(ReplyData::Triggers(self.trigger_list(ci))),
@@ -766,7 +818,7 @@ impl Core {
                         None => timeout,
                     };
                     self.queue.push_back(Pending {
-                        cam: ci,
+                        cam: Some(ci),
                         reply,
                         skill,
                         image: req.image.map(Bytes::from),
@@ -780,6 +832,75 @@ impl Core {
             },
         };
         self.reply(now, reply, result, out);
+    }
+
+    /// A job from the pool: a skill on the picture it carries, queued like a request (a
+    /// full queue answers `busy` at once, so the camera node sends it again elsewhere).
+    fn on_pool_job(
+        &mut self,
+        now: Now,
+        req: api::ApiRequest,
+        reply: ReplyTo,
+        expiry: Option<u32>,
+        out: &mut Vec<Act>,
+    ) {
+        let result = match (req.action, req.image) {
+            (Action::Skill(_), None) => Err(ApiError::new(
+                Code::BadRequest,
+                "a pool job carries its picture (\"image\")",
+            )),
+            (Action::Skill(skill), Some(image)) => {
+                let zone = match req.zone.map(|z| z.resolve(&BTreeMap::new())).transpose() {
+                    Ok(z) => z,
+                    Err(m) => {
+                        return self.reply(now, reply, Err(ApiError::new(Code::BadRequest, m)), out)
+                    }
+                };
+                if self.queue.len() >= self.cfg.daemon.max_pending {
+                    Err(ApiError::new(
+                        Code::Busy,
+                        format!("{} jobs are already waiting", self.queue.len()),
+                    ))
+                } else {
+                    let timeout = Duration::from_secs(self.cfg.daemon.request_timeout);
+                    let limit =
+                        expiry.map_or(timeout, |s| timeout.min(Duration::from_secs(u64::from(s))));
+                    self.served += 1;
+                    self.queue.push_back(Pending {
+                        cam: None,
+                        reply,
+                        skill,
+                        image: Some(Bytes::from(image)),
+                        zone,
+                        annotate: false,
+                        received: now.mono,
+                        deadline: now.mono + limit,
+                    });
+                    return;
+                }
+            }
+            _ => Err(ApiError::new(
+                Code::BadRequest,
+                "the pool takes skills only (query, yes_no, caption, detect, point)",
+            )),
+        };
+        self.reply(now, reply, result, out);
+    }
+
+    /// A worker's heartbeat: retained, so a camera node that starts later sees it.
+    fn publish_heartbeat(&self, online: bool, out: &mut Vec<Act>) {
+        if !self.cfg.pool.serve {
+            return;
+        }
+        let v = wire::WorkerStatus {
+            online,
+            queue_depth: self.queue.len() + usize::from(self.in_flight.is_some()),
+            max_pending: self.cfg.daemon.max_pending,
+            served: self.served,
+            interval_s: self.cfg.daemon.stats_interval,
+        };
+        let topic = format!("{}/worker/{}", self.pool_topics.base, self.device_id);
+        self.publish_retained(out, topic, wire::to_bytes(&v));
     }
 
     fn remember(&mut self, key: u64, state: Recent) {
@@ -852,6 +973,7 @@ impl Core {
             class: Class::Reply,
             correlation: to.address.correlation.map(Bytes::from),
             expiry: Some(expiry),
+            response_topic: None,
             acks,
         }));
     }
@@ -879,6 +1001,10 @@ impl Core {
         }
         if let Some(p) = &self.reload_problem {
             problems.push(p.clone());
+        }
+        if !self.engine_reachable() {
+            problems
+                .push("no pool worker is alive (no heartbeat) and this node has no model".into());
         }
         wire::Health {
             healthy: problems.is_empty(),
@@ -1285,8 +1411,17 @@ impl Core {
         force: bool,
         out: &mut Vec<Act>,
     ) {
+        let reachable = self.engine_reachable();
         let cam = &mut self.cams[ci];
         let online = match health {
+            // Without an engine (no live pool worker, no model here) the camera's entities
+            // would only show stale answers.
+            CameraHealth::Fresh(_) if !reachable => {
+                if cam.online != Some(false) {
+                    tracing::warn!(camera = %cam.spec.id, "no pool worker is alive; triggers paused");
+                }
+                false
+            }
             CameraHealth::Fresh(_) => true,
             CameraHealth::Starting => return,
             CameraHealth::Unavailable(why) => {
@@ -1337,6 +1472,13 @@ impl Core {
             .collect();
         for (ci, h) in health.iter().enumerate() {
             self.answer_snapshot_waiters(now, ci, views, h, out);
+        }
+        if !self.engine_reachable() {
+            // Requests are answered (model_error) or run on their own image's path; no
+            // rounds or captions until a worker is back.
+            self.round = None;
+            self.run_interactive(now, &health, out);
+            return;
         }
         if self.round.as_ref().is_none_or(|r| r.names.is_empty()) {
             self.round = self.next_round(now, &health);
@@ -1452,8 +1594,14 @@ impl Core {
                 self.reply(now, job.reply, Err(e), out);
                 continue;
             }
-            let refused = match (&job.image, &health[job.cam]) {
+            let absent = CameraHealth::Unavailable("no camera".into());
+            let cam_health = job.cam.and_then(|c| health.get(c)).unwrap_or(&absent);
+            let refused = match (&job.image, cam_health) {
                 (Some(bytes), _) => Ok(Picture::Encoded(bytes.clone())),
+                (None, _) if !self.engine_reachable() => Err(ApiError::new(
+                    Code::ModelError,
+                    "no pool worker is alive and this node has no model",
+                )),
                 (None, CameraHealth::Fresh(f)) => Ok(Picture::Frame(f.clone())),
                 (None, CameraHealth::Starting)
                     if now.mono.duration_since(job.received) < CAMERA_GRACE =>
@@ -1650,15 +1798,20 @@ impl Core {
                         // A caption of the camera's picture (the "caption now" button) is
                         // the camera's caption; one of a request's own image (or of a
                         // zone) is not.
-                        if let (None, None, Some(Answer::Caption { caption })) =
-                            (&p.image, p.zone, first)
+                        if let (Some(cam), None, None, Some(Answer::Caption { caption })) =
+                            (p.cam, &p.image, p.zone, first)
                         {
-                            self.publish_caption(p.cam, caption, &f, out);
+                            self.publish_caption(cam, caption, &f, out);
                         }
-                        let annotated = match (p.annotate, first, &p.skill) {
-                            (true, Some(a), Skill::Detect { object } | Skill::Point { object }) => {
+                        let annotated = match (p.cam, p.annotate, first, &p.skill) {
+                            (
+                                Some(cam),
+                                true,
+                                Some(a),
+                                Skill::Detect { object } | Skill::Point { object },
+                            ) => {
                                 let jpeg = crate::annotate::annotated_jpeg(&f, a, object, p.zone);
-                                let topic = self.cams[p.cam].topics.annotated();
+                                let topic = self.cams[cam].topics.annotated();
                                 self.publish_retained(out, topic.clone(), jpeg);
                                 Some(topic)
                             }
@@ -1749,6 +1902,7 @@ impl Core {
             for ci in 0..self.cams.len() {
                 self.publish_stats(now, ci, views, out);
             }
+            self.publish_heartbeat(true, out);
         }
         if self.bad_requests > 0
             && self
@@ -1790,6 +1944,7 @@ impl Core {
             triggers: cam.triggers.len(),
             counters: self.counters.clone(),
             outbox: self.outbox,
+            pool: self.pool.map(|p| p.stats),
         };
         self.publish_retained(out, cam.topics.stats(), wire::to_bytes(&v));
     }
@@ -1853,6 +2008,7 @@ impl Core {
             return;
         }
         self.exited = true;
+        self.publish_heartbeat(false, out);
         self.publish_retained(out, self.topics.availability(), "offline");
         out.push(Act::Exit);
     }

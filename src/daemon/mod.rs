@@ -8,6 +8,7 @@
 //! or an outage never stalls ticks, the watchdog or signals.
 
 pub mod core;
+pub mod pool;
 pub mod store;
 
 use std::future::Future;
@@ -84,7 +85,10 @@ pub struct Daemon {
     config_path: PathBuf,
     conn: Connection,
     events: mpsc::UnboundedReceiver<MqttEvent>,
-    engine: Arc<Engine>,
+    /// This node's model; `None` on a camera node that only hands jobs to the pool.
+    engine: Option<Arc<Engine>>,
+    /// The pool jobs go to first (`pool.offload`).
+    pool: Option<pool::Pool>,
     /// A model loaded by a reload, waiting for the core to swap it in.
     next_engine: Option<Engine>,
     /// The cameras, in configuration order (the core's camera indices).
@@ -114,10 +118,16 @@ impl Daemon {
             cfg.mqtt.device_id.clone()
         };
         let topics = Topics::new(&cfg.mqtt, &device_id);
-        let settings = moondream::Settings::from_config(&cfg);
-        let engine = tokio::task::spawn_blocking(move || moondream::start(settings))
-            .await
-            .map_err(|e| DaemonError::Setup(e.to_string()))??;
+        let engine = if cfg.has_model() {
+            let settings = moondream::Settings::from_config(&cfg);
+            let engine = tokio::task::spawn_blocking(move || moondream::start(settings))
+                .await
+                .map_err(|e| DaemonError::Setup(e.to_string()))??;
+            Some(Arc::new(engine))
+        } else {
+            tracing::info!("no model here: every job goes to the pool");
+            None
+        };
         let specs = cfg.cameras(&device_id);
         let mut cameras = Vec::new();
         for spec in &specs {
@@ -134,8 +144,11 @@ impl Daemon {
         } else {
             cfg.mqtt.client_id.clone()
         };
-        let spec = crate::mqtt::connect_spec(&cfg.mqtt, client_id, topics.availability())
+        let mut spec = crate::mqtt::connect_spec(&cfg.mqtt, client_id, topics.availability())
             .map_err(DaemonError::Setup)?;
+        if cfg.pool.serve && specs.is_empty() {
+            spec.session_expiry = 0;
+        }
         let state_dir = cfg.daemon.state_dir.clone();
         let (mut runtime, mut problems) = (Vec::new(), Vec::new());
         for spec in &specs {
@@ -152,6 +165,8 @@ impl Daemon {
             .collect();
         tracing::info!(device = %device_id, cameras = ?bases, "moonwatch running");
         let mqtt = cfg.mqtt.clone();
+        let offload = cfg.pool.offload;
+        let pool_cfg = cfg.clone();
         let core = Core::new(
             cfg,
             &device_id,
@@ -160,7 +175,17 @@ impl Daemon {
             sd_notify::watchdog_enabled(),
             Now::read(),
         );
-        let (conn, events) = crate::mqtt::start(&mqtt, spec, core.subscriptions());
+        let mut subscriptions = core.subscriptions();
+        // The pool client needs the connection's publisher, the connection its filters.
+        let pool_subs = offload.then(|| {
+            vec![
+                format!("{}/{device_id}/pool/reply", mqtt.prefix),
+                format!("{}/pool/worker/+", mqtt.prefix),
+            ]
+        });
+        subscriptions.extend(pool_subs.into_iter().flatten());
+        let (conn, events) = crate::mqtt::start(&mqtt, spec, subscriptions);
+        let pool = offload.then(|| pool::Pool::new(&pool_cfg, &device_id, conn.publisher()));
         let (saves, saved) = saver(state_dir);
         let (models_tx, models) = mpsc::unbounded_channel();
         Ok(Self {
@@ -168,7 +193,8 @@ impl Daemon {
             config_path,
             conn,
             events,
-            engine: Arc::new(engine),
+            engine,
+            pool,
             next_engine: None,
             cameras,
             job: None,
@@ -188,7 +214,10 @@ impl Daemon {
         let mut signals_open = true;
         loop {
             let input = tokio::select! {
-                Some(ev) = self.events.recv() => Input::Mqtt(ev),
+                Some(ev) = self.events.recv() => match self.pool_takes(ev) {
+                    Some(ev) => Input::Mqtt(ev),
+                    None => continue,
+                },
                 (result, frame) = job_done(&mut self.job) => {
                     let job = self.job.take().map_or(0, |j| j.id);
                     Input::EngineDone { job, result, frame }
@@ -236,6 +265,12 @@ impl Daemon {
                 })
                 .collect();
             self.core.set_outbox_stats(self.conn.stats());
+            if let Some(p) = &self.pool {
+                self.core.set_pool(core::PoolView {
+                    local_model: self.engine.is_some(),
+                    stats: p.stats(),
+                });
+            }
             for act in self.core.handle(Now::read(), &views, input) {
                 match act {
                     Act::Publish(m) => self.conn.publish(m),
@@ -273,7 +308,7 @@ impl Daemon {
                     }
                     Act::UseNewModel => {
                         if let Some(new) = self.next_engine.take() {
-                            let old = std::mem::replace(&mut self.engine, Arc::new(new));
+                            let old = self.engine.replace(Arc::new(new));
                             // Joining the old worker thread may take a moment.
                             tokio::task::spawn_blocking(move || drop(old));
                             tracing::info!("the new model serves from now on");
@@ -307,6 +342,7 @@ impl Daemon {
     ) {
         let cancel = Cancel::new();
         let engine = self.engine.clone();
+        let pool = self.pool.clone();
         let stop = cancel.clone();
         let future = Box::pin(async move {
             let frame = match picture {
@@ -328,6 +364,21 @@ impl Daemon {
                 Some(Ok(crop)) => Arc::new(crop),
                 Some(Err(e)) => return (Err(EngineError::Image(e.to_string())), Some(frame)),
             };
+            if let (Some(pool), [skill]) = (&pool, skills.as_slice()) {
+                match pool.run(id, seen.clone(), skill.clone(), &stop).await {
+                    Ok(r) => return (Ok(r), Some(frame)),
+                    Err(pool::PoolFailure::Engine(e)) => return (Err(e), Some(frame)),
+                    Err(pool::PoolFailure::NoAnswer) if engine.is_some() => pool.count_local(),
+                    Err(pool::PoolFailure::NoAnswer) => {
+                        pool.count_failed();
+                        let e = "no pool worker answered (pool.attempts x pool.job_timeout) and this node has no model";
+                        return (Err(EngineError::Inference(e.into())), Some(frame));
+                    }
+                }
+            }
+            let Some(engine) = engine else {
+                return (Err(EngineError::Stopped), Some(frame));
+            };
             let mut req = Request::new(seen, skills);
             req.cancel = stop;
             let result = match engine.submit(req) {
@@ -337,6 +388,29 @@ impl Daemon {
             (result, Some(frame))
         });
         self.job = Some(Job { id, cancel, future });
+    }
+}
+
+impl Daemon {
+    /// A broker message for the pool client (a job's result, a worker's heartbeat) is
+    /// taken and acknowledged here; anything else goes on to the core.
+    fn pool_takes(&mut self, ev: MqttEvent) -> Option<MqttEvent> {
+        let (Some(pool), MqttEvent::Message(m)) = (&self.pool, &ev) else {
+            return Some(ev);
+        };
+        let ack = m.ack;
+        let MqttEvent::Message(m) = ev else {
+            return None;
+        };
+        match pool.take(m) {
+            Some(m) => Some(MqttEvent::Message(m)),
+            None => {
+                if let Some(t) = ack {
+                    self.conn.send(Command::Ack(t));
+                }
+                None
+            }
+        }
     }
 }
 

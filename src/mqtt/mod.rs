@@ -77,7 +77,20 @@ pub struct Connection {
     task: tokio::task::JoinHandle<()>,
 }
 
+/// A handle that publishes through the connection from another task (a pool job).
+#[derive(Debug, Clone)]
+pub struct Publisher(mpsc::UnboundedSender<Command>);
+
+impl Publisher {
+    pub fn publish(&self, m: Outgoing) {
+        let _ = self.0.send(Command::Publish(m));
+    }
+}
+
 impl Connection {
+    pub fn publisher(&self) -> Publisher {
+        Publisher(self.commands.clone())
+    }
     pub fn send(&self, c: Command) {
         // The task only ends after Shutdown; a send after that has nowhere to go.
         let _ = self.commands.send(c);
@@ -108,6 +121,10 @@ pub struct ConnectSpec {
     pub availability_topic: String,
     pub password: Option<String>,
     pub tls: Option<rumqttc::TlsConfiguration>,
+    /// Seconds the broker keeps the session after a disconnect (v5): requests published
+    /// meanwhile wait in it. 0 for a pool worker without cameras, so that the broker stops
+    /// handing it jobs as soon as it is gone (the camera nodes send them again).
+    pub session_expiry: u32,
 }
 
 /// Reads the TLS material and the password file named by the configuration.
@@ -154,6 +171,7 @@ pub fn connect_spec(
         availability_topic,
         password,
         tls,
+        session_expiry: 3600,
     })
 }
 
@@ -185,7 +203,7 @@ pub fn start(
             o.set_keep_alive(keepalive);
             o.set_max_packet_size(Some(max as u32));
             o.set_clean_start(false);
-            o.set_session_expiry_interval(Some(3600));
+            o.set_session_expiry_interval(Some(spec.session_expiry));
             o.set_manual_acks(true);
             o.set_receive_maximum(Some(64));
             o.set_network_options(net);
@@ -273,6 +291,7 @@ impl Client {
                 let props = v5::mqttbytes::v5::PublishProperties {
                     correlation_data: m.correlation.clone(),
                     message_expiry_interval: m.expiry,
+                    response_topic: m.response_topic.clone(),
                     ..Default::default()
                 };
                 c.try_publish_with_properties(

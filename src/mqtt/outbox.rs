@@ -42,6 +42,8 @@ pub struct Outgoing {
     pub correlation: Option<Bytes>,
     /// MQTT v5 Message Expiry Interval in seconds (ignored on v3.1.1).
     pub expiry: Option<u32>,
+    /// MQTT v5 Response Topic (a pool job's; ignored on v3.1.1).
+    pub response_topic: Option<String>,
     /// Requests acknowledged to the broker once this message is.
     pub acks: Vec<AckToken>,
 }
@@ -60,6 +62,7 @@ impl Outgoing {
             class,
             correlation: None,
             expiry: None,
+            response_topic: None,
             acks: Vec::new(),
         }
     }

@@ -222,6 +222,40 @@ pub struct Stats {
     pub triggers: usize,
     pub counters: Counters,
     pub outbox: OutboxStats,
+    /// A camera node that hands its jobs to the pool (`pool.offload`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<PoolStats>,
+}
+
+/// The pool as a camera node sees it.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct PoolStats {
+    /// Workers whose heartbeat is fresh.
+    pub workers: usize,
+    /// Jobs sent to the pool (each attempt counts).
+    pub sent: u64,
+    /// Attempts sent again: no answer within `pool.job_timeout`, or a busy worker.
+    pub retries: u64,
+    /// Results for jobs already answered (a late worker), ignored.
+    pub late: u64,
+    /// Jobs that ran on this node's own model after the pool did not answer.
+    pub local: u64,
+    /// Jobs that failed: no worker answered in `pool.attempts` and no model here.
+    pub failed: u64,
+}
+
+/// A worker's heartbeat, retained on `{prefix}/pool/worker/{id}`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct WorkerStatus {
+    pub online: bool,
+    /// Jobs waiting or running here.
+    pub queue_depth: usize,
+    /// Jobs it takes before it answers `busy` (`daemon.max_pending`).
+    pub max_pending: usize,
+    /// Jobs answered since it started.
+    pub served: u64,
+    /// Seconds between heartbeats: three missed mean the worker is gone.
+    pub interval_s: u64,
 }
 
 #[derive(Debug, Default, Clone, Serialize, Deserialize, JsonSchema)]
@@ -258,6 +292,7 @@ pub fn schemas() -> Vec<(&'static str, Value)> {
         ("trigger_event", one::<TriggerEvent>()),
         ("caption", one::<Caption>()),
         ("stats", one::<Stats>()),
+        ("worker_status", one::<WorkerStatus>()),
         ("discovery", one::<super::discovery::EntityConfig>()),
     ]
 }
