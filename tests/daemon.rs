@@ -221,7 +221,16 @@ struct Client {
 
 impl Client {
     async fn connect(port: u16, id: &str, subs: &[&str]) -> Self {
+        Self::connect_opts(MqttOptions::new(id, "127.0.0.1", port), subs).await
+    }
+
+    async fn connect_as(port: u16, id: &str, user: &str, password: &str, subs: &[&str]) -> Self {
         let mut o = MqttOptions::new(id, "127.0.0.1", port);
+        o.set_credentials(user, password);
+        Self::connect_opts(o, subs).await
+    }
+
+    async fn connect_opts(mut o: MqttOptions, subs: &[&str]) -> Self {
         o.set_max_packet_size(Some(1 << 20));
         let (client, mut el) = AsyncClient::new(o, 64);
         let (tx, rx) = mpsc::unbounded_channel();
@@ -2075,4 +2084,190 @@ interval = 1
         m.topic == "moonwatch/cam1/availability" && &m.payload[..] == b"offline"
     })
     .await;
+}
+
+/// The mosquitto ACL of docs/fleet.md: the tests run the fleet under it.
+fn fleet_acl() -> String {
+    let doc = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/fleet.md"))
+        .unwrap();
+    let start = doc.find("```acl\n").expect("an acl block in docs/fleet.md") + 7;
+    let end = start + doc[start..].find("```").unwrap();
+    doc[start..end].to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_camera_without_a_model_hands_its_work_to_two_workers_and_loses_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let pw = dir.path().join("passwd");
+    std::fs::write(&pw, "").unwrap();
+    for user in ["cam", "w1", "w2", "watcher"] {
+        let st = Command::new("mosquitto_passwd")
+            .args(["-b"])
+            .arg(&pw)
+            .args([user, &format!("{user}-pw")])
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+    let acl = dir.path().join("acl");
+    std::fs::write(&acl, fleet_acl() + "\nuser watcher\ntopic readwrite #\n").unwrap();
+    let broker = Broker::start(
+        dir.path(),
+        &format!(
+            "allow_anonymous false\npassword_file {}\nacl_file {}",
+            pw.display(),
+            acl.display()
+        ),
+    );
+    let yes = common::tiny_yes();
+    let node = |id: &str, max_pending: u32, body: &str| {
+        let d = dir.path().join(id);
+        std::fs::create_dir_all(&d).unwrap();
+        let cfg = format!(
+            "[mqtt]\nport = {}\ndevice_id = \"{id}\"\nusername = \"{id}\"\npassword = \"{id}-pw\"\n\
+             [daemon]\nstate_dir = \"{}\"\nstats_interval = 1\nmax_pending = {max_pending}\n{body}",
+            broker.port,
+            d.join("state").display()
+        );
+        (d, cfg)
+    };
+    let worker_body = format!(
+        "[model]\ntext = \"{}\"\nmmproj = \"{}\"\nthreads = 1\n[camera]\nsource = \"none\"\n[pool]\nserve = true\n",
+        yes.text.display(),
+        yes.mmproj.display()
+    );
+    let (d1, c1) = node("w1", 4, &worker_body);
+    let (d2, c2) = node("w2", 4, &worker_body);
+    let w1 = Daemon::start(&d1, &c1);
+    let w2 = Daemon::start(&d2, &c2);
+    let (dc, cc) = node(
+        "cam",
+        32,
+        "[model]\ntext = \"\"\nmmproj = \"\"\n[camera]\nsource = \"test\"\nwidth = 160\nheight = 120\nfps = 10\ncapture_rate = 4.0\n\
+         [pool]\noffload = true\njob_timeout = 2\nattempts = 5\n\
+         [[trigger]]\nname = \"door\"\nquestion = \"Is the door open?\"\nthreshold = 0.5\nconsecutive = 1\ninterval = 1\n",
+    );
+    let cam = Daemon::start(&dc, &cc);
+    let mut c = Client::connect_as(
+        broker.port,
+        "t-fleet",
+        "watcher",
+        "watcher-pw",
+        &["moonwatch/#"],
+    )
+    .await;
+    // The trigger is evaluated by a worker: the camera node has no model.
+    let state = c
+        .wait("door state", 60, topic("moonwatch/cam/trigger/door"))
+        .await;
+    assert_eq!(&state.payload[..], b"ON", "{}", cam.log());
+    // Requests to the camera are answered through the pool, spread over both workers
+    // (replies go to a topic the ACL lets the camera node write: under its own base).
+    async fn ask(c: &Client, i: u32) {
+        let body = json!({"question": format!("Is it day {i}?")});
+        let corr = format!("q{i}");
+        c.request_v5(
+            "moonwatch/cam/request/yes_no",
+            body,
+            "moonwatch/cam/response/t-fleet",
+            corr.as_bytes(),
+        )
+        .await
+    }
+    for i in 0..8 {
+        ask(&c, i).await;
+    }
+    let answered = |c: &Client, i: u32| {
+        let corr = format!("q{i}");
+        c.seen
+            .iter()
+            .filter(|m| {
+                m.topic == "moonwatch/cam/response/t-fleet"
+                    && m.correlation.as_deref() == Some(corr.as_bytes())
+            })
+            .count()
+    };
+    c.wait("the 8th answer", 60, |m| {
+        m.topic == "moonwatch/cam/response/t-fleet" && m.correlation.as_deref() == Some(&b"q7"[..])
+    })
+    .await;
+    let served = |c: &Client, w: &str| {
+        c.seen
+            .iter()
+            .rev()
+            .find(|m| m.topic == format!("moonwatch/pool/worker/{w}"))
+            .map_or(0, |m| m.json()["served"].as_u64().unwrap_or(0))
+    };
+    c.clear();
+    c.wait("a heartbeat of w1", 10, topic("moonwatch/pool/worker/w1"))
+        .await;
+    c.wait("a heartbeat of w2", 10, topic("moonwatch/pool/worker/w2"))
+        .await;
+    assert!(
+        served(&c, "w1") > 0 && served(&c, "w2") > 0,
+        "jobs spread over both workers: w1 {}, w2 {}",
+        served(&c, "w1"),
+        served(&c, "w2")
+    );
+    // A worker that stalls mid-run (SIGSTOP: its connection stays up, the broker keeps
+    // handing it jobs): every request is still answered once, by the other, after a retry.
+    w1.signal(libc::SIGSTOP);
+    for i in 8..16 {
+        ask(&c, i).await;
+    }
+    for i in 8..16 {
+        let corr = format!("q{i}");
+        let r = c
+            .wait("an answer while w1 stalls", 90, |m| {
+                m.topic == "moonwatch/cam/response/t-fleet"
+                    && m.correlation.as_deref() == Some(corr.as_bytes())
+            })
+            .await
+            .json();
+        assert_eq!(r["status"], "ok", "{r}");
+    }
+    // It wakes up and answers what it held: late results, ignored (each request was
+    // answered exactly once).
+    w1.signal(libc::SIGCONT);
+    let stats = c
+        .wait("stats counting late results", 30, |m| {
+            m.topic == "moonwatch/cam/stats" && m.json()["pool"]["late"].as_u64() > Some(0)
+        })
+        .await
+        .json();
+    assert!(stats["pool"]["retries"].as_u64() > Some(0), "{stats}");
+    // A forged duplicate result is ignored too.
+    c.publish("moonwatch/cam/pool/reply", "{\"status\":\"ok\"}")
+        .await;
+    for i in 0..16 {
+        assert_eq!(
+            answered(&c, i),
+            if i < 8 { 0 } else { 1 },
+            "q{i} answered once"
+        );
+    }
+    // Both workers gone: the camera says so (health, stats, availability).
+    w1.signal(libc::SIGKILL);
+    drop(w2);
+    c.wait("camera offline without workers", 30, |m| {
+        m.topic == "moonwatch/cam/camera/availability" && &m.payload[..] == b"offline"
+    })
+    .await;
+    c.request_v5(
+        "moonwatch/cam/request/health_check",
+        json!({}),
+        "moonwatch/cam/response/t-fleet-h",
+        b"h",
+    )
+    .await;
+    let h = c
+        .wait("health", 30, topic("moonwatch/cam/response/t-fleet-h"))
+        .await
+        .json();
+    assert_eq!(h["data"]["healthy"], false, "{h}");
+    assert!(
+        h["data"]["problems"].to_string().contains("pool worker"),
+        "{h}"
+    );
+    assert!(validate_published(&c.seen) > 0);
 }
