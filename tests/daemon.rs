@@ -2143,7 +2143,7 @@ async fn a_camera_without_a_model_hands_its_work_to_two_workers_and_loses_none()
     let (dc, cc) = node(
         "cam",
         32,
-        "[model]\ntext = \"\"\nmmproj = \"\"\n[camera]\nsource = \"test\"\nwidth = 160\nheight = 120\nfps = 10\ncapture_rate = 4.0\n\
+        "[model]\ntext = \"\"\nmmproj = \"\"\n[camera]\nsource = \"test\"\npattern = \"white\"\nwidth = 160\nheight = 120\nfps = 10\ncapture_rate = 4.0\n\
          [pool]\noffload = true\njob_timeout = 2\nattempts = 5\n\
          [[trigger]]\nname = \"door\"\nquestion = \"Is the door open?\"\nthreshold = 0.5\nconsecutive = 1\ninterval = 1\n",
     );
@@ -2163,8 +2163,14 @@ async fn a_camera_without_a_model_hands_its_work_to_two_workers_and_loses_none()
     assert_eq!(&state.payload[..], b"ON", "{}", cam.log());
     // Requests to the camera are answered through the pool, spread over both workers
     // (replies go to a topic the ACL lets the camera node write: under its own base).
+    // Each request carries a picture of its own: a new picture goes to the shared topic.
     async fn ask(c: &Client, i: u32) {
-        let body = json!({"question": format!("Is it day {i}?")});
+        let img = image::RgbImage::from_pixel(32, 24, image::Rgb([i as u8 * 13, 40, 200]));
+        let mut png = std::io::Cursor::new(Vec::new());
+        img.write_to(&mut png, image::ImageFormat::Png).unwrap();
+        let b64 =
+            base64::Engine::encode(&base64::engine::general_purpose::STANDARD, png.into_inner());
+        let body = json!({"question": format!("Is it day {i}?"), "image": b64});
         let corr = format!("q{i}");
         c.request_v5(
             "moonwatch/cam/request/yes_no",
@@ -2209,6 +2215,28 @@ async fn a_camera_without_a_model_hands_its_work_to_two_workers_and_loses_none()
         served(&c, "w1"),
         served(&c, "w2")
     );
+    // Questions on the camera's own frame (a still picture: pattern "white") follow the
+    // picture to the worker that has it cached.
+    for i in 0..3 {
+        c.request_v5(
+            "moonwatch/cam/request/yes_no",
+            json!({"question": format!("Is it night {i}?")}),
+            "moonwatch/cam/response/t-fleet-n",
+            format!("n{i}").as_bytes(),
+        )
+        .await;
+        c.wait("an answer on the camera frame", 30, |m| {
+            m.topic == "moonwatch/cam/response/t-fleet-n"
+                && m.correlation.as_deref() == Some(format!("n{i}").as_bytes())
+        })
+        .await;
+    }
+    c.clear();
+    let stats = c
+        .wait("stats with direct jobs", 10, topic("moonwatch/cam/stats"))
+        .await
+        .json();
+    assert!(stats["pool"]["direct"].as_u64() >= Some(2), "{stats}");
     // A worker that stalls mid-run (SIGSTOP: its connection stays up, the broker keeps
     // handing it jobs): every request is still answered once, by the other, after a retry.
     w1.signal(libc::SIGSTOP);

@@ -218,6 +218,8 @@ struct ReplyTo {
     expiry: Option<(u32, Instant)>,
     /// Key in `recent`, for requests that can be redelivered.
     key: Option<u64>,
+    /// A pool job: the reply names this worker.
+    pool: bool,
 }
 
 #[derive(Debug)]
@@ -525,6 +527,8 @@ impl Core {
                 self.cfg.pool.group,
                 self.pool_topics.requests()
             ));
+            // Jobs sent to this worker alone (the next job on a picture it has cached).
+            out.push(self.direct_topics().requests());
         }
         for c in &self.cams {
             out.push(c.topics.requests());
@@ -656,9 +660,11 @@ impl Core {
                 let request = self.cams.iter().enumerate().find_map(|(ci, c)| {
                     c.topics.request_name(&m.topic).map(|n| (ci, n.to_owned()))
                 });
+                let direct = self.direct_topics();
                 let pool = self
                     .pool_topics
                     .request_name(&m.topic)
+                    .or_else(|| direct.request_name(&m.topic))
                     .filter(|_| self.cfg.pool.serve)
                     .map(str::to_owned);
                 match (switch, request, pool) {
@@ -763,6 +769,7 @@ impl Core {
             ack: m.ack,
             expiry,
             key,
+            pool: ci.is_none(),
         };
         let (req, reply) = match parsed {
             Ok(req) => {
@@ -887,6 +894,15 @@ impl Core {
         self.reply(now, reply, result, out);
     }
 
+    /// `{prefix}/pool/direct/{device_id}`: jobs for this worker alone.
+    fn direct_topics(&self) -> Topics {
+        Topics::camera(
+            &self.cfg.mqtt,
+            &self.device_id,
+            &format!("pool/direct/{}", self.device_id),
+        )
+    }
+
     /// A worker's heartbeat: retained, so a camera node that starts later sees it.
     fn publish_heartbeat(&self, online: bool, out: &mut Vec<Act>) {
         if !self.cfg.pool.serve {
@@ -931,6 +947,7 @@ impl Core {
                 data: Some(data),
                 error: None,
                 transaction,
+                worker: to.pool.then(|| self.device_id.clone()),
             },
             Err(e) => {
                 self.counters.errors += 1;
@@ -945,6 +962,7 @@ impl Core {
                         message: e.message,
                     }),
                     transaction,
+                    worker: to.pool.then(|| self.device_id.clone()),
                 }
             }
         };

@@ -40,6 +40,9 @@ struct Inner {
     /// Workers by id: when their last heartbeat came, and what it said.
     workers: HashMap<String, (Instant, WorkerStatus)>,
     stats: PoolStats,
+    /// The picture of the last job answered (a hash of its JPEG) and the worker that has
+    /// it cached.
+    affinity: Option<(u64, String)>,
 }
 
 /// The pool client: cheap to clone into job futures.
@@ -188,8 +191,9 @@ impl Pool {
         body["image"] = base64::engine::general_purpose::STANDARD
             .encode(&jpeg)
             .into();
+        let picture = xxhash_rust::xxh3::xxh3_64(&jpeg);
         let payload = Bytes::from(body.to_string());
-        let topic = format!("{}/request/{name}", self.base);
+        let shared = format!("{}/request/{name}", self.base);
         let mut attempt = 0;
         while attempt < self.attempts {
             if cancel.is_cancelled() {
@@ -198,14 +202,28 @@ impl Pool {
             attempt += 1;
             let id = format!("{}-{job}-{attempt}", self.run);
             let (tx, rx) = oneshot::channel();
-            {
+            let topic = {
                 let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
                 inner.waiting.insert(id.clone(), tx);
                 inner.stats.sent += 1;
                 if attempt > 1 {
                     inner.stats.retries += 1;
                 }
-            }
+                // The next job on a picture goes straight to the worker that has it cached
+                // (one encode per frame, as on a local engine); a retry goes to the pool.
+                let cached_on = inner
+                    .affinity
+                    .as_ref()
+                    .filter(|(p, _)| *p == picture && attempt == 1)
+                    .map(|(_, w)| w.clone());
+                match cached_on {
+                    Some(w) => {
+                        inner.stats.direct += 1;
+                        format!("{}/direct/{w}/request/{name}", self.base)
+                    }
+                    None => shared.clone(),
+                }
+            };
             let mut m = Outgoing::new(topic.clone(), payload.clone(), Class::Reply);
             m.correlation = Some(Bytes::from(id.clone()));
             m.response_topic = Some(self.reply_topic.clone());
@@ -230,6 +248,12 @@ impl Pool {
                     continue;
                 }
             };
+            if let (Status::Ok, Some(w)) = (reply.status, &reply.worker) {
+                self.inner
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .affinity = Some((picture, w.clone()));
+            }
             match (reply.status, reply.data, reply.error) {
                 (Status::Ok, Some(ReplyData::Answer(a)), _) => {
                     return Ok(Response {

@@ -55,6 +55,10 @@ pub struct Reply {
     pub error: Option<ErrorBody>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transaction: Option<Value>,
+    /// The worker that answered a pool job (its device id): the camera node sends the
+    /// next job on the same picture straight to it, where the picture is cached.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
@@ -242,6 +246,8 @@ pub struct PoolStats {
     pub local: u64,
     /// Jobs that failed: no worker answered in `pool.attempts` and no model here.
     pub failed: u64,
+    /// Jobs sent straight to the worker that had their picture cached.
+    pub direct: u64,
 }
 
 /// A worker's heartbeat, retained on `{prefix}/pool/worker/{id}`.
