@@ -128,7 +128,7 @@ const WORKER: &str = "[camera]\nsource = \"none\"\n[pool]\nserve = true\njob_tim
 fn picture(seed: u32) -> Vec<u8> {
     let img = image::RgbImage::from_fn(378, 378, |x, y| {
         let noise = (x.wrapping_mul(2654435761) ^ y.wrapping_mul(40503) ^ seed) % 9;
-        let shape = ((x / 40 + y / 50 + seed) % 5) as u32 * 20;
+        let shape = ((x / 40 + y / 50 + seed) % 5) * 20;
         let r = (x / 2 + shape + noise) as u8;
         let g = (y / 2 + seed * 30 + noise) as u8;
         let b = ((x + y) / 4 + shape) as u8;
