@@ -1160,6 +1160,34 @@ name = "a"
     }
 
     #[test]
+    fn pool_roles_are_checked() {
+        let node =
+            Config::parse("[model]\ntext = \"\"\nmmproj = \"\"\n[pool]\noffload = true\n").unwrap();
+        assert!(node.problems().is_empty(), "{:?}", node.problems());
+        assert!(!node.has_model());
+        let bad = Config::parse(
+            "[model]\ntext = \"\"\nmmproj = \"\"\n[camera]\nsource = \"none\"\n[mqtt]\nprotocol = \"v3.1.1\"\n[pool]\nserve = true\noffload = true\ngroup = \"a b\"\njob_timeout = 0\n",
+        )
+        .unwrap();
+        let keys: Vec<String> = bad.problems().into_iter().map(|p| p.key).collect();
+        for k in [
+            "model.text",
+            "pool.serve",
+            "mqtt.protocol",
+            "pool.group",
+            "pool.job_timeout",
+        ] {
+            assert!(keys.iter().any(|x| x == k), "{k} not in {keys:?}");
+        }
+        let idle = Config::parse("[camera]\nsource = \"none\"\n").unwrap();
+        let keys: Vec<String> = idle.problems().into_iter().map(|p| p.key).collect();
+        assert!(keys.contains(&"camera.source".to_owned()), "{keys:?}");
+        let worker = Config::parse("[camera]\nsource = \"none\"\n[pool]\nserve = true\n").unwrap();
+        assert!(worker.problems().is_empty(), "{:?}", worker.problems());
+        assert!(worker.cameras("w").is_empty());
+    }
+
+    #[test]
     fn relative_model_paths_follow_the_config_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("m.toml");
