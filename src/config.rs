@@ -1171,7 +1171,6 @@ name = "a"
         .unwrap();
         let keys: Vec<String> = bad.problems().into_iter().map(|p| p.key).collect();
         for k in [
-            "model.text",
             "pool.serve",
             "mqtt.protocol",
             "pool.group",
