@@ -2274,8 +2274,23 @@ async fn a_camera_without_a_model_hands_its_work_to_two_workers_and_loses_none()
             "q{i} answered once"
         );
     }
-    // Both workers gone: the camera says so (health, stats, availability).
+    // A worker killed mid-run: what it held is sent again to the other; nothing is lost.
+    for i in 16..20 {
+        ask(&c, i).await;
+    }
     w1.signal(libc::SIGKILL);
+    for i in 16..20 {
+        let corr = format!("q{i}");
+        let r = c
+            .wait("an answer after w1 was killed", 90, |m| {
+                m.topic == "moonwatch/cam/response/t-fleet"
+                    && m.correlation.as_deref() == Some(corr.as_bytes())
+            })
+            .await
+            .json();
+        assert_eq!(r["status"], "ok", "{r}");
+    }
+    // Both workers gone: the camera says so (health, stats, availability).
     drop(w2);
     c.wait("camera offline without workers", 30, |m| {
         m.topic == "moonwatch/cam/camera/availability" && &m.payload[..] == b"offline"
