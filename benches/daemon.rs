@@ -16,34 +16,14 @@
 //! them; default ~/.cache/moonwatch/bench-models).
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
-fn env_or(key: &str, default: u64) -> u64 {
-    std::env::var(key)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-struct Kill(Child);
-
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+mod common;
+use common::{env_or, Kill};
 
 /// One configuration's figures.
 struct Figures {
@@ -70,22 +50,7 @@ fn camera_section(name: &str, pattern: &str, k: u64) -> String {
 
 fn measure(bin: &str, models: &Path, cameras: &[(&str, &str)], k: u64, secs: u64) -> Figures {
     let dir = tempfile::tempdir().expect("temp dir");
-    let port = free_port();
-    let conf = dir.path().join("mosquitto.conf");
-    std::fs::write(
-        &conf,
-        format!("listener {port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\n"),
-    )
-    .expect("mosquitto.conf");
-    let _broker = Kill(
-        Command::new("mosquitto")
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("mosquitto"),
-    );
+    let (_broker, port) = common::broker(dir.path());
     let mut cfg = format!(
         "[model]\ntext = \"{}\"\nmmproj = \"{}\"\nthreads = {}\n\
          [mqtt]\nport = {port}\ndevice_id = \"bench\"\ndiscovery = false\n\
@@ -100,7 +65,6 @@ fn measure(bin: &str, models: &Path, cameras: &[(&str, &str)], k: u64, secs: u64
     }
     let path = dir.path().join("moonwatch.toml");
     std::fs::write(&path, cfg).expect("config");
-    std::thread::sleep(Duration::from_millis(300));
     let _daemon = Kill(
         Command::new(bin)
             .args(["run", "--config"])
@@ -169,22 +133,7 @@ fn main() {
     let bin = env!("CARGO_BIN_EXE_moonwatch");
     let secs = env_or("MOONWATCH_BENCH_SECS", 150);
     let k = env_or("MOONWATCH_BENCH_K", 3);
-    let models = std::env::var_os("MOONWATCH_BENCH_MODELS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
-                .join(".cache/moonwatch/bench-models")
-        });
-    for f in [
-        "moondream2-text-model-q4_0.gguf",
-        "moondream2-mmproj-q8_0.gguf",
-    ] {
-        assert!(
-            models.join(f).is_file(),
-            "{} missing: run `cargo bench --bench engine` once to make the full-shape models",
-            models.join(f).display()
-        );
-    }
+    let models = common::models();
     println!(
         "trigger rounds: K = {k} question triggers per camera, interval 10 s, {secs} s measured"
     );

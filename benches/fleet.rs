@@ -16,7 +16,7 @@
 //! MOONWATCH_BENCH_MODELS as for `cargo bench --bench engine`, which makes the models.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -25,21 +25,8 @@ use rumqttc::v5::mqttbytes::v5::{Packet, PublishProperties};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
 
-fn env_or(key: &str, default: u64) -> u64 {
-    std::env::var(key)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-struct Kill(Child);
-
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+mod common;
+use common::{env_or, Kill};
 
 struct Setup {
     dir: tempfile::TempDir,
@@ -51,29 +38,12 @@ struct Setup {
 impl Setup {
     fn new(models: &Path) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("port");
-        let conf = dir.path().join("mosquitto.conf");
-        std::fs::write(
-            &conf,
-            format!("listener {port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\n"),
-        )
-        .expect("conf");
-        let broker = Command::new("mosquitto")
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("mosquitto");
-        std::thread::sleep(Duration::from_millis(300));
+        let (broker, port) = common::broker(dir.path());
         Self {
             dir,
             port,
             models: models.to_owned(),
-            procs: vec![Kill(broker)],
+            procs: vec![broker],
         }
     }
 
@@ -286,16 +256,7 @@ const CAMERA: &str =
 
 fn main() {
     let secs = env_or("MOONWATCH_BENCH_SECS", 180);
-    let models = std::env::var_os("MOONWATCH_BENCH_MODELS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
-                .join(".cache/moonwatch/bench-models")
-        });
-    assert!(
-        models.join("moondream2-text-model-q4_0.gguf").is_file(),
-        "run `cargo bench --bench engine` once to make the full-shape models"
-    );
+    let models = common::models();
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
         println!(

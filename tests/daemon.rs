@@ -2163,6 +2163,20 @@ async fn a_camera_without_a_model_hands_its_work_to_two_workers_and_loses_none()
     assert_eq!(&state.payload[..], b"ON", "{}", cam.log());
     // Requests to the camera are answered through the pool, spread over both workers
     // (replies go to a topic the ACL lets the camera node write: under its own base).
+    /// Waits for an `ok` answer to each request `q{i}`.
+    async fn answered_ok(c: &mut Client, range: std::ops::Range<u32>, what: &str) {
+        for i in range {
+            let corr = format!("q{i}");
+            let r = c
+                .wait(what, 90, |m| {
+                    m.topic == "moonwatch/cam/response/t-fleet"
+                        && m.correlation.as_deref() == Some(corr.as_bytes())
+                })
+                .await
+                .json();
+            assert_eq!(r["status"], "ok", "{r}");
+        }
+    }
     // Each request carries a picture of its own: a new picture goes to the shared topic.
     async fn ask(c: &Client, i: u32) {
         let img = image::RgbImage::from_pixel(32, 24, image::Rgb([i as u8 * 13, 40, 200]));
@@ -2243,17 +2257,7 @@ async fn a_camera_without_a_model_hands_its_work_to_two_workers_and_loses_none()
     for i in 8..16 {
         ask(&c, i).await;
     }
-    for i in 8..16 {
-        let corr = format!("q{i}");
-        let r = c
-            .wait("an answer while w1 stalls", 90, |m| {
-                m.topic == "moonwatch/cam/response/t-fleet"
-                    && m.correlation.as_deref() == Some(corr.as_bytes())
-            })
-            .await
-            .json();
-        assert_eq!(r["status"], "ok", "{r}");
-    }
+    answered_ok(&mut c, 8..16, "an answer while w1 stalls").await;
     // It wakes up and answers what it held: late results, ignored (each request was
     // answered exactly once).
     w1.signal(libc::SIGCONT);
@@ -2279,17 +2283,7 @@ async fn a_camera_without_a_model_hands_its_work_to_two_workers_and_loses_none()
         ask(&c, i).await;
     }
     w1.signal(libc::SIGKILL);
-    for i in 16..20 {
-        let corr = format!("q{i}");
-        let r = c
-            .wait("an answer after w1 was killed", 90, |m| {
-                m.topic == "moonwatch/cam/response/t-fleet"
-                    && m.correlation.as_deref() == Some(corr.as_bytes())
-            })
-            .await
-            .json();
-        assert_eq!(r["status"], "ok", "{r}");
-    }
+    answered_ok(&mut c, 16..20, "an answer after w1 was killed").await;
     // Both workers gone: the camera says so (health, stats, availability).
     drop(w2);
     c.wait("camera offline without workers", 30, |m| {

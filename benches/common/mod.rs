@@ -1,0 +1,69 @@
+//! What the daemon and fleet benchmarks share: settings from the environment, the models,
+//! and processes (mosquitto, `moonwatch run`) that end with the benchmark.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+pub fn env_or(key: &str, default: u64) -> u64 {
+    std::env::var(key)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A child process killed when dropped.
+pub struct Kill(pub Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The full-shape models `cargo bench --bench engine` makes (MOONWATCH_BENCH_MODELS).
+pub fn models() -> PathBuf {
+    let dir = std::env::var_os("MOONWATCH_BENCH_MODELS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                .join(".cache/moonwatch/bench-models")
+        });
+    for f in [
+        "moondream2-text-model-q4_0.gguf",
+        "moondream2-mmproj-q8_0.gguf",
+    ] {
+        assert!(
+            dir.join(f).is_file(),
+            "{} missing: run `cargo bench --bench engine` once to make the full-shape models",
+            dir.join(f).display()
+        );
+    }
+    dir
+}
+
+/// A mosquitto of the benchmark's own on a free loopback port: (process, port).
+pub fn broker(dir: &std::path::Path) -> (Kill, u16) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port");
+    let conf = dir.join("mosquitto.conf");
+    std::fs::write(
+        &conf,
+        format!("listener {port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\n"),
+    )
+    .expect("mosquitto.conf");
+    let child = Command::new("mosquitto")
+        .arg("-c")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("mosquitto");
+    std::thread::sleep(Duration::from_millis(300));
+    (Kill(child), port)
+}
