@@ -2308,3 +2308,37 @@ async fn a_camera_without_a_model_hands_its_work_to_two_workers_and_loses_none()
     );
     assert!(validate_published(&c.seen) > 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_camera_node_with_a_model_runs_a_job_no_worker_answers_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), "allow_anonymous true");
+    let trigger = "[[trigger]]\nname = \"door\"\nquestion = \"Is the door open?\"\nthreshold = 0.5\nconsecutive = 1\ninterval = 1\n";
+    let cfg = config_for(&common::tiny_yes(), dir.path(), broker.port, "v5", trigger)
+        + "[pool]\noffload = true\njob_timeout = 1\nattempts = 1\n";
+    let _d = Daemon::start(dir.path(), &cfg);
+    let mut c = Client::connect(
+        broker.port,
+        "t-local",
+        &[&format!("{BASE}/#"), "moonwatch/pool/#"],
+    )
+    .await;
+    // No worker: the job goes to the pool, nobody answers, it runs here.
+    let state = c
+        .wait("door state", 60, topic(&format!("{BASE}/trigger/door")))
+        .await;
+    assert_eq!(&state.payload[..], b"ON");
+    c.wait(
+        "the job offered to the pool first",
+        10,
+        topic("moonwatch/pool/request/yes_no"),
+    )
+    .await;
+    let stats = c
+        .wait("stats counting the local run", 30, |m| {
+            m.topic == format!("{BASE}/stats") && m.json()["pool"]["local"].as_u64() > Some(0)
+        })
+        .await
+        .json();
+    assert_eq!(stats["pool"]["workers"], 0, "{stats}");
+}
