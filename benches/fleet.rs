@@ -254,7 +254,46 @@ async fn latency(s: &Setup, n: usize) -> (f64, usize) {
 const CAMERA: &str =
     "[camera]\nsource = \"test\"\nwidth = 640\nheight = 480\nfps = 5\ncapture_rate = 1.0\n";
 
+/// The pool's own work on one job, in process: the camera node stretches a 640x480 frame to
+/// 378x378 and encodes it (JPEG, base64, JSON); the worker decodes it. Milliseconds, median.
+fn overhead() -> (f64, f64, f64) {
+    use moonwatch::frame::Frame;
+    let img = image::RgbImage::from_fn(640, 480, |x, y| {
+        image::Rgb([(x / 3) as u8, (y / 2) as u8, ((x + y) / 5) as u8])
+    });
+    let frame = Frame::from_rgb(640, 480, img.into_raw()).expect("frame");
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (mut enc, mut wrap, mut dec) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..30 {
+        let t = Instant::now();
+        let small = Frame::from_rgb(378, 378, frame.stretched(378, 378)).expect("stretched");
+        let jpeg = small.to_jpeg(90);
+        enc.push(t.elapsed().as_secs_f64() * 1e3);
+        let t = Instant::now();
+        let b64 = base64::engine::general_purpose::STANDARD.encode(&jpeg);
+        let body = serde_json::json!({"question": "Is there a door?", "image": b64}).to_string();
+        let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+        let back = base64::engine::general_purpose::STANDARD
+            .decode(v["image"].as_str().unwrap_or(""))
+            .expect("base64");
+        wrap.push(t.elapsed().as_secs_f64() * 1e3);
+        let t = Instant::now();
+        let f = Frame::decode_bounded(&back, "job", 1024).expect("decode");
+        assert_eq!((f.width, f.height), (378, 378));
+        dec.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    (median(enc), median(wrap), median(dec))
+}
+
 fn main() {
+    let (enc, wrap, dec) = overhead();
+    println!("pool work per job (640x480 frame, median of 30): stretch + JPEG {enc:.2} ms, base64 + JSON both ways {wrap:.2} ms, worker decode {dec:.2} ms");
+    if std::env::var("MOONWATCH_BENCH_ONLY").is_ok_and(|v| v == "overhead") {
+        return;
+    }
     let secs = env_or("MOONWATCH_BENCH_SECS", 180);
     let models = common::models();
     let rt = tokio::runtime::Runtime::new().expect("runtime");
