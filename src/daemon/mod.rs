@@ -165,8 +165,7 @@ impl Daemon {
             .collect();
         tracing::info!(device = %device_id, cameras = ?bases, "moonwatch running");
         let mqtt = cfg.mqtt.clone();
-        let offload = cfg.pool.offload;
-        let pool_cfg = cfg.clone();
+        let pool_cfg = cfg.pool.offload.then(|| cfg.pool.clone());
         let core = Core::new(
             cfg,
             &device_id,
@@ -176,16 +175,12 @@ impl Daemon {
             Now::read(),
         );
         let mut subscriptions = core.subscriptions();
-        // The pool client needs the connection's publisher, the connection its filters.
-        let pool_subs = offload.then(|| {
-            vec![
-                format!("{}/{device_id}/pool/reply", mqtt.prefix),
-                format!("{}/pool/worker/+", mqtt.prefix),
-            ]
-        });
-        subscriptions.extend(pool_subs.into_iter().flatten());
+        if pool_cfg.is_some() {
+            subscriptions.extend(pool::Pool::subscriptions(&mqtt.prefix, &device_id));
+        }
         let (conn, events) = crate::mqtt::start(&mqtt, spec, subscriptions);
-        let pool = offload.then(|| pool::Pool::new(&pool_cfg, &device_id, conn.publisher()));
+        let pool =
+            pool_cfg.map(|p| pool::Pool::new(&p, &mqtt.prefix, &device_id, conn.publisher()));
         let (saves, saved) = saver(state_dir);
         let (models_tx, models) = mpsc::unbounded_channel();
         Ok(Self {

@@ -68,8 +68,27 @@ pub enum PoolFailure {
     Engine(EngineError),
 }
 
+/// Where the results of node `device_id`'s jobs arrive.
+fn reply_topic(prefix: &str, device_id: &str) -> String {
+    format!("{prefix}/{device_id}/pool/reply")
+}
+
 impl Pool {
-    pub fn new(cfg: &crate::config::Config, device_id: &str, publisher: Publisher) -> Self {
+    /// What node `device_id` subscribes to for the pool: its results and the workers'
+    /// heartbeats. (The connection needs them before the pool client has its publisher.)
+    pub fn subscriptions(prefix: &str, device_id: &str) -> Vec<String> {
+        vec![
+            reply_topic(prefix, device_id),
+            format!("{prefix}/pool/worker/+"),
+        ]
+    }
+
+    pub fn new(
+        cfg: &crate::config::PoolConfig,
+        prefix: &str,
+        device_id: &str,
+        publisher: Publisher,
+    ) -> Self {
         let run = format!(
             "{device_id}-{:x}",
             std::time::SystemTime::now()
@@ -79,17 +98,17 @@ impl Pool {
         Self {
             inner: Arc::default(),
             publisher,
-            base: format!("{}/pool", cfg.mqtt.prefix),
-            reply_topic: format!("{}/{device_id}/pool/reply", cfg.mqtt.prefix),
-            timeout: Duration::from_secs(cfg.pool.job_timeout),
-            attempts: cfg.pool.attempts,
+            base: format!("{prefix}/pool"),
+            reply_topic: reply_topic(prefix, device_id),
+            timeout: Duration::from_secs(cfg.job_timeout),
+            attempts: cfg.attempts,
             run,
         }
     }
 
-    /// What the node subscribes to: its replies and the workers' heartbeats.
-    pub fn subscriptions(&self) -> Vec<String> {
-        vec![self.reply_topic.clone(), format!("{}/worker/+", self.base)]
+    /// The shared state (a panic elsewhere while holding it leaves it usable).
+    fn inner(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Takes a message that is the pool's (a result, a heartbeat); gives back any other.
@@ -105,7 +124,7 @@ impl Pool {
             .filter(|w| !w.contains('/'));
         match worker {
             Some(id) => {
-                let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+                let mut inner = self.inner();
                 match serde_json::from_slice::<WorkerStatus>(&m.payload) {
                     Ok(s) => {
                         inner.workers.insert(id.to_owned(), (Instant::now(), s));
@@ -127,7 +146,7 @@ impl Pool {
             .as_deref()
             .map(|c| String::from_utf8_lossy(c).into_owned());
         let reply = serde_json::from_slice::<wire::Reply>(&m.payload);
-        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let mut inner = self.inner();
         match (id.and_then(|id| inner.waiting.remove(&id)), reply) {
             (Some(tx), Ok(r)) => {
                 let _ = tx.send(r);
@@ -142,7 +161,7 @@ impl Pool {
 
     /// The pool's figures, with the workers whose heartbeat is fresh.
     pub fn stats(&self) -> PoolStats {
-        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let inner = self.inner();
         let mut s = inner.stats;
         s.workers = inner
             .workers
@@ -156,19 +175,11 @@ impl Pool {
     }
 
     pub fn count_local(&self) {
-        self.inner
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .stats
-            .local += 1;
+        self.inner().stats.local += 1;
     }
 
     pub fn count_failed(&self) {
-        self.inner
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .stats
-            .failed += 1;
+        self.inner().stats.failed += 1;
     }
 
     /// Runs `skill` on `frame` on some worker: the first answer wins. A cancelled job
@@ -203,7 +214,7 @@ impl Pool {
             let id = format!("{}-{job}-{attempt}", self.run);
             let (tx, rx) = oneshot::channel();
             let topic = {
-                let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+                let mut inner = self.inner();
                 inner.waiting.insert(id.clone(), tx);
                 inner.stats.sent += 1;
                 if attempt > 1 {
@@ -231,11 +242,7 @@ impl Pool {
             self.publisher.publish(m);
             let reply = tokio::time::timeout(self.timeout, rx).await;
             // Whatever happens now, a later result for this attempt is late.
-            self.inner
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .waiting
-                .remove(&id);
+            self.inner().waiting.remove(&id);
             let reply = match reply {
                 Ok(Ok(r)) => r,
                 _ => {
@@ -249,10 +256,7 @@ impl Pool {
                 }
             };
             if let (Status::Ok, Some(w)) = (reply.status, &reply.worker) {
-                self.inner
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .affinity = Some((picture, w.clone()));
+                self.inner().affinity = Some((picture, w.clone()));
             }
             match (reply.status, reply.data, reply.error) {
                 (Status::Ok, Some(ReplyData::Answer(a)), _) => {
