@@ -576,13 +576,7 @@ fn ask_remote(input: &Input, broker: &str, skills: &[Skill]) -> Result<Response,
     let requests: Vec<(String, serde_json::Value)> = skills
         .iter()
         .map(|skill| {
-            let (name, mut body) = match skill {
-                Skill::Query { question } => ("query", json!({ "question": question })),
-                Skill::YesNo { question } => ("yes_no", json!({ "question": question })),
-                Skill::Caption { length } => ("caption", json!({ "length": length })),
-                Skill::Detect { object } => ("detect", json!({ "object": object })),
-                Skill::Point { object } => ("point", json!({ "object": object })),
-            };
+            let (name, mut body) = moonwatch::mqtt::api::skill_request(skill);
             if let Some(img) = &image {
                 body["image"] = json!(img);
             }

@@ -192,7 +192,7 @@ impl Pool {
         cancel: &crate::vision::Cancel,
     ) -> Result<Response, PoolFailure> {
         let started = Instant::now();
-        let (name, mut body) = skill_request(&skill);
+        let (name, mut body) = crate::mqtt::api::skill_request(&skill);
         let jpeg = tokio::task::spawn_blocking(move || job_picture(&frame)).await;
         let Ok(jpeg) = jpeg else {
             return Err(PoolFailure::Engine(EngineError::Image(
@@ -293,18 +293,6 @@ impl Pool {
             }
         }
         Err(PoolFailure::NoAnswer)
-    }
-}
-
-/// A request's name and body for one skill (without the picture).
-fn skill_request(skill: &Skill) -> (&'static str, serde_json::Value) {
-    use serde_json::json;
-    match skill {
-        Skill::Query { question } => ("query", json!({ "question": question })),
-        Skill::YesNo { question } => ("yes_no", json!({ "question": question })),
-        Skill::Caption { length } => ("caption", json!({ "length": length })),
-        Skill::Detect { object } => ("detect", json!({ "object": object })),
-        Skill::Point { object } => ("point", json!({ "object": object })),
     }
 }
 

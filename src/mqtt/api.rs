@@ -221,6 +221,18 @@ fn looks_like_image(b: &[u8]) -> bool {
     b.starts_with(&[0xff, 0xd8, 0xff]) || b.starts_with(b"\x89PNG\r\n\x1a\n")
 }
 
+/// The request that runs `skill`: its name and JSON body (the inverse of
+/// [`parse_request`] for skills; the picture, if any, is added by the caller).
+pub fn skill_request(skill: &Skill) -> (&'static str, Value) {
+    match skill {
+        Skill::Query { question } => ("query", json!({ "question": question })),
+        Skill::YesNo { question } => ("yes_no", json!({ "question": question })),
+        Skill::Caption { length } => ("caption", json!({ "length": length })),
+        Skill::Detect { object } => ("detect", json!({ "object": object })),
+        Skill::Point { object } => ("point", json!({ "object": object })),
+    }
+}
+
 /// Parses a request published on `{base}/request/{name}`.
 ///
 /// Errors carry whatever `transaction` and `reply_to` could still be read, so that even a
@@ -362,6 +374,32 @@ pub fn parse_request(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn skill_requests_parse_back_to_their_skill() {
+        let skills = [
+            Skill::Query {
+                question: "Q?".into(),
+            },
+            Skill::YesNo {
+                question: "Y?".into(),
+            },
+            Skill::Caption {
+                length: CaptionLength::Long,
+            },
+            Skill::Detect {
+                object: "car".into(),
+            },
+            Skill::Point {
+                object: "cat".into(),
+            },
+        ];
+        for skill in skills {
+            let (name, body) = skill_request(&skill);
+            let req = parse_request(name, body.to_string().as_bytes(), 1 << 20).expect("parses");
+            assert_eq!(req.action, Action::Skill(skill));
+        }
+    }
 
     fn topics() -> Topics {
         Topics::new(&MqttConfig::default(), "garage")
