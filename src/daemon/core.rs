@@ -814,17 +814,8 @@ impl Core {
             }
             Action::Skill(skill) => match self.cams[ci].zone(req.zone.as_ref()) {
                 Err(m) => Err(ApiError::new(Code::BadRequest, m)),
-                Ok(_) if self.queue.len() >= self.cfg.daemon.max_pending => Err(ApiError::new(
-                    Code::Busy,
-                    format!("{} requests are already waiting", self.queue.len()),
-                )),
                 Ok(zone) => {
-                    let timeout = Duration::from_secs(self.cfg.daemon.request_timeout);
-                    let limit = match m.expiry {
-                        Some(s) => timeout.min(Duration::from_secs(u64::from(s))),
-                        None => timeout,
-                    };
-                    self.queue.push_back(Pending {
+                    let job = Pending {
                         cam: Some(ci),
                         reply,
                         skill,
@@ -832,13 +823,40 @@ impl Core {
                         zone,
                         annotate: req.annotate,
                         received: now.mono,
-                        deadline: now.mono + limit,
-                    });
+                        deadline: now.mono,
+                    };
+                    self.enqueue(now, m.expiry, job, "requests", out);
                     return;
                 }
             },
         };
         self.reply(now, reply, result, out);
+    }
+
+    /// Queues `job` for the engine, or answers it `busy` when `daemon.max_pending` wait
+    /// (`what` names them in the message). It may wait `daemon.request_timeout`, or less
+    /// when its message expires sooner. True when queued.
+    fn enqueue(
+        &mut self,
+        now: Now,
+        expiry: Option<u32>,
+        mut job: Pending,
+        what: &str,
+        out: &mut Vec<Act>,
+    ) -> bool {
+        if self.queue.len() >= self.cfg.daemon.max_pending {
+            let e = ApiError::new(
+                Code::Busy,
+                format!("{} {what} are already waiting", self.queue.len()),
+            );
+            self.reply(now, job.reply, Err(e), out);
+            return false;
+        }
+        let timeout = Duration::from_secs(self.cfg.daemon.request_timeout);
+        let limit = expiry.map_or(timeout, |s| timeout.min(Duration::from_secs(u64::from(s))));
+        job.deadline = now.mono + limit;
+        self.queue.push_back(job);
+        true
     }
 
     /// A job from the pool: a skill on the picture it carries, queued like a request (a
@@ -863,28 +881,20 @@ impl Core {
                         return self.reply(now, reply, Err(ApiError::new(Code::BadRequest, m)), out)
                     }
                 };
-                if self.queue.len() >= self.cfg.daemon.max_pending {
-                    Err(ApiError::new(
-                        Code::Busy,
-                        format!("{} jobs are already waiting", self.queue.len()),
-                    ))
-                } else {
-                    let timeout = Duration::from_secs(self.cfg.daemon.request_timeout);
-                    let limit =
-                        expiry.map_or(timeout, |s| timeout.min(Duration::from_secs(u64::from(s))));
+                let job = Pending {
+                    cam: None,
+                    reply,
+                    skill,
+                    image: Some(Bytes::from(image)),
+                    zone,
+                    annotate: false,
+                    received: now.mono,
+                    deadline: now.mono,
+                };
+                if self.enqueue(now, expiry, job, "jobs", out) {
                     self.served += 1;
-                    self.queue.push_back(Pending {
-                        cam: None,
-                        reply,
-                        skill,
-                        image: Some(Bytes::from(image)),
-                        zone,
-                        annotate: false,
-                        received: now.mono,
-                        deadline: now.mono + limit,
-                    });
-                    return;
                 }
+                return;
             }
             _ => Err(ApiError::new(
                 Code::BadRequest,
