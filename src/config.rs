@@ -963,7 +963,7 @@ impl Config {
                 vec![CameraSpec {
                     id: device_id.to_owned(),
                     config,
-                    store: "triggers.json".into(),
+                    store: crate::daemon::store::DEFAULT_FILE.into(),
                 }]
             }
             Cameras::Many(v) => v

@@ -109,6 +109,11 @@ impl ZoneRef {
 }
 
 impl Zone {
+    /// The zone as a hashable key (its exact bits).
+    pub fn key(&self) -> [u32; 4] {
+        <[f32; 4]>::from(*self).map(f32::to_bits)
+    }
+
     /// The 64-cell thumbnail of the zone, for spotting changes inside it.
     pub fn thumbnail(&self, frame: &Frame) -> [u8; 64] {
         let px = self.pixels(frame.width, frame.height);

@@ -397,7 +397,7 @@ impl Cam {
         if self.thumbs.0 != frame.key {
             self.thumbs = (frame.key, HashMap::new());
         }
-        let key = zone.map(|z| <[f32; 4]>::from(z).map(f32::to_bits));
+        let key = zone.as_ref().map(Zone::key);
         *self.thumbs.1.entry(key).or_insert_with(|| match zone {
             Some(z) => z.thumbnail(frame),
             None => triggers::thumbnail(&frame.rgb, frame.width, frame.height),
@@ -1692,7 +1692,7 @@ impl Core {
                     continue;
                 }
                 let zone = cam.zone(t.cfg.zone.as_ref()).ok().flatten();
-                let zone_key = zone.map(<[f32; 4]>::from).map(|z| z.map(f32::to_bits));
+                let zone_key = zone.as_ref().map(Zone::key);
                 let thumb = cam.thumbnail(frame, zone);
                 let Some(t) = cam.triggers.get_mut(&name) else {
                     continue;

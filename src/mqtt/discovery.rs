@@ -129,16 +129,6 @@ fn bytes(c: &EntityConfig) -> Vec<u8> {
     serde_json::to_vec(c).unwrap_or_default()
 }
 
-/// The config topic of a trigger's binary sensor (entity form).
-pub fn trigger_topic(t: &Topics, trigger: &TriggerConfig) -> String {
-    entity_topic(t, "binary_sensor", &trigger.name)
-}
-
-/// The config topic of an object trigger's count sensor (entity form).
-pub fn count_topic(t: &Topics, trigger: &TriggerConfig) -> String {
-    entity_topic(t, "sensor", &format!("{}_count", trigger.name))
-}
-
 fn entity_topic(t: &Topics, domain: &str, object: &str) -> String {
     format!(
         "{}/{domain}/moonwatch_{}/{object}/config",
