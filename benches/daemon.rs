@@ -17,13 +17,12 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
 mod common;
-use common::{env_or, Kill};
+use common::env_or;
 
 /// One configuration's figures.
 struct Figures {
@@ -48,7 +47,7 @@ fn camera_section(name: &str, pattern: &str, k: u64) -> String {
     s
 }
 
-fn measure(bin: &str, models: &Path, cameras: &[(&str, &str)], k: u64, secs: u64) -> Figures {
+fn measure(models: &Path, cameras: &[(&str, &str)], k: u64, secs: u64) -> Figures {
     let dir = tempfile::tempdir().expect("temp dir");
     let (_broker, port) = common::broker(dir.path());
     let mut cfg = format!(
@@ -65,16 +64,7 @@ fn measure(bin: &str, models: &Path, cameras: &[(&str, &str)], k: u64, secs: u64
     }
     let path = dir.path().join("moonwatch.toml");
     std::fs::write(&path, cfg).expect("config");
-    let _daemon = Kill(
-        Command::new(bin)
-            .args(["run", "--config"])
-            .arg(&path)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("moonwatch run"),
-    );
+    let _daemon = common::daemon(&path);
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async move {
         let (client, mut el) = AsyncClient::new(MqttOptions::new("bench", "127.0.0.1", port), 64);
@@ -130,7 +120,6 @@ fn measure(bin: &str, models: &Path, cameras: &[(&str, &str)], k: u64, secs: u64
 }
 
 fn main() {
-    let bin = env!("CARGO_BIN_EXE_moonwatch");
     let secs = env_or("MOONWATCH_BENCH_SECS", 150);
     let k = env_or("MOONWATCH_BENCH_K", 3);
     let models = common::models();
@@ -143,7 +132,7 @@ fn main() {
         vec![("one", "smpte")],
         vec![("one", "smpte"), ("two", "checkers-8")],
     ] {
-        let f = measure(bin, &models, &cams, k, secs);
+        let f = measure(&models, &cams, k, secs);
         println!(
             "| {} | {:.1} | {:.1} s | {:.2} ({} of {}) |",
             cams.len(),

@@ -16,7 +16,6 @@
 //! MOONWATCH_BENCH_MODELS as for `cargo bench --bench engine`, which makes the models.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -68,15 +67,7 @@ impl Setup {
         );
         let path = self.dir.path().join(format!("{id}.toml"));
         std::fs::write(&path, cfg).expect("config");
-        let child = Command::new(env!("CARGO_BIN_EXE_moonwatch"))
-            .args(["run", "--config"])
-            .arg(&path)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("moonwatch run");
-        self.procs.push(Kill(child));
+        self.procs.push(common::daemon(&path));
     }
 
     async fn client(&self, id: &str, subs: &[&str]) -> (AsyncClient, EventLoop) {

@@ -45,6 +45,19 @@ pub fn models() -> PathBuf {
     dir
 }
 
+/// `moonwatch run --config config`, quiet, until dropped.
+pub fn daemon(config: &std::path::Path) -> Kill {
+    let child = Command::new(env!("CARGO_BIN_EXE_moonwatch"))
+        .args(["run", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("moonwatch run");
+    Kill(child)
+}
+
 /// A mosquitto of the benchmark's own on a free loopback port: (process, port).
 pub fn broker(dir: &std::path::Path) -> (Kill, u16) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")

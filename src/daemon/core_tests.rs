@@ -74,8 +74,13 @@ fn core(cfg: Config, now: Now) -> Core {
 
 /// A QoS 1 request on `mw/cam/request/{name}`.
 fn request(name: &str, body: &str, pkid: u16) -> Input {
+    request_at(&format!("mw/cam/request/{name}"), body, pkid)
+}
+
+/// A QoS 1 request (or pool job) on `topic`.
+fn request_at(topic: &str, body: &str, pkid: u16) -> Input {
     Input::Mqtt(MqttEvent::Message(Incoming {
-        topic: format!("mw/cam/request/{name}"),
+        topic: topic.into(),
         payload: Bytes::from(body.to_owned()),
         response_topic: Some("client/replies".into()),
         correlation: Some(Bytes::from(format!("c{pkid}"))),
@@ -1087,11 +1092,7 @@ fn job_of(acts: &[Act]) -> Option<(u64, String, u8)> {
 }
 
 fn request_on(camera: &str, name: &str, body: &str, pkid: u16) -> Input {
-    let Input::Mqtt(MqttEvent::Message(mut m)) = request(name, body, pkid) else {
-        unreachable!()
-    };
-    m.topic = format!("mw/{camera}/request/{name}");
-    Input::Mqtt(MqttEvent::Message(m))
+    request_at(&format!("mw/{camera}/request/{name}"), body, pkid)
 }
 
 #[test]
@@ -1378,14 +1379,6 @@ fn triggers_that_share_a_zone_run_one_after_another_on_one_crop() {
 
 // ---- the pool: a worker's side ---------------------------------------------------------
 
-fn pool_job(topic: &str, body: &str, pkid: u16) -> Input {
-    let Input::Mqtt(MqttEvent::Message(mut m)) = request("x", body, pkid) else {
-        unreachable!()
-    };
-    m.topic = topic.into();
-    Input::Mqtt(MqttEvent::Message(m))
-}
-
 #[test]
 fn a_worker_queues_pool_jobs_like_requests_and_names_itself_in_replies() {
     let now = t0();
@@ -1410,13 +1403,13 @@ fn a_worker_queues_pool_jobs_like_requests_and_names_itself_in_replies() {
     let acts = c.handle(
         now,
         &no_camera,
-        pool_job("mw/pool/request/yes_no", &image, 1),
+        request_at("mw/pool/request/yes_no", &image, 1),
     );
     let (job, _) = submitted(&acts).expect("runs");
     let acts = c.handle(
         now,
         &no_camera,
-        pool_job("mw/pool/request/yes_no", r#"{"question":"Q?"}"#, 2),
+        request_at("mw/pool/request/yes_no", r#"{"question":"Q?"}"#, 2),
     );
     assert_eq!(codes(&acts), vec!["bad_request"]);
     // One waits (max_pending 1), the next is busy at once: the node sends it elsewhere.
@@ -1424,13 +1417,13 @@ fn a_worker_queues_pool_jobs_like_requests_and_names_itself_in_replies() {
         .handle(
             now,
             &no_camera,
-            pool_job("mw/pool/direct/cam/request/yes_no", &image, 3)
+            request_at("mw/pool/direct/cam/request/yes_no", &image, 3)
         )
         .is_empty());
     let acts = c.handle(
         now,
         &no_camera,
-        pool_job("mw/pool/request/yes_no", &image, 4),
+        request_at("mw/pool/request/yes_no", &image, 4),
     );
     assert_eq!(codes(&acts), vec!["busy"]);
     let f = frame_at(now, 1);
