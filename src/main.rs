@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use moonwatch::camera;
 use moonwatch::config::{self, CameraConfig, Config, ConfigError};
 use moonwatch::frame::{Frame, FrameError};
-use moonwatch::model::{pull, synth, Quant};
+use moonwatch::model::{convert, pull, synth, Quant};
 use moonwatch::vision::moondream::{self, Settings};
 use moonwatch::vision::{Answer, CaptionLength, EngineError, Request, Response, Skill};
 
@@ -173,8 +173,25 @@ enum ModelCommand {
         vocab: Option<PathBuf>,
         /// Make a model with a known answer: whatever it is asked, it answers this text
         /// (then end-of-text), for tests that must tell a right answer from a wrong one.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "reference")]
         answer: Option<String>,
+        /// Write a random-weight 2025-04-14 checkpoint in Moondream's own layout
+        /// (model.safetensors and config.json) instead, as `model convert` takes it.
+        #[arg(long, conflicts_with = "quantize")]
+        reference: bool,
+    },
+    /// Convert Moondream2 2025-04-14's model.safetensors into a text GGUF, a vision GGUF
+    /// and the region heads (for real detect and point); prints the three paths.
+    Convert {
+        /// The release's model.safetensors (head counts from a config.json beside it, if
+        /// any).
+        weights: PathBuf,
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+        /// GPT-2 vocabulary directory (encoder.json, vocab.bpe).
+        #[arg(long)]
+        vocab: Option<PathBuf>,
     },
 }
 
@@ -820,6 +837,25 @@ fn model(command: ModelCommand) -> Result<(), Failure> {
             quantize,
             vocab,
             answer,
+            reference: true,
+        } => {
+            let shape = match size {
+                SynthSize::Tiny => convert::RefShape::tiny(),
+                SynthSize::Full => convert::RefShape::full(),
+            };
+            let _ = (quantize, vocab, answer);
+            let path = convert::write_reference(&out, &shape, 0x7265_6769, 0.0)
+                .map_err(|e| Failure::new(exit::IOERR, e))?;
+            println!("{}", path.display());
+            Ok(())
+        }
+        ModelCommand::Synth {
+            size,
+            out,
+            quantize,
+            vocab,
+            answer,
+            reference: false,
         } => {
             let shape = match size {
                 SynthSize::Tiny => synth::Shape::tiny(),
@@ -842,6 +878,25 @@ fn model(command: ModelCommand) -> Result<(), Failure> {
                     .map_err(|e| Failure::new(exit::IOERR, e))?;
                 println!("{}", dst.display());
             }
+            Ok(())
+        }
+        ModelCommand::Convert {
+            weights,
+            out,
+            vocab,
+        } => {
+            let vocab = synth::Vocab::load(&vocab.unwrap_or_else(synth::default_vocab_dir))
+                .map_err(|e| Failure::new(exit::IOERR, e))?;
+            let done = convert::convert(&weights, &out, &vocab).map_err(|e| match e {
+                convert::ConvertError::Write(_) => Failure::new(exit::IOERR, e),
+                _ => Failure::new(exit::DATAERR, e),
+            })?;
+            println!(
+                "{}\n{}\n{}",
+                done.text.display(),
+                done.mmproj.display(),
+                done.region.display()
+            );
             Ok(())
         }
     }

@@ -1,6 +1,7 @@
 //! Model files: fetching the real Moondream2 GGUFs, quantizing them for the boards, and
 //! making random-weight ones.
 
+pub mod convert;
 pub mod pull;
 pub mod synth;
 

@@ -25,7 +25,7 @@ use rand::{Rng, SeedableRng};
 /// tokens, padding up to a multiple of 64.
 pub const N_VOCAB: usize = 51_200;
 const N_GPT2: usize = 50_257;
-const ENDOFTEXT: u32 = 50_256;
+pub const ENDOFTEXT: u32 = 50_256;
 /// Bumped whenever the files this module writes change, so that caches of generated
 /// models (the tests keep theirs in the build directory) are made anew.
 pub const FORMAT: u32 = 2;
@@ -175,23 +175,23 @@ impl Vocab {
 
 /// How a tensor's values are drawn.
 #[derive(Debug, Clone, Copy)]
-enum Init {
+pub(super) enum Init {
     Ones,
     Zeros,
     /// Uniform in ±1/sqrt(fan_in), which keeps activations of order one through the layers.
     Scaled,
 }
 
-struct TensorSpec {
-    ty: sys::ggml_type,
-    ne: Vec<i64>,
+pub(super) struct TensorSpec {
+    pub(super) ty: sys::ggml_type,
+    pub(super) ne: Vec<i64>,
     init: Init,
     /// Rows (along the first dimension) replaced after `init`.
     rows: Rows,
 }
 
 /// GGUF metadata under construction, plus the list of tensors whose data follows it.
-struct Writer {
+pub(super) struct Writer {
     gguf: *mut sys::gguf_context,
     ggml: *mut sys::ggml_context,
     tensors: Vec<TensorSpec>,
@@ -203,7 +203,7 @@ fn c(s: &str) -> CString {
 }
 
 impl Writer {
-    fn new(max_tensors: usize) -> Self {
+    pub(super) fn new(max_tensors: usize) -> Self {
         // SAFETY: plain constructors; a no_alloc ggml context only holds tensor headers.
         unsafe {
             let params = sys::ggml_init_params {
@@ -219,27 +219,27 @@ impl Writer {
         }
     }
 
-    fn str(&mut self, key: &str, v: &str) {
+    pub(super) fn str(&mut self, key: &str, v: &str) {
         let (k, v) = (c(key), c(v));
         // SAFETY: valid context and NUL-terminated strings; gguf copies them.
         unsafe { sys::gguf_set_val_str(self.gguf, k.as_ptr(), v.as_ptr()) }
     }
-    fn u32(&mut self, key: &str, v: u32) {
+    pub(super) fn u32(&mut self, key: &str, v: u32) {
         let k = c(key);
         // SAFETY: as above.
         unsafe { sys::gguf_set_val_u32(self.gguf, k.as_ptr(), v) }
     }
-    fn f32(&mut self, key: &str, v: f32) {
+    pub(super) fn f32(&mut self, key: &str, v: f32) {
         let k = c(key);
         // SAFETY: as above.
         unsafe { sys::gguf_set_val_f32(self.gguf, k.as_ptr(), v) }
     }
-    fn bool(&mut self, key: &str, v: bool) {
+    pub(super) fn bool(&mut self, key: &str, v: bool) {
         let k = c(key);
         // SAFETY: as above.
         unsafe { sys::gguf_set_val_bool(self.gguf, k.as_ptr(), v) }
     }
-    fn f32s(&mut self, key: &str, v: &[f32]) {
+    pub(super) fn f32s(&mut self, key: &str, v: &[f32]) {
         let k = c(key);
         // SAFETY: `v` is valid for `v.len()` f32 values; gguf copies them.
         unsafe {
@@ -252,7 +252,7 @@ impl Writer {
             )
         }
     }
-    fn i32s(&mut self, key: &str, v: &[i32]) {
+    pub(super) fn i32s(&mut self, key: &str, v: &[i32]) {
         let k = c(key);
         // SAFETY: as above.
         unsafe {
@@ -265,7 +265,7 @@ impl Writer {
             )
         }
     }
-    fn strs(&mut self, key: &str, v: &[String]) {
+    pub(super) fn strs(&mut self, key: &str, v: &[String]) {
         let k = c(key);
         let owned: Vec<CString> = v.iter().map(|s| c(s)).collect();
         let mut ptrs: Vec<*const std::os::raw::c_char> = owned.iter().map(|s| s.as_ptr()).collect();
@@ -273,7 +273,7 @@ impl Writer {
         unsafe { sys::gguf_set_arr_str(self.gguf, k.as_ptr(), ptrs.as_mut_ptr(), ptrs.len()) }
     }
 
-    fn tensor(&mut self, name: &str, ty: sys::ggml_type, ne: &[i64], init: Init) {
+    pub(super) fn tensor(&mut self, name: &str, ty: sys::ggml_type, ne: &[i64], init: Init) {
         let n = c(name);
         // SAFETY: the ggml context has room for every tensor header (sized in `new`);
         // gguf_add_tensor copies the header.
@@ -328,7 +328,7 @@ impl Writer {
 
     /// Writes the metadata with ggml's writer, then streams each tensor's data, as
     /// `bytes(index, spec)` gives it, after it.
-    fn write_with(
+    pub(super) fn write_with(
         self,
         path: &Path,
         mut bytes: impl FnMut(usize, &TensorSpec) -> Result<Vec<u8>, SynthError>,
@@ -373,7 +373,7 @@ impl Drop for Writer {
 }
 
 /// Generates one tensor's values and encodes them in its type.
-fn data(spec: &TensorSpec, rng: &mut impl Rng) -> Vec<u8> {
+pub(super) fn data(spec: &TensorSpec, rng: &mut impl Rng) -> Vec<u8> {
     let n: i64 = spec.ne.iter().product();
     let fan_in = spec
         .ne
@@ -441,32 +441,14 @@ pub fn write_text_model(
 ) -> Result<u64, SynthError> {
     let s = shape;
     let mut w = Writer::new(8 + 12 * s.text_layers as usize);
-    w.str("general.architecture", "phi2");
     let name = if answer.is_some() {
         "moondream2-random-known-answer-text"
     } else {
         "moondream2-random-text"
     };
-    w.str("general.name", name);
-    w.u32("general.file_type", 1);
-    w.u32("phi2.context_length", 2048);
-    w.u32("phi2.embedding_length", s.text_embd as u32);
-    w.u32("phi2.feed_forward_length", s.text_ff as u32);
-    w.u32("phi2.block_count", s.text_layers as u32);
-    w.u32("phi2.attention.head_count", s.text_heads);
-    w.u32("phi2.attention.head_count_kv", s.text_heads);
-    w.f32("phi2.attention.layer_norm_epsilon", 1e-5);
-    w.u32("phi2.rope.dimension_count", s.rope_dims);
     let answer_vocab = answer.map(|a| a.vocab(vocab));
     let vocab = answer_vocab.as_ref().unwrap_or(vocab);
-    w.str("tokenizer.ggml.model", "gpt2");
-    w.str("tokenizer.ggml.pre", "phi-2");
-    w.strs("tokenizer.ggml.tokens", &vocab.tokens);
-    w.i32s("tokenizer.ggml.token_type", &vocab.types);
-    w.strs("tokenizer.ggml.merges", &vocab.merges);
-    for key in ["bos", "eos", "unknown"] {
-        w.u32(&format!("tokenizer.ggml.{key}_token_id"), ENDOFTEXT);
-    }
+    phi2_metadata(&mut w, name, s, vocab);
     let (e, v) = (s.text_embd, N_VOCAB as i64);
     let chain = answer.map(|a| a.rows(e as usize, seed));
     w.weight("token_embd.weight", &[e, v], s.vocab_q8);
@@ -509,6 +491,29 @@ pub fn write_text_model(
     }
     w.vector("output.bias", v, Init::Zeros);
     w.write(path, seed)
+}
+
+/// The `phi2` architecture keys and GPT-2 tokenizer of a Moondream2 text model.
+pub(super) fn phi2_metadata(w: &mut Writer, name: &str, s: &Shape, vocab: &Vocab) {
+    w.str("general.architecture", "phi2");
+    w.str("general.name", name);
+    w.u32("general.file_type", 1);
+    w.u32("phi2.context_length", 2048);
+    w.u32("phi2.embedding_length", s.text_embd as u32);
+    w.u32("phi2.feed_forward_length", s.text_ff as u32);
+    w.u32("phi2.block_count", s.text_layers as u32);
+    w.u32("phi2.attention.head_count", s.text_heads);
+    w.u32("phi2.attention.head_count_kv", s.text_heads);
+    w.f32("phi2.attention.layer_norm_epsilon", 1e-5);
+    w.u32("phi2.rope.dimension_count", s.rope_dims);
+    w.str("tokenizer.ggml.model", "gpt2");
+    w.str("tokenizer.ggml.pre", "phi-2");
+    w.strs("tokenizer.ggml.tokens", &vocab.tokens);
+    w.i32s("tokenizer.ggml.token_type", &vocab.types);
+    w.strs("tokenizer.ggml.merges", &vocab.merges);
+    for key in ["bos", "eos", "unknown"] {
+        w.u32(&format!("tokenizer.ggml.{key}_token_id"), ENDOFTEXT);
+    }
 }
 
 /// Rows of a tensor to replace: (row index, values).
