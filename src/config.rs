@@ -377,6 +377,11 @@ pub struct ModelConfig {
     pub text: PathBuf,
     /// The vision projector GGUF (architecture clip).
     pub mmproj: PathBuf,
+    /// The region heads GGUF written by `moonwatch model convert` from the 2025-04-14
+    /// release: `detect` and `point` then use Moondream's own region heads instead of
+    /// parsing boxes from text. Needs `revision = "moondream2-2025-04-14"`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub region: Option<PathBuf>,
     /// CPU threads for llama.cpp; 0 means one per available core.
     pub threads: u32,
     /// Context size in tokens: holds the 729 image tokens, the question and the answer.
@@ -416,6 +421,7 @@ impl Default for ModelConfig {
         Self {
             text: PathBuf::from("/var/lib/moonwatch/models/moondream2-text-model-f16.gguf"),
             mmproj: PathBuf::from("/var/lib/moonwatch/models/moondream2-mmproj-f16.gguf"),
+            region: None,
             threads: 0,
             context_size: 2048,
             batch_size: 512,
@@ -440,6 +446,8 @@ impl Default for ModelConfig {
 #[serde(rename_all = "snake_case")]
 pub enum KvCacheKind {
     F16,
+    /// Full precision (twice F16's memory): for checking against a float32 reference.
+    F32,
     #[serde(rename = "q8_0")]
     Q8_0,
 }
@@ -582,6 +590,13 @@ impl Config {
             bad(
                 "model.mmproj",
                 "is the same file as model.text; Moondream2 needs two files".into(),
+            );
+        }
+        if m.region.is_some() && m.revision != crate::vision::Revision::Moondream20250414 {
+            bad(
+                "model.region",
+                "region heads come with the 2025-04-14 release; set model.revision = \"moondream2-2025-04-14\""
+                    .into(),
             );
         }
         if m.threads > 1024 {
@@ -943,6 +958,7 @@ impl Config {
         let cameras = self.camera.as_mut_slice().iter_mut().map(|c| &mut c.path);
         for p in [&mut self.model.text, &mut self.model.mmproj]
             .into_iter()
+            .chain(self.model.region.as_mut())
             .chain(cameras)
         {
             if p.is_relative() && !p.as_os_str().is_empty() {

@@ -238,6 +238,10 @@ struct Input {
     /// Vision projector GGUF (overrides the configuration).
     #[arg(long, requires = "model")]
     mmproj: Option<PathBuf>,
+    /// Region heads GGUF from `model convert` (overrides the configuration; implies the
+    /// 2025-04-14 revision): real detect and point.
+    #[arg(long)]
+    region: Option<PathBuf>,
     /// CPU threads (overrides the configuration; 0 = one per core).
     #[arg(long)]
     threads: Option<u32>,
@@ -483,6 +487,10 @@ fn settings(input: &Input) -> Result<Settings, Failure> {
     if let (Some(m), Some(p)) = (&input.model, &input.mmproj) {
         cfg.model.text = m.clone();
         cfg.model.mmproj = p.clone();
+    }
+    if let Some(r) = &input.region {
+        cfg.model.region = Some(r.clone());
+        cfg.model.revision = moonwatch::vision::Revision::Moondream20250414;
     }
     if let Some(t) = input.threads {
         cfg.model.threads = t;

@@ -586,7 +586,9 @@ impl RefShape {
             text_layers: 2,
             vision_dim: 64,
             vision_ff: 128,
-            vision_layers: 2,
+            // The reference reads its 27x27 patch grid from `enc_n_layers`
+            // (`_run_vision_encoder`, `vision_projection`): it runs only with 27 blocks.
+            vision_layers: 27,
             vision_heads: 4,
             proj_inner: 256,
             region_inner: 256,

@@ -6,9 +6,11 @@
 //! production, anything else in tests. Each request carries one frame and the skills to
 //! run on it; the worker answers them all from one encoded image prefix.
 
+pub mod llama;
 pub mod moondream;
 pub mod parse;
 pub mod prompt;
+pub mod region;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
@@ -86,6 +88,9 @@ pub enum Method {
     PromptedBoxes,
     /// The centres of the boxes found by [`Method::PromptedBoxes`].
     BoxCenters,
+    /// Moondream's own region heads (2025-04-14 with `model.region`): coordinates and
+    /// sizes decoded from the text model's hidden state, every object the model lists.
+    RegionHeads,
 }
 
 /// The result of one skill.

@@ -6,26 +6,20 @@
 //! prefills its own, so the image is encoded and prefilled once per frame.
 
 use std::ffi::CString;
-use std::num::NonZeroU32;
 use std::path::Path;
 use std::sync::OnceLock;
 use std::time::Instant;
 
-use llama_cpp_2::context::params::{KvCacheType, LlamaContextParams};
-use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::gguf::GgufContext;
 use llama_cpp_2::llama_backend::LlamaBackend;
-use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::LlamaModel;
-use llama_cpp_2::mtmd::{
-    mtmd_default_marker, MtmdBitmap, MtmdContext, MtmdContextParams, MtmdInputText,
-};
-use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 
+use super::llama::{self, argmax, Context, ContextParams};
 use super::parse;
 use super::prompt::{self, Prompts};
+use super::region::{self, RegionHeads};
 use super::{
     Answer, Answered, Cancel, Engine, EngineError, Method, PrefixTiming, Request, Response, Skill,
     SkillTiming, StopReason, Vision, YesNo,
@@ -262,8 +256,10 @@ struct Generated {
 /// Moondream2 loaded and ready: the model's context, the vision context and the cache state.
 pub struct Moondream<'m> {
     model: &'m LlamaModel,
-    ctx: LlamaContext<'m>,
-    mtmd: MtmdContext,
+    ctx: Context<'m>,
+    vision: llama::Vision,
+    /// Region heads (2025-04-14): real detect and point, and the two-way image prefix.
+    region: Option<RegionHeads>,
     n_batch: i32,
     n_ctx: i32,
     max_tokens: u32,
@@ -294,7 +290,7 @@ impl std::fmt::Debug for Moondream<'_> {
 impl<'m> Moondream<'m> {
     /// Creates the contexts for a loaded text model and loads the vision projector.
     pub fn new(
-        backend: &LlamaBackend,
+        _backend: &LlamaBackend, // proof that llama.cpp is initialised
         model: &'m LlamaModel,
         s: &Settings,
     ) -> Result<Self, EngineError> {
@@ -324,58 +320,62 @@ impl<'m> Moondream<'m> {
                 "context larger than the model was trained for"
             );
         }
-        let kv = match s.model.kv_cache_type {
-            crate::config::KvCacheKind::F16 => KvCacheType::F16,
-            crate::config::KvCacheKind::Q8_0 => KvCacheType::Q8_0,
+        let kv_type = match s.model.kv_cache_type {
+            crate::config::KvCacheKind::F16 => llama_cpp_sys_2::GGML_TYPE_F16,
+            crate::config::KvCacheKind::F32 => llama_cpp_sys_2::GGML_TYPE_F32,
+            crate::config::KvCacheKind::Q8_0 => llama_cpp_sys_2::GGML_TYPE_Q8_0,
         };
-        let params = LlamaContextParams::default()
-            .with_n_ctx(NonZeroU32::new(n_ctx))
-            .with_n_batch(s.model.batch_size)
-            .with_n_ubatch(s.model.batch_size)
-            .with_n_threads(threads)
-            .with_n_threads_batch(threads)
-            .with_type_k(kv)
-            .with_type_v(kv)
-            .with_no_perf(false);
-        let mut ctx = model
-            .new_context(backend, params)
-            .map_err(|e| EngineError::Load(format!("cannot create llama.cpp context: {e}")))?;
-        // Warm up as llama.cpp's own tools do (one decode, then forget it), so the first
-        // request does not pay for first-touch allocations and weight repacking.
-        let mut batch = LlamaBatch::new(1, 1);
-        batch
-            .add(model.vocab().bos(), 0, &[0], true)
-            .map_err(|e| e.to_string())
-            .and_then(|()| ctx.decode(&mut batch).map_err(|e| e.to_string()))
-            .map_err(|e| EngineError::Load(format!("warm-up decode failed: {e}")))?;
-        ctx.clear_kv_cache();
-        let mparams = MtmdContextParams {
-            use_gpu: s.model.vision_on_gpu,
-            print_timings: false,
-            n_threads: threads,
-            media_marker: CString::new(mtmd_default_marker())
-                .map_err(|e| EngineError::Load(e.to_string()))?,
-            image_min_tokens: -1,
-            image_max_tokens: -1,
+        let region = match &s.model.region {
+            Some(path) => Some(RegionHeads::load(path)?),
+            None => None,
         };
-        let mmproj = s.model.mmproj.to_str().ok_or_else(|| {
-            EngineError::Load(format!(
-                "vision projector path {} is not UTF-8",
-                s.model.mmproj.display()
-            ))
-        })?;
-        let mtmd = MtmdContext::init_from_file(mmproj, model, &mparams).map_err(|e| {
-            EngineError::Load(format!(
-                "vision projector {}: llama.cpp could not load it ({e}); it may be truncated, corrupt, or not match the text model",
-                s.model.mmproj.display()
-            ))
-        })?;
-        if !mtmd.support_vision() {
-            return Err(EngineError::Load(format!(
-                "vision projector {} has no vision encoder",
-                s.model.mmproj.display()
-            )));
+        if let Some(r) = &region {
+            if r.dim != model.n_embd() as usize {
+                return Err(EngineError::Load(format!(
+                    "region heads are {} wide but the text model is {}: they come from different checkpoints",
+                    r.dim,
+                    model.n_embd()
+                )));
+            }
         }
+        // The two-way prefix is decoded as one batch (llama.cpp requires non-causal
+        // batches to fit one ubatch): BOS and every image token.
+        let patches = (image_size / 14) * (image_size / 14);
+        let n_batch = if region.is_some() {
+            s.model.batch_size.max(1 + patches)
+        } else {
+            s.model.batch_size
+        };
+        // The last block's output (the heads read it) and the output norm's result (to
+        // check that it is the right tensor).
+        let capture = if region.is_some() {
+            vec![
+                format!("l_out-{}", model.n_layer() - 1),
+                "result_norm".to_owned(),
+            ]
+        } else {
+            Vec::new()
+        };
+        let params = ContextParams {
+            n_ctx,
+            n_batch,
+            threads,
+            kv_type,
+        };
+        let mut ctx = Context::new(model, params, &capture)?;
+        // Warm up as llama.cpp's own tools do (one decode, then forget it), so the first
+        // request does not pay for first-touch allocations and weight repacking. With
+        // region heads, the same decode checks the captured hidden state.
+        let bos = model.vocab().bos().0;
+        ctx.set_capture(region.is_some());
+        ctx.decode_tokens(&[bos], 0, 1)
+            .map_err(|e| EngineError::Load(format!("warm-up decode failed: {e}")))?;
+        if let Some(r) = &region {
+            check_capture(&ctx, r)?;
+        }
+        ctx.set_capture(false);
+        ctx.clear();
+        let vision = llama::Vision::new(&s.model.mmproj, model, s.model.vision_on_gpu, threads)?;
         let vocab = model.vocab();
         let prompts = prompt::prompts(s.model.revision);
         // GPT-2's rules where the model's vocabulary is GPT-2's: every token of the
@@ -439,8 +439,9 @@ impl<'m> Moondream<'m> {
         Ok(Self {
             model,
             ctx,
-            mtmd,
-            n_batch: s.model.batch_size as i32,
+            vision,
+            region,
+            n_batch: n_batch as i32,
             n_ctx: n_ctx as i32,
             max_tokens: s.model.max_tokens,
             ignore_eos: s.ignore_eos,
@@ -469,6 +470,10 @@ impl<'m> Moondream<'m> {
     }
 
     /// Makes the KV cache hold `frame`'s prefix, encoding it only when it is not there yet.
+    ///
+    /// The prefix is BOS then the image embeddings. With region heads (2025-04-14) it is
+    /// decoded as one batch with attention both ways, as the reference's mask has it
+    /// (`attn_mask[:730, :730] = 1`); otherwise causally, as llama.cpp's mtmd does.
     fn ensure_prefix(
         &mut self,
         frame: &Frame,
@@ -484,7 +489,7 @@ impl<'m> Moondream<'m> {
             ));
         }
         self.cached = None;
-        self.ctx.clear_kv_cache();
+        self.ctx.clear();
         // Stretched to the encoder's square as the reference does; mtmd takes a picture
         // of exactly that size unchanged (no letterbox), so boxes in 0..1 of what the
         // model saw are 0..1 of the frame.
@@ -492,42 +497,43 @@ impl<'m> Moondream<'m> {
         let t = Instant::now();
         let pixels = frame.stretched(side, side);
         let resize_ms = ms(t);
-        let bitmap = MtmdBitmap::from_image_data(side, side, &pixels)
-            .map_err(|e| EngineError::Image(e.to_string()))?;
-        // The image chunk alone: BOS is decoded separately below, so that the timings
-        // split cleanly into encode and prefill.
-        let chunks = self
-            .mtmd
-            .tokenize(
-                MtmdInputText {
-                    text: mtmd_default_marker().to_owned(),
-                    add_special: false,
-                    parse_special: true,
-                },
-                &[&bitmap],
-            )
-            .map_err(|e| EngineError::Image(format!("preprocessing failed: {e}")))?;
-        if chunks.total_positions() + 17 > self.n_ctx {
+        let t = Instant::now();
+        let image = self.vision.encode(&pixels, side)?;
+        let image_encode_ms = ms(t);
+        let n_image = (image.len() / self.model.n_embd() as usize) as i32;
+        if n_image + 1 + 17 > self.n_ctx {
             return Err(EngineError::Image(format!(
                 "the image takes {} positions; model.context_size {} leaves no room for a question",
-                chunks.total_positions(),
+                n_image + 1,
                 self.n_ctx
             )));
         }
-        // Moondream's prompt starts with <|endoftext|> whether or not the vocab adds BOS.
-        let bos = self.model.vocab().bos();
-        self.prefill(&[bos], 0)?;
-        // llama.cpp books decode time when the context synchronises; the rest of the wall
-        // time of eval_chunks is the vision encoder.
-        self.ctx.synchronize();
-        let before = self.ctx.timings().t_p_eval_ms();
         let t = Instant::now();
-        let n_past = chunks
-            .eval_chunks(&mut self.mtmd, &mut self.ctx, 1, 0, self.n_batch, false)
-            .map_err(|e| EngineError::Inference(format!("image prefix: {e}")))?;
+        match &self.region {
+            Some(r) => {
+                let mut prefix = Vec::with_capacity(r.bos.len() + image.len());
+                prefix.extend_from_slice(&r.bos);
+                prefix.extend_from_slice(&image);
+                self.ctx.set_causal(false);
+                let done = self.ctx.decode_embeddings(&prefix, 0);
+                self.ctx.set_causal(true);
+                done.map_err(|e| EngineError::Inference(format!("image prefix: {e}")))?;
+            }
+            None => {
+                // Moondream's prompt starts with <|endoftext|> whether or not the vocab
+                // adds BOS.
+                let bos = self.model.vocab().bos().0;
+                self.ctx.decode_tokens(&[bos], 0, 1)?;
+                let width = self.model.n_embd() as usize * self.n_batch.max(1) as usize;
+                for (i, rows) in image.chunks(width).enumerate() {
+                    self.ctx
+                        .decode_embeddings(rows, 1 + i as i32 * self.n_batch)
+                        .map_err(|e| EngineError::Inference(format!("image prefix: {e}")))?;
+                }
+            }
+        }
         self.ctx.synchronize();
-        let wall = t.elapsed().as_secs_f64() * 1e3;
-        let prefill = (self.ctx.timings().t_p_eval_ms() - before).clamp(0.0, wall);
+        let n_past = n_image + 1;
         let cached = CachedPrefix {
             key: frame.key,
             n_past,
@@ -540,50 +546,23 @@ impl<'m> Moondream<'m> {
                 input_width: side,
                 input_height: side,
                 resize_ms,
-                image_encode_ms: wall - prefill,
-                image_prefill_ms: prefill,
+                image_encode_ms,
+                image_prefill_ms: ms(t),
                 tokens: n_past as u32,
             },
         ))
     }
 
-    /// Prefills `tokens` at `pos` in batches; logits are kept for the last one only.
-    /// Returns the batch index of that last token's logits.
-    fn prefill(&mut self, tokens: &[LlamaToken], pos: i32) -> Result<i32, EngineError> {
-        let n_batch = self.n_batch.max(1) as usize;
-        let mut batch = LlamaBatch::new(n_batch, 1);
-        let mut last = 0;
-        for (c, chunk) in tokens.chunks(n_batch).enumerate() {
-            batch.clear();
-            for (i, t) in chunk.iter().enumerate() {
-                let global = c * n_batch + i;
-                let is_last = global + 1 == tokens.len();
-                batch
-                    .add(*t, pos + global as i32, &[0], is_last)
-                    .map_err(|e| EngineError::Inference(e.to_string()))?;
-                if is_last {
-                    last = i as i32;
-                }
-            }
-            self.ctx
-                .decode(&mut batch)
-                .map_err(|e| EngineError::Inference(format!("question prefill: {e}")))?;
-        }
-        Ok(last)
-    }
-
-    /// Replaces the previous question's tail after the image prefix with `tail`, and
-    /// prefills it. Returns the tokens used and the batch index of the last one's logits.
-    fn start_tail(
+    /// Replaces the previous question's tail after the image prefix with `tokens`, and
+    /// prefills them; the logits of the last one are then current. Returns the position
+    /// after them.
+    fn start_tail_tokens(
         &mut self,
         prefix: CachedPrefix,
-        tail: &str,
+        tokens: &[i32],
         timing: &mut SkillTiming,
-    ) -> Result<(i32, i32), EngineError> {
-        self.ctx
-            .clear_kv_cache_seq(Some(0), Some(prefix.n_past as u32), None)
-            .map_err(|e| EngineError::Inference(e.to_string()))?;
-        let tokens = self.tokenize(tail);
+    ) -> Result<i32, EngineError> {
+        self.ctx.clear_from(prefix.n_past);
         let end = prefix.n_past + tokens.len() as i32;
         if end >= self.n_ctx {
             return Err(EngineError::Invalid(format!(
@@ -593,10 +572,23 @@ impl<'m> Moondream<'m> {
             )));
         }
         let t = Instant::now();
-        let logits_at = self.prefill(&tokens, prefix.n_past)?;
+        self.ctx
+            .decode_tokens(tokens, prefix.n_past, self.n_batch.max(1) as usize)
+            .map_err(|e| EngineError::Inference(format!("question prefill: {e}")))?;
         timing.prompt_tokens += tokens.len() as u32;
         timing.prefill_ms += ms(t);
-        Ok((end, logits_at))
+        Ok(end)
+    }
+
+    /// [`Self::start_tail_tokens`] for a text tail.
+    fn start_tail(
+        &mut self,
+        prefix: CachedPrefix,
+        tail: &str,
+        timing: &mut SkillTiming,
+    ) -> Result<i32, EngineError> {
+        let tokens: Vec<i32> = self.tokenize(tail).iter().map(|t| t.0).collect();
+        self.start_tail_tokens(prefix, &tokens, timing)
     }
 
     /// Asks a yes/no tail and reads the first answer token's probabilities.
@@ -607,8 +599,8 @@ impl<'m> Moondream<'m> {
         started: Instant,
         timing: &mut SkillTiming,
     ) -> Result<YesNo, EngineError> {
-        let (_, logits_at) = self.start_tail(prefix, tail, timing)?;
-        let logits = self.ctx.get_logits_ith(logits_at);
+        self.start_tail(prefix, tail, timing)?;
+        let logits = self.ctx.logits();
         let yn = parse::yes_no(logits, &self.yes_ids, &self.no_ids, self.yes_no_min_mass);
         timing.first_token_ms = ms(started);
         Ok(yn)
@@ -627,9 +619,7 @@ impl<'m> Moondream<'m> {
         stop: &Cancel,
         cancel: &Cancel,
     ) -> Result<Generated, EngineError> {
-        let (mut pos, mut logits_at) = self.start_tail(prefix, tail, timing)?;
-        let mut sampler = LlamaSampler::greedy();
-        let mut batch = LlamaBatch::new(1, 1);
+        let mut pos = self.start_tail(prefix, tail, timing)?;
         let mut bytes = Vec::new();
         let vocab = self.model.vocab();
         let mut first = true;
@@ -640,8 +630,7 @@ impl<'m> Moondream<'m> {
             if timing.generated_tokens >= budget {
                 break StopReason::Budget;
             }
-            let token = sampler.sample(&self.ctx, logits_at);
-            sampler.accept(token);
+            let token = LlamaToken(argmax(self.ctx.logits()) as i32);
             if first {
                 timing.first_token_ms = ms(started);
                 first = false;
@@ -660,18 +649,11 @@ impl<'m> Moondream<'m> {
             if pos >= self.n_ctx {
                 break StopReason::ContextFull;
             }
-            batch.clear();
-            batch
-                .add(token, pos, &[0], true)
-                .map_err(|e| EngineError::Inference(e.to_string()))?;
             let t = Instant::now();
-            self.ctx
-                .decode(&mut batch)
-                .map_err(|e| EngineError::Inference(format!("decode: {e}")))?;
+            self.ctx.decode_tokens(&[token.0], pos, 1)?;
             timing.decode_ms += ms(t);
             timing.decode_steps += 1;
             pos += 1;
-            logits_at = 0;
         };
         timing.stop_reason = Some(reason);
         Ok(Generated {
@@ -715,6 +697,38 @@ impl<'m> Moondream<'m> {
                     _ => Answer::Query { answer: text },
                 }
             }
+            Skill::Detect { object } | Skill::Point { object } if self.region.is_some() => {
+                let with_size = matches!(skill, Skill::Detect { .. });
+                let found = self.locate(
+                    prefix,
+                    object,
+                    with_size,
+                    started,
+                    &mut timing,
+                    stop,
+                    cancel,
+                )?;
+                let present = Some(!found.points.is_empty());
+                if with_size {
+                    Answer::Detect {
+                        present,
+                        confidence: found.confidence,
+                        objects: found.boxes,
+                        method: Method::RegionHeads,
+                        raw: String::new(),
+                        parsed: true,
+                    }
+                } else {
+                    Answer::Point {
+                        present,
+                        confidence: found.confidence,
+                        points: found.points,
+                        method: Method::RegionHeads,
+                        raw: String::new(),
+                        parsed: true,
+                    }
+                }
+            }
             Skill::Detect { object } | Skill::Point { object } => {
                 // This checkpoint gives a box even for what is not there: ask first.
                 let tail = self.prompts.presence_tail(object, &suffix);
@@ -752,6 +766,165 @@ impl<'m> Moondream<'m> {
         };
         Ok(Answered { answer, timing })
     }
+}
+
+/// What the region heads found for one object.
+#[derive(Debug, Default)]
+struct Located {
+    /// Centres, in order.
+    points: Vec<parse::Point>,
+    /// Boxes (detect only), in order.
+    boxes: Vec<parse::BBox>,
+    /// Probability of the first decision (end-of-text or not) that was taken.
+    confidence: f32,
+}
+
+impl Moondream<'_> {
+    /// Decodes one input embedding at `pos`; its last hidden state (before the final
+    /// norm) is returned and its logits become current.
+    fn step(
+        &mut self,
+        embd: &[f32],
+        pos: i32,
+        timing: &mut SkillTiming,
+    ) -> Result<Vec<f32>, EngineError> {
+        if pos >= self.n_ctx {
+            return Err(EngineError::Inference(
+                "the context is full: raise model.context_size for this many objects".into(),
+            ));
+        }
+        let t = Instant::now();
+        self.ctx.decode_embeddings(embd, pos)?;
+        timing.decode_ms += ms(t);
+        timing.decode_steps += 1;
+        timing.generated_tokens += 1;
+        self.hidden()
+    }
+
+    fn hidden(&self) -> Result<Vec<f32>, EngineError> {
+        self.ctx.captured(0).map(<[f32]>::to_vec).ok_or_else(|| {
+            EngineError::Inference("the text model's last hidden state was not captured".into())
+        })
+    }
+
+    /// Moondream's `_generate_points`: the detect or point prompt, then per object the
+    /// x and y coordinates (and the size, for boxes) from the region heads, each fed back
+    /// as an input embedding, until the model says end-of-text or 50 objects are found.
+    #[allow(clippy::too_many_arguments)]
+    fn locate(
+        &mut self,
+        prefix: CachedPrefix,
+        object: &str,
+        with_size: bool,
+        started: Instant,
+        timing: &mut SkillTiming,
+        stop: &Cancel,
+        cancel: &Cancel,
+    ) -> Result<Located, EngineError> {
+        let Some(heads) = self.region.clone() else {
+            return Ok(Located::default());
+        };
+        let mut prompt = Vec::with_capacity(8);
+        prompt.extend(if with_size {
+            region::DETECT_PREFIX
+        } else {
+            region::POINT_PREFIX
+        });
+        prompt.extend(
+            self.tokenize(&format!(" {}", object.trim()))
+                .iter()
+                .map(|t| t.0),
+        );
+        prompt.extend(region::SUFFIX);
+        self.ctx.set_capture(true);
+        let found = (|| {
+            let mut pos = self.start_tail_tokens(prefix, &prompt, timing)?;
+            let mut hidden = self.hidden()?;
+            let mut next = argmax(self.ctx.logits()) as i32;
+            timing.first_token_ms = ms(started);
+            let confidence = eos_probability(self.ctx.logits());
+            let mut found = Located {
+                confidence: if next == region::EOS {
+                    confidence
+                } else {
+                    1.0 - confidence
+                },
+                ..Located::default()
+            };
+            while next != region::EOS && found.points.len() < region::MAX_OBJECTS {
+                if stop.is_cancelled() || cancel.is_cancelled() {
+                    return Err(EngineError::Cancelled);
+                }
+                let x = region::coord_of_bin(heads.decode_coord(&hidden).bin);
+                hidden = self.step(&heads.encode_coord(x), pos, timing)?;
+                pos += 1;
+                let y = region::coord_of_bin(heads.decode_coord(&hidden).bin);
+                let mut feed = heads.encode_coord(y);
+                if with_size {
+                    hidden = self.step(&feed, pos, timing)?;
+                    pos += 1;
+                    let [w, h] = heads.decode_size(&hidden);
+                    let (w, h) = (region::size_of_bin(w.bin), region::size_of_bin(h.bin));
+                    found.boxes.push(region::bbox(x, y, w, h));
+                    feed = heads.encode_size(w, h);
+                }
+                found.points.push(region::point(x, y));
+                hidden = self.step(&feed, pos, timing)?;
+                pos += 1;
+                next = argmax(self.ctx.logits()) as i32;
+            }
+            timing.stop_reason = Some(if next == region::EOS {
+                StopReason::EndOfText
+            } else {
+                StopReason::Budget
+            });
+            Ok(found)
+        })();
+        self.ctx.set_capture(false);
+        found
+    }
+}
+
+/// Softmax probability of end-of-text among `logits`.
+fn eos_probability(logits: &[f32]) -> f32 {
+    let Some(&eos) = logits.get(region::EOS as usize) else {
+        return 0.0;
+    };
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = logits.iter().map(|v| f64::from((v - max).exp())).sum();
+    ((eos - max).exp() as f64 / sum) as f32
+}
+
+/// Checks, on the warm-up decode, that the captured tensor is the last block's output:
+/// the output norm applied to it must give llama.cpp's own `result_norm`. A llama.cpp
+/// upgrade that renames or moves the node fails here instead of feeding the heads the
+/// wrong numbers.
+fn check_capture(ctx: &Context<'_>, heads: &RegionHeads) -> Result<(), EngineError> {
+    let fail = |why: String| {
+        EngineError::Load(format!(
+            "region heads: {why}; this llama.cpp does not expose the hidden state they read"
+        ))
+    };
+    let hidden = ctx
+        .captured(0)
+        .ok_or_else(|| fail("the last block's output (l_out) was not computed".into()))?;
+    let normed = ctx
+        .captured(1)
+        .ok_or_else(|| fail("the output norm (result_norm) was not computed".into()))?;
+    let ours = heads.post_ln(hidden);
+    let scale = normed.iter().fold(1f32, |m, v| m.max(v.abs()));
+    let worst = ours
+        .iter()
+        .zip(normed)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    if ours.len() != normed.len() || worst > 1e-3 * scale {
+        return Err(fail(format!(
+            "the output norm of the captured state differs from llama.cpp's by {worst} \
+             (the region file's text norm may come from another checkpoint)"
+        )));
+    }
+    Ok(())
 }
 
 fn ms(since: Instant) -> f64 {
