@@ -179,6 +179,15 @@ enum ModelCommand {
         /// (model.safetensors and config.json) instead, as `model convert` takes it.
         #[arg(long, conflicts_with = "quantize")]
         reference: bool,
+        /// With --reference: added to the end-of-text output bias, so that random weights
+        /// end the object loop early (the goldens use 0 and 2.5).
+        #[arg(
+            long,
+            default_value_t = 0.0,
+            requires = "reference",
+            allow_hyphen_values = true
+        )]
+        eos_bias: f32,
     },
     /// Convert Moondream2 2025-04-14's model.safetensors into a text GGUF, a vision GGUF
     /// and the region heads (for real detect and point); prints the three paths.
@@ -846,13 +855,15 @@ fn model(command: ModelCommand) -> Result<(), Failure> {
             vocab,
             answer,
             reference: true,
+            eos_bias,
         } => {
             let shape = match size {
                 SynthSize::Tiny => convert::RefShape::tiny(),
                 SynthSize::Full => convert::RefShape::full(),
             };
             let _ = (quantize, vocab, answer);
-            let path = convert::write_reference(&out, &shape, 0x7265_6769, 0.0)
+            let fixture = convert::Fixture::Random { eos_bias };
+            let path = convert::write_reference(&out, &shape, convert::REFERENCE_SEED, fixture)
                 .map_err(|e| Failure::new(exit::IOERR, e))?;
             println!("{}", path.display());
             Ok(())
@@ -864,6 +875,7 @@ fn model(command: ModelCommand) -> Result<(), Failure> {
             vocab,
             answer,
             reference: false,
+            ..
         } => {
             let shape = match size {
                 SynthSize::Tiny => synth::Shape::tiny(),

@@ -623,16 +623,123 @@ impl RefShape {
     }
 }
 
-/// Writes a random-weight checkpoint in the release's layout (`model.safetensors` in F32
-/// and `config.json`) into `dir`: the input the goldens script gives Moondream's own code
-/// and `convert` gives moonwatch. Weights are uniform in ±1/sqrt(fan_in), LayerNorms near
-/// one, biases small; `eos_bias` is added to the end-of-text output bias (to make the
-/// object loop end early).
+/// The seed of the checkpoints the committed goldens were made from.
+pub const REFERENCE_SEED: u64 = 0x7265_6769;
+
+/// What a reference-layout checkpoint written by [`write_reference`] does.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Fixture {
+    /// Random weights; `eos_bias` is added to the end-of-text output bias (to end the
+    /// object loop early), for comparison with the reference's own outputs.
+    Random { eos_bias: f32 },
+    /// Chosen answers, without the reference: the text blocks add nothing (so each hidden
+    /// state is its input embedding), the coordinate encoder's output is a marker in
+    /// dimension 0 and the size encoder's in dimension 1, the coordinate decoder gives
+    /// [`KNOWN_X_BIN`] for a state without the coordinate marker and [`KNOWN_Y_BIN`] for
+    /// one with it, the size decoder always gives [`KNOWN_SIZE_BINS`], and end-of-text
+    /// comes as [`Ends`] says.
+    Known(Ends),
+}
+
+/// When a [`Fixture::Known`] model says end-of-text in the object loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ends {
+    /// Right after the prompt: no objects.
+    AtOnce,
+    /// After an encoded coordinate or size: one object (its last feed decides).
+    AfterOne,
+    /// Never: the loop stops at the 50-object limit.
+    Never,
+}
+
+pub const KNOWN_X_BIN: usize = 307;
+pub const KNOWN_Y_BIN: usize = 614;
+pub const KNOWN_SIZE_BINS: [usize; 2] = [800, 900];
+/// The prompt's last token (`\n\n`), whose embedding starts the loop.
+const PROMPT_END: usize = 628;
+
+/// Overrides the random values of a [`Fixture::Known`] checkpoint.
+fn known(name: &str, dims: &[usize], v: &mut [f32], ends: Ends) {
+    let zero = |v: &mut [f32]| v.iter_mut().for_each(|x| *x = 0.0);
+    let eos = synth::ENDOFTEXT as usize;
+    let last = name.rsplit('.').next().unwrap_or_default();
+    let module = name.trim_end_matches(&format!(".{last}"));
+    match module {
+        m if m.starts_with("model.text.blocks.")
+            && (m.ends_with("attn.proj") || m.ends_with("mlp.fc2")) =>
+        {
+            zero(v)
+        }
+        "model.text.post_ln" => v
+            .iter_mut()
+            .for_each(|x| *x = if last == "weight" { 1.0 } else { 0.0 }),
+        "model.text.wte" => {
+            // The prompt's end carries neither marker.
+            let d = dims[1];
+            v[PROMPT_END * d] = 0.0;
+            v[PROMPT_END * d + 1] = 0.0;
+        }
+        "model.text.lm_head" => {
+            zero(v);
+            let d = if last == "weight" { dims[1] } else { 1 };
+            match (last, ends) {
+                // Markers are ~11 after the norm, an unmarked state near 0: EOS > 0 only
+                // after a feed.
+                ("weight", Ends::AfterOne) => {
+                    v[eos * d] = 1.0;
+                    v[eos * d + 1] = 1.0;
+                }
+                ("bias", Ends::AfterOne) => v[eos] = -1.0,
+                ("bias", Ends::AtOnce) => v[eos] = 10.0,
+                ("bias", Ends::Never) => v[eos] = -10.0,
+                _ => {}
+            }
+        }
+        "model.region.coord_encoder" | "model.region.size_encoder" => {
+            zero(v);
+            if last == "bias" {
+                v[usize::from(module.ends_with("size_encoder"))] = 10.0;
+            }
+        }
+        "model.region.coord_decoder.fc1" => {
+            // Unit 0 reads the coordinate marker.
+            zero(v);
+            if last == "weight" {
+                v[0] = 1.0;
+            }
+        }
+        "model.region.coord_decoder.fc2" => {
+            zero(v);
+            if last == "weight" {
+                v[KNOWN_Y_BIN * dims[1]] = 1.0;
+            } else {
+                v[KNOWN_X_BIN] = 1.0;
+            }
+        }
+        "model.region.size_decoder.fc1" => zero(v),
+        "model.region.size_decoder.fc2" => {
+            zero(v);
+            if last == "bias" {
+                v[KNOWN_SIZE_BINS[0]] = 1.0;
+                v[BINS_FOR_SIZE + KNOWN_SIZE_BINS[1]] = 1.0;
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The size decoder's second half holds the height bins.
+const BINS_FOR_SIZE: usize = 1024;
+
+/// Writes a checkpoint in the release's layout (`model.safetensors` in F32 and
+/// `config.json`) into `dir`: the input the goldens script gives Moondream's own code and
+/// `convert` gives moonwatch. Random weights are uniform in ±1/sqrt(fan_in), LayerNorms
+/// near one, biases small; see [`Fixture`] for what else.
 pub fn write_reference(
     dir: &Path,
     shape: &RefShape,
     seed: u64,
-    eos_bias: f32,
+    fixture: Fixture,
 ) -> Result<PathBuf, ConvertError> {
     use rand::{Rng, SeedableRng};
     let werr = |reason: String| {
@@ -665,8 +772,12 @@ pub fn write_reference(
         } else {
             (0..n).map(|_| rng.random_range(-s..s)).collect()
         };
-        if name == "model.text.lm_head.bias" {
-            v[synth::ENDOFTEXT as usize] += eos_bias;
+        match fixture {
+            Fixture::Random { eos_bias } if name == "model.text.lm_head.bias" => {
+                v[synth::ENDOFTEXT as usize] += eos_bias;
+            }
+            Fixture::Random { .. } => {}
+            Fixture::Known(ends) => known(&name, &dims, &mut v, ends),
         }
         data.push((name, dims, v.iter().flat_map(|x| x.to_le_bytes()).collect()));
     }
