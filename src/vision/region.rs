@@ -358,10 +358,9 @@ mod tests {
         assert_eq!(coord_of_bin(0), 0.0);
         assert!((size_of_bin(0) - 1.0 / 1024.0).abs() < 1e-9);
         assert!((size_of_bin(1023) - 1.0).abs() < 1e-6);
-        // The middle bin is 2^-5.
-        assert!(
-            (size_of_bin(1023) / size_of_bin(511) - 2f32.powf(5.0 * 512.0 / 1023.0)).abs() < 1e-3
-        );
+        // Log scale: each bin is 10/1023 of a doubling.
+        let step = (size_of_bin(601) / size_of_bin(600)).log2();
+        assert!((step - 10.0 / 1023.0).abs() < 1e-5, "{step}");
         let b = bbox(0.5, 0.25, 0.2, 0.1);
         assert!(
             (b.x_min - 0.4).abs() < 1e-7 && (b.y_max - 0.3).abs() < 1e-7,
