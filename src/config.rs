@@ -468,6 +468,14 @@ pub struct DownloadConfig {
     pub text_sha256: String,
     /// Expected SHA-256 of the vision projector; when empty the hub's LFS hash is used.
     pub mmproj_sha256: String,
+    /// The release's own weights (`model.safetensors` of `vikhyatk/moondream2` at
+    /// `2025-04-14`) instead of a GGUF pair: `model pull` downloads this file and converts
+    /// it into `model.text`, `model.mmproj` and `model.region`. Empty: pull the GGUF pair.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub weights_file: String,
+    /// Expected SHA-256 of `weights_file`; when empty the hub's LFS hash is used.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub weights_sha256: String,
     /// Quantize the downloaded text model to this type (`q4_k_m`, `q4_0`, `q8_0`) and
     /// write the result to `model.text`; the download itself is removed afterwards.
     pub quantize: Option<crate::model::Quant>,
@@ -485,6 +493,8 @@ impl Default for DownloadConfig {
             mmproj_file: "moondream2-mmproj-f16.gguf".into(),
             text_sha256: String::new(),
             mmproj_sha256: String::new(),
+            weights_file: String::new(),
+            weights_sha256: String::new(),
             quantize: None,
             quantize_mmproj: false,
         }
@@ -596,6 +606,13 @@ impl Config {
             bad(
                 "model.region",
                 "region heads come with the 2025-04-14 release; set model.revision = \"moondream2-2025-04-14\""
+                    .into(),
+            );
+        }
+        if !m.download.weights_file.is_empty() && m.region.is_none() {
+            bad(
+                "model.region",
+                "must name where the region heads go: model.download.weights_file is converted into model.text, model.mmproj and model.region"
                     .into(),
             );
         }
@@ -879,6 +896,7 @@ impl Config {
         for (key, value) in [
             ("model.download.text_sha256", &d.text_sha256),
             ("model.download.mmproj_sha256", &d.mmproj_sha256),
+            ("model.download.weights_sha256", &d.weights_sha256),
         ] {
             if !value.is_empty() && !is_sha256_hex(value) {
                 bad(key, format!("{value:?} is not 64 hexadecimal digits"));

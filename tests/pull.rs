@@ -244,3 +244,72 @@ fn pull_quantizes_the_verified_files_and_records_their_hashes() {
     // Again: the quantized files are verified in place, nothing is downloaded.
     rerun_fetches_nothing(&hub, run);
 }
+
+#[test]
+fn the_release_weights_are_downloaded_verified_and_converted() {
+    // The release's own layout (model.safetensors), random weights, served like the hub.
+    let src = tempfile::tempdir().unwrap();
+    let weights = moonwatch::model::convert::write_reference(
+        src.path(),
+        &moonwatch::model::convert::RefShape::tiny(),
+        1,
+        moonwatch::model::convert::Fixture::Random { eos_bias: 0.0 },
+    )
+    .unwrap();
+    let body = std::fs::read(&weights).unwrap();
+    let hub = hub(vec![("model.safetensors", body.clone(), sha(&body))]);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("moonwatch.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[model]\nrevision = \"moondream2-2025-04-14\"\ntext = \"models/text.gguf\"\n\
+             mmproj = \"models/mmproj.gguf\"\nregion = \"models/region.gguf\"\n\
+             [model.download]\nrepo = \"acme/moondream\"\nrevision = \"{REV}\"\n\
+             weights_file = \"model.safetensors\"\n"
+        ),
+    )
+    .unwrap();
+    let out = pull(&hub, &cfg);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout.matches("downloaded").count(), 3, "{stdout}");
+    assert!(
+        !dir.path().join("models/model.safetensors").exists(),
+        "the 3.85 GB download is removed once converted"
+    );
+    // The converted files run real detection.
+    let image = png(dir.path(), "scene.png");
+    let out = Command::new(env!("CARGO_BIN_EXE_moonwatch"))
+        .args(["detect", "cat", "--json", "--threads", "2", "--image"])
+        .arg(&image)
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("\"method\": \"region_heads\""),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A rerun finds all three in place and fetches nothing.
+    let fetched = hub.gets.load(Ordering::SeqCst);
+    let out = pull(&hub, &cfg);
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(stdout.matches("already present").count(), 3, "{stdout}");
+    assert_eq!(hub.gets.load(Ordering::SeqCst), fetched);
+}
+
+/// A small PNG picture.
+fn png(dir: &Path, name: &str) -> std::path::PathBuf {
+    let img = image::RgbImage::from_fn(40, 30, |x, y| image::Rgb([x as u8 * 6, y as u8 * 8, 90]));
+    let path = dir.join(name);
+    img.save(&path).unwrap();
+    path
+}

@@ -77,6 +77,9 @@ pub fn sha256_file(path: &Path) -> std::io::Result<String> {
 /// download removed.
 pub fn pull(model: &ModelConfig, progress: bool) -> Result<Vec<Pulled>, PullError> {
     let d = &model.download;
+    if !d.weights_file.is_empty() {
+        return pull_release(model, progress);
+    }
     let text = match d.quantize {
         None => pull_one(model, &d.text_file, &d.text_sha256, &model.text, progress)?,
         Some(q) => pull_quantized(
@@ -105,6 +108,94 @@ pub fn pull(model: &ModelConfig, progress: bool) -> Result<Vec<Pulled>, PullErro
         )?
     };
     Ok(vec![text, mmproj])
+}
+
+/// The release's own weights (`download.weights_file`), downloaded, verified and
+/// converted (`model convert`) into `model.text` (quantized with `download.quantize`),
+/// `model.mmproj` and `model.region`; the 3.85 GB download is removed afterwards. Files
+/// already in place with their recorded hashes are kept.
+fn pull_release(model: &ModelConfig, progress: bool) -> Result<Vec<Pulled>, PullError> {
+    let d = &model.download;
+    let io = |path: &Path, reason: String| PullError::Io {
+        path: path.to_owned(),
+        reason,
+    };
+    let region = model.region.as_deref().ok_or_else(|| {
+        io(
+            &model.text,
+            "model.download.weights_file needs model.region, where the region heads go".into(),
+        )
+    })?;
+    let targets = [model.text.as_path(), model.mmproj.as_path(), region];
+    let present: Vec<Pulled> = targets
+        .iter()
+        .map(|t| verified_in_place(t, ""))
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        .flatten()
+        .collect();
+    if present.len() == targets.len() {
+        return Ok(present);
+    }
+    let dir = model.text.parent().unwrap_or(Path::new("."));
+    let weights = dir.join(&d.weights_file);
+    pull_one(
+        model,
+        &d.weights_file,
+        &d.weights_sha256,
+        &weights,
+        progress,
+    )?;
+    let work = dir.join(".convert");
+    let _ = std::fs::remove_dir_all(&work);
+    if progress {
+        eprintln!("converting {}", weights.display());
+    }
+    let converted = super::synth::Vocab::builtin()
+        .map_err(|e| io(&weights, e.to_string()))
+        .and_then(|vocab| {
+            super::convert::convert(&weights, &work, &vocab)
+                .map_err(|e| io(&weights, e.to_string()))
+        });
+    let converted = match converted {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&work);
+            return Err(e);
+        }
+    };
+    let mut text = converted.text.clone();
+    if let Some(q) = d.quantize {
+        let out = work.join(q.text_file_name());
+        if progress {
+            eprintln!("quantizing the text model to {}", q.name());
+        }
+        let qerr = |reason: String| PullError::Quantize {
+            path: converted.text.clone(),
+            quant: q.name(),
+            reason,
+        };
+        crate::vision::moondream::backend().map_err(|e| qerr(e.to_string()))?;
+        super::synth::quantize(&converted.text, &out, q.ftype())
+            .map_err(|e| qerr(e.to_string()))?;
+        text = out;
+    }
+    let mut done = Vec::new();
+    for (from, to) in [
+        (&text, targets[0]),
+        (&converted.mmproj, targets[1]),
+        (&converted.region, targets[2]),
+    ] {
+        if let Some(parent) = to.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| io(parent, e.to_string()))?;
+        }
+        let got = sha256_file(from).map_err(|e| io(from, e.to_string()))?;
+        done.push(install(from, to, got)?);
+    }
+    let _ = std::fs::remove_dir_all(&work);
+    let _ = std::fs::remove_file(&weights);
+    let _ = std::fs::remove_file(sidecar(&weights));
+    Ok(done)
 }
 
 /// A file downloaded and verified as `(file, sha256)` beside `target`, then quantized by

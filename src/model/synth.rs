@@ -122,8 +122,28 @@ impl Vocab {
         };
         let enc = std::fs::read_to_string(dir.join("encoder.json"))
             .map_err(|e| err(format!("encoder.json: {e}")))?;
+        let bpe = std::fs::read_to_string(dir.join("vocab.bpe"))
+            .map_err(|e| err(format!("vocab.bpe: {e}")))?;
+        Self::parse(&enc, &bpe, dir)
+    }
+
+    /// The vocabulary built into the binary (from `assets/gpt2`), for conversions on a
+    /// machine without the source tree.
+    pub fn builtin() -> Result<Self, SynthError> {
+        Self::parse(
+            include_str!("../../assets/gpt2/encoder.json"),
+            include_str!("../../assets/gpt2/vocab.bpe"),
+            Path::new("(built in)"),
+        )
+    }
+
+    fn parse(enc: &str, bpe: &str, dir: &Path) -> Result<Self, SynthError> {
+        let err = |reason: String| SynthError::Vocab {
+            dir: dir.to_owned(),
+            reason,
+        };
         let map: std::collections::HashMap<String, u32> =
-            serde_json::from_str(&enc).map_err(|e| err(format!("encoder.json: {e}")))?;
+            serde_json::from_str(enc).map_err(|e| err(format!("encoder.json: {e}")))?;
         if map.len() != N_GPT2 {
             return Err(err(format!(
                 "encoder.json has {} tokens, expected {N_GPT2}",
@@ -152,8 +172,6 @@ impl Vocab {
             *slot = format!("[PAD{i}]");
             types[i] = 5;
         }
-        let bpe = std::fs::read_to_string(dir.join("vocab.bpe"))
-            .map_err(|e| err(format!("vocab.bpe: {e}")))?;
         let merges: Vec<String> = bpe
             .lines()
             .filter(|l| !l.starts_with("#version") && !l.is_empty())
