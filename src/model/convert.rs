@@ -574,6 +574,8 @@ pub struct RefShape {
     pub vision_heads: usize,
     pub proj_inner: usize,
     pub region_inner: usize,
+    /// Store BF16, as the release does (else F32).
+    pub bf16: bool,
 }
 
 impl RefShape {
@@ -592,6 +594,7 @@ impl RefShape {
             vision_heads: 4,
             proj_inner: 256,
             region_inner: 256,
+            bf16: false,
         }
     }
 
@@ -607,6 +610,7 @@ impl RefShape {
             vision_heads: 16,
             proj_inner: 8192,
             region_inner: 8192,
+            bf16: true,
         }
     }
 
@@ -731,7 +735,7 @@ fn known(name: &str, dims: &[usize], v: &mut [f32], ends: Ends) {
 /// The size decoder's second half holds the height bins.
 const BINS_FOR_SIZE: usize = 1024;
 
-/// Writes a checkpoint in the release's layout (`model.safetensors` in F32 and
+/// Writes a checkpoint in the release's layout (`model.safetensors` in F32 or BF16, and
 /// `config.json`) into `dir`: the input the goldens script gives Moondream's own code and
 /// `convert` gives moonwatch. Random weights are uniform in ±1/sqrt(fan_in), LayerNorms
 /// near one, biases small; see [`Fixture`] for what else.
@@ -779,12 +783,20 @@ pub fn write_reference(
             Fixture::Random { .. } => {}
             Fixture::Known(ends) => known(&name, &dims, &mut v, ends),
         }
-        data.push((name, dims, v.iter().flat_map(|x| x.to_le_bytes()).collect()));
+        let bytes = if shape.bf16 {
+            v.iter()
+                .flat_map(|x| half::bf16::from_f32(*x).to_le_bytes())
+                .collect()
+        } else {
+            v.iter().flat_map(|x| x.to_le_bytes()).collect()
+        };
+        data.push((name, dims, bytes));
     }
     let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = data
         .iter()
         .map(|(name, dims, bytes)| {
-            safetensors::tensor::TensorView::new(Dtype::F32, dims.clone(), bytes)
+            let dtype = if shape.bf16 { Dtype::BF16 } else { Dtype::F32 };
+            safetensors::tensor::TensorView::new(dtype, dims.clone(), bytes)
                 .map(|v| (name.clone(), v))
                 .map_err(|e| werr(e.to_string()))
         })

@@ -793,9 +793,7 @@ impl Moondream<'_> {
                 "the context is full: raise model.context_size for this many objects".into(),
             ));
         }
-        let t = Instant::now();
         self.ctx.decode_embeddings(embd, pos)?;
-        timing.decode_ms += ms(t);
         timing.decode_steps += 1;
         timing.generated_tokens += 1;
         self.hidden()
@@ -851,6 +849,8 @@ impl Moondream<'_> {
                 },
                 ..Located::default()
             };
+            // The loop's time, heads included, is booked as decode time.
+            let looping = Instant::now();
             while next != region::EOS && found.points.len() < region::MAX_OBJECTS {
                 if stop.is_cancelled() || cancel.is_cancelled() {
                     return Err(EngineError::Cancelled);
@@ -873,6 +873,7 @@ impl Moondream<'_> {
                 pos += 1;
                 next = argmax(self.ctx.logits()) as i32;
             }
+            timing.decode_ms += ms(looping);
             timing.stop_reason = Some(if next == region::EOS {
                 StopReason::EndOfText
             } else {
