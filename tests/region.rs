@@ -403,3 +403,16 @@ fn region_heads_from_another_checkpoint_are_refused_at_load() {
         "{err}"
     );
 }
+
+#[test]
+fn a_full_context_keeps_the_objects_found_so_far() {
+    let mut s = settings(&converted("known-many", Fixture::Known(Ends::Never)));
+    s.model.context_size = 800;
+    let e = moondream::start(s).unwrap();
+    let (boxes, _, stop) = located(&e, &common::frame(7, 64, 48), detect("person"));
+    assert_eq!(stop, StopReason::ContextFull);
+    // 730 prefix positions and 6 prompt tokens (" person" is one) leave room for 21
+    // boxes of 3 positions.
+    assert_eq!(boxes, vec![known_box(); (800 - 730 - 6) / 3]);
+    e.shutdown();
+}

@@ -788,11 +788,6 @@ impl Moondream<'_> {
         pos: i32,
         timing: &mut SkillTiming,
     ) -> Result<Vec<f32>, EngineError> {
-        if pos >= self.n_ctx {
-            return Err(EngineError::Inference(
-                "the context is full: raise model.context_size for this many objects".into(),
-            ));
-        }
         self.ctx.decode_embeddings(embd, pos)?;
         timing.decode_steps += 1;
         timing.generated_tokens += 1;
@@ -851,9 +846,16 @@ impl Moondream<'_> {
             };
             // The loop's time, heads included, is booked as decode time.
             let looping = Instant::now();
+            let mut full = false;
             while next != region::EOS && found.points.len() < region::MAX_OBJECTS {
                 if stop.is_cancelled() || cancel.is_cancelled() {
                     return Err(EngineError::Cancelled);
+                }
+                // An object takes up to three positions; keep what was found when the
+                // context cannot hold another.
+                if pos + 3 > self.n_ctx {
+                    full = true;
+                    break;
                 }
                 let x = region::coord_of_bin(heads.decode_coord(&hidden).bin);
                 hidden = self.step(&heads.encode_coord(x), pos, timing)?;
@@ -874,7 +876,9 @@ impl Moondream<'_> {
                 next = argmax(self.ctx.logits()) as i32;
             }
             timing.decode_ms += ms(looping);
-            timing.stop_reason = Some(if next == region::EOS {
+            timing.stop_reason = Some(if full {
+                StopReason::ContextFull
+            } else if next == region::EOS {
                 StopReason::EndOfText
             } else {
                 StopReason::Budget
