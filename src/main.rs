@@ -851,17 +851,14 @@ fn model(command: ModelCommand) -> Result<(), Failure> {
         ModelCommand::Synth {
             size,
             out,
-            quantize,
-            vocab,
-            answer,
             reference: true,
             eos_bias,
+            ..
         } => {
             let shape = match size {
                 SynthSize::Tiny => convert::RefShape::tiny(),
                 SynthSize::Full => convert::RefShape::full(),
             };
-            let _ = (quantize, vocab, answer);
             let fixture = convert::Fixture::Random { eos_bias };
             let path = convert::write_reference(&out, &shape, convert::REFERENCE_SEED, fixture)
                 .map_err(|e| Failure::new(exit::IOERR, e))?;

@@ -33,9 +33,8 @@ pub const REGION_ARCH: &str = "moondream2-region";
 /// ties to `dim / n_heads == 64`.
 const HEAD_DIM: i64 = 64;
 const ROPE_DIMS: u32 = 32;
-/// Patch side and input side of the vision encoder (`VisionConfig`).
+/// Patch side of the vision encoder (`VisionConfig`).
 const PATCH: i64 = 14;
-const CROP: u32 = 378;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConvertError {
@@ -352,25 +351,8 @@ fn vision_gguf<'s, 'a>(src: &'s Source<'a>, s: &Shape) -> Result<Plan<'s, 'a>, C
     let n = s.vision_embd;
     let f32 = src.is_f32("model.vision.patch_emb.weight");
     let mut p = Plan::new(src, 16 + 16 * s.vision_layers as usize);
-    let w = &mut p.w;
-    w.str("general.architecture", "clip");
-    w.str("general.name", "moondream2-2025-04-14-mmproj");
-    w.u32("general.file_type", 1);
-    w.bool("clip.has_vision_encoder", true);
-    w.bool("clip.has_text_encoder", false);
-    w.str("clip.projector_type", "mlp");
-    w.bool("clip.use_gelu", true);
-    w.u32("clip.vision.image_size", CROP);
-    w.u32("clip.vision.patch_size", PATCH as u32);
-    w.u32("clip.vision.embedding_length", n as u32);
-    w.u32("clip.vision.feed_forward_length", s.vision_ff as u32);
-    w.u32("clip.vision.block_count", s.vision_layers as u32);
-    w.u32("clip.vision.attention.head_count", s.vision_heads);
-    // torch's F.layer_norm default, which the reference uses.
-    w.f32("clip.vision.attention.layer_norm_epsilon", 1e-5);
-    w.u32("clip.vision.projection_dim", s.text_embd as u32);
-    w.f32s("clip.vision.image_mean", &[0.5, 0.5, 0.5]);
-    w.f32s("clip.vision.image_std", &[0.5, 0.5, 0.5]);
+    // torch's F.layer_norm default eps, which the reference uses.
+    synth::clip_metadata(&mut p.w, "moondream2-2025-04-14-mmproj", s, 1e-5);
     // (n, 3*14*14) in (c, p1, p2) order is the conv kernel [14, 14, 3, n] as it is.
     p.add(
         "v.patch_embd.weight",

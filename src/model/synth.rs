@@ -672,12 +672,11 @@ impl KnownAnswer {
     }
 }
 
-/// Writes the vision projector (`clip`, llava-style MLP projector) to `path`.
-pub fn write_mmproj(path: &Path, shape: &Shape, seed: u64) -> Result<u64, SynthError> {
-    let s = shape;
-    let mut w = Writer::new(16 + 16 * s.vision_layers as usize);
+/// The `clip` keys of a Moondream2 vision GGUF for llama.cpp's llava graph (MLP
+/// projector, GELU, 378-pixel input in 14-pixel patches, normalized to -1..1).
+pub(super) fn clip_metadata(w: &mut Writer, name: &str, s: &Shape, layer_norm_eps: f32) {
     w.str("general.architecture", "clip");
-    w.str("general.name", "moondream2-random-mmproj");
+    w.str("general.name", name);
     w.u32("general.file_type", 1);
     w.bool("clip.has_vision_encoder", true);
     w.bool("clip.has_text_encoder", false);
@@ -689,10 +688,17 @@ pub fn write_mmproj(path: &Path, shape: &Shape, seed: u64) -> Result<u64, SynthE
     w.u32("clip.vision.feed_forward_length", s.vision_ff as u32);
     w.u32("clip.vision.block_count", s.vision_layers as u32);
     w.u32("clip.vision.attention.head_count", s.vision_heads);
-    w.f32("clip.vision.attention.layer_norm_epsilon", 1e-6);
+    w.f32("clip.vision.attention.layer_norm_epsilon", layer_norm_eps);
     w.u32("clip.vision.projection_dim", s.text_embd as u32);
     w.f32s("clip.vision.image_mean", &[0.5, 0.5, 0.5]);
     w.f32s("clip.vision.image_std", &[0.5, 0.5, 0.5]);
+}
+
+/// Writes the vision projector (`clip`, llava-style MLP projector) to `path`.
+pub fn write_mmproj(path: &Path, shape: &Shape, seed: u64) -> Result<u64, SynthError> {
+    let s = shape;
+    let mut w = Writer::new(16 + 16 * s.vision_layers as usize);
+    clip_metadata(&mut w, "moondream2-random-mmproj", s, 1e-6);
     let n = s.vision_embd;
     w.weight("v.patch_embd.weight", &[14, 14, 3, n], false);
     w.vector("v.patch_embd.bias", n, Init::Zeros);
