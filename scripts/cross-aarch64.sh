@@ -100,11 +100,12 @@ grep -h "^GGML_CPU_ARM_ARCH" "$CARGO_TARGET_DIR"/aarch64-unknown-linux-gnu/relea
 bin="$CARGO_TARGET_DIR/aarch64-unknown-linux-gnu/release/moonwatch"
 file "$bin" 2>/dev/null || true
 ls -l "$bin"
-# The engine's tests on the tiny model, and the CLI, under emulation of the board's CPU.
-tests=$(cargo test --release --locked --target aarch64-unknown-linux-gnu --test engine --no-run \
+# The engine's tests on the tiny model (the region heads' too: Arm kernels against the
+# reference's goldens), and the CLI, under emulation of the board's CPU.
+tests=$(cargo test --release --locked --target aarch64-unknown-linux-gnu --test engine --test region --no-run \
   --message-format=json | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p')
 check_needed "$bin" $tests
-cargo test --release --locked --target aarch64-unknown-linux-gnu --test engine
+cargo test --release --locked --target aarch64-unknown-linux-gnu --test engine --test region
 # A known-answer model made by the arm64 binary itself: the CLI must print its answer.
 tiny=$(mktemp -d)
 trap 'rm -rf "$tiny"' EXIT
