@@ -104,15 +104,18 @@ pub enum Answer {
         answer: String,
     },
     Detect {
-        /// Whether the object is in the picture, from a yes/no question asked first;
-        /// `null` when the model answered neither yes nor no. Boxes are asked for only
-        /// when this is `true`.
+        /// Whether the object is in the picture. `prompted_boxes`: from a yes/no question
+        /// asked first, `null` when the model answered neither yes nor no, and boxes are
+        /// asked for only when this is `true`. `region_heads`: whether any object was found.
         present: Option<bool>,
-        /// Probability of the presence answer among yes and no, 0.5..1.
+        /// `prompted_boxes`: probability of the presence answer among yes and no, 0.5..1.
+        /// `region_heads`: probability of the model's first decision (stop or go on).
         confidence: f32,
+        /// In the model's order; `region_heads` gives up to 50.
         objects: Vec<BBox>,
         method: Method,
-        /// The model's text, kept so a user can see what was (or was not) parsed.
+        /// The model's text, kept so a user can see what was (or was not) parsed (empty
+        /// for `region_heads`).
         raw: String,
         /// False when boxes were asked for and none could be read from the answer.
         parsed: bool,
