@@ -260,7 +260,11 @@ pub fn convert(weights: &Path, out_dir: &Path, vocab: &Vocab) -> Result<Converte
     // another process while it is converted gives wrong numbers, not unsoundness here
     // beyond what every mmap reader accepts.
     let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| rerr(e.to_string()))?;
-    let st = SafeTensors::deserialize(&map).map_err(|e| rerr(format!("not safetensors: {e}")))?;
+    let st = SafeTensors::deserialize(&map).map_err(|e| {
+        rerr(format!(
+            "not a safetensors file ({e}); give the release's model.safetensors"
+        ))
+    })?;
     let src = Source { path: weights, st };
     std::fs::create_dir_all(out_dir).map_err(|e| ConvertError::Read {
         path: out_dir.to_owned(),

@@ -326,7 +326,12 @@ impl<'m> Moondream<'m> {
             crate::config::KvCacheKind::Q8_0 => llama_cpp_sys_2::GGML_TYPE_Q8_0,
         };
         let region = match &s.model.region {
-            Some(path) => Some(RegionHeads::load(path)?),
+            Some(path) => {
+                // Missing, truncated or foreign files get the same plain messages as the
+                // model files; RegionHeads::load checks the architecture and shapes.
+                inspect(path, "region heads")?;
+                Some(RegionHeads::load(path)?)
+            }
             None => None,
         };
         if let Some(r) = &region {
