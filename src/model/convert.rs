@@ -111,27 +111,48 @@ impl Source<'_> {
     }
 
     fn values(&self, name: &str) -> Result<Vec<f32>, ConvertError> {
+        self.rows(name, None)
+    }
+
+    /// Values of rows `start..start + len` (all rows when `None`), converted to f32; only
+    /// those rows are read.
+    fn rows(&self, name: &str, range: Option<(usize, usize)>) -> Result<Vec<f32>, ConvertError> {
         let t = self
             .st
             .tensor(name)
             .map_err(|_| self.layout(format!("tensor {name} is missing")))?;
-        let d = t.data();
-        let v = match t.dtype() {
-            Dtype::F32 => d
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect(),
-            Dtype::F16 => d
-                .chunks_exact(2)
-                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-            Dtype::BF16 => d
-                .chunks_exact(2)
-                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
+        let convert: fn(&[u8]) -> Vec<f32> = match t.dtype() {
+            Dtype::F32 => |d| {
+                d.chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect()
+            },
+            Dtype::F16 => |d| {
+                d.chunks_exact(2)
+                    .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                    .collect()
+            },
+            Dtype::BF16 => |d| {
+                d.chunks_exact(2)
+                    .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+                    .collect()
+            },
             other => return Err(self.layout(format!("tensor {name} has type {other:?}"))),
         };
-        Ok(v)
+        let d = t.data();
+        let d = match range {
+            None => d,
+            Some((start, len)) => {
+                let row = d.len() / t.shape().first().copied().unwrap_or(1).max(1);
+                d.get(start * row..(start + len) * row).ok_or_else(|| {
+                    self.layout(format!(
+                        "tensor {name} has no rows {start}..{}",
+                        start + len
+                    ))
+                })?
+            }
+        };
+        Ok(convert(d))
     }
 
     fn count(&self, prefix: &str) -> usize {
@@ -148,11 +169,7 @@ impl Source<'_> {
     fn make(&self, r: &Recipe, n: usize) -> Result<Vec<f32>, ConvertError> {
         match r {
             Recipe::Copy(name) => self.values(name),
-            Recipe::Rows(name, start, len) => {
-                let v = self.values(name)?;
-                let width = v.len() / self.shape(name)?[0].max(1);
-                Ok(v[start * width..(start + len) * width].to_vec())
-            }
+            Recipe::Rows(name, start, len) => self.rows(name, Some((*start, *len))),
             Recipe::FoldHalves(name) => {
                 let v = self.values(name)?;
                 let s = self.shape(name)?;

@@ -7,7 +7,7 @@
 
 use std::ffi::CString;
 use std::path::Path;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use llama_cpp_2::gguf::GgufContext;
@@ -259,7 +259,8 @@ pub struct Moondream<'m> {
     ctx: Context<'m>,
     vision: llama::Vision,
     /// Region heads (2025-04-14): real detect and point, and the two-way image prefix.
-    region: Option<RegionHeads>,
+    /// Shared so a detection can hold them while it drives the context (`&mut self`).
+    region: Option<Arc<RegionHeads>>,
     n_batch: i32,
     n_ctx: i32,
     max_tokens: u32,
@@ -330,7 +331,7 @@ impl<'m> Moondream<'m> {
                 // Missing, truncated or foreign files get the same plain messages as the
                 // model files; RegionHeads::load checks the architecture and shapes.
                 inspect(path, "region heads")?;
-                Some(RegionHeads::load(path)?)
+                Some(Arc::new(RegionHeads::load(path)?))
             }
             None => None,
         };

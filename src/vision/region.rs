@@ -4,6 +4,7 @@
 //! read the text model's last hidden state (before its final LayerNorm) into 1024 bins.
 //! Pure arithmetic over weights loaded from a region GGUF (`model convert`).
 
+use std::collections::HashMap;
 use std::ffi::CString;
 use std::path::Path;
 
@@ -167,39 +168,27 @@ pub struct RegionHeads {
 impl RegionHeads {
     /// Loads a region GGUF written by `moonwatch model convert`.
     pub fn load(path: &Path) -> Result<Self, EngineError> {
-        let fail =
-            |why: String| EngineError::Load(format!("region heads {}: {why}", path.display()));
-        let tensors = read_gguf(path).map_err(fail)?;
-        let get = |name: &str| -> Result<(Vec<usize>, Vec<f32>), EngineError> {
-            tensors
-                .iter()
-                .find(|(n, _, _)| n == name)
-                .map(|(_, ne, v)| (ne.clone(), v.clone()))
-                .ok_or_else(|| fail(format!("tensor {name} is missing")))
+        let mut t = Weights {
+            tensors: HashMap::new(),
+            path,
         };
-        let linear = |name: &str| -> Result<Linear, EngineError> {
-            let (ne, w) = get(&format!("{name}.weight"))?;
-            let (bne, b) = get(&format!("{name}.bias"))?;
-            if ne.len() != 2 || bne != [ne[1]] {
-                return Err(fail(format!("{name} has shape {ne:?} with bias {bne:?}")));
-            }
-            Ok(Linear { w, b, n_in: ne[0] })
-        };
-        let mlp = |name: &str| -> Result<Mlp, EngineError> {
-            Ok(Mlp {
-                fc1: linear(&format!("{name}.fc1"))?,
-                fc2: linear(&format!("{name}.fc2"))?,
-            })
-        };
+        t.tensors = read_gguf(path)
+            .map_err(|e| t.fail(e))?
+            .into_iter()
+            .map(|(name, ne, v)| (name, (ne, v)))
+            .collect();
         let heads = Self {
-            coord_features: get("region.coord_features")?.1,
-            size_features: get("region.size_features")?.1,
-            coord_encoder: linear("region.coord_encoder")?,
-            size_encoder: linear("region.size_encoder")?,
-            coord_decoder: mlp("region.coord_decoder")?,
-            size_decoder: mlp("region.size_decoder")?,
-            post_ln: (get("text.post_ln.weight")?.1, get("text.post_ln.bias")?.1),
-            bos: get("text.bos_embd")?.1,
+            coord_features: t.take("region.coord_features")?.1,
+            size_features: t.take("region.size_features")?.1,
+            coord_encoder: t.linear("region.coord_encoder")?,
+            size_encoder: t.linear("region.size_encoder")?,
+            coord_decoder: t.mlp("region.coord_decoder")?,
+            size_decoder: t.mlp("region.size_decoder")?,
+            post_ln: (
+                t.take("text.post_ln.weight")?.1,
+                t.take("text.post_ln.bias")?.1,
+            ),
+            bos: t.take("text.bos_embd")?.1,
             dim: 0,
         };
         let dim = heads.bos.len();
@@ -230,7 +219,7 @@ impl RegionHeads {
             ),
         ];
         if let Some((_, what)) = checks.iter().find(|(ok, _)| !ok) {
-            return Err(fail(format!("inconsistent shapes ({what})")));
+            return Err(t.fail(format!("inconsistent shapes ({what})")));
         }
         Ok(Self { dim, ..heads })
     }
@@ -270,6 +259,41 @@ impl RegionHeads {
             .zip(self.post_ln.0.iter().zip(&self.post_ln.1))
             .map(|(v, (g, b))| (v - mean) * inv * g + b)
             .collect()
+    }
+}
+
+/// A region file's tensors by name, each taken out once (no copies of the 60 M weights).
+struct Weights<'p> {
+    tensors: HashMap<String, (Vec<usize>, Vec<f32>)>,
+    path: &'p Path,
+}
+
+impl Weights<'_> {
+    fn fail(&self, why: String) -> EngineError {
+        EngineError::Load(format!("region heads {}: {why}", self.path.display()))
+    }
+
+    /// A tensor's ggml dimensions and values.
+    fn take(&mut self, name: &str) -> Result<(Vec<usize>, Vec<f32>), EngineError> {
+        self.tensors
+            .remove(name)
+            .ok_or_else(|| self.fail(format!("tensor {name} is missing")))
+    }
+
+    fn linear(&mut self, name: &str) -> Result<Linear, EngineError> {
+        let (ne, w) = self.take(&format!("{name}.weight"))?;
+        let (bne, b) = self.take(&format!("{name}.bias"))?;
+        if ne.len() != 2 || bne != [ne[1]] {
+            return Err(self.fail(format!("{name} has shape {ne:?} with bias {bne:?}")));
+        }
+        Ok(Linear { w, b, n_in: ne[0] })
+    }
+
+    fn mlp(&mut self, name: &str) -> Result<Mlp, EngineError> {
+        Ok(Mlp {
+            fc1: self.linear(&format!("{name}.fc1"))?,
+            fc2: self.linear(&format!("{name}.fc2"))?,
+        })
     }
 }
 
