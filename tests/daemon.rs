@@ -286,6 +286,21 @@ impl Client {
             .unwrap();
     }
 
+    /// A v5 request with `reply_topic` as its Response Topic (and correlation), then its
+    /// reply as JSON.
+    async fn ask_v5(
+        &mut self,
+        request_topic: &str,
+        payload: Value,
+        reply_topic: &str,
+        what: &str,
+        secs: u64,
+    ) -> Value {
+        self.request_v5(request_topic, payload, reply_topic, reply_topic.as_bytes())
+            .await;
+        self.wait(what, secs, topic(reply_topic)).await.json()
+    }
+
     /// Waits for a message matching `pred` (looking at earlier ones first).
     async fn wait(&mut self, what: &str, secs: u64, pred: impl Fn(&Msg) -> bool) -> Msg {
         match self.try_wait(secs, pred).await {
@@ -2027,30 +2042,26 @@ interval = 1
     assert_eq!(r["data"]["answer"], true, "{r}");
     assert_eq!(r["data"]["zone"], json!([0.0, 0.0, 0.5, 0.5]), "{r}");
     // A zone the camera does not have is refused with the ones it has.
-    c.request_v5(
-        "moonwatch/porch/request/yes_no",
-        json!({"question": "Is it day?", "zone": "gate"}),
-        "t-cams/replies2",
-        b"z2",
-    )
-    .await;
     let r = c
-        .wait("bad zone reply", 30, topic("t-cams/replies2"))
-        .await
-        .json();
+        .ask_v5(
+            "moonwatch/porch/request/yes_no",
+            json!({"question": "Is it day?", "zone": "gate"}),
+            "t-cams/replies2",
+            "bad zone reply",
+            30,
+        )
+        .await;
     assert_eq!(r["error"]["code"], "bad_request", "{r}");
     // A detection asked to be annotated publishes its picture on the camera's topic.
-    c.request_v5(
-        "moonwatch/drive/request/detect",
-        json!({"object": "car", "annotate": true}),
-        "t-cams/replies3",
-        b"d1",
-    )
-    .await;
     let r = c
-        .wait("detect reply", 60, topic("t-cams/replies3"))
-        .await
-        .json();
+        .ask_v5(
+            "moonwatch/drive/request/detect",
+            json!({"object": "car", "annotate": true}),
+            "t-cams/replies3",
+            "detect reply",
+            60,
+        )
+        .await;
     assert_eq!(
         r["data"]["annotated_topic"], "moonwatch/drive/annotated",
         "{r}"
