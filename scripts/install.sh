@@ -39,9 +39,10 @@ if [ ! -e /etc/moonwatch/moonwatch.toml ]; then
   install -D -m 0644 "$config" /etc/moonwatch/moonwatch.toml
   echo "installed $config as /etc/moonwatch/moonwatch.toml: edit [mqtt] host and [camera]"
 fi
-/usr/bin/moonwatch check-config /etc/moonwatch/moonwatch.toml
+/usr/bin/moonwatch check-config --no-files /etc/moonwatch/moonwatch.toml
 if [ "$model" = yes ]; then
   /usr/bin/moonwatch model pull --config /etc/moonwatch/moonwatch.toml
+  /usr/bin/moonwatch check-config /etc/moonwatch/moonwatch.toml
 fi
 if [ -d /run/systemd/system ]; then
   systemctl daemon-reload

@@ -38,6 +38,39 @@ pub struct Config {
     /// sections hold their own (`[[camera.trigger]]`).
     #[serde(rename = "trigger")]
     pub triggers: Vec<TriggerConfig>,
+    /// What the file itself wrote, as opposed to defaults (set by [`Config::parse`]).
+    #[serde(skip)]
+    pub declared: Declared,
+}
+
+/// What a configuration file declared itself, apart from defaults. A reload compares it
+/// with the running file's, so a file an editor or a `>` redirect left empty or cut short
+/// cannot silently drop the camera, the model or every trigger.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Declared {
+    /// The file declared a `[camera]` table or `[[camera]]` sections.
+    pub camera: bool,
+    /// The file declared a `[model]` table.
+    pub model: bool,
+    /// The file has a `trigger` key (for `[[camera]]`: in at least one camera), even an
+    /// empty one (`trigger = []`): "no triggers" said on purpose.
+    pub triggers: bool,
+}
+
+impl Declared {
+    fn of(table: &toml::Table) -> Self {
+        let camera_tables: Vec<&toml::Table> = match table.get("camera") {
+            Some(toml::Value::Table(t)) => vec![t],
+            Some(toml::Value::Array(a)) => a.iter().filter_map(toml::Value::as_table).collect(),
+            _ => Vec::new(),
+        };
+        Self {
+            camera: table.contains_key("camera"),
+            model: table.contains_key("model"),
+            triggers: table.contains_key("trigger")
+                || camera_tables.iter().any(|c| c.contains_key("trigger")),
+        }
+    }
 }
 
 /// MQTT protocol version.
@@ -569,7 +602,71 @@ impl Config {
 
     /// Parses TOML text; the error names the offending key and line.
     pub fn parse(text: &str) -> Result<Self, String> {
-        toml::from_str(text).map_err(|e| e.to_string().trim_end().replace('\n', "\n  "))
+        let readable = |e: toml::de::Error| e.to_string().trim_end().replace('\n', "\n  ");
+        let table: toml::Table = toml::from_str(text).map_err(readable)?;
+        let mut config: Self = toml::from_str(text).map_err(readable)?;
+        config.declared = Declared::of(&table);
+        Ok(config)
+    }
+
+    /// Why a reload to `new` must be refused although `new` is valid: it lost the camera,
+    /// the model or every trigger that the running file declared, which is what an empty
+    /// or truncated file looks like. A file that still declares them (`trigger = []` for
+    /// "no triggers") applies.
+    pub fn reload_losses(&self, new: &Config) -> Option<String> {
+        let (old, now) = (&self.declared, &new.declared);
+        let mut lost = Vec::new();
+        if old.camera && !now.camera {
+            lost.push("its camera section".to_owned());
+        }
+        if old.model && !now.model {
+            lost.push("its [model] section".to_owned());
+        }
+        let configured: Vec<String> = self
+            .cameras("-")
+            .iter()
+            .flat_map(|c| c.config.triggers.iter().map(|t| t.name.clone()))
+            .collect();
+        let kept = new
+            .cameras("-")
+            .iter()
+            .any(|c| !c.config.triggers.is_empty());
+        if !configured.is_empty() && !kept && !now.triggers {
+            lost.push(format!("every trigger ({})", configured.join(", ")));
+        }
+        (!lost.is_empty()).then(|| {
+            format!(
+                "the file lost {} that the running configuration has: an empty or half-written \
+                 file? Nothing was changed. (To remove every trigger on purpose, write \
+                 `trigger = []`; to drop a camera or the model section, restart moonwatch.)",
+                lost.join(" and ")
+            )
+        })
+    }
+
+    /// Model files the configuration names that do not exist (`model pull` fetches
+    /// them); nothing for a node without a model.
+    pub fn missing_model_files(&self) -> Vec<Problem> {
+        if !self.has_model() {
+            return Vec::new();
+        }
+        let m = &self.model;
+        [
+            ("model.text", Some(&m.text)),
+            ("model.mmproj", Some(&m.mmproj)),
+            ("model.region", m.region.as_ref()),
+        ]
+        .into_iter()
+        .filter_map(|(key, p)| Some((key, p?)))
+        .filter(|(_, p)| !p.as_os_str().is_empty() && !p.exists())
+        .map(|(key, p)| Problem {
+            key: key.into(),
+            message: format!(
+                "{} does not exist (run `moonwatch model pull` to fetch it)",
+                p.display()
+            ),
+        })
+        .collect()
     }
 
     /// Every semantic problem in the configuration (empty when it is usable).
@@ -1258,7 +1355,50 @@ mod shipped {
     #[test]
     fn default_config_states_the_defaults() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/moonwatch.toml");
-        let c = Config::parse(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let mut c = Config::parse(&std::fs::read_to_string(path).unwrap()).unwrap();
+        // It declares the camera and the model (a reload that loses them is refused).
+        assert!(c.declared.camera && c.declared.model);
+        c.declared = Declared::default();
         assert_eq!(c, Config::default());
+    }
+
+    #[test]
+    fn a_reload_that_lost_sections_or_every_trigger_is_refused() {
+        let full = "[model]\ntext = \"/m/t.gguf\"\nmmproj = \"/m/p.gguf\"\n\
+                    [camera]\nsource = \"test\"\n\
+                    [[trigger]]\nname = \"door\"\nquestion = \"Door open?\"\n";
+        let running = Config::parse(full).unwrap();
+        // (new file, refused because of)
+        let cases = [
+            ("", Some("camera section")),
+            ("# nothing left but a comment\n", Some("[model]")),
+            // Cut short after the camera: model kept, triggers gone.
+            (
+                "[model]\ntext = \"/m/t.gguf\"\nmmproj = \"/m/p.gguf\"\n[camera]\nsource = \"test\"\n",
+                Some("every trigger (door)"),
+            ),
+            // Every trigger removed on purpose.
+            (
+                "trigger = []\n[model]\ntext = \"/m/t.gguf\"\nmmproj = \"/m/p.gguf\"\n[camera]\nsource = \"test\"\n",
+                None,
+            ),
+            (full, None),
+        ];
+        for (text, want) in cases {
+            let new = Config::parse(text).unwrap();
+            let got = running.reload_losses(&new);
+            match want {
+                Some(needle) => assert!(
+                    got.as_deref().is_some_and(|m| m.contains(needle)),
+                    "{text:?}: {got:?}"
+                ),
+                None => assert_eq!(got, None, "{text:?}"),
+            }
+        }
+        // A running configuration made of defaults (no file) refuses nothing.
+        assert_eq!(
+            Config::default().reload_losses(&Config::parse("").unwrap()),
+            None
+        );
     }
 }

@@ -47,10 +47,14 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
-    /// Check a configuration file and list every problem in it (exit 78 when bad).
+    /// Check a configuration file and list every problem in it (exit 78 when bad, 69 when
+    /// it is valid but names model files that do not exist).
     CheckConfig {
         /// The file to check.
         file: PathBuf,
+        /// Check the file alone, not whether its model files exist (before `model pull`).
+        #[arg(long)]
+        no_files: bool,
     },
     /// Ask free questions about an image; several questions share one image encode.
     Ask {
@@ -343,7 +347,7 @@ fn init_logging(verbose: u8, daemon: bool) {
 
 fn run(command: Command) -> Result<(), Failure> {
     match command {
-        Command::CheckConfig { file } => check_config(&file),
+        Command::CheckConfig { file, no_files } => check_config(&file, !no_files),
         Command::Run { config } => run_daemon(config),
         Command::Ask { input, questions } => {
             let skills = questions
@@ -453,8 +457,24 @@ fn run_daemon(config: Option<PathBuf>) -> Result<(), Failure> {
     })
 }
 
-fn check_config(file: &Path) -> Result<(), Failure> {
+fn check_config(file: &Path, files: bool) -> Result<(), Failure> {
     let c = Config::load(file)?;
+    let missing = if files {
+        c.missing_model_files()
+    } else {
+        Vec::new()
+    };
+    if !missing.is_empty() {
+        let list: Vec<String> = missing.iter().map(ToString::to_string).collect();
+        return Err(Failure::new(
+            exit::UNAVAILABLE,
+            format!(
+                "config {} is valid, but names model files that do not exist: {}",
+                file.display(),
+                list.join("; ")
+            ),
+        ));
+    }
     println!(
         "{}: ok (text model {}, projector {})",
         file.display(),

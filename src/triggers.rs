@@ -33,6 +33,11 @@ pub struct TriggerConfig {
     /// Seconds between evaluations (a scene change evaluates sooner).
     #[serde(default = "defaults::interval")]
     pub interval: u64,
+    /// Longest a settled answer stands on a picture that seems unchanged, in seconds: then
+    /// the trigger is evaluated whatever the change test says. 0: evaluated every
+    /// interval, never skipped.
+    #[serde(default = "defaults::recheck")]
+    pub recheck: u64,
     /// Home Assistant device class of the binary sensor (occupancy, door, motion, ...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device_class: Option<String>,
@@ -91,6 +96,12 @@ mod defaults {
     }
     pub fn interval() -> u64 {
         10
+    }
+    /// Ten minutes: a change the scene test cannot see (under about 0.3% of the picture)
+    /// is looked at within ten minutes, for one cold frame per trigger group (about 3% of
+    /// a 2-core engine's time; see BENCHMARKS.md).
+    pub fn recheck() -> u64 {
+        600
     }
 }
 
@@ -166,6 +177,15 @@ impl TriggerConfig {
             out.push((
                 "interval",
                 format!("{} must be between 1 and 86400 seconds", self.interval),
+            ));
+        }
+        if self.recheck != 0 && (self.recheck < self.interval || self.recheck > 86_400) {
+            out.push((
+                "recheck",
+                format!(
+                    "{} must be 0 (never skip) or between the interval ({} s) and 86400 seconds",
+                    self.recheck, self.interval
+                ),
             ));
         }
         out
@@ -281,69 +301,78 @@ impl TriggerState {
     }
 }
 
-/// Which triggers are due at `now`, given when each was last evaluated and whether the
-/// scene changed since.
-pub fn due(last_eval: Option<f64>, interval: u64, scene_changed: bool, now: f64) -> bool {
-    match last_eval {
-        None => true,
-        // A changed scene is looked at again soon, but not more than once a second.
-        Some(t) if scene_changed => now - t >= 1.0,
-        Some(t) => now - t >= interval as f64,
+/// Why a trigger is evaluated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Cause {
+    /// Never evaluated (since start, reload, or its switch came on).
+    First,
+    /// Its picture changed since its last evaluation.
+    Change,
+    /// Its interval passed and its answer is not settled (or `recheck` is 0).
+    Interval,
+    /// Its settled answer on an unchanged picture reached `recheck` seconds.
+    Recheck,
+}
+
+/// What the pacing rule says of one trigger at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pace {
+    /// Evaluate it now.
+    Due(Cause),
+    /// Not due yet but within half an interval: it joins a round that starts now rather
+    /// than costing a frame of its own later.
+    Soon(Cause),
+    /// Due, but its settled answer stands on an unchanged picture: skip this interval.
+    Skip,
+    /// Nothing to do yet.
+    Wait,
+}
+
+/// When a trigger was evaluated, as the pacing rule needs it (Unix seconds).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Evaluated {
+    /// When its interval was last restarted: the end of its last evaluation, or the moment
+    /// a due evaluation was skipped.
+    pub interval_from: Option<f64>,
+    /// When the model last answered it (the end of its last evaluation).
+    pub answered: Option<f64>,
+}
+
+/// The pacing rule. A trigger is evaluated when it never was, when its picture `changed`
+/// (at most once a second), and each `interval` while its answer is unsettled; a settled
+/// answer on an unchanged picture is skipped, but stands at most `recheck` seconds
+/// (`recheck = 0`: never skipped).
+pub fn pace(cfg: &TriggerConfig, settled: bool, at: Evaluated, changed: bool, now: f64) -> Pace {
+    let Some(from) = at.interval_from else {
+        return Pace::Due(Cause::First);
+    };
+    let since = now - from;
+    let interval = cfg.interval as f64;
+    if changed && since >= CHANGE_MIN_GAP.min(interval) {
+        return Pace::Due(Cause::Change);
+    }
+    // How long the answer will have stood when the interval is up.
+    let stands_at_due = at
+        .answered
+        .map_or(f64::INFINITY, |t| now - t + (interval - since).max(0.0));
+    let cause = if !settled || cfg.recheck == 0 {
+        Some(Cause::Interval)
+    } else if stands_at_due >= cfg.recheck as f64 {
+        Some(Cause::Recheck)
+    } else {
+        None
+    };
+    match cause {
+        Some(c) if since >= interval => Pace::Due(c),
+        Some(c) if since >= interval / 2.0 => Pace::Soon(c),
+        None if since >= interval => Pace::Skip,
+        _ => Pace::Wait,
     }
 }
 
-/// A tiny grey thumbnail of a frame, for spotting scene changes cheaply.
-pub fn thumbnail(rgb: &[u8], width: u32, height: u32) -> [u8; 64] {
-    thumbnail_region(rgb, width, height, (0, 0, width, height))
-}
-
-/// The thumbnail of the pixels `x0..x1`, `y0..y1` of a frame (a zone's).
-pub fn thumbnail_region(
-    rgb: &[u8],
-    width: u32,
-    height: u32,
-    (rx0, ry0, rx1, ry1): (u32, u32, u32, u32),
-) -> [u8; 64] {
-    let mut out = [0u8; 64];
-    if width == 0
-        || height == 0
-        || rgb.len() < (width * height * 3) as usize
-        || rx1 <= rx0
-        || ry1 <= ry0
-        || rx1 > width
-        || ry1 > height
-    {
-        return out;
-    }
-    let (w, h) = (rx1 - rx0, ry1 - ry0);
-    for (i, cell) in out.iter_mut().enumerate() {
-        let (cx, cy) = ((i % 8) as u32, (i / 8) as u32);
-        let (x0, x1) = (cx * w / 8, ((cx + 1) * w / 8).max(cx * w / 8 + 1));
-        let (y0, y1) = (cy * h / 8, ((cy + 1) * h / 8).max(cy * h / 8 + 1));
-        let (mut sum, mut n) = (0u64, 0u64);
-        // Sample a 4x4 grid inside the cell: enough for a change detector.
-        for sy in 0..4 {
-            for sx in 0..4 {
-                let x = rx0 + (x0 + (x1 - x0) * sx / 4).min(w - 1);
-                let y = ry0 + (y0 + (y1 - y0) * sy / 4).min(h - 1);
-                let p = ((y * width + x) * 3) as usize;
-                sum += u64::from(rgb[p]) + u64::from(rgb[p + 1]) + u64::from(rgb[p + 2]);
-                n += 3;
-            }
-        }
-        *cell = (sum / n.max(1)) as u8;
-    }
-    out
-}
-
-/// Mean absolute difference of two thumbnails, 0..255; above about 12 the scene changed.
-pub fn scene_difference(a: &[u8; 64], b: &[u8; 64]) -> f32 {
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| f32::from(x.abs_diff(*y)))
-        .sum::<f32>()
-        / 64.0
-}
+/// A changed picture is looked at again soon, but not more than once a second.
+pub const CHANGE_MIN_GAP: f64 = 1.0;
 
 #[cfg(test)]
 mod tests {
@@ -358,6 +387,7 @@ mod tests {
             consecutive,
             cooldown,
             interval: 10,
+            recheck: 600,
             device_class: None,
             zone: None,
             annotate: None,
@@ -420,12 +450,38 @@ mod tests {
     }
 
     #[test]
-    fn due_table() {
-        assert!(due(None, 10, false, 0.0));
-        assert!(!due(Some(0.0), 10, false, 9.9));
-        assert!(due(Some(0.0), 10, false, 10.0));
-        assert!(due(Some(0.0), 10, true, 1.0));
-        assert!(!due(Some(0.0), 10, true, 0.5));
+    fn pace_table() {
+        use Cause::*;
+        let mut c = cfg(1, 0);
+        c.interval = 10;
+        c.recheck = 60;
+        let at = |from: f64, answered: f64| Evaluated {
+            interval_from: Some(from),
+            answered: Some(answered),
+        };
+        // (settled, evaluated, changed, now, expected)
+        let rows = [
+            (false, Evaluated::default(), false, 0.0, Pace::Due(First)),
+            (true, at(0.0, 0.0), false, 4.0, Pace::Wait),
+            (true, at(0.0, 0.0), true, 0.5, Pace::Wait), // at most once a second
+            (true, at(0.0, 0.0), true, 1.0, Pace::Due(Change)),
+            (false, at(0.0, 0.0), false, 6.0, Pace::Soon(Interval)),
+            (false, at(0.0, 0.0), false, 10.0, Pace::Due(Interval)),
+            (true, at(0.0, 0.0), false, 10.0, Pace::Skip),
+            // Skipped at 50 s: the answer of 0 s reaches 60 s at the next interval.
+            (true, at(50.0, 0.0), false, 55.0, Pace::Soon(Recheck)),
+            (true, at(50.0, 0.0), false, 60.0, Pace::Due(Recheck)),
+            (true, at(50.0, 0.0), true, 60.0, Pace::Due(Change)),
+        ];
+        for (i, (settled, e, changed, now, want)) in rows.into_iter().enumerate() {
+            assert_eq!(pace(&c, settled, e, changed, now), want, "row {i}");
+        }
+        // recheck = 0: a settled answer is never skipped.
+        c.recheck = 0;
+        assert_eq!(
+            pace(&c, true, at(0.0, 0.0), false, 10.0),
+            Pace::Due(Interval)
+        );
     }
 
     #[test]
@@ -441,18 +497,5 @@ mod tests {
             ["name", "question", "threshold", "consecutive", "interval"]
         );
         assert!(cfg(2, 30).problems().is_empty());
-    }
-
-    #[test]
-    fn scene_changes_are_seen() {
-        let dark = vec![10u8; 32 * 24 * 3];
-        let mut lit = dark.clone();
-        for p in lit.iter_mut().take(32 * 12 * 3) {
-            *p = 200;
-        }
-        let (a, b) = (thumbnail(&dark, 32, 24), thumbnail(&lit, 32, 24));
-        assert_eq!(scene_difference(&a, &a), 0.0);
-        assert!(scene_difference(&a, &b) > 50.0);
-        assert_eq!(thumbnail(&[], 0, 0), [0; 64]);
     }
 }

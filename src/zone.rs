@@ -114,14 +114,8 @@ impl Zone {
         <[f32; 4]>::from(*self).map(f32::to_bits)
     }
 
-    /// The 64-cell thumbnail of the zone, for spotting changes inside it.
-    pub fn thumbnail(&self, frame: &Frame) -> [u8; 64] {
-        let px = self.pixels(frame.width, frame.height);
-        crate::triggers::thumbnail_region(&frame.rgb, frame.width, frame.height, px)
-    }
-
     /// Pixel bounds of the zone in a `width` x `height` frame: at least one pixel a side.
-    fn pixels(&self, width: u32, height: u32) -> (u32, u32, u32, u32) {
+    pub fn pixels(&self, width: u32, height: u32) -> (u32, u32, u32, u32) {
         let px = |v: f32, n: u32| ((v * n as f32).round() as u32).min(n);
         let (x0, y0) = (
             px(self.x_min, width).min(width - 1),

@@ -171,12 +171,36 @@ fn config_errors_exit_78_and_name_the_key() {
     assert_eq!(out.status.code(), Some(78));
 
     let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/moonwatch.toml");
-    let out = moonwatch(&["check-config", s(&shipped)]);
+    let out = moonwatch(&["check-config", "--no-files", s(&shipped)]);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+
+    // A valid file whose model files do not exist: 69, naming each missing file.
+    let present = dir.path().join("text.gguf");
+    std::fs::write(&present, b"GGUF").unwrap();
+    let missing = dir.path().join("missing.toml");
+    std::fs::write(
+        &missing,
+        format!(
+            "[model]\ntext = {:?}\nmmproj = \"/nonexistent/mmproj.gguf\"\n",
+            present.display().to_string()
+        ),
+    )
+    .unwrap();
+    let out = moonwatch(&["check-config", s(&missing)]);
+    fails(
+        &out,
+        69,
+        "model.mmproj: /nonexistent/mmproj.gguf does not exist",
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("model.text"), "{err}");
+    assert!(moonwatch(&["check-config", "--no-files", s(&missing)])
+        .status
+        .success());
 }
 
 #[test]

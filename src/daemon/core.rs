@@ -18,11 +18,14 @@ use serde_json::Value;
 use super::store::RuntimeTriggers;
 use crate::camera::CameraStatus;
 use crate::config::{CameraConfig, CameraSpec, Config};
+use crate::frame::scene::{self, Signature};
 use crate::frame::Frame;
 use crate::mqtt::api::{self, Action, ApiError, Code, ReplyAddress, Topics};
 use crate::mqtt::wire::{self, ReplyData};
 use crate::mqtt::{discovery, AckToken, Class, Incoming, MqttEvent, OutboxStats, Outgoing};
-use crate::triggers::{self, Change, Observation, TriggerConfig, TriggerState};
+use crate::triggers::{
+    self, Cause, Change, Evaluated, Observation, Pace, TriggerConfig, TriggerState,
+};
 use crate::vision::{Answer, Answered, EngineError, Response, Skill};
 use crate::zone::Zone;
 
@@ -191,10 +194,6 @@ const CAMERA_GRACE: Duration = Duration::from_secs(5);
 /// How long an engine job may take to finish after a stop before its request is answered
 /// `shutting_down` anyway.
 const STOP_GRACE: Duration = Duration::from_secs(3);
-/// Scene difference (0..255) above which a trigger's picture counts as changed.
-const SCENE_CHANGE: f32 = 12.0;
-/// A changed scene is looked at again soon, but not more than once a second.
-const SCENE_MIN_GAP: f64 = 1.0;
 /// Requests remembered to recognise redeliveries.
 const RECENT: usize = 512;
 /// Seconds between INFO lines counting bad requests (each one is logged at debug).
@@ -242,18 +241,20 @@ enum Work {
         cam: usize,
         name: String,
         zone: Option<Zone>,
+        cause: Cause,
     },
     Caption {
         cam: usize,
     },
 }
 
-/// Triggers of one camera due together, and the frame they are evaluated on.
+/// Triggers of one camera due together (with why each is), and the frame they are
+/// evaluated on.
 #[derive(Debug)]
 struct Round {
     cam: usize,
     frame: Arc<Frame>,
-    names: VecDeque<String>,
+    names: VecDeque<(String, Cause)>,
 }
 
 #[derive(Debug)]
@@ -268,10 +269,10 @@ struct InFlight {
 struct Trigger {
     cfg: TriggerConfig,
     state: TriggerState,
-    /// When its last evaluation ended (Unix seconds).
-    last_end: Option<f64>,
-    /// The picture it was last evaluated on.
-    last_thumb: Option<[u8; 64]>,
+    /// When it was last evaluated, or skipped.
+    evaluated: Evaluated,
+    /// The signature of the picture (its zone's) it was last evaluated on.
+    reference: Option<Arc<Signature>>,
     /// Set when the engine refused it: it is not evaluated again until replaced.
     error: Option<String>,
     /// Its switch: off means not evaluated (kept across restarts).
@@ -283,8 +284,8 @@ impl Trigger {
         Self {
             cfg,
             state: TriggerState::new(),
-            last_end: None,
-            last_thumb: None,
+            evaluated: Evaluated::default(),
+            reference: None,
             error: None,
             enabled: true,
         }
@@ -301,6 +302,7 @@ enum Recent {
 /// A trigger change waiting for its save to finish before it is answered.
 #[derive(Debug)]
 struct Saving {
+    cam: usize,
     /// `None` for a switch: nothing to answer.
     reply: Option<ReplyTo>,
     data: SavedKind,
@@ -311,7 +313,22 @@ enum SavedKind {
     Added(String),
     Removed(String),
     Switched,
+    /// A save tried again after one failed.
+    Retry,
 }
+
+/// Runtime triggers a save could not write: lost on restart until a save succeeds.
+#[derive(Debug)]
+struct Unsaved {
+    /// The failed save (a later success clears it).
+    save: u64,
+    error: String,
+    /// When a save was last tried.
+    tried: Instant,
+}
+
+/// How often a failed save of runtime triggers is tried again.
+const SAVE_RETRY: Duration = Duration::from_secs(60);
 
 /// Camera health as the core judges it.
 #[derive(Debug, Clone)]
@@ -330,8 +347,11 @@ struct Cam {
     runtime: RuntimeTriggers,
     /// The camera availability last published.
     online: Option<bool>,
-    /// Thumbnails of the newest frame (its key), by zone.
-    thumbs: (u64, HashMap<Option<[u32; 4]>, [u8; 64]>),
+    /// What each watched region (the frame, or a zone: its key) looks like on the newest
+    /// frame, and how much it flickers.
+    scenes: HashMap<Option<[u32; 4]>, scene::Watch>,
+    /// Evaluations by cause, and skips.
+    evaluations: wire::Evaluations,
     /// Snapshot requests waiting for a starting camera's first frame.
     snapshot_waiters: Vec<(ReplyTo, Instant)>,
     /// The frame last published as snapshot (key) and its JPEG.
@@ -341,6 +361,8 @@ struct Cam {
     /// more are listed as removed in every discovery config, so a config that replaces
     /// another before it was sent still removes them.
     gone: VecDeque<TriggerConfig>,
+    /// Set while the runtime triggers are not on disk (a save failed).
+    unsaved: Option<Unsaved>,
 }
 
 /// Removed triggers remembered per camera for discovery.
@@ -359,11 +381,13 @@ impl Cam {
             triggers: BTreeMap::new(),
             runtime,
             online: None,
-            thumbs: (0, HashMap::new()),
+            scenes: HashMap::new(),
+            evaluations: wire::Evaluations::default(),
             snapshot_waiters: Vec::new(),
             last_snapshot: None,
             last_caption: None,
             gone: VecDeque::new(),
+            unsaved: None,
         };
         for (name, cfg) in effective_triggers(&cam.spec.config.triggers, &cam.runtime) {
             let t = cam.new_trigger(cfg);
@@ -392,16 +416,37 @@ impl Cam {
         z.map(|z| z.resolve(&self.spec.config.zones)).transpose()
     }
 
-    /// The 64-cell thumbnail of `zone` of `frame`, computed once per frame and zone.
-    fn thumbnail(&mut self, frame: &Frame, zone: Option<Zone>) -> [u8; 64] {
-        if self.thumbs.0 != frame.key {
-            self.thumbs = (frame.key, HashMap::new());
-        }
+    /// The signature of `zone` of `frame` (computed once per frame and zone; a newer
+    /// frame also teaches the region's noise level), and the cell change that counts in
+    /// that region.
+    fn scene(&mut self, frame: &Frame, zone: Option<Zone>) -> (Option<Arc<Signature>>, f32) {
+        let rect = zone.map(|z| z.pixels(frame.width, frame.height));
+        let make = || Signature::of_frame(frame, rect);
         let key = zone.as_ref().map(Zone::key);
-        *self.thumbs.1.entry(key).or_insert_with(|| match zone {
-            Some(z) => z.thumbnail(frame),
-            None => triggers::thumbnail(&frame.rgb, frame.width, frame.height),
-        })
+        let watch = match self.scenes.entry(key) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => match make() {
+                Some(sig) => e.insert(scene::Watch::new(frame.key, frame.seq, sig)),
+                None => return (None, scene::MIN_DELTA),
+            },
+        };
+        let sig = watch.signature(frame.key, frame.seq, make);
+        (sig, watch.noise().threshold())
+    }
+
+    /// Forgets regions no trigger looks at any more (a zone removed or changed).
+    fn prune_scenes(&mut self) {
+        let used: Vec<Option<[u32; 4]>> = self
+            .triggers
+            .values()
+            .map(|t| {
+                self.zone(t.cfg.zone.as_ref())
+                    .ok()
+                    .flatten()
+                    .map(|z| z.key())
+            })
+            .collect();
+        self.scenes.retain(|k, _| used.contains(k));
     }
 }
 
@@ -703,7 +748,7 @@ impl Core {
         };
         t.enabled = on;
         if let Some(r) = self.round.as_mut().filter(|r| r.cam == ci) {
-            r.names.retain(|n| n != name);
+            r.names.retain(|(n, _)| n != name);
         }
         tracing::info!(camera = %cam.spec.id, trigger = ?name, enabled = on, "trigger switched");
         cam.runtime.disabled.retain(|n| n != name);
@@ -1034,6 +1079,14 @@ impl Core {
             problems
                 .push("no pool worker is alive (no heartbeat) and this node has no model".into());
         }
+        if let Some(u) = &self.cams[ci].unsaved {
+            problems.push(format!(
+                "runtime triggers are not saved ({}): changes made over MQTT are lost at a \
+                 restart until a save succeeds (tried again every {} s)",
+                u.error,
+                SAVE_RETRY.as_secs()
+            ));
+        }
         wire::Health {
             healthy: problems.is_empty(),
             uptime_s: now.mono.duration_since(self.started).as_secs(),
@@ -1168,6 +1221,7 @@ impl Core {
         if let Some(old) = cam.triggers.insert(t.cfg.name.clone(), t) {
             cam.forget(old.cfg);
         }
+        cam.prune_scenes();
         self.publish_device_discovery(ci, out);
     }
 
@@ -1198,7 +1252,14 @@ impl Core {
     /// Saves camera `ci`'s runtime triggers; `reply` is answered once the save is done.
     fn save(&mut self, ci: usize, reply: Option<ReplyTo>, data: SavedKind, out: &mut Vec<Act>) {
         let save = self.next_id();
-        self.saving.insert(save, Saving { reply, data });
+        self.saving.insert(
+            save,
+            Saving {
+                cam: ci,
+                reply,
+                data,
+            },
+        );
         let cam = &self.cams[ci];
         out.push(Act::Save {
             save,
@@ -1211,8 +1272,22 @@ impl Core {
         let Some(s) = self.saving.remove(&save) else {
             return;
         };
-        if let Err(e) = &result {
-            tracing::warn!("cannot save runtime triggers: {e}");
+        let cam = &mut self.cams[s.cam];
+        match &result {
+            Err(e) => {
+                tracing::warn!(camera = %cam.spec.id, "cannot save runtime triggers: {e}; trying again every {} s", SAVE_RETRY.as_secs());
+                cam.unsaved = Some(Unsaved {
+                    save,
+                    error: e.clone(),
+                    tried: now.mono,
+                });
+            }
+            Ok(()) => {
+                if cam.unsaved.as_ref().is_some_and(|u| u.save < save) {
+                    tracing::info!(camera = %cam.spec.id, "runtime triggers saved again");
+                    cam.unsaved = None;
+                }
+            }
         }
         let persisted = result.is_ok();
         let data = match s.data {
@@ -1220,7 +1295,7 @@ impl Core {
             SavedKind::Removed(removed) => {
                 ReplyData::Removed(wire::TriggerRemoved { removed, persisted })
             }
-            SavedKind::Switched => return,
+            SavedKind::Switched | SavedKind::Retry => return,
         };
         if let Some(reply) = s.reply {
             self.reply(now, reply, Ok(data), out);
@@ -1253,6 +1328,7 @@ impl Core {
     /// camera's triggers).
     fn clear_trigger(&mut self, ci: usize, cfg: &TriggerConfig, out: &mut Vec<Act>) {
         self.cams[ci].forget(cfg.clone());
+        self.cams[ci].prune_scenes();
         self.publish_device_discovery(ci, out);
         let t = &self.cams[ci].topics;
         for topic in [
@@ -1269,7 +1345,7 @@ impl Core {
     fn on_trigger_answer(
         &mut self,
         now: Now,
-        (ci, name, zone): (usize, &str, Option<Zone>),
+        (ci, name, zone, cause): (usize, &str, Option<Zone>, Cause),
         answer: &Answer,
         frame: &Frame,
         out: &mut Vec<Act>,
@@ -1327,6 +1403,8 @@ impl Core {
             snapshot_topic: topics.trigger_snapshot(name),
             details,
             error: None,
+            answered_at: Some(now.unix),
+            cause: Some(cause),
         };
         self.publish_retained(out, topics.trigger_attributes(name), wire::to_bytes(&attrs));
         for change in changes {
@@ -1393,6 +1471,8 @@ impl Core {
             snapshot_topic: cam.topics.trigger_snapshot(name),
             details: wire::Details::None {},
             error: Some(why),
+            answered_at: t.evaluated.answered,
+            cause: None,
         };
         let topic = cam.topics.trigger_attributes(name);
         self.publish_retained(out, topic, wire::to_bytes(&attrs));
@@ -1492,7 +1572,7 @@ impl Core {
             out.push(Act::UseNewModel);
             // Answers that stood on an unchanged picture came from the old model.
             for t in self.cams.iter_mut().flat_map(|c| c.triggers.values_mut()) {
-                t.last_thumb = None;
+                t.reference = None;
             }
         }
         let health: Vec<CameraHealth> = (0..self.cams.len())
@@ -1568,7 +1648,7 @@ impl Core {
             let Some(round) = self.round.as_mut() else {
                 return false;
             };
-            while let Some(name) = round.names.pop_front() {
+            while let Some((name, cause)) = round.names.pop_front() {
                 let (ci, frame) = (round.cam, round.frame.clone());
                 let cam = &mut self.cams[ci];
                 let Some(t) = cam.triggers.get(&name) else {
@@ -1585,14 +1665,15 @@ impl Core {
                         return self.run_round(now, health, out);
                     }
                 };
-                let thumb = cam.thumbnail(&frame, zone);
+                let (reference, _) = cam.scene(&frame, zone);
                 if let Some(t) = cam.triggers.get_mut(&name) {
-                    t.last_thumb = Some(thumb);
+                    t.reference = reference;
                 }
                 let work = Work::Trigger {
                     cam: ci,
                     name,
                     zone,
+                    cause,
                 };
                 self.submit(now, work, Picture::Frame(frame), zone, skills, out);
                 return true;
@@ -1693,33 +1774,27 @@ impl Core {
                 }
                 let zone = cam.zone(t.cfg.zone.as_ref()).ok().flatten();
                 let zone_key = zone.as_ref().map(Zone::key);
-                let thumb = cam.thumbnail(frame, zone);
+                let (current, threshold) = cam.scene(frame, zone);
                 let Some(t) = cam.triggers.get_mut(&name) else {
                     continue;
                 };
-                let changed = t
-                    .last_thumb
-                    .is_none_or(|p| triggers::scene_difference(&p, &thumb) > SCENE_CHANGE);
-                let Some(end) = t.last_end else {
-                    due.push((zone_key, name));
-                    continue;
-                };
-                let since = now.unix - end;
-                let interval = t.cfg.interval as f64;
-                if changed && since >= SCENE_MIN_GAP.min(interval) {
-                    due.push((zone_key, name));
-                } else if since >= interval {
-                    if t.state.settled() {
-                        // Same picture, settled answer: it stands; look again next interval.
-                        t.last_end = Some(now.unix);
-                        self.counters.trigger_skips += 1;
-                    } else {
-                        due.push((zone_key, name));
+                // No signature to compare (a new trigger, another frame size): changed.
+                let changed = match (&t.reference, &current) {
+                    (Some(r), Some(c)) => {
+                        scene::difference(r, c, threshold).is_none_or(|d| d.is_change())
                     }
-                } else if since >= interval / 2.0 && !t.state.settled() {
-                    // Due within half an interval: joins the round now rather than
-                    // costing a frame of its own later, which keeps rounds together.
-                    soon.push((zone_key, name));
+                    _ => true,
+                };
+                match triggers::pace(&t.cfg, t.state.settled(), t.evaluated, changed, now.unix) {
+                    Pace::Due(cause) => due.push((zone_key, (name, cause))),
+                    Pace::Soon(cause) => soon.push((zone_key, (name, cause))),
+                    Pace::Skip => {
+                        // Same picture, settled answer: it stands; look again next interval.
+                        t.evaluated.interval_from = Some(now.unix);
+                        cam.evaluations.skipped += 1;
+                        self.counters.trigger_skips += 1;
+                    }
+                    Pace::Wait => {}
                 }
             }
             if due.is_empty() {
@@ -1808,6 +1883,7 @@ impl Core {
             return;
         };
         let elapsed = now.mono.duration_since(done.started).as_secs_f64() * 1e3;
+        self.counters.engine_busy_ms += elapsed;
         if let Ok(r) = &result {
             self.counters.inferences += 1;
             self.counters.image_encodes += u64::from(!r.prefix.reused);
@@ -1855,10 +1931,15 @@ impl Core {
                 };
                 self.reply(now, p.reply, reply, out);
             }
-            Work::Trigger { cam, name, zone } => {
+            Work::Trigger {
+                cam,
+                name,
+                zone,
+                cause,
+            } => {
                 self.counters.last_trigger_ms = Some(elapsed);
                 if let Some(t) = self.cams[cam].triggers.get_mut(&name) {
-                    t.last_end = Some(now.unix);
+                    t.evaluated.interval_from = Some(now.unix);
                 }
                 match (result, frame) {
                     (Ok(r), Some(f)) => {
@@ -1868,7 +1949,13 @@ impl Core {
                                 z.answer_to_frame(&mut answer);
                             }
                             self.counters.trigger_evaluations += 1;
-                            self.on_trigger_answer(now, (cam, &name, zone), &answer, &f, out);
+                            let c = &mut self.cams[cam];
+                            c.evaluations.count(cause);
+                            if let Some(t) = c.triggers.get_mut(&name) {
+                                t.evaluated.answered = Some(now.unix);
+                            }
+                            let at = (cam, name.as_str(), zone, cause);
+                            self.on_trigger_answer(now, at, &answer, &f, out);
                         }
                     }
                     (Err(EngineError::Invalid(why)), _) => {
@@ -1932,6 +2019,18 @@ impl Core {
             }
             self.publish_heartbeat(true, out);
         }
+        for ci in 0..self.cams.len() {
+            let retry = self.cams[ci].unsaved.as_ref().is_some_and(|u| {
+                now.mono.duration_since(u.tried) >= SAVE_RETRY
+                    && !self.saving.values().any(|s| s.cam == ci)
+            });
+            if retry && self.stopping.is_none() {
+                if let Some(u) = self.cams[ci].unsaved.as_mut() {
+                    u.tried = now.mono;
+                }
+                self.save(ci, None, SavedKind::Retry, out);
+            }
+        }
         if self.bad_requests > 0
             && self
                 .last_bad_log
@@ -1970,6 +2069,7 @@ impl Core {
             camera: self.camera_text(now, ci, views),
             queue_depth: self.queue.len() + usize::from(self.in_flight.is_some()),
             triggers: cam.triggers.len(),
+            evaluations: cam.evaluations,
             counters: self.counters.clone(),
             outbox: self.outbox,
             pool: self.pool.map(|p| p.stats),
@@ -2052,6 +2152,9 @@ impl Core {
             Ok(c) => *c,
             Err(e) => return refuse(self, out, e),
         };
+        if let Some(e) = self.cfg.reload_losses(&new) {
+            return refuse(self, out, e);
+        }
         let specs = new.cameras(&self.device_id);
         let ids: Vec<&str> = specs.iter().map(|s| s.id.as_str()).collect();
         let running: Vec<&str> = self.cams.iter().map(|c| c.spec.id.as_str()).collect();
@@ -2087,8 +2190,9 @@ impl Core {
             }
             if restart || spec.config.zones != cam.spec.config.zones {
                 for t in cam.triggers.values_mut() {
-                    t.last_thumb = None;
+                    t.reference = None;
                 }
+                cam.scenes.clear();
             }
             cam.spec = spec;
             let want = effective_triggers(&cam.spec.config.triggers, &cam.runtime);

@@ -34,6 +34,7 @@ fn trigger(name: &str, question: &str, interval: u64) -> TriggerConfig {
         consecutive: 1,
         cooldown: 0,
         interval,
+        recheck: 600,
         device_class: None,
         zone: None,
         annotate: None,
@@ -1475,4 +1476,94 @@ fn a_camera_node_without_a_live_worker_or_a_model_says_so_and_pauses_triggers() 
         &published(&acts, "mw/cam/camera/availability")[0].payload[..],
         b"online"
     );
+}
+
+/// The `Act::Save` among `acts`: (save id, triggers added).
+fn save_of(acts: &[Act]) -> Option<(u64, usize)> {
+    acts.iter().find_map(|a| match a {
+        Act::Save { save, triggers, .. } => Some((*save, triggers.added.len())),
+        _ => None,
+    })
+}
+
+fn health_problems(c: &mut Core, now: Now, cam: &CameraView, pkid: u16) -> String {
+    let acts = c.handle(now, cam, request("health_check", "{}", pkid));
+    let v = serde_json::to_value(replies(&acts).remove(0).0.data).expect("json");
+    v["problems"].to_string()
+}
+
+#[test]
+fn unsaved_runtime_triggers_are_a_health_problem_until_a_retry_saves_them() {
+    let now = t0();
+    let mut c = core(config(|_| {}), now);
+    let cam = running(frame_at(now, 1));
+    let body = r#"{"trigger":{"name":"a","question":"A?"}}"#;
+    let acts = c.handle(now, &cam, request("trigger_add", body, 1));
+    let (save, _) = save_of(&acts).expect("saved");
+    let full = Err("No space left on device (os error 28)".to_owned());
+    let acts = c.handle(now, &cam, Input::Saved { save, result: full });
+    assert_eq!(
+        serde_json::to_value(replies(&acts).remove(0).0.data).expect("json")["persisted"],
+        false
+    );
+    let p = health_problems(&mut c, now, &cam, 2);
+    assert!(
+        p.contains("not saved") && p.contains("No space left"),
+        "{p}"
+    );
+    // Tried again a minute later, and not before.
+    let t = now.after(Duration::from_secs(30));
+    assert!(save_of(&c.handle(t, &cam, Input::Tick)).is_none());
+    let t = now.after(Duration::from_secs(61));
+    let (retry, added) = save_of(&c.handle(t, &cam, Input::Tick)).expect("retried");
+    assert_eq!(added, 1, "the retry saves the trigger added");
+    // Still failing: still a problem; then the disk has room again.
+    c.handle(
+        t,
+        &cam,
+        Input::Saved {
+            save: retry,
+            result: Err("No space left on device (os error 28)".into()),
+        },
+    );
+    assert!(health_problems(&mut c, t, &cam, 3).contains("not saved"));
+    let t = t.after(Duration::from_secs(61));
+    let (retry, _) = save_of(&c.handle(t, &cam, Input::Tick)).expect("retried again");
+    c.handle(
+        t,
+        &cam,
+        Input::Saved {
+            save: retry,
+            result: Ok(()),
+        },
+    );
+    let p = health_problems(&mut c, t, &cam, 4);
+    assert!(!p.contains("not saved"), "{p}");
+}
+
+#[test]
+fn a_reload_of_an_emptied_file_is_refused_and_keeps_every_trigger() {
+    let now = t0();
+    let full =
+        "[model]\ntext = \"/m/t.gguf\"\nmmproj = \"/m/p.gguf\"\n[camera]\nsource = \"test\"\n\
+                [mqtt]\nprefix = \"mw\"\n[[trigger]]\nname = \"door\"\nquestion = \"Door open?\"\n";
+    let mut c = core(Config::parse(full).expect("config"), now);
+    let cam = running(frame_at(now, 1));
+    let empty = Config::parse("").expect("an empty file is valid TOML");
+    let acts = c.handle(now, &cam, Input::Reload(Ok(Box::new(empty))));
+    assert!(
+        acts.iter()
+            .any(|a| matches!(a, Act::Notify(Notify::Status(s)) if s.contains("reload refused"))),
+        "{acts:?}"
+    );
+    assert!(
+        !acts
+            .iter()
+            .any(|a| matches!(a, Act::LoadModel(_) | Act::RestartCamera(..))),
+        "nothing changed"
+    );
+    let acts = c.handle(now, &cam, request("trigger_list", "{}", 1));
+    let v = serde_json::to_value(replies(&acts).remove(0).0.data).expect("json");
+    assert_eq!(v["triggers"][0]["trigger"]["name"], "door", "{v}");
+    assert!(health_problems(&mut c, now, &cam, 2).contains("lost"));
 }

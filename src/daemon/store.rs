@@ -97,12 +97,18 @@ pub fn save(state_dir: &Path, file: &str, triggers: &RuntimeTriggers) -> std::io
     std::fs::create_dir_all(state_dir)?;
     let tmp = state_dir.join(format!("{file}.tmp"));
     let body = serde_json::to_vec_pretty(triggers).map_err(std::io::Error::other)?;
-    {
+    let written = (|| {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(&body)?;
         f.sync_all()?;
+        std::fs::rename(&tmp, &path)
+    })();
+    if let Err(e) = written {
+        // A full disk leaves a partial temporary file: it is not left to fill the disk
+        // further or to confuse a reader.
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
     }
-    std::fs::rename(&tmp, &path)?;
     std::fs::File::open(state_dir)?.sync_all()
 }
 
@@ -145,5 +151,17 @@ mod tests {
         // A new save goes to a fresh file.
         save(dir.path(), DEFAULT_FILE, &rt).unwrap();
         assert_eq!(load(dir.path(), DEFAULT_FILE).triggers, rt);
+    }
+
+    #[test]
+    fn a_failed_save_leaves_no_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        // The rename cannot replace a directory that holds a file: the save fails after
+        // the temporary file was written, as it does when a disk fills mid-way.
+        let blocker = dir.path().join(DEFAULT_FILE);
+        std::fs::create_dir(&blocker).unwrap();
+        std::fs::write(blocker.join("x"), b"x").unwrap();
+        assert!(save(dir.path(), DEFAULT_FILE, &RuntimeTriggers::default()).is_err());
+        assert!(!dir.path().join(format!("{DEFAULT_FILE}.tmp")).exists());
     }
 }

@@ -167,6 +167,15 @@ pub struct TriggerAttributes {
     /// Set when the engine refused the trigger; it is then not evaluated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// When the model last answered this trigger (Unix seconds). Between evaluations the
+    /// answer stands on a picture that has not changed, for at most the trigger's
+    /// `recheck` seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answered_at: Option<f64>,
+    /// Why this evaluation ran: `first`, `change` (the picture changed), `interval` (the
+    /// answer was not settled) or `recheck` (a settled answer reached `recheck`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cause: Option<crate::triggers::Cause>,
 }
 
 /// Per-kind details of a trigger's last answer.
@@ -224,6 +233,9 @@ pub struct Stats {
     pub camera: String,
     pub queue_depth: usize,
     pub triggers: usize,
+    /// This camera's trigger evaluations by cause, and the due ones skipped.
+    #[serde(default)]
+    pub evaluations: Evaluations,
     pub counters: Counters,
     pub outbox: OutboxStats,
     /// A camera node that hands its jobs to the pool (`pool.offload`).
@@ -279,8 +291,40 @@ pub struct Counters {
     /// Due evaluations skipped because the scene had not changed.
     pub trigger_skips: u64,
     pub captions: u64,
+    /// Milliseconds the engine spent on jobs since the start: its duty is the growth of
+    /// this over the growth of `uptime_s`.
+    #[serde(default)]
+    pub engine_busy_ms: f64,
     pub last_request_ms: Option<f64>,
     pub last_trigger_ms: Option<f64>,
+}
+
+/// A camera's trigger evaluations by what caused them, and the due evaluations skipped
+/// because a settled answer stood on an unchanged picture.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Evaluations {
+    /// Triggers never evaluated before (start, reload, switched on).
+    pub first: u64,
+    /// The picture (the trigger's zone) changed.
+    pub change: u64,
+    /// The interval passed with an answer not yet settled (or `recheck = 0`).
+    pub interval: u64,
+    /// A settled answer on an unchanged picture reached the trigger's `recheck`.
+    pub recheck: u64,
+    /// Due evaluations skipped: settled answer, unchanged picture.
+    pub skipped: u64,
+}
+
+impl Evaluations {
+    pub fn count(&mut self, cause: crate::triggers::Cause) {
+        use crate::triggers::Cause;
+        *match cause {
+            Cause::First => &mut self.first,
+            Cause::Change => &mut self.change,
+            Cause::Interval => &mut self.interval,
+            Cause::Recheck => &mut self.recheck,
+        } += 1;
+    }
 }
 
 /// A JSON Schema (draft 2020-12) for every payload, by name: `request`, `reply`,

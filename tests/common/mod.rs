@@ -2,6 +2,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 #![allow(dead_code)]
 
+pub mod scenes;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 

@@ -6,6 +6,8 @@ use std::time::SystemTime;
 
 use image::{ImageReader, Limits};
 
+pub mod scene;
+
 /// Largest image side accepted from files and payloads; the model sees 378x378 pixels
 /// anyway, so bigger inputs only cost memory.
 pub const MAX_SIDE: u32 = 8192;
