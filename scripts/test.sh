@@ -9,7 +9,7 @@ cargo fmt --check
 # The Yocto layer: oelint-adv (pinned) must find nothing.
 venv="$HOME/.cache/moonwatch/venv"
 [ -x "$venv/bin/oelint-adv" ] || { python3 -m venv "$venv" && "$venv/bin/pip" install -q "oelint-adv==9.11.*"; }
-(cd yocto/meta-moonwatch && "$venv/bin/oelint-adv" --release scarthgap --suppress oelint.vars.homepageping \
+(cd yocto/meta-moonwatch && "$venv/bin/oelint-adv" --release wrynose --suppress oelint.vars.homepageping \
   --noinfo --quiet $(find . -name '*.bb' -o -name '*.bbappend'))
 # Everything builds in the release profile: llama.cpp is compiled once (about 5-11 min
 # cold on two cores) and shared by the build, clippy and the tests.

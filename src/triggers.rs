@@ -97,9 +97,9 @@ mod defaults {
     pub fn interval() -> u64 {
         10
     }
-    /// Ten minutes: a change the scene test cannot see (under about 0.3% of the picture)
-    /// is looked at within ten minutes, for one cold frame per trigger group (about 3% of
-    /// a 2-core engine's time; see BENCHMARKS.md).
+    /// Ten minutes: a change the scene test cannot see (too small, or too close to the
+    /// background for the camera's noise) is looked at within ten minutes, for one cold
+    /// frame per group of triggers (about 3% of a 2-core engine's time; BENCHMARKS.md).
     pub fn recheck() -> u64 {
         600
     }

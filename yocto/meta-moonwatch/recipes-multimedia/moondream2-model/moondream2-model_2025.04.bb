@@ -29,8 +29,8 @@ python () {
             raise bb.parse.SkipRecipe("set %s to the file's SHA-256 (see meta-moonwatch/README.md)" % var)
 }
 
-# The downloads are copied (not unpacked) into the work directory.
-S = "${WORKDIR}"
+# The downloads are copied (not unpacked) into the unpack directory.
+S = "${UNPACKDIR}"
 
 inherit allarch
 

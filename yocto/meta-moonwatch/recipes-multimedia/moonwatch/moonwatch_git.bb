@@ -22,8 +22,6 @@ SRC_URI = "git://github.com/moonwatch/moonwatch.git;protocol=https;branch=main \
 # A commit of main; the kas files build from the checkout instead (externalsrc).
 SRCREV = "215cc4e31776233a9941595c17070e6abe4c346e"
 
-S = "${WORKDIR}/git"
-
 require ${BPN}-crates.inc
 
 inherit cargo cargo-update-recipe-crates pkgconfig systemd useradd
@@ -31,10 +29,17 @@ inherit cargo cargo-update-recipe-crates pkgconfig systemd useradd
 PACKAGECONFIG ??= "v4l2 rtsp"
 # GStreamer plugins for the camera presets (the GStreamer core is always needed).
 PACKAGECONFIG[v4l2] = ",,,gstreamer1.0-plugins-good-video4linux2 gstreamer1.0-plugins-good-jpeg"
-PACKAGECONFIG[rtsp] = ",,,gstreamer1.0-plugins-good-rtsp gstreamer1.0-plugins-good-rtp gstreamer1.0-libav"
+# RTSP and its RTP depayloaders; the H.264/H.265 decoder comes from the board (Jetson:
+# nvv4l2decoder) or from `libav` below.
+PACKAGECONFIG[rtsp] = ",,,gstreamer1.0-plugins-good-rtsp gstreamer1.0-plugins-good-rtp"
+# FFmpeg's software decoders for RTSP cameras on boards without a hardware decoder (the
+# Pi 5 decodes only HEVC in hardware). gstreamer1.0-libav carries the `commercial` licence
+# flag: a build that wants it accepts it explicitly (LICENSE_FLAGS_ACCEPTED).
+PACKAGECONFIG[libav] = ",,,gstreamer1.0-libav"
 PACKAGECONFIG[libcamera] = ",,,libcamera-gst"
-# llama.cpp's CUDA backend (NVIDIA Jetson, meta-tegra).
-PACKAGECONFIG[cuda] = ",,cuda-cudart cuda-cublas"
+# llama.cpp's CUDA backend (NVIDIA Jetson, meta-tegra; its `cuda` class is inherited by the
+# meta-tegra dynamic layer).
+PACKAGECONFIG[cuda] = ",,cuda-cudart libcublas"
 
 # nooelint: oelint.vars.mispell.unknown - cargo feature list of this recipe
 CARGO_FEATURES = "${@bb.utils.contains('PACKAGECONFIG', 'cuda', 'cuda', '', d)}"
@@ -52,7 +57,7 @@ GGML_CPU_ARM_ARCH ??= ""
 export GGML_CPU_ARM_ARCH
 # llama-cpp-sys-2 pins armv8-a on aarch64 Linux; this toolchain file (read by the cmake
 # crate) restores GGML_CPU_ARM_ARCH for llama.cpp.
-export TARGET_CMAKE_TOOLCHAIN_FILE = "${WORKDIR}/ggml-cpu-arch.cmake"
+export TARGET_CMAKE_TOOLCHAIN_FILE = "${UNPACKDIR}/ggml-cpu-arch.cmake"
 export MOONWATCH_CMAKE_PROCESSOR = "${TARGET_ARCH}"
 export LIBCLANG_PATH = "${STAGING_LIBDIR_NATIVE}"
 
@@ -83,4 +88,6 @@ RDEPENDS:${PN} += "gstreamer1.0-plugins-base-app \
                    gstreamer1.0-plugins-base-videoconvertscale \
                    gstreamer1.0-plugins-base-videorate \
                    gstreamer1.0-plugins-base-videotestsrc"
-RRECOMMENDS:${PN} += "moondream2-model"
+# The model package exists once its checksums are set (its recipe skips itself until
+# then); until then the device fetches the files with `moonwatch model pull`.
+RRECOMMENDS:${PN} += "${@'moondream2-model' if len(d.getVar('MOONDREAM2_TEXT_SHA256') or '') == 64 and len(d.getVar('MOONDREAM2_MMPROJ_SHA256') or '') == 64 else ''}"
