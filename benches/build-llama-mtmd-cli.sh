@@ -6,11 +6,12 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 version=$(sed -n 's/^llama-cpp-sys-2 = "=\(.*\)"/\1/p' "$here/Cargo.toml")
-src=$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/llama-cpp-sys-2-"$version"/llama.cpp 2>/dev/null | head -n1)
-[ -d "$src" ] || { (cd "$here" && cargo fetch -q); src=$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/llama-cpp-sys-2-"$version"/llama.cpp | head -n1); }
 out=${MOONWATCH_PEER_DIR:-$HOME/.cache/moonwatch/llama-mtmd-cli-$version}
 bin="$out/build/bin/llama-mtmd-cli"
+# Built already (or by scripts/cuda-device/run.sh, on a machine without Rust or crates).
 if [ -x "$bin" ]; then echo "$bin"; exit 0; fi
+src=$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/llama-cpp-sys-2-"$version"/llama.cpp 2>/dev/null | head -n1 || true)
+[ -d "$src" ] || { (cd "$here" && cargo fetch -q); src=$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/llama-cpp-sys-2-"$version"/llama.cpp | head -n1); }
 mkdir -p "$out"
 rm -rf "$out/src"
 cp -r "$src" "$out/src"

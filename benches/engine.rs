@@ -106,7 +106,15 @@ impl Ask<'_> {
             None => {
                 let cfg = std::env::temp_dir()
                     .join(format!("moonwatch-bench-{}.toml", std::process::id()));
-                std::fs::write(&cfg, format!("[model]\n{}\n", self.model_toml)).unwrap();
+                // MOONWATCH_BENCH_GPU_LAYERS: layers on the GPU (a CUDA build), as the
+                // peer's -ngl; the vision encoder goes with them.
+                let gpu = env_or("MOONWATCH_BENCH_GPU_LAYERS", 0);
+                let offload = format!("gpu_layers = {gpu}\nvision_on_gpu = {}\n", gpu > 0);
+                std::fs::write(
+                    &cfg,
+                    format!("[model]\n{}\n{offload}", self.model_toml),
+                )
+                .unwrap();
                 cfg
             }
         };
@@ -198,6 +206,7 @@ fn peer(bin: &str, text: &Path, mmproj: &Path, image: &Path, threads: u32, token
                 "0",
                 "--perf",
             ])
+            .args(["-ngl", &env_or("MOONWATCH_BENCH_GPU_LAYERS", 0).to_string()])
             .args([
                 "-t",
                 &threads.to_string(),

@@ -48,8 +48,16 @@ if [ "${cuda_major:-0}" -ge 12 ]; then default_archs="87;90"; else default_archs
 export CMAKE_CUDA_ARCHITECTURES="${MOONWATCH_CUDA_ARCHS:-$default_archs}"
 echo "moonwatch: CUDA $cuda_major, building for compute capabilities $CMAKE_CUDA_ARCHITECTURES"
 # Debian installs the toolkit under /usr (nvcc in /usr/bin, the libraries in the multiarch
-# directory); find_cuda_helper looks here for the link.
-export CUDA_PATH="${CUDA_PATH:-/usr}"
+# directory), where llama-cpp-sys-2's link step (find_cuda_helper: a root with lib64/) does
+# not look: a root of links in the usual layout gives it one.
+if [ -z "${CUDA_PATH:-}" ] && [ -x /usr/bin/nvcc ] && [ ! -d /usr/local/cuda ]; then
+  root="$CARGO_TARGET_DIR/cuda-root"
+  mkdir -p "$root"
+  ln -sfn /usr/bin "$root/bin"
+  ln -sfn /usr/include "$root/include"
+  ln -sfn "/usr/lib/$(gcc -print-multiarch)" "$root/lib64"
+  export CUDA_PATH="$root" CUDA_LIBRARY_PATH="$root"
+fi
 
 start=$(date +%s)
 cargo build --release --locked --features cuda

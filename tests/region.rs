@@ -65,7 +65,7 @@ fn settings(f: &Files) -> Settings {
     let mut s = Settings::for_files(&f.text, &f.mmproj, 2);
     s.model.region = Some(f.region.clone());
     s.model.revision = moonwatch::vision::Revision::Moondream20250414;
-    s.model.vision_on_gpu = false;
+    common::gpu(&mut s);
     s
 }
 

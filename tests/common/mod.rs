@@ -19,10 +19,21 @@ pub fn tiny() -> Pair {
 /// Engine settings for the tiny pair: two threads, so outputs are reproducible.
 pub fn settings(pair: &Pair) -> Settings {
     let mut s = Settings::for_files(&pair.text, &pair.mmproj, 2);
-    s.model.vision_on_gpu = false;
+    gpu(&mut s);
     s.model.max_tokens = 24;
     s.model.queue_depth = 4;
     s
+}
+
+/// MOONWATCH_TEST_GPU_LAYERS (default 0): layers on the GPU, the vision encoder with them,
+/// for running the engine tests on a CUDA build (scripts/cuda-device/run.sh).
+pub fn gpu(s: &mut Settings) {
+    let layers = std::env::var("MOONWATCH_TEST_GPU_LAYERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    s.model.gpu_layers = layers;
+    s.model.vision_on_gpu = layers > 0;
 }
 
 /// A deterministic picture; `seed` changes its content.
