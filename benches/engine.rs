@@ -110,11 +110,7 @@ impl Ask<'_> {
                 // peer's -ngl; the vision encoder goes with them.
                 let gpu = env_or("MOONWATCH_BENCH_GPU_LAYERS", 0);
                 let offload = format!("gpu_layers = {gpu}\nvision_on_gpu = {}\n", gpu > 0);
-                std::fs::write(
-                    &cfg,
-                    format!("[model]\n{}\n{offload}", self.model_toml),
-                )
-                .unwrap();
+                std::fs::write(&cfg, format!("[model]\n{}\n{offload}", self.model_toml)).unwrap();
                 cfg
             }
         };

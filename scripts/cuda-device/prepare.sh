@@ -28,7 +28,8 @@ exes() { # "name path" of the executables cargo reports (benches named bench-NAM
   python3 -c 'import json,sys
 for l in sys.stdin:
     m = json.loads(l)
-    if m.get("reason") == "compiler-artifact" and m.get("executable"):
+    if m.get("reason") == "compiler-artifact" and m.get("executable") \
+            and m["target"]["kind"][0] in ("test", "bench"):
         kind = m["target"]["kind"][0]
         name = m["target"]["name"]
         print(("bench-" if kind == "bench" else "") + name, m["executable"])'
