@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use moonwatch::camera;
 use moonwatch::config::{self, CameraConfig, Config, ConfigError};
 use moonwatch::frame::{Frame, FrameError};
-use moonwatch::model::{convert, pull, synth, Quant};
+use moonwatch::model::{convert, projector, pull, synth, Quant};
 use moonwatch::vision::moondream::{self, Settings};
 use moonwatch::vision::{Answer, CaptionLength, EngineError, Request, Response, Skill};
 
@@ -850,11 +850,18 @@ fn model(command: ModelCommand) -> Result<(), Failure> {
             moondream::backend()?;
             match (quant, mmproj) {
                 (_, true) => {
-                    let (q, kept) = synth::quantize_mmproj(&input, &output)
+                    let r = projector::quantize_mmproj(&input, &output)
                         .map_err(|e| Failure::new(exit::IOERR, e))?;
+                    let widened = if r.ffn.0 == r.ffn.1 {
+                        String::new()
+                    } else {
+                        format!(" (feed-forward {} -> {} units)", r.ffn.0, r.ffn.1)
+                    };
                     println!(
-                        "{}: {q} matrices Q8_0, {kept} tensors kept",
-                        output.display()
+                        "{}: {} matrices Q8_0{widened}, {} tensors kept",
+                        output.display(),
+                        r.quantized,
+                        r.kept
                     );
                 }
                 (Some(q), false) => {

@@ -10,6 +10,7 @@
 
 mod common;
 
+use moonwatch::model::{projector, synth, synth::Pair};
 use moonwatch::vision::moondream::{self, Settings};
 use moonwatch::vision::{
     Answer, BBox, CaptionLength, Method, Point, Request, Response, Skill, StopReason,
@@ -285,10 +286,10 @@ fn a_q8_0_projector_loads_and_answers() {
     let pair = common::answering(SQUARE, true);
     let dir = tempfile::tempdir().unwrap();
     let q8 = dir.path().join("mmproj-q8_0.gguf");
-    let (quantized, kept) = moonwatch::model::synth::quantize_mmproj(&pair.mmproj, &q8).unwrap();
+    let r = projector::quantize_mmproj(&pair.mmproj, &q8).unwrap();
     // 4 attention matrices, ffn_up and ffn_down in each of the 2 blocks the graph runs
     // (the third, unused, is left out), and the projector's 2.
-    assert_eq!(quantized, 2 * 6 + 2, "{kept} kept");
+    assert_eq!(r.quantized, 2 * 6 + 2, "{r:?}");
     assert!(std::fs::metadata(&q8).unwrap().len() < std::fs::metadata(&pair.mmproj).unwrap().len());
     let mut s = common::settings(&pair);
     s.model.mmproj = q8;
@@ -298,37 +299,89 @@ fn a_q8_0_projector_loads_and_answers() {
     assert_eq!(r.prefix.tokens, 730);
 }
 
+/// The yes/no probabilities of "Is it red?" on two different frames, with `mmproj` as the
+/// projector of `pair`: they depend on every image embedding.
+fn probe(pair: &Pair, mmproj: &std::path::Path) -> [(f32, f32); 2] {
+    let mut s = common::settings(pair);
+    s.model.mmproj = mmproj.to_owned();
+    let e = moondream::start(s).unwrap();
+    [3, 9].map(|seed| {
+        let q = vec![Skill::YesNo {
+            question: "Is it red?".into(),
+        }];
+        let r = e
+            .run(Request::new(common::frame(seed, 320, 240), q))
+            .unwrap();
+        match r.answers[0].answer {
+            Answer::YesNo { p_yes, p_no, .. } => (p_yes, p_no),
+            ref other => panic!("{other:?}"),
+        }
+    })
+}
+
 #[test]
 fn leaving_out_the_unused_vision_block_changes_nothing_the_model_sees() {
-    // The plain random model: its yes/no probabilities depend on every image embedding.
+    // The plain random model.
     let pair = common::tiny();
     let dir = tempfile::tempdir().unwrap();
     let (with, without) = (
         dir.path().join("with.gguf"),
         dir.path().join("without.gguf"),
     );
-    moonwatch::model::synth::quantize_mmproj_keeping(&pair.mmproj, &with, true).unwrap();
-    moonwatch::model::synth::quantize_mmproj(&pair.mmproj, &without).unwrap();
-    assert!(std::fs::metadata(&without).unwrap().len() < std::fs::metadata(&with).unwrap().len());
-    let probe = |mmproj: &std::path::Path| {
-        let mut s = common::settings(&pair);
-        s.model.mmproj = mmproj.to_owned();
-        let e = moondream::start(s).unwrap();
-        [3, 9].map(|seed| {
-            let q = vec![Skill::YesNo {
-                question: "Is it red?".into(),
-            }];
-            let r = e
-                .run(Request::new(common::frame(seed, 320, 240), q))
-                .unwrap();
-            match r.answers[0].answer {
-                Answer::YesNo { p_yes, p_no, .. } => (p_yes, p_no),
-                ref other => panic!("{other:?}"),
-            }
-        })
+    let keep = projector::Options {
+        keep_unused_block: true,
+        ..Default::default()
     };
-    let (a, b) = (probe(&with), probe(&without));
+    projector::rewrite(&pair.mmproj, &with, keep).unwrap();
+    projector::quantize_mmproj(&pair.mmproj, &without).unwrap();
+    assert!(std::fs::metadata(&without).unwrap().len() < std::fs::metadata(&with).unwrap().len());
+    let (a, b) = (probe(&pair, &with), probe(&pair, &without));
     assert_eq!(a, b, "the same blocks must run");
     // And the picture matters: the two frames give different probabilities.
     assert_ne!(a[0], a[1]);
+}
+
+#[test]
+fn zero_units_widen_the_feed_forward_layers_without_changing_what_the_model_sees() {
+    // SigLIP's 4304 units are not whole Q8_0 blocks; 120 is not either.
+    let dir = tempfile::tempdir().unwrap();
+    let shape = synth::Shape {
+        vision_ff: 120,
+        ..synth::Shape::tiny()
+    };
+    let pair = synth::write_pair(dir.path(), &shape, &synth::default_vocab_dir()).unwrap();
+    let file = |name: &str| dir.path().join(name);
+    let f16 = |pad_ffn| projector::Options {
+        quantize: false,
+        pad_ffn,
+        keep_unused_block: false,
+    };
+    let plain = projector::rewrite(&pair.mmproj, &file("plain.gguf"), f16(false)).unwrap();
+    let widened = projector::rewrite(&pair.mmproj, &file("widened.gguf"), f16(true)).unwrap();
+    assert_eq!(plain.ffn, (120, 120));
+    // ffn_up's weight and bias and ffn_down's weight in each of the 2 blocks that run.
+    assert_eq!((widened.ffn, widened.padded), ((120, 128), 6));
+    let q8 = projector::quantize_mmproj(&pair.mmproj, &file("q8.gguf")).unwrap();
+    let q8_narrow = projector::Options {
+        pad_ffn: false,
+        ..Default::default()
+    };
+    let narrow = projector::rewrite(&pair.mmproj, &file("q8-narrow.gguf"), q8_narrow).unwrap();
+    // Widened, ffn_down becomes Q8_0 too: 2 blocks more than without.
+    assert_eq!(q8.quantized, narrow.quantized + 2, "{q8:?} {narrow:?}");
+
+    let reference = probe(&pair, &file("plain.gguf"));
+    assert_ne!(reference[0], reference[1], "the picture must matter");
+    // Zero units add nothing, to the bit (a fill of 0.05 moves these by 0.2%).
+    let w = probe(&pair, &file("widened.gguf"));
+    assert_eq!(reference, w);
+    // Q8_0 stays near F16 (0.5% here), and the widened Q8_0 file loads and runs.
+    let close = |a: [(f32, f32); 2], b: [(f32, f32); 2], tol: f32| {
+        a.iter().zip(&b).all(|(x, y)| {
+            (x.0 - y.0).abs() <= tol * x.0.abs() && (x.1 - y.1).abs() <= tol * x.1.abs()
+        })
+    };
+    let q = probe(&pair, &file("q8.gguf"));
+    assert!(close(reference, q, 2e-2), "{reference:?} {q:?}");
+    assert_ne!(reference, q, "Q8_0 must have run");
 }

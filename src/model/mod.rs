@@ -2,6 +2,7 @@
 //! making random-weight ones.
 
 pub mod convert;
+pub mod projector;
 pub mod pull;
 pub mod synth;
 

@@ -96,7 +96,7 @@ pub fn pull(model: &ModelConfig, progress: bool) -> Result<Vec<Pulled>, PullErro
             (&d.mmproj_file, &d.mmproj_sha256, &model.mmproj),
             "q8_0",
             progress,
-            |from, to| super::synth::quantize_mmproj(from, to).map(|_| ()),
+            |from, to| super::projector::quantize_mmproj(from, to).map(|_| ()),
         )?
     } else {
         pull_one(

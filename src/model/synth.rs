@@ -92,6 +92,8 @@ impl Shape {
 pub enum SynthError {
     #[error("cannot read the GPT-2 vocabulary in {dir}: {reason}")]
     Vocab { dir: PathBuf, reason: String },
+    #[error("cannot read {path}: {reason}")]
+    Read { path: PathBuf, reason: String },
     #[error("cannot write {path}: {reason}")]
     Write { path: PathBuf, reason: String },
     #[error("quantizing {path} failed (llama.cpp returned {code})")]
@@ -215,7 +217,7 @@ pub(super) struct Writer {
     tensors: Vec<TensorSpec>,
 }
 
-fn c(s: &str) -> CString {
+pub(super) fn c(s: &str) -> CString {
     // Keys and names are literals or formatted identifiers without NUL bytes.
     CString::new(s).unwrap_or_default()
 }
@@ -235,6 +237,15 @@ impl Writer {
                 tensors: Vec::new(),
             }
         }
+    }
+
+    /// Copies every key of `src`.
+    ///
+    /// # Safety
+    /// `src` must be a valid gguf context.
+    pub(super) unsafe fn copy_kv(&mut self, src: *const sys::gguf_context) {
+        // SAFETY: both contexts are valid (the caller's promise for `src`).
+        unsafe { sys::gguf_set_kv(self.gguf, src) }
     }
 
     pub(super) fn str(&mut self, key: &str, v: &str) {
@@ -785,164 +796,6 @@ pub fn quantize(input: &Path, output: &Path, ftype: sys::llama_ftype) -> Result<
         });
     }
     Ok(())
-}
-
-/// Quantizes a vision projector: every 2-D F16 weight matrix whose rows are a whole
-/// number of 32-value blocks becomes Q8_0 (the attention, `ffn_up` and projector
-/// matrices); the rest (SigLIP's `ffn_down`, 4304 wide; the patch and position
-/// embeddings; norms and biases) stays as it is. llama.cpp has no projector quantizer of
-/// its own in this version.
-///
-/// An MLP (llava) projector stores one block more than its graph runs (it stops before
-/// the last); that block is left out, and `clip.vision.feature_layer` tells llama.cpp to
-/// run the same blocks as before and take their output, post-norm included, exactly as it
-/// did. Returns (tensors quantized, tensors kept).
-pub fn quantize_mmproj(input: &Path, output: &Path) -> Result<(usize, usize), SynthError> {
-    quantize_mmproj_keeping(input, output, false)
-}
-
-/// [`quantize_mmproj`], optionally keeping the unused last block (for comparisons).
-pub fn quantize_mmproj_keeping(
-    input: &Path,
-    output: &Path,
-    keep_unused_block: bool,
-) -> Result<(usize, usize), SynthError> {
-    use std::io::{Read, Seek, SeekFrom};
-    let rerr = |reason: String| SynthError::Vocab {
-        dir: input.to_owned(),
-        reason,
-    };
-    let werr = |reason: String| SynthError::Write {
-        path: output.to_owned(),
-        reason,
-    };
-    let p = c(&input.to_string_lossy());
-    let mut meta: *mut sys::ggml_context = std::ptr::null_mut();
-    // SAFETY: metadata-only read; `meta` receives tensor headers (no data); both are
-    // freed at the end of this function.
-    let src = unsafe {
-        sys::gguf_init_from_file(
-            p.as_ptr(),
-            sys::gguf_init_params {
-                no_alloc: true,
-                ctx: &mut meta,
-            },
-        )
-    };
-    if src.is_null() || meta.is_null() {
-        return Err(rerr("not a readable GGUF file".into()));
-    }
-    struct Source {
-        offset: u64,
-        size: usize,
-        ty: sys::ggml_type,
-    }
-    let mut sources = Vec::new();
-    let n = unsafe { sys::gguf_get_n_tensors(src) };
-    let mut w = Writer::new(n as usize);
-    let (mut quantized, mut kept) = (0, 0);
-    // SAFETY: key lookups on a valid context; values read with their own types.
-    let (blocks, mlp) = unsafe {
-        let key = c("clip.vision.block_count");
-        let i = sys::gguf_find_key(src, key.as_ptr());
-        let blocks = (i >= 0).then(|| sys::gguf_get_val_u32(src, i));
-        let key = c("clip.projector_type");
-        let j = sys::gguf_find_key(src, key.as_ptr());
-        let mlp =
-            j >= 0 && std::ffi::CStr::from_ptr(sys::gguf_get_val_str(src, j)).to_bytes() == b"mlp";
-        let key = c("clip.vision.feature_layer");
-        let has_features = sys::gguf_find_key(src, key.as_ptr()) >= 0;
-        (blocks, mlp && !has_features)
-    };
-    let unused = match blocks {
-        Some(b) if mlp && b > 1 && !keep_unused_block => Some(format!("v.blk.{}.", b - 1)),
-        _ => None,
-    };
-    // SAFETY: indices below n_tensors; names are NUL-terminated strings owned by `src`;
-    // `meta` holds a header for every tensor in the file.
-    unsafe {
-        sys::gguf_set_kv(w.gguf, src);
-        let base = sys::gguf_get_data_offset(src) as u64;
-        for i in 0..n {
-            let name_ptr = sys::gguf_get_tensor_name(src, i);
-            let name = std::ffi::CStr::from_ptr(name_ptr)
-                .to_string_lossy()
-                .into_owned();
-            if unused.as_deref().is_some_and(|u| name.starts_with(u)) {
-                continue;
-            }
-            let t = sys::ggml_get_tensor(meta, name_ptr);
-            if t.is_null() {
-                sys::gguf_free(src);
-                sys::ggml_free(meta);
-                return Err(rerr(format!("tensor {name} has no header")));
-            }
-            let dims = sys::ggml_n_dims(t) as usize;
-            let all: [i64; 4] = (*t).ne;
-            let ne: Vec<i64> = all[..dims].to_vec();
-            let ty = (*t).type_;
-            let matrix = dims == 2 && ne[0] % 32 == 0 && name.ends_with(".weight");
-            let embedding = name.contains("patch_embd") || name.contains("position_embd");
-            let target = if ty == sys::GGML_TYPE_F16 && matrix && !embedding {
-                quantized += 1;
-                sys::GGML_TYPE_Q8_0
-            } else {
-                kept += 1;
-                ty
-            };
-            w.tensor(&name, target, &ne, Init::Zeros);
-            sources.push(Source {
-                offset: base + sys::gguf_get_tensor_offset(src, i) as u64,
-                size: sys::gguf_get_tensor_size(src, i),
-                ty,
-            });
-        }
-        sys::gguf_free(src);
-        sys::ggml_free(meta);
-    }
-    w.u32("general.file_type", sys::LLAMA_FTYPE_MOSTLY_Q8_0);
-    if let (Some(_), Some(b)) = (&unused, blocks) {
-        let run = b as i32 - 1;
-        w.u32("clip.vision.block_count", run as u32);
-        w.i32s("clip.vision.feature_layer", &[run]);
-    }
-    let mut file = File::open(input).map_err(|e| rerr(e.to_string()))?;
-    w.write_with(output, |i, spec| {
-        let s = &sources[i];
-        let mut raw = vec![0u8; s.size];
-        file.seek(SeekFrom::Start(s.offset))
-            .and_then(|_| file.read_exact(&mut raw))
-            .map_err(|e| rerr(format!("reading tensor data: {e}")))?;
-        if spec.ty == s.ty {
-            return Ok(raw);
-        }
-        let count = raw.len() / 2;
-        let mut f32s = vec![0f32; count];
-        let row = spec.ne[0];
-        let rows = count as i64 / row;
-        // SAFETY: `raw` holds `count` F16 values; `f32s` has room for them; the Q8_0
-        // output is sized by ggml_row_size for `rows` rows.
-        unsafe {
-            sys::ggml_fp16_to_fp32_row(raw.as_ptr().cast(), f32s.as_mut_ptr(), count as i64);
-            let size = sys::ggml_row_size(spec.ty, row) * rows as usize;
-            let mut out = vec![0u8; size];
-            sys::ggml_quantize_chunk(
-                spec.ty,
-                f32s.as_ptr(),
-                out.as_mut_ptr().cast::<c_void>(),
-                0,
-                rows,
-                row,
-                std::ptr::null(),
-            );
-            Ok(out)
-        }
-    })
-    .map_err(|e| match e {
-        SynthError::Write { reason, .. } => werr(reason),
-        other => other,
-    })?;
-    Ok((quantized, kept))
 }
 
 /// The tiny pair for tests, written once per directory and reused after.

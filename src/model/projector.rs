@@ -1,0 +1,321 @@
+//! The vision projector's quantizer (llama.cpp has none for projectors in this version):
+//! Q8_0 for every weight matrix llama.cpp can run as Q8_0, after widening SigLIP's
+//! 4304-unit feed-forward layers to 4320 with zero units so that their down matrices can
+//! be Q8_0 too.
+//!
+//! The zero units change nothing the model computes: their rows of the up matrix and their
+//! biases are zero, and so are their columns of the down matrix, so whatever the
+//! activation makes of them is multiplied by zero. What Q8_0 costs in accuracy is measured
+//! in BENCHMARKS.md.
+
+use std::ffi::{c_void, CStr};
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::Path;
+
+use llama_cpp_sys_2 as sys;
+
+use super::synth::{c, Init, SynthError, Writer};
+
+/// Q8_0 stores blocks of 32 values along a row.
+const BLOCK: i64 = 32;
+
+/// What [`rewrite`] does to a projector.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// F16 weight matrices whose rows are whole Q8_0 blocks become Q8_0.
+    pub quantize: bool,
+    /// Feed-forward layers whose width is not a whole number of blocks get zero units up
+    /// to the next block.
+    pub pad_ffn: bool,
+    /// Keep the last vision block, which llava-style projectors store but never run.
+    pub keep_unused_block: bool,
+}
+
+impl Default for Options {
+    /// What `moonwatch model quantize --mmproj` and `model pull` do.
+    fn default() -> Self {
+        Self {
+            quantize: true,
+            pad_ffn: true,
+            keep_unused_block: false,
+        }
+    }
+}
+
+/// What [`rewrite`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Report {
+    /// Matrices written as Q8_0.
+    pub quantized: usize,
+    /// Tensors written in their own type.
+    pub kept: usize,
+    /// Tensors widened with zero units (counted in one of the above too).
+    pub padded: usize,
+    /// The feed-forward width before and after (equal when nothing was padded).
+    pub ffn: (u32, u32),
+}
+
+/// Quantizes a projector as shipped ([`Options::default`]).
+pub fn quantize_mmproj(input: &Path, output: &Path) -> Result<Report, SynthError> {
+    rewrite(input, output, Options::default())
+}
+
+/// One tensor of the input and what becomes of it.
+struct Plan {
+    name: String,
+    offset: u64,
+    size: usize,
+    ty: sys::ggml_type,
+    ne: Vec<i64>,
+    out_ty: sys::ggml_type,
+    out_ne: Vec<i64>,
+}
+
+/// Reads `input` (a llama.cpp `clip` GGUF) and writes `output` as `opts` asks.
+///
+/// An MLP (llava) projector stores one block more than its graph runs (it stops before
+/// the last); unless kept, that block is left out, and `clip.vision.feature_layer` tells
+/// llama.cpp to run the same blocks as before and take their output, post-norm included,
+/// exactly as it did.
+pub fn rewrite(input: &Path, output: &Path, opts: Options) -> Result<Report, SynthError> {
+    let rerr = |reason: String| SynthError::Read {
+        path: input.to_owned(),
+        reason,
+    };
+    let p = c(&input.to_string_lossy());
+    let mut meta: *mut sys::ggml_context = std::ptr::null_mut();
+    // SAFETY: metadata-only read; `meta` receives tensor headers (no data); both are
+    // freed before this block ends.
+    let src = unsafe {
+        sys::gguf_init_from_file(
+            p.as_ptr(),
+            sys::gguf_init_params {
+                no_alloc: true,
+                ctx: &mut meta,
+            },
+        )
+    };
+    if src.is_null() || meta.is_null() {
+        return Err(rerr("not a readable GGUF file".into()));
+    }
+    let u32_key = |key: &str| -> Option<u32> {
+        let k = c(key);
+        // SAFETY: a valid context; the value is read with the type the file gives it.
+        unsafe {
+            let i = sys::gguf_find_key(src, k.as_ptr());
+            (i >= 0 && sys::gguf_get_kv_type(src, i) == sys::GGUF_TYPE_UINT32)
+                .then(|| sys::gguf_get_val_u32(src, i))
+        }
+    };
+    let blocks = u32_key("clip.vision.block_count");
+    let ff = u32_key("clip.vision.feed_forward_length");
+    // SAFETY: key lookups on a valid context; the string is owned by `src`.
+    let mlp = unsafe {
+        let j = sys::gguf_find_key(src, c("clip.projector_type").as_ptr());
+        let has_features = sys::gguf_find_key(src, c("clip.vision.feature_layer").as_ptr()) >= 0;
+        j >= 0
+            && sys::gguf_get_kv_type(src, j) == sys::GGUF_TYPE_STRING
+            && CStr::from_ptr(sys::gguf_get_val_str(src, j)).to_bytes() == b"mlp"
+            && !has_features
+    };
+    let unused = match blocks {
+        Some(b) if mlp && b > 1 && !opts.keep_unused_block => Some(format!("v.blk.{}.", b - 1)),
+        _ => None,
+    };
+
+    // SAFETY: indices below n_tensors; names are NUL-terminated strings owned by `src`;
+    // `meta` holds a header for every tensor in the file.
+    let mut plans = unsafe {
+        let n = sys::gguf_get_n_tensors(src);
+        let base = sys::gguf_get_data_offset(src) as u64;
+        let mut plans = Vec::with_capacity(n.max(0) as usize);
+        for i in 0..n {
+            let name_ptr = sys::gguf_get_tensor_name(src, i);
+            let name = CStr::from_ptr(name_ptr).to_string_lossy().into_owned();
+            if unused.as_deref().is_some_and(|u| name.starts_with(u)) {
+                continue;
+            }
+            let t = sys::ggml_get_tensor(meta, name_ptr);
+            if t.is_null() {
+                sys::gguf_free(src);
+                sys::ggml_free(meta);
+                return Err(rerr(format!("tensor {name} has no header")));
+            }
+            let dims = sys::ggml_n_dims(t) as usize;
+            let all: [i64; 4] = (*t).ne;
+            let ne = all[..dims].to_vec();
+            plans.push(Plan {
+                offset: base + sys::gguf_get_tensor_offset(src, i) as u64,
+                size: sys::gguf_get_tensor_size(src, i),
+                ty: (*t).type_,
+                out_ty: (*t).type_,
+                out_ne: ne.clone(),
+                ne,
+                name,
+            });
+        }
+        plans
+    };
+
+    // The feed-forward width, padded when every tensor that has it can be rewritten.
+    let ff = ff.unwrap_or(0);
+    let padded_ff = (i64::from(ff) + BLOCK - 1) / BLOCK * BLOCK;
+    let is_ffn = |p: &Plan| p.name.starts_with("v.blk.") && p.name.contains(".ffn_");
+    let widens = |p: &Plan| is_ffn(p) && p.ne.iter().take(2).any(|&d| d == i64::from(ff));
+    let pad = opts.pad_ffn
+        && ff > 0
+        && padded_ff != i64::from(ff)
+        && plans
+            .iter()
+            .filter(|p| widens(p))
+            .all(|p| matches!(p.ty, sys::GGML_TYPE_F16 | sys::GGML_TYPE_F32) && p.ne.len() <= 2);
+    let mut report = Report {
+        ffn: (ff, if pad { padded_ff as u32 } else { ff }),
+        ..Report::default()
+    };
+    for p in &mut plans {
+        if pad && widens(p) {
+            for d in p.out_ne.iter_mut().take(2) {
+                if *d == i64::from(ff) {
+                    *d = padded_ff;
+                }
+            }
+            report.padded += 1;
+        }
+        let matrix = p.out_ne.len() == 2 && p.out_ne[0] % BLOCK == 0 && p.name.ends_with(".weight");
+        let embedding = p.name.contains("patch_embd") || p.name.contains("position_embd");
+        if opts.quantize && p.ty == sys::GGML_TYPE_F16 && matrix && !embedding {
+            p.out_ty = sys::GGML_TYPE_Q8_0;
+            report.quantized += 1;
+        } else {
+            report.kept += 1;
+        }
+    }
+
+    let mut w = Writer::new(plans.len());
+    // SAFETY: both contexts are valid; gguf_set_kv copies every key, and they are freed
+    // once, here.
+    unsafe {
+        w.copy_kv(src);
+        sys::gguf_free(src);
+        sys::ggml_free(meta);
+    }
+    for p in &plans {
+        w.tensor(&p.name, p.out_ty, &p.out_ne, Init::Zeros);
+    }
+    if opts.quantize {
+        w.u32("general.file_type", sys::LLAMA_FTYPE_MOSTLY_Q8_0);
+    }
+    if pad {
+        w.u32("clip.vision.feed_forward_length", padded_ff as u32);
+    }
+    if let (Some(_), Some(b)) = (&unused, blocks) {
+        let run = b as i32 - 1;
+        w.u32("clip.vision.block_count", run as u32);
+        w.i32s("clip.vision.feature_layer", &[run]);
+    }
+    let mut file = File::open(input).map_err(|e| rerr(e.to_string()))?;
+    w.write_with(output, |i, _| {
+        let p = &plans[i];
+        let mut raw = vec![0u8; p.size];
+        file.seek(SeekFrom::Start(p.offset))
+            .and_then(|_| file.read_exact(&mut raw))
+            .map_err(|e| rerr(format!("reading tensor {}: {e}", p.name)))?;
+        if p.out_ty == p.ty && p.out_ne == p.ne {
+            return Ok(raw);
+        }
+        let values = widen(&to_f32(&raw, p.ty), &p.ne, &p.out_ne);
+        Ok(encode(&values, p.out_ty, p.out_ne[0]))
+    })?;
+    Ok(report)
+}
+
+/// F16 or F32 data as f32 values.
+fn to_f32(raw: &[u8], ty: sys::ggml_type) -> Vec<f32> {
+    if ty == sys::GGML_TYPE_F32 {
+        return raw
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+    }
+    let count = raw.len() / 2;
+    let mut out = vec![0f32; count];
+    // SAFETY: `raw` holds `count` F16 values and `out` has room for as many f32s.
+    unsafe { sys::ggml_fp16_to_fp32_row(raw.as_ptr().cast(), out.as_mut_ptr(), count as i64) };
+    out
+}
+
+/// A tensor of shape `ne` (at most 2-D) copied into shape `out_ne`, zeros elsewhere.
+fn widen(values: &[f32], ne: &[i64], out_ne: &[i64]) -> Vec<f32> {
+    if ne == out_ne {
+        return values.to_vec();
+    }
+    let (w, h) = (ne[0] as usize, ne.get(1).copied().unwrap_or(1) as usize);
+    let (ow, oh) = (
+        out_ne[0] as usize,
+        out_ne.get(1).copied().unwrap_or(1) as usize,
+    );
+    let mut out = vec![0f32; ow * oh];
+    for (r, row) in values.chunks_exact(w).take(h).enumerate() {
+        out[r * ow..r * ow + w].copy_from_slice(row);
+    }
+    out
+}
+
+/// f32 values encoded as `ty` (F32, F16 or Q8_0) in rows of `row` values.
+fn encode(values: &[f32], ty: sys::ggml_type, row: i64) -> Vec<u8> {
+    match ty {
+        sys::GGML_TYPE_F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        sys::GGML_TYPE_F16 => {
+            let mut out = vec![0u16; values.len()];
+            // SAFETY: both buffers hold `values.len()` elements; ggml_fp16_t is a u16.
+            unsafe {
+                sys::ggml_fp32_to_fp16_row(values.as_ptr(), out.as_mut_ptr(), values.len() as i64)
+            };
+            out.iter().flat_map(|v| v.to_le_bytes()).collect()
+        }
+        _ => {
+            let rows = values.len() as i64 / row;
+            // SAFETY: `values` holds `rows` rows of `row` values; the output is sized by
+            // ggml_row_size for as many rows of `ty`.
+            unsafe {
+                let mut out = vec![0u8; sys::ggml_row_size(ty, row) * rows as usize];
+                sys::ggml_quantize_chunk(
+                    ty,
+                    values.as_ptr(),
+                    out.as_mut_ptr().cast::<c_void>(),
+                    0,
+                    rows,
+                    row,
+                    std::ptr::null(),
+                );
+                out
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn widening_keeps_every_value_in_place_and_fills_zeros() {
+        // A 3-wide, 2-high matrix to 4x3: rows keep their values at the start.
+        let v = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
+        let w = widen(&v, &[3, 2], &[4, 3]);
+        assert_eq!(
+            w,
+            [1.0, 2.0, 3.0, 0.0, 4.0, 5.0, 6.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+        );
+        assert_eq!(widen(&[7.0, 8.0], &[2], &[4]), [7.0, 8.0, 0.0, 0.0]);
+    }
+
+    #[test]
+    fn f16_round_trips_through_encode() {
+        let v = [0.5f32, -2.0, 1024.0];
+        let bytes = encode(&v, sys::GGML_TYPE_F16, 3);
+        assert_eq!(to_f32(&bytes, sys::GGML_TYPE_F16), v);
+    }
+}
