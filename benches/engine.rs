@@ -1,5 +1,7 @@
 //! Engine benchmark: moonwatch against llama.cpp's own `llama-mtmd-cli`, same llama.cpp
-//! source, same full-shape random-weight Moondream2 pair, same image, threads and prompt.
+//! source, same full-shape random-weight Moondream2 pair, same image, threads and prompt,
+//! once for every distinct model setting the shipped configurations use (files, context,
+//! batch, KV cache type, mmap; `MOONWATCH_BENCH_CONFIGS=raspberry-pi-5-camera,...` picks).
 //!
 //! `cargo bench --bench engine` (release build). Environment:
 //! - `MOONWATCH_BENCH_MODELS`: model directory (default `~/.cache/moonwatch/bench-models`);
@@ -178,7 +180,91 @@ fn perf(log: &str, key: &str) -> (f64, f64) {
     (nums[0], nums[1])
 }
 
-fn peer(bin: &str, text: &Path, mmproj: &Path, image: &Path, threads: u32, tokens: u32) -> Sample {
+/// One configuration both programs run: the files and llama.cpp's settings.
+#[derive(Debug, Clone)]
+struct Setup {
+    /// The shipped configuration files with these settings.
+    label: String,
+    text: PathBuf,
+    mmproj: PathBuf,
+    context: u32,
+    batch: u32,
+    /// llama.cpp's name of the KV cache type (`f16`, `q8_0`, `f32`).
+    kv: String,
+    mmap: bool,
+}
+
+impl Setup {
+    /// Its `[model]` keys for moonwatch (the files and threads go on the command line).
+    fn model_toml(&self) -> String {
+        format!(
+            "context_size = {}\nbatch_size = {}\nkv_cache_type = \"{}\"\nmmap = {}\n",
+            self.context, self.batch, self.kv, self.mmap
+        )
+    }
+
+    fn describe(&self) -> String {
+        let name = |p: &Path| p.file_name().unwrap().to_string_lossy().into_owned();
+        format!(
+            "{} + {}, n_ctx {}, batch {}, KV {}, mmap {}",
+            name(&self.text),
+            name(&self.mmproj),
+            self.context,
+            self.batch,
+            self.kv,
+            if self.mmap { "on" } else { "off" }
+        )
+    }
+}
+
+/// The distinct model settings of the shipped configurations (configs/*.toml) that run
+/// without a GPU (with `MOONWATCH_BENCH_GPU_LAYERS`, the GPU ones too), with their files
+/// taken from `models` by name. `MOONWATCH_BENCH_CONFIGS` (comma-separated file stems)
+/// picks some.
+fn shipped_setups(root: &Path, models: &Path) -> Vec<Setup> {
+    let wanted: Vec<String> = std::env::var("MOONWATCH_BENCH_CONFIGS")
+        .map(|v| v.split(',').map(|s| s.trim().to_owned()).collect())
+        .unwrap_or_default();
+    let gpu = env_or("MOONWATCH_BENCH_GPU_LAYERS", 0) > 0;
+    let mut files: Vec<PathBuf> = std::fs::read_dir(root.join("configs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    files.sort();
+    let mut setups: Vec<Setup> = Vec::new();
+    for file in files {
+        let stem = file.file_stem().unwrap().to_string_lossy().into_owned();
+        if !wanted.is_empty() && !wanted.contains(&stem) {
+            continue;
+        }
+        let cfg = moonwatch::config::Config::parse(&std::fs::read_to_string(&file).unwrap())
+            .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        let m = &cfg.model;
+        // Region heads and the 2025 release run a prompt the peer does not; fleet camera
+        // nodes run no model.
+        if m.text.as_os_str().is_empty() || m.region.is_some() || (m.gpu_layers > 0) != gpu {
+            continue;
+        }
+        let kv = serde_json::to_value(m.kv_cache_type).unwrap();
+        let setup = Setup {
+            label: format!("{stem}.toml"),
+            text: models.join(m.text.file_name().unwrap()),
+            mmproj: models.join(m.mmproj.file_name().unwrap()),
+            context: m.context_size,
+            batch: m.batch_size,
+            kv: kv.as_str().unwrap().to_owned(),
+            mmap: m.mmap,
+        };
+        match setups.iter_mut().find(|s| s.describe() == setup.describe()) {
+            Some(same) => same.label = format!("{}, {}", same.label, setup.label),
+            None => setups.push(setup),
+        }
+    }
+    setups
+}
+
+fn peer(bin: &str, setup: &Setup, image: &Path, threads: u32, tokens: u32) -> Sample {
     // Moondream's format: BOS, image, "\n\nQuestion: {q}\n\nAnswer:".
     // The generation prompt is a string expression: as raw text after `{% if %}`, the
     // template engine's trim_blocks would eat its first newline (742 tokens, not 743).
@@ -188,9 +274,9 @@ fn peer(bin: &str, text: &Path, mmproj: &Path, image: &Path, threads: u32, token
     let (stdout, stderr, rss, wall) = run_measured(
         Command::new(bin)
             .arg("-m")
-            .arg(text)
+            .arg(&setup.text)
             .arg("--mmproj")
-            .arg(mmproj)
+            .arg(&setup.mmproj)
             .arg("--image")
             .arg(image)
             .args(["-p", &prompt, "--jinja", "--chat-template", template])
@@ -203,18 +289,16 @@ fn peer(bin: &str, text: &Path, mmproj: &Path, image: &Path, threads: u32, token
                 "--perf",
             ])
             .args(["-ngl", &env_or("MOONWATCH_BENCH_GPU_LAYERS", 0).to_string()])
+            .args(["-t", &threads.to_string(), "-lv", "4"])
+            .args(["-c", &setup.context.to_string()])
             .args([
-                "-t",
-                &threads.to_string(),
-                "-c",
-                "2048",
                 "-b",
-                "512",
+                &setup.batch.to_string(),
                 "-ub",
-                "512",
-                "-lv",
-                "4",
-            ]),
+                &setup.batch.to_string(),
+            ])
+            .args(["-ctk", &setup.kv, "-ctv", &setup.kv])
+            .args(["-lm", if setup.mmap { "mmap" } else { "none" }]),
     );
     let log = format!("{stdout}\n{stderr}");
     let encode = number_after(&log, "mtmd batch encoding done in").expect("encode time in the log");
@@ -348,16 +432,22 @@ fn main() {
     };
 
     if only.is_empty() || only == "peer" {
-        peer_comparison(&ask, root, reps, tokens);
+        for setup in shipped_setups(root, &models) {
+            peer_comparison(&ask, &setup, root, reps, tokens);
+        }
     }
     if only.is_empty() || only == "quant" {
         quant_table(&ask, &models, &quants, reps.min(3));
     }
+    if only.is_empty() || only == "quality" {
+        quality_table(&models, threads);
+    }
 }
 
-/// moonwatch against llama-mtmd-cli: equal work (one question each, same warm-up, the
-/// same prompt tokens, checked), paired ratios over `reps` interleaved runs.
-fn peer_comparison(ask: &Ask, root: &Path, reps: u32, tokens: u32) {
+/// moonwatch against llama-mtmd-cli with `setup`'s files and settings: equal work (one
+/// question each, same warm-up, the same prompt tokens, checked), paired ratios over
+/// `reps` interleaved runs.
+fn peer_comparison(ask: &Ask, setup: &Setup, root: &Path, reps: u32, tokens: u32) {
     let out = Command::new(root.join("benches/build-llama-mtmd-cli.sh"))
         .output()
         .unwrap();
@@ -367,7 +457,14 @@ fn peer_comparison(ask: &Ask, root: &Path, reps: u32, tokens: u32) {
         String::from_utf8_lossy(&out.stderr)
     );
     let peer_bin = String::from_utf8(out.stdout).unwrap().trim().to_owned();
-    let (text, mmproj, image, threads) = (ask.text, ask.mmproj, ask.image, ask.threads);
+    let (image, threads) = (ask.image, ask.threads);
+    let model_toml = setup.model_toml();
+    let ask = &Ask {
+        text: &setup.text,
+        mmproj: &setup.mmproj,
+        model_toml: &model_toml,
+        ..*ask
+    };
 
     let mut mw = Vec::new();
     let mut pr = Vec::new();
@@ -375,9 +472,9 @@ fn peer_comparison(ask: &Ask, root: &Path, reps: u32, tokens: u32) {
         // Alternate the order so neither always runs on a warm page cache.
         let (a, b) = if rep % 2 == 0 {
             let a = ask.run(&[QUESTION]).0;
-            (a, peer(&peer_bin, text, mmproj, image, threads, tokens))
+            (a, peer(&peer_bin, setup, image, threads, tokens))
         } else {
-            let b = peer(&peer_bin, text, mmproj, image, threads, tokens);
+            let b = peer(&peer_bin, setup, image, threads, tokens);
             (ask.run(&[QUESTION]).0, b)
         };
         assert_eq!(
@@ -412,9 +509,11 @@ fn peer_comparison(ask: &Ask, root: &Path, reps: u32, tokens: u32) {
 
     let m = |s: &[Sample], f: fn(&Sample) -> f64| median(s.iter().map(f).collect());
     println!(
-        "\nmoonwatch vs llama-mtmd-cli: full-shape random Moondream2, text Q4_K_M + mmproj F16, \
-         n_ctx 2048, {tokens} tokens with end-of-text ignored, {reps} interleaved pairs; \
-         medians, and the median (min..max) of the paired ratios\n"
+        "\nmoonwatch vs llama-mtmd-cli, {}: full-shape random Moondream2, {}, {threads} threads, \
+         {tokens} tokens with end-of-text ignored, {reps} interleaved pairs; \
+         medians, and the median (min..max) of the paired ratios\n",
+        setup.label,
+        setup.describe()
     );
     println!("| metric | moonwatch | llama-mtmd-cli | moonwatch / peer |");
     println!("|---|---|---|---|");
@@ -510,5 +609,98 @@ fn quant_table(ask: &Ask, models: &Path, quants: &[&str], reps: u32) {
             m(|s| s.decode_tok_s),
             m(|s| s.rss) / 1e6
         );
+    }
+}
+
+/// What each memory lever costs in answer quality, judged on random weights as llama.cpp
+/// judges quantizations: how far the model's first-token distribution moves from the F16
+/// files with an F16 KV cache. Moondream's yes/no answers read two of its tokens, so the
+/// distance is the mean absolute change of ln p(yes) and ln p(no) (the logits' change less
+/// the change of their normaliser), over 4 pictures x 2 questions, the second question on
+/// the cached picture as triggers ask them.
+fn quality_table(models: &Path, threads: u32) {
+    use moonwatch::config::KvCacheKind;
+    use moonwatch::vision::moondream::{self, Settings};
+    use moonwatch::vision::{Answer, Request, Skill};
+
+    let text = |q: &str| models.join(format!("moondream2-text-model-{q}.gguf"));
+    let proj = |q: &str| models.join(format!("moondream2-mmproj-{q}.gguf"));
+    let unpadded = proj("q8_0-unpadded");
+    let probe = |text: PathBuf, mmproj: PathBuf, kv: KvCacheKind, ctx: u32| -> Vec<f64> {
+        let mut s = Settings::for_files(&text, &mmproj, threads);
+        s.model.kv_cache_type = kv;
+        s.model.context_size = ctx;
+        s.model.batch_size = 128;
+        let engine = moondream::start(s).expect("engine");
+        let mut out = Vec::new();
+        for seed in [11u8, 47, 101, 173] {
+            let img = image::RgbImage::from_fn(640, 480, |x, y| {
+                image::Rgb([
+                    (x as u8).wrapping_mul(seed),
+                    (y as u8).wrapping_add(seed),
+                    ((x ^ y) as u8).wrapping_add(seed),
+                ])
+            });
+            let frame = std::sync::Arc::new(
+                moonwatch::frame::Frame::from_rgb(640, 480, img.into_raw()).unwrap(),
+            );
+            let skills = ["Is there a person in the picture?", "Is the door open?"]
+                .map(|q| Skill::YesNo { question: q.into() })
+                .to_vec();
+            let r = engine.run(Request::new(frame, skills)).expect("answer");
+            for a in &r.answers {
+                match a.answer {
+                    Answer::YesNo { p_yes, p_no, .. } => {
+                        out.push(f64::from(p_yes).ln());
+                        out.push(f64::from(p_no).ln());
+                    }
+                    ref other => panic!("{other:?}"),
+                }
+            }
+        }
+        out
+    };
+    println!(
+        "\nAnswer quality of the memory levers: mean |change of ln p| of the yes and no tokens from \
+         F16 files with an F16 KV cache (n_ctx 1024, batch 128, {threads} threads), 4 pictures x 2 questions\n"
+    );
+    println!("| configuration | mean abs change of ln p | largest |");
+    println!("|---|---|---|");
+    let reference = probe(text("f16"), proj("f16"), KvCacheKind::F16, 1024);
+    let mut rows = vec![
+        ("text Q4_0", text("q4_0"), proj("f16"), KvCacheKind::F16),
+        ("KV cache q8_0", text("f16"), proj("f16"), KvCacheKind::Q8_0),
+        (
+            "mmproj Q8_0, ffn_down F16 (before)",
+            text("f16"),
+            unpadded.clone(),
+            KvCacheKind::F16,
+        ),
+        (
+            "mmproj Q8_0, ffn_down Q8_0 (widened)",
+            text("f16"),
+            proj("q8_0"),
+            KvCacheKind::F16,
+        ),
+        (
+            "Raspberry Pi 5 (all three)",
+            text("q4_0"),
+            proj("q8_0"),
+            KvCacheKind::Q8_0,
+        ),
+    ];
+    if !unpadded.is_file() {
+        rows.retain(|r| r.2 != unpadded);
+    }
+    for (name, t, p, kv) in rows {
+        let v = probe(t, p, kv, 1024);
+        let d: Vec<f64> = v
+            .iter()
+            .zip(&reference)
+            .map(|(a, b)| (a - b).abs())
+            .collect();
+        let mean = d.iter().sum::<f64>() / d.len() as f64;
+        let max = d.iter().copied().fold(0.0, f64::max);
+        println!("| {name} | {mean:.4} | {max:.4} |");
     }
 }

@@ -429,6 +429,10 @@ pub struct ModelConfig {
     /// quantized weights for the CPU into memory of its own, and with a mapping the file's
     /// pages for those weights stay resident too (about 0.45 GB twice for Moondream2 Q4_K_M).
     pub mmap: bool,
+    /// Refuse to load, with the figures and what to change, when the files, KV cache and
+    /// compute buffers will not fit in the memory the machine or the service's cgroup has
+    /// free (skipped with GPU layers). Off to try anyway.
+    pub memory_check: bool,
     /// Upper bound on generated tokens for a free question.
     pub max_tokens: u32,
     /// Requests waiting for the engine before new ones are refused as busy.
@@ -461,6 +465,7 @@ impl Default for ModelConfig {
             gpu_layers: 0,
             vision_on_gpu: true,
             mmap: false,
+            memory_check: true,
             max_tokens: 128,
             queue_depth: 16,
             kv_cache_type: KvCacheKind::F16,

@@ -7,6 +7,7 @@
 //! run on it; the worker answers them all from one encoded image prefix.
 
 pub mod llama;
+pub mod memory;
 pub mod moondream;
 pub mod parse;
 pub mod prompt;

@@ -80,6 +80,7 @@ pub fn start(settings: Settings) -> Result<Engine, EngineError> {
     let depth = settings.model.queue_depth as usize;
     Engine::spawn_scoped(depth, move |ready, jobs, stop| {
         let loaded = (|| {
+            check_memory(&settings)?;
             let backend = backend()?;
             let model = load_text_model(backend, &settings)?;
             Ok::<_, EngineError>((backend, model))
@@ -136,14 +137,18 @@ fn inspect(path: &Path, role: &str) -> Result<GgufInfo, EngineError> {
             meta.len()
         )));
     }
-    let image_size = {
-        let i = gguf.find_key("clip.vision.image_size");
+    let u32_key = |key: &str| {
+        let i = gguf.find_key(key);
         (i >= 0 && gguf.kv_type(i) == llama_cpp_sys_2::GGUF_TYPE_UINT32).then(|| gguf.val_u32(i))
     };
     Ok(GgufInfo {
-        arch,
         name: string("general.name"),
-        image_size,
+        image_size: u32_key("clip.vision.image_size"),
+        n_layer: u32_key(&format!("{arch}.block_count")),
+        n_embd: u32_key(&format!("{arch}.embedding_length")),
+        n_vocab: u32_key(&format!("{arch}.vocab_size")),
+        bytes: meta.len(),
+        arch,
     })
 }
 
@@ -153,6 +158,47 @@ struct GgufInfo {
     name: Option<String>,
     /// The vision encoder's input side (`clip.vision.image_size`), for projectors.
     image_size: Option<u32>,
+    /// A text model's shape, where its header says it.
+    n_layer: Option<u32>,
+    n_embd: Option<u32>,
+    n_vocab: Option<u32>,
+    /// The file's size.
+    bytes: u64,
+}
+
+/// Refuses to load what will not fit in the memory the machine or the service's cgroup
+/// has free (see [`super::memory`]). Weights on a GPU are not counted against it, so the
+/// check is skipped when layers are offloaded.
+fn check_memory(s: &Settings) -> Result<(), EngineError> {
+    if !s.model.memory_check || s.model.gpu_layers > 0 {
+        return Ok(());
+    }
+    let text = inspect(&s.model.text, "text model")?;
+    let mut bytes = text.bytes + inspect(&s.model.mmproj, "vision projector")?.bytes;
+    if let Some(region) = &s.model.region {
+        bytes += std::fs::metadata(region).map_or(0, |m| m.len());
+    }
+    let kv_bytes = match s.model.kv_cache_type {
+        crate::config::KvCacheKind::F16 => 2.0,
+        crate::config::KvCacheKind::F32 => 4.0,
+        crate::config::KvCacheKind::Q8_0 => 34.0 / 32.0,
+    };
+    let need = super::memory::Estimate::new(
+        bytes,
+        s.model.context_size,
+        text.n_layer.unwrap_or(24),
+        text.n_embd.unwrap_or(2048),
+        kv_bytes,
+        s.model.batch_size,
+        text.n_vocab.unwrap_or(51200),
+    );
+    let Some(budget) = super::memory::budget(Path::new("/")) else {
+        return Ok(());
+    };
+    tracing::debug!(?need, ?budget, "memory");
+    super::memory::check(&need, &budget).map_err(|e| {
+        EngineError::Load(format!("{e} (or model.memory_check = false to try anyway)"))
+    })
 }
 
 /// Where the last tensor's data ends, per the GGUF header.
