@@ -578,6 +578,16 @@ fn quant_table(ask: &Ask, models: &Path, quants: &[&str], reps: u32) {
         &f16_proj,
         small_ctx_q8_kv,
     ));
+    // Before the feed-forward layers were widened (ffn_down F16), when that file is kept.
+    let unpadded = models.join("moondream2-mmproj-q8_0-unpadded.gguf");
+    if unpadded.is_file() {
+        rows.push(row(
+            "text Q4_0, mmproj Q8_0 with ffn_down F16",
+            "q4_0",
+            &unpadded,
+            "",
+        ));
+    }
     rows.push(row("text Q4_0, mmproj Q8_0", "q4_0", &q8_proj, ""));
     let pi5 = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/raspberry-pi-5-camera.toml");
     rows.push((

@@ -384,4 +384,13 @@ fn zero_units_widen_the_feed_forward_layers_without_changing_what_the_model_sees
     let q = probe(&pair, &file("q8.gguf"));
     assert!(close(reference, q, 2e-2), "{reference:?} {q:?}");
     assert_ne!(reference, q, "Q8_0 must have run");
+
+    // A projector quantized before widening existed (what `model pull` wrote earlier) is
+    // widened in place, with no F16 file at hand: the same model as quantizing afresh.
+    assert!(projector::needs_widening(&file("q8-narrow.gguf")));
+    assert!(!projector::needs_widening(&file("q8.gguf")));
+    let upgraded = projector::quantize_mmproj(&file("q8-narrow.gguf"), &file("up.gguf")).unwrap();
+    assert_eq!(upgraded.ffn, (120, 128));
+    assert!(!projector::needs_widening(&file("up.gguf")));
+    assert_eq!(probe(&pair, &file("up.gguf")), q);
 }

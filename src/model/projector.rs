@@ -61,6 +61,29 @@ pub fn quantize_mmproj(input: &Path, output: &Path) -> Result<Report, SynthError
     rewrite(input, output, Options::default())
 }
 
+/// Whether a projector has feed-forward layers that [`quantize_mmproj`] would now widen
+/// (one quantized before widening existed: about 124 MB more for Moondream2's). False for
+/// anything unreadable.
+pub fn needs_widening(path: &Path) -> bool {
+    let p = c(&path.to_string_lossy());
+    let params = sys::gguf_init_params {
+        no_alloc: true,
+        ctx: std::ptr::null_mut(),
+    };
+    // SAFETY: a metadata-only read, freed before returning.
+    unsafe {
+        let ctx = sys::gguf_init_from_file(p.as_ptr(), params);
+        if ctx.is_null() {
+            return false;
+        }
+        let i = sys::gguf_find_key(ctx, c("clip.vision.feed_forward_length").as_ptr());
+        let ff = (i >= 0 && sys::gguf_get_kv_type(ctx, i) == sys::GGUF_TYPE_UINT32)
+            .then(|| sys::gguf_get_val_u32(ctx, i));
+        sys::gguf_free(ctx);
+        ff.is_some_and(|ff| i64::from(ff) % BLOCK != 0)
+    }
+}
+
 /// One tensor of the input and what becomes of it.
 struct Plan {
     name: String,
@@ -163,13 +186,16 @@ pub fn rewrite(input: &Path, output: &Path, opts: Options) -> Result<Report, Syn
     let padded_ff = (i64::from(ff) + BLOCK - 1) / BLOCK * BLOCK;
     let is_ffn = |p: &Plan| p.name.starts_with("v.blk.") && p.name.contains(".ffn_");
     let widens = |p: &Plan| is_ffn(p) && p.ne.iter().take(2).any(|&d| d == i64::from(ff));
+    // F16 and F32 tensors widen any way; quantized ones (a projector quantized before
+    // widening existed) only by whole rows of zero blocks.
+    let widenable = |p: &Plan| {
+        p.ne.len() <= 2
+            && (matches!(p.ty, sys::GGML_TYPE_F16 | sys::GGML_TYPE_F32) || p.ne[0] != i64::from(ff))
+    };
     let pad = opts.pad_ffn
         && ff > 0
         && padded_ff != i64::from(ff)
-        && plans
-            .iter()
-            .filter(|p| widens(p))
-            .all(|p| matches!(p.ty, sys::GGML_TYPE_F16 | sys::GGML_TYPE_F32) && p.ne.len() <= 2);
+        && plans.iter().filter(|p| widens(p)).all(widenable);
     let mut report = Report {
         ffn: (ff, if pad { padded_ff as u32 } else { ff }),
         ..Report::default()
@@ -223,6 +249,15 @@ pub fn rewrite(input: &Path, output: &Path, opts: Options) -> Result<Report, Syn
             .and_then(|_| file.read_exact(&mut raw))
             .map_err(|e| rerr(format!("reading tensor {}: {e}", p.name)))?;
         if p.out_ty == p.ty && p.out_ne == p.ne {
+            return Ok(raw);
+        }
+        if p.out_ty == p.ty && p.out_ne[0] == p.ne[0] {
+            // More rows of the same type: zero bytes are zero values in every ggml type
+            // (a block's scale is zero).
+            let rows = (p.out_ne[1] - p.ne.get(1).copied().unwrap_or(1)) as usize;
+            // SAFETY: a plain size computation for a valid type.
+            let row = unsafe { sys::ggml_row_size(p.ty, p.ne[0]) };
+            raw.resize(raw.len() + rows * row, 0);
             return Ok(raw);
         }
         let values = widen(&to_f32(&raw, p.ty), &p.ne, &p.out_ne);

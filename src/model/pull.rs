@@ -91,6 +91,7 @@ pub fn pull(model: &ModelConfig, progress: bool) -> Result<Vec<Pulled>, PullErro
         )?,
     };
     let mmproj = if d.quantize_mmproj {
+        widen_in_place(&model.mmproj, progress)?;
         pull_quantized(
             model,
             (&d.mmproj_file, &d.mmproj_sha256, &model.mmproj),
@@ -248,6 +249,37 @@ fn pull_quantized(
 }
 
 /// Moves a verified file (SHA-256 `sha256`) to `target` and records its hash beside it.
+/// Upgrades a projector quantized by an earlier moonwatch, whose feed-forward layers were
+/// not widened yet, without downloading it again: the same values, with ffn_down in Q8_0
+/// too. Leaves anything else alone.
+fn widen_in_place(target: &Path, progress: bool) -> Result<(), PullError> {
+    if !target.is_file() || !super::projector::needs_widening(target) {
+        return Ok(());
+    }
+    if progress {
+        eprintln!(
+            "{}: widening the feed-forward layers so ffn_down can be Q8_0 too (about 120 MB less memory)",
+            target.display()
+        );
+    }
+    let part = target.with_extension("gguf.part");
+    let qerr = |reason: String| PullError::Quantize {
+        path: target.to_owned(),
+        quant: "q8_0",
+        reason,
+    };
+    crate::vision::moondream::backend().map_err(|e| qerr(e.to_string()))?;
+    super::projector::quantize_mmproj(target, &part).map_err(|e| {
+        let _ = std::fs::remove_file(&part);
+        qerr(e.to_string())
+    })?;
+    let got = sha256_file(&part).map_err(|e| PullError::Io {
+        path: part.clone(),
+        reason: e.to_string(),
+    })?;
+    install(&part, target, got).map(|_| ())
+}
+
 fn install(from: &Path, target: &Path, sha256: String) -> Result<Pulled, PullError> {
     let io = |e: std::io::Error| PullError::Io {
         path: target.to_owned(),
