@@ -88,14 +88,15 @@ run() {
     local killed=-
   fi
   local wall; wall=$(awk -v a="$start" -v b="$(date +%s.%N)" "BEGIN{print b - a}")
-  local rss; rss=$(echo "$out" | sed -n 's/^maxrss_kb=//p' | tail -1)
-  local ttft; ttft=$(echo "$out" | grep -o '"first_token_ms":[0-9.]*' | head -1 | cut -d: -f2)
+  local rss; rss=$(echo "$out" | sed -n 's/^maxrss_kb=//p' | tail -1 || true)
+  local ttft; ttft=$(echo "$out" | grep -o '"first_token_ms": *[0-9.]*' | head -1 | sed 's/.*: *//' || true)
+  [ -n "$ttft" ] && ttft=$(printf '%.0f' "$ttft")
   local cg_peak=-; [ "$limit" != none ] && cg_peak=$(( $(peak) / 1000000 ))
   printf '| %s | %s | exit %s | %s | %s MB | %s MB | %.1f s | %s ms |\n' "$label" \
     "$( [ "$limit" = none ] && echo "no limit" || echo "$limit MB" )" "$rc" "$killed" \
-    "$(( ${rss:-0} / 1000 ))" "$cg_peak" "$wall" "${ttft:--}"
+    "$(( ${rss:-0} * 1024 / 1000000 ))" "$cg_peak" "$wall" "${ttft:--}"
   if [ "$rc" != 0 ]; then
-    echo "$out" | grep -v "^maxrss_kb=" | grep -iE "error|needs about|killed" | head -3 | sed 's/^/    /'
+    echo "$out" | grep -v "^maxrss_kb=" | grep -iE "error|needs about|killed|signal" | head -3 | sed 's/^/    /' || true
   fi
 }
 

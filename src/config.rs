@@ -440,6 +440,11 @@ pub struct ModelConfig {
     /// Type of the KV cache: `f16` (llama.cpp's default) or `q8_0` (half the memory,
     /// 24 layers x 2048 wide x 2 x context_size positions).
     pub kv_cache_type: KvCacheKind,
+    /// Flash attention in the text model and the vision encoder: `on`, `off`, or `auto`:
+    /// off with region heads or an F32 KV cache (flash attention computes with K and V in
+    /// F16, which moves the region heads' decisions away from the reference's), on with a
+    /// Q8_0 KV cache (llama.cpp needs it there), else llama.cpp's choice.
+    pub flash_attention: FlashAttention,
     /// Which Moondream2 revision the files hold; picks its prompts
     /// (`moondream2-2024` or `moondream2-2025-04-14`).
     pub revision: crate::vision::Revision,
@@ -469,6 +474,7 @@ impl Default for ModelConfig {
             max_tokens: 128,
             queue_depth: 16,
             kv_cache_type: KvCacheKind::F16,
+            flash_attention: FlashAttention::Auto,
             revision: crate::vision::Revision::default(),
             yes_no_suffix: crate::vision::prompt::prompts(crate::vision::Revision::Moondream2024)
                 .yes_no_suffix
@@ -488,6 +494,31 @@ pub enum KvCacheKind {
     F32,
     #[serde(rename = "q8_0")]
     Q8_0,
+}
+
+/// When llama.cpp uses flash attention (`model.flash_attention`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FlashAttention {
+    #[default]
+    Auto,
+    On,
+    Off,
+}
+
+impl ModelConfig {
+    /// Whether flash attention is on (`Some`), or llama.cpp decides (`None`), for these
+    /// settings; see [`ModelConfig::flash_attention`].
+    pub fn flash_attention_on(&self) -> Option<bool> {
+        match self.flash_attention {
+            FlashAttention::On => Some(true),
+            FlashAttention::Off => Some(false),
+            FlashAttention::Auto if self.kv_cache_type == KvCacheKind::Q8_0 => Some(true),
+            FlashAttention::Auto if self.region.is_some() => Some(false),
+            FlashAttention::Auto if self.kv_cache_type == KvCacheKind::F32 => Some(false),
+            FlashAttention::Auto => None,
+        }
+    }
 }
 
 /// The `[model.download]` section: a Hugging Face repository and the two files in it.
@@ -963,6 +994,12 @@ impl Config {
                 format!("{} must be between 1 and 1024", dm.max_triggers),
             );
         }
+        if m.flash_attention == FlashAttention::Off && m.kv_cache_type == KvCacheKind::Q8_0 {
+            bad(
+                "model.flash_attention",
+                "\"off\" cannot go with model.kv_cache_type = \"q8_0\": llama.cpp needs flash attention for a quantized cache (use \"f16\" or \"f32\")".into(),
+            );
+        }
         let d = &m.download;
         if d.quantize.is_some() && m.text.file_name() == Some(std::ffi::OsStr::new(&d.text_file)) {
             bad(
@@ -1209,6 +1246,32 @@ mod tests {
             assert!(keys.contains(&k.to_string()), "{k} missing from {keys:?}");
         }
         assert!(Config::parse("[model]\nrevision = \"2099\"\n").is_err());
+    }
+
+    #[test]
+    fn flash_attention_follows_what_the_settings_need() {
+        let m = |toml: &str| Config::parse(&format!("[model]\n{toml}")).map(|c| c.model);
+        // Region heads and an F32 cache: off, as the reference computes; a Q8_0 cache
+        // needs it on; otherwise llama.cpp decides.
+        assert_eq!(
+            m("region = \"r.gguf\"").unwrap().flash_attention_on(),
+            Some(false)
+        );
+        assert_eq!(
+            m("kv_cache_type = \"f32\"").unwrap().flash_attention_on(),
+            Some(false)
+        );
+        assert_eq!(
+            m("kv_cache_type = \"q8_0\"").unwrap().flash_attention_on(),
+            Some(true)
+        );
+        assert_eq!(m("").unwrap().flash_attention_on(), None);
+        let on = m("region = \"r.gguf\"\nflash_attention = \"on\"").unwrap();
+        assert_eq!(on.flash_attention_on(), Some(true));
+        let c = Config::parse("[model]\nkv_cache_type = \"q8_0\"\nflash_attention = \"off\"\n")
+            .unwrap();
+        let p = c.problems();
+        assert!(p.iter().any(|p| p.key == "model.flash_attention"), "{p:?}");
     }
 
     #[test]

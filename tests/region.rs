@@ -273,7 +273,8 @@ fn the_image_embeddings_match_the_references() {
     let model =
         llama_cpp_2::model::LlamaModel::load_from_file(backend, &files.text, &params).unwrap();
     let mut vision =
-        moonwatch::vision::llama::Vision::new(&files.mmproj, &model, false, 2).unwrap();
+        moonwatch::vision::llama::Vision::new(&files.mmproj, &model, false, 2, Some(false))
+            .unwrap();
     let frame = scene();
     let embd = vision.encode(&frame.rgb, 378).unwrap();
     let width = model.n_embd() as usize;

@@ -88,6 +88,17 @@ pub struct ContextParams {
     pub n_batch: u32,
     pub threads: i32,
     pub kv_type: sys::ggml_type,
+    /// Flash attention on or off; None: llama.cpp decides.
+    pub flash_attention: Option<bool>,
+}
+
+/// llama.cpp's flash attention setting for `on` (None: its own choice).
+pub fn flash_attn_type(on: Option<bool>) -> sys::llama_flash_attn_type {
+    match on {
+        Some(true) => sys::LLAMA_FLASH_ATTN_TYPE_ENABLED,
+        Some(false) => sys::LLAMA_FLASH_ATTN_TYPE_DISABLED,
+        None => sys::LLAMA_FLASH_ATTN_TYPE_AUTO,
+    }
 }
 
 /// A llama.cpp context over a model owned elsewhere (`'m`), with tensor capture.
@@ -129,6 +140,13 @@ impl<'m> Context<'m> {
             cp.n_threads_batch = p.threads;
             cp.type_k = p.kv_type;
             cp.type_v = p.kv_type;
+            cp.flash_attn_type = flash_attn_type(p.flash_attention);
+            // Every batch asks for the logits of its last position only (decode_tokens,
+            // decode_embeddings), so llama.cpp need not reserve logits for a whole batch
+            // (51,200 floats a position: 150 MB for the region heads' 730-position
+            // prefix). On the CPU the untouched pages never cost memory (the Pi
+            // configuration peaks at the same 1,536 MB either way); a GPU buffer would.
+            cp.n_outputs_max = 1;
             cp.no_perf = false;
             if !capture.is_empty() {
                 cp.cb_eval = Some(eval_callback);
@@ -336,6 +354,7 @@ impl Vision {
         model: &LlamaModel,
         use_gpu: bool,
         threads: i32,
+        flash_attention: Option<bool>,
     ) -> Result<Self, EngineError> {
         let raw = raw_model(model)?;
         let c_path = CString::new(path.to_string_lossy().as_bytes())
@@ -347,6 +366,7 @@ impl Vision {
             p.use_gpu = use_gpu;
             p.print_timings = false;
             p.n_threads = threads;
+            p.flash_attn_type = flash_attn_type(flash_attention);
             sys::mtmd_init_from_file(c_path.as_ptr(), raw, p)
         };
         let ptr = NonNull::new(ptr).ok_or_else(|| {

@@ -11,7 +11,8 @@ const MB: u64 = 1_000_000;
 /// What a loaded engine holds, in bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Estimate {
-    /// The weights: text model, projector and region heads, as large as their files.
+    /// The weights: text model and projector as large as their files, region heads twice
+    /// their F16 file (they compute in F32).
     pub weights: u64,
     /// The KV cache: context x layers x (K + V) width x the cache type's size.
     pub kv: u64,
@@ -29,15 +30,23 @@ impl Estimate {
         n_embd: u32,
         kv_bytes_per_value: f64,
         n_batch: u32,
-        n_vocab: u32,
+        n_head: u32,
+        flash_attention: bool,
     ) -> Self {
         let kv =
             (f64::from(n_ctx) * f64::from(n_layer) * 2.0 * f64::from(n_embd) * kv_bytes_per_value)
                 as u64;
-        // Measured on the full shape (BENCHMARKS.md, "Memory"): about 60 MB for the
-        // encoder's graph, the text graph and the process, plus one batch of logits and
-        // activations.
-        let work = 60 * MB + u64::from(n_batch) * (u64::from(n_vocab) + 16 * u64::from(n_embd)) * 4;
+        // Fitted to peak RSS on the full shape (BENCHMARKS.md, "Every shipped
+        // configuration": 130, 181 and 201 MB above the weights and the cache at batches
+        // of 128, 512 and 730): about 110 MB for the encoder's graph, the process and its
+        // libraries, 131 KB of activations a batch position, and without flash attention
+        // the attention scores of a whole batch (the region heads' 730-position prefix:
+        // 136 MB; computed, not measured).
+        let b = u64::from(n_batch);
+        let mut work = 110 * MB + b * 64 * u64::from(n_embd);
+        if !flash_attention {
+            work += 2 * b * b * u64::from(n_head) * 4;
+        }
         Self {
             weights: file_bytes,
             kv,
@@ -301,7 +310,7 @@ mod tests {
     #[test]
     fn the_check_names_the_figures_and_the_levers() {
         // The Pi 5 configuration's shape: 2048 wide, 24 layers, n_ctx 1024, KV q8_0.
-        let e = Estimate::new(1_300 * MB, 1024, 24, 2048, 34.0 / 32.0, 128, 51200);
+        let e = Estimate::new(1_300 * MB, 1024, 24, 2048, 34.0 / 32.0, 128, 32, true);
         assert_eq!(e.kv, 106_954_752);
         let fits = Budget {
             bytes: 1_700 * MB,

@@ -146,7 +146,7 @@ fn inspect(path: &Path, role: &str) -> Result<GgufInfo, EngineError> {
         image_size: u32_key("clip.vision.image_size"),
         n_layer: u32_key(&format!("{arch}.block_count")),
         n_embd: u32_key(&format!("{arch}.embedding_length")),
-        n_vocab: u32_key(&format!("{arch}.vocab_size")),
+        n_head: u32_key(&format!("{arch}.attention.head_count")),
         bytes: meta.len(),
         arch,
     })
@@ -161,7 +161,7 @@ struct GgufInfo {
     /// A text model's shape, where its header says it.
     n_layer: Option<u32>,
     n_embd: Option<u32>,
-    n_vocab: Option<u32>,
+    n_head: Option<u32>,
     /// The file's size.
     bytes: u64,
 }
@@ -174,9 +174,11 @@ fn check_memory(s: &Settings) -> Result<(), EngineError> {
         return Ok(());
     }
     let text = inspect(&s.model.text, "text model")?;
-    let mut bytes = text.bytes + inspect(&s.model.mmproj, "vision projector")?.bytes;
+    let vision = inspect(&s.model.mmproj, "vision projector")?;
+    let mut bytes = text.bytes + vision.bytes;
     if let Some(region) = &s.model.region {
-        bytes += std::fs::metadata(region).map_or(0, |m| m.len());
+        // Stored F16, held in F32.
+        bytes += 2 * std::fs::metadata(region).map_or(0, |m| m.len());
     }
     let kv_bytes = match s.model.kv_cache_type {
         crate::config::KvCacheKind::F16 => 2.0,
@@ -189,8 +191,9 @@ fn check_memory(s: &Settings) -> Result<(), EngineError> {
         text.n_layer.unwrap_or(24),
         text.n_embd.unwrap_or(2048),
         kv_bytes,
-        s.model.batch_size,
-        text.n_vocab.unwrap_or(51200),
+        n_batch(s, vision.image_size.unwrap_or(378)),
+        text.n_head.unwrap_or(32),
+        s.model.flash_attention_on() != Some(false),
     );
     let Some(budget) = super::memory::budget(Path::new("/")) else {
         return Ok(());
@@ -259,6 +262,18 @@ fn load_text_model(backend: &LlamaBackend, s: &Settings) -> Result<LlamaModel, E
             s.model.text.display()
         ))
     })
+}
+
+/// The context's batch: the configured one, or with region heads at least the two-way
+/// prefix, which is decoded as one batch (llama.cpp requires non-causal batches to fit one
+/// ubatch): BOS and every image token of an `image_size` square encoder (14-pixel patches).
+fn n_batch(s: &Settings, image_size: u32) -> u32 {
+    let patches = (image_size / 14) * (image_size / 14);
+    if s.model.region.is_some() {
+        s.model.batch_size.max(1 + patches)
+    } else {
+        s.model.batch_size
+    }
 }
 
 /// The frame whose prefix the KV cache holds.
@@ -390,14 +405,7 @@ impl<'m> Moondream<'m> {
                 )));
             }
         }
-        // The two-way prefix is decoded as one batch (llama.cpp requires non-causal
-        // batches to fit one ubatch): BOS and every image token.
-        let patches = (image_size / 14) * (image_size / 14);
-        let n_batch = if region.is_some() {
-            s.model.batch_size.max(1 + patches)
-        } else {
-            s.model.batch_size
-        };
+        let n_batch = n_batch(s, image_size);
         // The last block's output (the heads read it) and the output norm's result (to
         // check that it is the right tensor).
         let capture = if region.is_some() {
@@ -408,11 +416,13 @@ impl<'m> Moondream<'m> {
         } else {
             Vec::new()
         };
+        let flash_attention = s.model.flash_attention_on();
         let params = ContextParams {
             n_ctx,
             n_batch,
             threads,
             kv_type,
+            flash_attention,
         };
         let mut ctx = Context::new(model, params, &capture)?;
         // Warm up as llama.cpp's own tools do (one decode, then forget it), so the first
@@ -427,7 +437,13 @@ impl<'m> Moondream<'m> {
         }
         ctx.set_capture(false);
         ctx.clear();
-        let vision = llama::Vision::new(&s.model.mmproj, model, s.model.vision_on_gpu, threads)?;
+        let vision = llama::Vision::new(
+            &s.model.mmproj,
+            model,
+            s.model.vision_on_gpu,
+            threads,
+            flash_attention,
+        )?;
         let vocab = model.vocab();
         let prompts = prompt::prompts(s.model.revision);
         // GPT-2's rules where the model's vocabulary is GPT-2's: every token of the
