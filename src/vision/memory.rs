@@ -21,18 +21,20 @@ pub struct Estimate {
 }
 
 impl Estimate {
-    /// From the files' sizes and the text model's shape. `kv_bytes_per_value` is 2 for
-    /// F16, 4 for F32 and 34/32 for Q8_0.
-    pub fn new(
-        file_bytes: u64,
-        n_ctx: u32,
-        n_layer: u32,
-        n_embd: u32,
-        kv_bytes_per_value: f64,
-        n_batch: u32,
-        n_head: u32,
-        flash_attention: bool,
-    ) -> Self {
+    /// From what is loaded and how, and the text model's shape.
+    pub fn new(load: &Load, shape: &TextShape) -> Self {
+        let Load {
+            file_bytes,
+            n_ctx,
+            kv_bytes_per_value,
+            n_batch,
+            flash_attention,
+        } = *load;
+        let TextShape {
+            n_layer,
+            n_embd,
+            n_head,
+        } = *shape;
         let kv =
             (f64::from(n_ctx) * f64::from(n_layer) * 2.0 * f64::from(n_embd) * kv_bytes_per_value)
                 as u64;
@@ -57,6 +59,26 @@ impl Estimate {
     pub fn total(&self) -> u64 {
         self.weights + self.kv + self.work
     }
+}
+
+/// What is loaded, and how.
+#[derive(Debug, Clone, Copy)]
+pub struct Load {
+    /// The files' bytes as held in memory.
+    pub file_bytes: u64,
+    pub n_ctx: u32,
+    /// 2 for an F16 cache, 4 for F32, 34/32 for Q8_0.
+    pub kv_bytes_per_value: f64,
+    pub n_batch: u32,
+    pub flash_attention: bool,
+}
+
+/// The text model's shape, from its GGUF header.
+#[derive(Debug, Clone, Copy)]
+pub struct TextShape {
+    pub n_layer: u32,
+    pub n_embd: u32,
+    pub n_head: u32,
 }
 
 /// How much memory a new allocation can have.
@@ -310,7 +332,19 @@ mod tests {
     #[test]
     fn the_check_names_the_figures_and_the_levers() {
         // The Pi 5 configuration's shape: 2048 wide, 24 layers, n_ctx 1024, KV q8_0.
-        let e = Estimate::new(1_300 * MB, 1024, 24, 2048, 34.0 / 32.0, 128, 32, true);
+        let load = Load {
+            file_bytes: 1_300 * MB,
+            n_ctx: 1024,
+            kv_bytes_per_value: 34.0 / 32.0,
+            n_batch: 128,
+            flash_attention: true,
+        };
+        let shape = TextShape {
+            n_layer: 24,
+            n_embd: 2048,
+            n_head: 32,
+        };
+        let e = Estimate::new(&load, &shape);
         assert_eq!(e.kv, 106_954_752);
         let fits = Budget {
             bytes: 1_700 * MB,

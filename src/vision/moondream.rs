@@ -185,16 +185,19 @@ fn check_memory(s: &Settings) -> Result<(), EngineError> {
         crate::config::KvCacheKind::F32 => 4.0,
         crate::config::KvCacheKind::Q8_0 => 34.0 / 32.0,
     };
-    let need = super::memory::Estimate::new(
-        bytes,
-        s.model.context_size,
-        text.n_layer.unwrap_or(24),
-        text.n_embd.unwrap_or(2048),
-        kv_bytes,
-        n_batch(s, vision.image_size.unwrap_or(378)),
-        text.n_head.unwrap_or(32),
-        s.model.flash_attention_on() != Some(false),
-    );
+    let load = super::memory::Load {
+        file_bytes: bytes,
+        n_ctx: s.model.context_size,
+        kv_bytes_per_value: kv_bytes,
+        n_batch: n_batch(s, vision.image_size.unwrap_or(378)),
+        flash_attention: s.model.flash_attention_on() != Some(false),
+    };
+    let shape = super::memory::TextShape {
+        n_layer: text.n_layer.unwrap_or(24),
+        n_embd: text.n_embd.unwrap_or(2048),
+        n_head: text.n_head.unwrap_or(32),
+    };
+    let need = super::memory::Estimate::new(&load, &shape);
     let Some(budget) = super::memory::budget(Path::new("/")) else {
         return Ok(());
     };
