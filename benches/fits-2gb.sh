@@ -108,12 +108,13 @@ pi_text=$models/moondream2-text-model-q4_0.gguf
 pi_proj=$models/moondream2-mmproj-q8_0.gguf
 run "Pi 5 configuration" none "$pi_text" "$pi_proj"
 run "Pi 5 configuration" "$limit_mb" "$pi_text" "$pi_proj"
-if [ -f "$ref/moondream2-2025-04-14-region.gguf" ] || ls "$ref"/*region*.gguf >/dev/null 2>&1; then
-  region=$(ls "$ref"/*region*.gguf | head -1)
-  rtext=$ref/text-q4_0.gguf
-  [ -f "$rtext" ] || "$bin" model quantize --type q4_0 "$(ls "$ref"/*text*.gguf | grep -v q4_0 | head -1)" "$rtext" > /dev/null
-  rproj=$ref/mmproj-q8_0.gguf
-  [ -f "$rproj" ] || "$bin" model quantize --mmproj "$(ls "$ref"/*mmproj*.gguf | grep -v q8_0 | head -1)" "$rproj" > /dev/null
+if [ -f "$ref/moondream2-2025-04-14-region.gguf" ]; then
+  region=$ref/moondream2-2025-04-14-region.gguf
+  # The names benches/region.rs gives them.
+  rtext=$ref/moondream2-2025-04-14-text-model-q4_0.gguf
+  [ -f "$rtext" ] || "$bin" model quantize --type q4_0 "$ref/moondream2-2025-04-14-text-model-f16.gguf" "$rtext" > /dev/null
+  rproj=$ref/moondream2-2025-04-14-mmproj-q8_0.gguf
+  [ -f "$rproj" ] || "$bin" model quantize --mmproj "$ref/moondream2-2025-04-14-mmproj-f16.gguf" "$rproj" > /dev/null
   run "Pi 5 configuration + region heads (2025-04-14)" none "$rtext" "$rproj" "$region" moondream2-2025-04-14
   run "Pi 5 configuration + region heads (2025-04-14)" "$limit_mb" "$rtext" "$rproj" "$region" moondream2-2025-04-14
 else

@@ -7,7 +7,8 @@
 //! - `MOONWATCH_BENCH_MODELS`: model directory (default `~/.cache/moonwatch/bench-models`);
 //!   `ref2025/` there is made when missing (a BF16 checkpoint in the release's layout,
 //!   converted, the text model quantized to Q4_0, the checkpoint then removed).
-//! - `MOONWATCH_BENCH_THREADS` (default 2), `MOONWATCH_BENCH_REPS` (default 3).
+//! - `MOONWATCH_BENCH_THREADS` (default 2), `MOONWATCH_BENCH_REPS` (default 3),
+//!   `MOONWATCH_BENCH_FLASH` (`on`, `off`, default `auto`: `model.flash_attention`).
 //!
 //! Prints a Markdown table for BENCHMARKS.md.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -18,6 +19,7 @@ use std::time::Instant;
 
 use moonwatch::frame::Frame;
 use moonwatch::model::{convert, synth, Quant};
+use moonwatch::config::FlashAttention;
 use moonwatch::vision::moondream::{self, Settings};
 use moonwatch::vision::region::RegionHeads;
 use moonwatch::vision::{Answer, Engine, Request, Response, Skill};
@@ -85,6 +87,12 @@ fn settings(f: &Files, region: bool, threads: u32) -> Settings {
     if region {
         s.model.region = Some(f.region.clone());
     }
+    // MOONWATCH_BENCH_FLASH=on|off|auto (default auto: off with region heads).
+    s.model.flash_attention = match std::env::var("MOONWATCH_BENCH_FLASH").as_deref() {
+        Ok("on") => FlashAttention::On,
+        Ok("off") => FlashAttention::Off,
+        _ => FlashAttention::Auto,
+    };
     s
 }
 
