@@ -17,9 +17,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
+use moonwatch::config::FlashAttention;
 use moonwatch::frame::Frame;
 use moonwatch::model::{convert, synth, Quant};
-use moonwatch::config::FlashAttention;
 use moonwatch::vision::moondream::{self, Settings};
 use moonwatch::vision::region::RegionHeads;
 use moonwatch::vision::{Answer, Engine, Request, Response, Skill};
