@@ -202,8 +202,14 @@ fn check_memory(s: &Settings) -> Result<(), EngineError> {
         return Ok(());
     };
     tracing::debug!(?need, ?budget, "memory");
+    let region = match &s.model.region {
+        Some(_) => ", or leave out model.region (region heads hold about twice their file)",
+        None => "",
+    };
     super::memory::check(&need, &budget).map_err(|e| {
-        EngineError::Load(format!("{e} (or model.memory_check = false to try anyway)"))
+        EngineError::Load(format!(
+            "{e}{region} (or model.memory_check = false to try anyway)"
+        ))
     })
 }
 
