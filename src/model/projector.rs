@@ -298,8 +298,8 @@ fn widen(values: &[f32], ne: &[i64], out_ne: &[i64]) -> Vec<f32> {
     out
 }
 
-/// f32 values encoded as `ty` (F32, F16 or Q8_0) in rows of `row` values.
-fn encode(values: &[f32], ty: sys::ggml_type, row: i64) -> Vec<u8> {
+/// f32 values encoded as `ty` (F32, F16, or a quantized type) in rows of `row` values.
+pub(super) fn encode(values: &[f32], ty: sys::ggml_type, row: i64) -> Vec<u8> {
     match ty {
         sys::GGML_TYPE_F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
         sys::GGML_TYPE_F16 => {

@@ -13,7 +13,7 @@
 //! Metadata is written with ggml's own GGUF writer; tensor data is then streamed after it
 //! one tensor at a time, so even the full-shape pair needs little memory.
 
-use std::ffi::{c_void, CString};
+use std::ffi::CString;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -424,35 +424,7 @@ pub(super) fn data(spec: &TensorSpec, rng: &mut impl Rng) -> Vec<u8> {
             dst.copy_from_slice(&v[..width.min(v.len())]);
         }
     }
-    match spec.ty {
-        sys::GGML_TYPE_F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        sys::GGML_TYPE_F16 => {
-            let mut out = vec![0u16; n as usize];
-            // SAFETY: both buffers hold `n` elements; ggml_fp16_t is a u16.
-            unsafe { sys::ggml_fp32_to_fp16_row(values.as_ptr(), out.as_mut_ptr().cast(), n) };
-            out.iter().flat_map(|v| v.to_le_bytes()).collect()
-        }
-        ty => {
-            let row = spec.ne[0];
-            let rows = n / row;
-            // SAFETY: ggml_row_size gives the exact encoded size of `rows` rows.
-            let size = unsafe { sys::ggml_row_size(ty, row) } * rows as usize;
-            let mut out = vec![0u8; size];
-            // SAFETY: `values` holds rows*row floats and `out` the encoded size.
-            unsafe {
-                sys::ggml_quantize_chunk(
-                    ty,
-                    values.as_ptr(),
-                    out.as_mut_ptr().cast::<c_void>(),
-                    0,
-                    rows,
-                    row,
-                    std::ptr::null(),
-                )
-            };
-            out
-        }
-    }
+    super::projector::encode(&values, spec.ty, spec.ne[0])
 }
 
 /// Writes the text model (`phi2`) to `path`; returns the bytes of tensor data.
