@@ -80,19 +80,22 @@ pub fn start(settings: Settings) -> Result<Engine, EngineError> {
     let depth = settings.model.queue_depth as usize;
     Engine::spawn_scoped(depth, move |ready, jobs, stop| {
         let loaded = (|| {
-            check_memory(&settings)?;
+            // Both files are checked, once, before anything is loaded.
+            let text = text_model_info(&settings)?;
+            let vision = projector_info(&settings)?;
+            check_memory(&settings, &text, &vision)?;
             let backend = backend()?;
             let model = load_text_model(backend, &settings)?;
-            Ok::<_, EngineError>((backend, model))
+            Ok::<_, EngineError>((backend, model, vision))
         })();
-        let (backend, model) = match loaded {
+        let (backend, model, vision) = match loaded {
             Ok(x) => x,
             Err(e) => {
                 let _ = ready.send(Err(e));
                 return;
             }
         };
-        let md = Moondream::new(backend, &model, &settings);
+        let md = Moondream::new(backend, &model, &settings, &vision);
         match md {
             Ok(mut md) => {
                 let _ = ready.send(Ok(()));
@@ -169,27 +172,25 @@ struct GgufInfo {
 /// Refuses to load what will not fit in the memory the machine or the service's cgroup
 /// has free (see [`super::memory`]). Weights on a GPU are not counted against it, so the
 /// check is skipped when layers are offloaded.
-fn check_memory(s: &Settings) -> Result<(), EngineError> {
+fn check_memory(s: &Settings, text: &GgufInfo, vision: &Projector) -> Result<(), EngineError> {
     if !s.model.memory_check || s.model.gpu_layers > 0 {
         return Ok(());
     }
-    let text = inspect(&s.model.text, "text model")?;
-    let vision = inspect(&s.model.mmproj, "vision projector")?;
     let mut bytes = text.bytes + vision.bytes;
     if let Some(region) = &s.model.region {
         // Stored F16, held in F32.
         bytes += 2 * std::fs::metadata(region).map_or(0, |m| m.len());
     }
-    let kv_bytes = match s.model.kv_cache_type {
-        crate::config::KvCacheKind::F16 => 2.0,
-        crate::config::KvCacheKind::F32 => 4.0,
-        crate::config::KvCacheKind::Q8_0 => 34.0 / 32.0,
+    let kv = kv_type(s.model.kv_cache_type);
+    // SAFETY: plain size lookups for a valid type.
+    let kv_bytes = unsafe {
+        llama_cpp_sys_2::ggml_type_size(kv) as f64 / llama_cpp_sys_2::ggml_blck_size(kv) as f64
     };
     let load = super::memory::Load {
         file_bytes: bytes,
         n_ctx: s.model.context_size,
         kv_bytes_per_value: kv_bytes,
-        n_batch: n_batch(s, vision.image_size.unwrap_or(378)),
+        n_batch: n_batch(s, vision.image_size),
         flash_attention: s.model.flash_attention_on() != Some(false),
     };
     let shape = super::memory::TextShape {
@@ -244,8 +245,10 @@ fn tensor_data_end(path: &Path) -> Result<u64, EngineError> {
     }
 }
 
-fn load_text_model(backend: &LlamaBackend, s: &Settings) -> Result<LlamaModel, EngineError> {
-    let GgufInfo { arch, name, .. } = inspect(&s.model.text, "text model")?;
+/// The text model's header, checked: not a projector, and what kind of model it is.
+fn text_model_info(s: &Settings) -> Result<GgufInfo, EngineError> {
+    let info = inspect(&s.model.text, "text model")?;
+    let GgufInfo { arch, name, .. } = &info;
     if arch == "clip" {
         return Err(EngineError::Load(format!(
             "text model {} is a vision projector (clip); are model.text and model.mmproj swapped?",
@@ -262,6 +265,53 @@ fn load_text_model(backend: &LlamaBackend, s: &Settings) -> Result<LlamaModel, E
     if arch != "phi2" {
         tracing::warn!(%arch, "text model is not phi2; Moondream2's prompt format may not fit it");
     }
+    Ok(info)
+}
+
+/// What the engine needs from the vision projector's header.
+struct Projector {
+    /// The encoder's input side (`clip.vision.image_size`).
+    image_size: u32,
+    /// The file's size.
+    bytes: u64,
+}
+
+/// The vision projector's header, checked: a `clip` file with a usable input size.
+fn projector_info(s: &Settings) -> Result<Projector, EngineError> {
+    let info = inspect(&s.model.mmproj, "vision projector")?;
+    if info.arch != "clip" {
+        return Err(EngineError::Load(format!(
+            "vision projector {} has architecture {}, expected clip; are model.text and model.mmproj swapped?",
+            s.model.mmproj.display(),
+            info.arch
+        )));
+    }
+    let image_size = info
+        .image_size
+        .filter(|&n| (14..=4096).contains(&n))
+        .ok_or_else(|| {
+            EngineError::Load(format!(
+                "vision projector {} lacks a usable clip.vision.image_size",
+                s.model.mmproj.display()
+            ))
+        })?;
+    Ok(Projector {
+        image_size,
+        bytes: info.bytes,
+    })
+}
+
+/// llama.cpp's element type for a KV cache kind.
+fn kv_type(kind: crate::config::KvCacheKind) -> llama_cpp_sys_2::ggml_type {
+    match kind {
+        crate::config::KvCacheKind::F16 => llama_cpp_sys_2::GGML_TYPE_F16,
+        crate::config::KvCacheKind::F32 => llama_cpp_sys_2::GGML_TYPE_F32,
+        crate::config::KvCacheKind::Q8_0 => llama_cpp_sys_2::GGML_TYPE_Q8_0,
+    }
+}
+
+/// Loads the text model [`text_model_info`] checked.
+fn load_text_model(backend: &LlamaBackend, s: &Settings) -> Result<LlamaModel, EngineError> {
     let params = LlamaModelParams::default()
         .with_n_gpu_layers(s.model.gpu_layers)
         .with_use_mmap(s.model.mmap);
@@ -359,29 +409,15 @@ impl std::fmt::Debug for Moondream<'_> {
 }
 
 impl<'m> Moondream<'m> {
-    /// Creates the contexts for a loaded text model and loads the vision projector.
-    pub fn new(
+    /// Creates the contexts for a loaded text model and loads the vision projector
+    /// ([`projector_info`] checked).
+    fn new(
         _backend: &LlamaBackend, // proof that llama.cpp is initialised
         model: &'m LlamaModel,
         s: &Settings,
+        vision: &Projector,
     ) -> Result<Self, EngineError> {
-        let info = inspect(&s.model.mmproj, "vision projector")?;
-        if info.arch != "clip" {
-            return Err(EngineError::Load(format!(
-                "vision projector {} has architecture {}, expected clip; are model.text and model.mmproj swapped?",
-                s.model.mmproj.display(),
-                info.arch
-            )));
-        }
-        let image_size = info
-            .image_size
-            .filter(|&n| (14..=4096).contains(&n))
-            .ok_or_else(|| {
-                EngineError::Load(format!(
-                    "vision projector {} lacks a usable clip.vision.image_size",
-                    s.model.mmproj.display()
-                ))
-            })?;
+        let image_size = vision.image_size;
         let threads = s.threads.max(1) as i32;
         let n_ctx = s.model.context_size;
         if n_ctx > model.n_ctx_train() {
@@ -391,11 +427,7 @@ impl<'m> Moondream<'m> {
                 "context larger than the model was trained for"
             );
         }
-        let kv_type = match s.model.kv_cache_type {
-            crate::config::KvCacheKind::F16 => llama_cpp_sys_2::GGML_TYPE_F16,
-            crate::config::KvCacheKind::F32 => llama_cpp_sys_2::GGML_TYPE_F32,
-            crate::config::KvCacheKind::Q8_0 => llama_cpp_sys_2::GGML_TYPE_Q8_0,
-        };
+        let kv_type = kv_type(s.model.kv_cache_type);
         let region = match &s.model.region {
             Some(path) => {
                 // Missing, truncated or foreign files get the same plain messages as the
