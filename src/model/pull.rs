@@ -209,10 +209,6 @@ fn pull_quantized(
     progress: bool,
     quantize: impl FnOnce(&Path, &Path) -> Result<(), super::synth::SynthError>,
 ) -> Result<Pulled, PullError> {
-    let io = |path: &Path, e: std::io::Error| PullError::Io {
-        path: path.to_owned(),
-        reason: e.to_string(),
-    };
     if let Some(done) = verified_in_place(target, "")? {
         return Ok(done);
     }
@@ -226,29 +222,42 @@ fn pull_quantized(
         });
     }
     pull_one(model, file, want, &source, progress)?;
-    let part = target.with_extension("gguf.part");
     if progress {
         eprintln!("quantizing {} to {quant}", source.display());
     }
-    let qerr = |reason: String| PullError::Quantize {
-        path: source.clone(),
-        quant,
-        reason,
-    };
-    crate::vision::moondream::backend().map_err(|e| qerr(e.to_string()))?;
-    quantize(&source, &part).map_err(|e| {
-        let _ = std::fs::remove_file(&part);
-        qerr(e.to_string())
-    })?;
-    let got = sha256_file(&part).map_err(|e| io(&part, e))?;
-    let pulled = install(&part, target, got)?;
+    let pulled = quantize_into(target, &source, quant, |part| quantize(&source, part))?;
     // The download is not needed any more; 2.8 GB matter on a board's SD card.
     let _ = std::fs::remove_file(&source);
     let _ = std::fs::remove_file(sidecar(&source));
     Ok(pulled)
 }
 
-/// Moves a verified file (SHA-256 `sha256`) to `target` and records its hash beside it.
+/// Writes `target` from `source` with `write(part)` into a `.gguf.part` beside it, then
+/// installs it with its hash recorded; a failed write leaves no part behind.
+fn quantize_into(
+    target: &Path,
+    source: &Path,
+    quant: &'static str,
+    write: impl FnOnce(&Path) -> Result<(), super::synth::SynthError>,
+) -> Result<Pulled, PullError> {
+    let part = target.with_extension("gguf.part");
+    let qerr = |reason: String| PullError::Quantize {
+        path: source.to_owned(),
+        quant,
+        reason,
+    };
+    crate::vision::moondream::backend().map_err(|e| qerr(e.to_string()))?;
+    write(&part).map_err(|e| {
+        let _ = std::fs::remove_file(&part);
+        qerr(e.to_string())
+    })?;
+    let got = sha256_file(&part).map_err(|e| PullError::Io {
+        path: part.clone(),
+        reason: e.to_string(),
+    })?;
+    install(&part, target, got)
+}
+
 /// Upgrades a projector quantized by an earlier moonwatch, whose feed-forward layers were
 /// not widened yet, without downloading it again: the same values, with ffn_down in Q8_0
 /// too. Leaves anything else alone.
@@ -262,24 +271,13 @@ fn widen_in_place(target: &Path, progress: bool) -> Result<(), PullError> {
             target.display()
         );
     }
-    let part = target.with_extension("gguf.part");
-    let qerr = |reason: String| PullError::Quantize {
-        path: target.to_owned(),
-        quant: "q8_0",
-        reason,
-    };
-    crate::vision::moondream::backend().map_err(|e| qerr(e.to_string()))?;
-    super::projector::quantize_mmproj(target, &part).map_err(|e| {
-        let _ = std::fs::remove_file(&part);
-        qerr(e.to_string())
-    })?;
-    let got = sha256_file(&part).map_err(|e| PullError::Io {
-        path: part.clone(),
-        reason: e.to_string(),
-    })?;
-    install(&part, target, got).map(|_| ())
+    quantize_into(target, target, "q8_0", |part| {
+        super::projector::quantize_mmproj(target, part).map(|_| ())
+    })
+    .map(|_| ())
 }
 
+/// Moves a verified file (SHA-256 `sha256`) to `target` and records its hash beside it.
 fn install(from: &Path, target: &Path, sha256: String) -> Result<Pulled, PullError> {
     let io = |e: std::io::Error| PullError::Io {
         path: target.to_owned(),
