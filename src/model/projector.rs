@@ -65,23 +65,11 @@ pub fn quantize_mmproj(input: &Path, output: &Path) -> Result<Report, SynthError
 /// (one quantized before widening existed: about 124 MB more for Moondream2's). False for
 /// anything unreadable.
 pub fn needs_widening(path: &Path) -> bool {
-    let p = c(&path.to_string_lossy());
-    let params = sys::gguf_init_params {
-        no_alloc: true,
-        ctx: std::ptr::null_mut(),
+    let Some(gguf) = llama_cpp_2::gguf::GgufContext::from_file(path) else {
+        return false;
     };
-    // SAFETY: a metadata-only read, freed before returning.
-    unsafe {
-        let ctx = sys::gguf_init_from_file(p.as_ptr(), params);
-        if ctx.is_null() {
-            return false;
-        }
-        let i = sys::gguf_find_key(ctx, c("clip.vision.feed_forward_length").as_ptr());
-        let ff = (i >= 0 && sys::gguf_get_kv_type(ctx, i) == sys::GGUF_TYPE_UINT32)
-            .then(|| sys::gguf_get_val_u32(ctx, i));
-        sys::gguf_free(ctx);
-        ff.is_some_and(|ff| i64::from(ff) % BLOCK != 0)
-    }
+    let i = gguf.find_key("clip.vision.feed_forward_length");
+    i >= 0 && gguf.kv_type(i) == sys::GGUF_TYPE_UINT32 && i64::from(gguf.val_u32(i)) % BLOCK != 0
 }
 
 /// One tensor of the input and what becomes of it.
