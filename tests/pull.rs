@@ -246,6 +246,72 @@ fn pull_quantizes_the_verified_files_and_records_their_hashes() {
 }
 
 #[test]
+fn an_old_narrow_projector_is_widened_in_place_and_a_damaged_one_pulled_afresh() {
+    use moonwatch::model::{projector, synth};
+    // A projector whose feed-forward width (120) is not whole Q8_0 blocks, like SigLIP's.
+    let src = tempfile::tempdir().unwrap();
+    let shape = synth::Shape {
+        vision_ff: 120,
+        ..synth::Shape::tiny()
+    };
+    let pair = synth::write_pair(src.path(), &shape, &synth::default_vocab_dir()).unwrap();
+    let text = std::fs::read(&pair.text).unwrap();
+    let mmproj = std::fs::read(&pair.mmproj).unwrap();
+    let hub = hub(vec![
+        ("t.gguf", text.clone(), sha(&text)),
+        ("m.gguf", mmproj.clone(), sha(&mmproj)),
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &sha(&text));
+    let mut toml = std::fs::read_to_string(&cfg).unwrap();
+    toml.push_str(
+        "quantize_mmproj = true
+",
+    );
+    std::fs::write(&cfg, toml).unwrap();
+    let target = dir.path().join("models/mmproj.gguf");
+    let sidecar = dir.path().join("models/mmproj.gguf.sha256");
+    // What an earlier moonwatch's pull left: a narrow Q8_0 projector and its hash.
+    let narrow = projector::Options {
+        pad_ffn: false,
+        ..Default::default()
+    };
+    let write_old = |hash: Option<&str>| {
+        projector::rewrite(&pair.mmproj, &target, narrow).unwrap();
+        let own = sha(&std::fs::read(&target).unwrap());
+        std::fs::write(&sidecar, format!("{}\n", hash.unwrap_or(&own))).unwrap();
+    };
+    let run = || pull(&hub, &cfg);
+
+    std::fs::create_dir_all(dir.path().join("models")).unwrap();
+    write_old(None);
+    let out = run();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!projector::needs_widening(&target), "widened");
+    let recorded = std::fs::read_to_string(&sidecar).unwrap();
+    assert_eq!(recorded.trim(), sha(&std::fs::read(&target).unwrap()));
+    // Only the text model was fetched: the projector was upgraded without a download.
+    let gets = hub.gets.load(Ordering::SeqCst);
+    assert_eq!(gets, 1, "only t.gguf");
+
+    // A narrow file that no longer matches its recorded hash is not trusted: the pull
+    // downloads the projector again and writes it widened.
+    write_old(Some(&"0".repeat(64)));
+    let out = run();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!projector::needs_widening(&target));
+    assert_eq!(hub.gets.load(Ordering::SeqCst), gets + 1, "m.gguf fetched");
+}
+
+#[test]
 fn the_release_weights_are_downloaded_verified_and_converted() {
     // The release's own layout (model.safetensors), random weights, served like the hub.
     let src = tempfile::tempdir().unwrap();

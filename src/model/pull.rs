@@ -260,9 +260,13 @@ fn quantize_into(
 
 /// Upgrades a projector quantized by an earlier moonwatch, whose feed-forward layers were
 /// not widened yet, without downloading it again: the same values, with ffn_down in Q8_0
-/// too. Leaves anything else alone.
+/// too. Leaves anything else alone, including a file that no longer matches the hash its
+/// pull recorded (the pull then writes it afresh).
 fn widen_in_place(target: &Path, progress: bool) -> Result<(), PullError> {
-    if !target.is_file() || !super::projector::needs_widening(target) {
+    if !target.is_file()
+        || !super::projector::needs_widening(target)
+        || verified_in_place(target, "")?.is_none()
+    {
         return Ok(());
     }
     if progress {
