@@ -204,6 +204,123 @@ impl TriggerConfig {
     }
 }
 
+/// A trigger setting that can be changed while moonwatch runs (Home Assistant's number
+/// entities), kept across restarts like the trigger's switch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tunable {
+    Threshold,
+    Interval,
+    Cooldown,
+}
+
+/// Overrides of a trigger's tunable settings (`None`: as configured).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Tuning {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<f32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cooldown: Option<u64>,
+}
+
+impl Tuning {
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+    /// `cfg` with these overrides.
+    pub fn apply(&self, mut cfg: TriggerConfig) -> TriggerConfig {
+        cfg.threshold = self.threshold.unwrap_or(cfg.threshold);
+        cfg.interval = self.interval.unwrap_or(cfg.interval);
+        cfg.cooldown = self.cooldown.unwrap_or(cfg.cooldown);
+        cfg
+    }
+}
+
+impl Tunable {
+    pub const ALL: [Tunable; 3] = [Self::Threshold, Self::Interval, Self::Cooldown];
+
+    /// Its key in topics, entity ids and the configuration.
+    pub fn key(self) -> &'static str {
+        match self {
+            Self::Threshold => "threshold",
+            Self::Interval => "interval",
+            Self::Cooldown => "cooldown",
+        }
+    }
+
+    pub fn from_key(key: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.key() == key)
+    }
+
+    /// (min, max, step, unit) as Home Assistant's number entity shows it; the same bounds
+    /// as the configuration's check (a cooldown is at most a day here).
+    pub fn range(self) -> (f64, f64, f64, Option<&'static str>) {
+        match self {
+            Self::Threshold => (0.5, 1.0, 0.01, None),
+            Self::Interval => (1.0, 86_400.0, 1.0, Some("s")),
+            Self::Cooldown => (0.0, 86_400.0, 1.0, Some("s")),
+        }
+    }
+
+    pub fn get(self, cfg: &TriggerConfig) -> f64 {
+        match self {
+            // Through its decimal text: 0.8f32 reads 0.8, not 0.800000011920929.
+            Self::Threshold => cfg.threshold.to_string().parse().unwrap_or(0.0),
+            Self::Interval => cfg.interval as f64,
+            Self::Cooldown => cfg.cooldown as f64,
+        }
+    }
+
+    /// The value as published on its retained topic.
+    pub fn text(self, cfg: &TriggerConfig) -> String {
+        match self {
+            Self::Threshold => cfg.threshold.to_string(),
+            Self::Interval => cfg.interval.to_string(),
+            Self::Cooldown => cfg.cooldown.to_string(),
+        }
+    }
+
+    /// `tuning` with this setting read from `payload` (a number, as Home Assistant sends
+    /// it), checked against its range and, applied to `cfg`, against the configuration's
+    /// rules (an interval above the trigger's `recheck` is refused).
+    pub fn parse(
+        self,
+        payload: &[u8],
+        cfg: &TriggerConfig,
+        tuning: Tuning,
+    ) -> Result<Tuning, String> {
+        let text = std::str::from_utf8(payload)
+            .map_err(|_| "not UTF-8".to_owned())?
+            .trim();
+        let v: f64 = text
+            .parse()
+            .map_err(|_| format!("{text:?} is not a number"))?;
+        let (min, max, _, _) = self.range();
+        if !(min..=max).contains(&v) {
+            return Err(format!("{v} is outside {min}..{max}"));
+        }
+        let whole = || {
+            if v.fract() == 0.0 {
+                Ok(v as u64)
+            } else {
+                Err(format!("{v} is not a whole number of seconds"))
+            }
+        };
+        let mut out = tuning;
+        match self {
+            Self::Threshold => out.threshold = Some(v as f32),
+            Self::Interval => out.interval = Some(whole()?),
+            Self::Cooldown => out.cooldown = Some(whole()?),
+        }
+        let tuned = out.apply(cfg.clone());
+        if let Some((key, m)) = tuned.problems().into_iter().next() {
+            return Err(format!("{key}: {m}"));
+        }
+        Ok(out)
+    }
+}
+
 /// One evaluation of a trigger on a frame.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Observation {

@@ -128,6 +128,11 @@ impl Zone {
         (x0, y0, x1, y1)
     }
 
+    /// Whether the point (relative to the frame) lies in the zone, its edges included.
+    pub fn contains(&self, p: Point) -> bool {
+        (self.x_min..=self.x_max).contains(&p.x) && (self.y_min..=self.y_max).contains(&p.y)
+    }
+
     /// The zone's pixels as a frame of their own (same time and sequence number).
     pub fn crop(&self, frame: &Frame) -> Result<Frame, FrameError> {
         let (x0, y0, x1, y1) = self.pixels(frame.width, frame.height);
@@ -188,8 +193,78 @@ impl Zone {
     }
 }
 
+/// How many of `objects` (boxes in the frame's coordinates) have their centre in each of
+/// `zones`, by zone name: what an object trigger over the whole frame counts per zone.
+pub fn count_in<'z>(
+    zones: impl IntoIterator<Item = (&'z String, &'z Zone)>,
+    objects: &[BBox],
+) -> std::collections::BTreeMap<String, usize> {
+    zones
+        .into_iter()
+        .map(|(name, z)| {
+            let n = objects
+                .iter()
+                .filter(|b| {
+                    z.contains(Point {
+                        x: (b.x_min + b.x_max) / 2.0,
+                        y: (b.y_min + b.y_max) / 2.0,
+                    })
+                })
+                .count();
+            (name.clone(), n)
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn objects_count_in_the_zone_that_holds_their_centre() {
+        let zones: std::collections::BTreeMap<String, Zone> = [
+            (
+                "left".to_owned(),
+                Zone {
+                    x_min: 0.0,
+                    y_min: 0.0,
+                    x_max: 0.5,
+                    y_max: 1.0,
+                },
+            ),
+            (
+                "right".to_owned(),
+                Zone {
+                    x_min: 0.5,
+                    y_min: 0.0,
+                    x_max: 1.0,
+                    y_max: 1.0,
+                },
+            ),
+            (
+                "corner".to_owned(),
+                Zone {
+                    x_min: 0.9,
+                    y_min: 0.9,
+                    x_max: 1.0,
+                    y_max: 1.0,
+                },
+            ),
+        ]
+        .into_iter()
+        .collect();
+        let b = |x0, x1| BBox {
+            x_min: x0,
+            y_min: 0.2,
+            x_max: x1,
+            y_max: 0.4,
+        };
+        // Centres at 0.2, 0.3 (left) and 0.7 (right); a box reaching into the left zone
+        // with its centre on the right counts on the right only.
+        let counts = count_in(&zones, &[b(0.1, 0.3), b(0.2, 0.4), b(0.45, 0.95)]);
+        assert_eq!(counts["left"], 2);
+        assert_eq!(counts["right"], 1);
+        assert_eq!(counts["corner"], 0);
+    }
+
     use super::*;
 
     fn zone(v: [f32; 4]) -> Zone {

@@ -376,29 +376,65 @@ fn the_home_assistant_examples_are_yaml_that_uses_only_what_the_api_has() {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/home-assistant.md"),
     )
     .unwrap();
-    let blocks: Vec<&str> = doc
+    let blueprint = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/blueprints/moonwatch_trigger_notify.yaml"),
+    )
+    .unwrap();
+    let mut blocks: Vec<&str> = doc
         .split("```yaml\n")
         .skip(1)
         .map(|b| b.split("```").next().unwrap())
         .collect();
-    assert_eq!(blocks.len(), 3, "notify, ask, switch");
+    assert_eq!(
+        blocks.len(),
+        5,
+        "notify, ask from a script, ask from the UI, tune, switch"
+    );
+    blocks.push(&blueprint);
     // What the API offers, from the code itself: the topics and entity ids of device
     // `garage` with the triggers the examples name, and every payload key.
     let cfg = moonwatch::config::MqttConfig::default();
     let t = moonwatch::mqtt::api::Topics::new(&cfg, "garage");
     let mut entity_ids = std::collections::BTreeSet::new();
-    for name in ["garage_door", "porch"] {
-        let trig: moonwatch::triggers::TriggerConfig =
-            serde_json::from_value(serde_json::json!({"name": name, "question": "Q?"})).unwrap();
-        for (_, payload) in moonwatch::mqtt::discovery::trigger_entities(&t, &trig) {
-            let v: serde_json::Value = serde_json::from_slice(&payload).unwrap();
-            entity_ids.insert(v["default_entity_id"].as_str().unwrap().to_owned());
+    let triggers: Vec<moonwatch::triggers::TriggerConfig> = ["garage_door", "porch"]
+        .into_iter()
+        .map(|name| {
+            serde_json::from_value(serde_json::json!({"name": name, "question": "Q?"})).unwrap()
+        })
+        .collect();
+    let refs: Vec<&moonwatch::triggers::TriggerConfig> = triggers.iter().collect();
+    let nodes = [
+        moonwatch::mqtt::discovery::camera_node(&t, &refs, &[]),
+        moonwatch::mqtt::discovery::server_node(&t),
+    ];
+    for node in &nodes {
+        for c in &node.components {
+            entity_ids.insert(c.config.default_entity_id.clone());
         }
     }
+    // The blueprint: an automation blueprint whose every `!input` is declared.
+    let bp = &yaml_rust2::YamlLoader::load_from_str(&blueprint).unwrap()[0];
+    assert_eq!(bp["blueprint"]["domain"].as_str(), Some("automation"));
+    let inputs = bp["blueprint"]["input"].as_hash().expect("inputs");
+    let mut used_inputs = 0;
+    for word in blueprint.split("!input ").skip(1) {
+        let name: String = word
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        assert!(
+            inputs.contains_key(&yaml_rust2::Yaml::String(name.clone())),
+            "!input {name} is not declared"
+        );
+        used_inputs += 1;
+    }
+    assert!(used_inputs >= 4);
     let topics: std::collections::BTreeSet<String> = [
         t.trigger_event("garage_door"),
         format!("{}/request/query", t.base),
         t.response("query"),
+        t.trigger_tuning("porch", "interval"),
+        format!("{}/set", t.trigger_tuning("porch", "interval")),
     ]
     .into_iter()
     .collect();

@@ -22,7 +22,7 @@ use crate::frame::scene::{self, Signature};
 use crate::frame::Frame;
 use crate::mqtt::api::{self, Action, ApiError, Code, ReplyAddress, Topics};
 use crate::mqtt::wire::{self, ReplyData};
-use crate::mqtt::{discovery, AckToken, Class, Incoming, MqttEvent, OutboxStats, Outgoing};
+use crate::mqtt::{AckToken, Class, Incoming, MqttEvent, OutboxStats, Outgoing};
 use crate::triggers::{
     self, Cause, Change, Evaluated, Observation, Pace, TriggerConfig, TriggerState,
 };
@@ -219,6 +219,9 @@ struct ReplyTo {
     key: Option<u64>,
     /// A pool job: the reply names this worker.
     pool: bool,
+    /// A question from a camera's text entity: the answer is retained on the address, as
+    /// [`wire::Asked`].
+    question: Option<String>,
 }
 
 #[derive(Debug)]
@@ -497,6 +500,12 @@ pub struct Core {
     bad_requests: u64,
     last_bad_log: Option<Instant>,
     watchdog_period: Option<Duration>,
+    /// Home Assistant discovery: what the broker holds, and whether it was read.
+    discovery: ha::Discovery,
+    /// Retained topics to clear at a time (see [`ha::CLEAR_AFTER`]).
+    later: Vec<(Instant, String)>,
+    /// When the server's state was last published, and the engine's busy time then.
+    last_server: Option<(Instant, f64)>,
 }
 
 impl Core {
@@ -558,6 +567,9 @@ impl Core {
             bad_requests: 0,
             last_bad_log: None,
             watchdog_period,
+            discovery: ha::Discovery::new(&cfg.mqtt.discovery_prefix),
+            later: Vec::new(),
+            last_server: None,
             cfg,
         }
     }
@@ -578,7 +590,10 @@ impl Core {
         for c in &self.cams {
             out.push(c.topics.requests());
             out.push(c.topics.trigger_set_filter());
+            out.push(c.topics.trigger_tuning_filter());
+            out.push(c.topics.question_set());
         }
+        out.extend(self.discovery_subscriptions());
         out
     }
 
@@ -619,7 +634,7 @@ impl Core {
             Input::Saved { save, result } => self.on_saved(now, save, result, &mut out),
             Input::Tick => self.on_tick(now, views, &mut out),
             Input::Stop => self.on_stop(now, &mut out),
-            Input::Reload(r) => self.on_reload(r, &mut out),
+            Input::Reload(r) => self.on_reload(now, r, &mut out),
             Input::ModelLoaded(r) => self.on_model_loaded(r, &mut out),
         }
         self.schedule(now, views, &mut out);
@@ -638,7 +653,9 @@ impl Core {
                 self.refused_subscriptions.clear();
                 self.publish_retained(out, self.topics.availability(), "online");
                 self.publish_heartbeat(true, out);
-                self.publish_discovery(out);
+                self.publish_server(now, out);
+                // Discovery once the broker's retained configs are read.
+                self.discovery_connected();
                 for ci in 0..self.cams.len() {
                     let health = self.camera_health(now, ci, views);
                     self.publish_camera_availability(ci, &health, true, out);
@@ -655,6 +672,10 @@ impl Core {
                             on_off(t.enabled),
                         )));
                     }
+                    let names: Vec<String> = cam.triggers.keys().cloned().collect();
+                    for name in names {
+                        self.publish_tuning(ci, &name, out);
+                    }
                 }
             }
             MqttEvent::Subscribed { refused } => {
@@ -670,6 +691,7 @@ impl Core {
                     ))));
                 }
                 self.refused_subscriptions = refused;
+                self.discovery_subscribed(now, out);
             }
             MqttEvent::Disconnected(reason) => {
                 if self.connected {
@@ -696,7 +718,23 @@ impl Core {
                     self.publish_discovery(out);
                 }
             }
+            MqttEvent::Message(m) if self.on_discovery_message(&m, out) => {}
             MqttEvent::Message(m) => {
+                let tune = self.cams.iter().enumerate().find_map(|(ci, c)| {
+                    c.topics
+                        .trigger_tuning_name(&m.topic)
+                        .map(|(n, k)| (ci, n.to_owned(), k.to_owned()))
+                });
+                if let Some((ci, name, key)) = tune {
+                    return self.on_tune(ci, (&name, &key), &m, out);
+                }
+                if let Some(ci) = self
+                    .cams
+                    .iter()
+                    .position(|c| c.topics.question_set() == m.topic)
+                {
+                    return self.on_question(now, ci, m, out);
+                }
                 let switch = self.cams.iter().enumerate().find_map(|(ci, c)| {
                     c.topics
                         .trigger_set_name(&m.topic)
@@ -746,6 +784,10 @@ impl Core {
             }
             return;
         };
+        if on && !t.enabled {
+            // Evaluated at once, as a new trigger is.
+            t.evaluated.interval_from = None;
+        }
         t.enabled = on;
         if let Some(r) = self.round.as_mut().filter(|r| r.cam == ci) {
             r.names.retain(|(n, _)| n != name);
@@ -815,6 +857,7 @@ impl Core {
             expiry,
             key,
             pool: ci.is_none(),
+            question: None,
         };
         let (req, reply) = match parsed {
             Ok(req) => {
@@ -994,6 +1037,19 @@ impl Core {
         result: Result<ReplyData, ApiError>,
         out: &mut Vec<Act>,
     ) {
+        if let Some(question) = to.question {
+            // From a camera's text entity: the answer (or why there is none) is the
+            // retained state of its answer sensor.
+            if let Err(e) = &result {
+                self.counters.errors += 1;
+                tracing::info!(question = ?question, code = ?e.code, "question not answered: {}", e.message);
+            }
+            let v = ha::asked(now, question, &result);
+            let mut m = Outgoing::retained(to.address.topic, wire::to_bytes(&v));
+            m.acks.extend(to.ack);
+            out.push(Act::Publish(m));
+            return;
+        }
         let transaction = to.transaction.clone();
         let body = match result {
             Ok(data) => wire::Reply {
@@ -1202,6 +1258,8 @@ impl Core {
         }
         let rt = &mut self.cams[ci].runtime;
         rt.removed.retain(|n| n != &t.name);
+        // A trigger added again starts from its new definition.
+        rt.tuned.remove(&t.name);
         rt.added.retain(|x| x.name != t.name);
         rt.added.push(t.clone());
         let name = t.name.clone();
@@ -1218,10 +1276,20 @@ impl Core {
             cam.topics.trigger_enabled(&t.cfg.name),
             on_off(t.enabled),
         )));
-        if let Some(old) = cam.triggers.insert(t.cfg.name.clone(), t) {
+        let name = t.cfg.name.clone();
+        if let Some(old) = cam.triggers.insert(name.clone(), t) {
             cam.forget(old.cfg);
         }
         cam.prune_scenes();
+        let mut topics = Self::tuning_topics(&cam.topics, &name);
+        topics.extend([
+            cam.topics.trigger_state(&name),
+            cam.topics.trigger_attributes(&name),
+            cam.topics.trigger_snapshot(&name),
+            cam.topics.trigger_enabled(&name),
+        ]);
+        self.keep(&topics);
+        self.publish_tuning(ci, &name, out);
         self.publish_device_discovery(ci, out);
     }
 
@@ -1240,12 +1308,13 @@ impl Core {
         };
         cam.runtime.added.retain(|x| x.name != name);
         cam.runtime.disabled.retain(|n| n != name);
+        cam.runtime.tuned.remove(name);
         if cam.spec.config.triggers.iter().any(|c| c.name == name)
             && !cam.runtime.removed.iter().any(|n| n == name)
         {
             cam.runtime.removed.push(name.to_owned());
         }
-        self.clear_trigger(ci, &t.cfg, out);
+        self.clear_trigger(now, ci, &t.cfg, out);
         self.save(ci, Some(reply), SavedKind::Removed(name.to_owned()), out);
     }
 
@@ -1302,43 +1371,23 @@ impl Core {
         }
     }
 
-    /// Every camera's Home Assistant discovery.
-    fn publish_discovery(&self, out: &mut Vec<Act>) {
-        for ci in 0..self.cams.len() {
-            self.publish_device_discovery(ci, out);
-        }
-    }
-
-    /// Camera `ci`'s Home Assistant device and every entity of its triggers; entities of
-    /// removed triggers are removed.
-    fn publish_device_discovery(&self, ci: usize, out: &mut Vec<Act>) {
-        if !self.cfg.mqtt.discovery {
-            return;
-        }
-        let cam = &self.cams[ci];
-        let triggers: Vec<&TriggerConfig> = cam.triggers.values().map(|t| &t.cfg).collect();
-        let gone: Vec<&TriggerConfig> = cam.gone.iter().collect();
-        let form = self.cfg.mqtt.discovery_form;
-        for (topic, payload) in discovery::camera(&cam.topics, &triggers, &gone, form) {
-            self.publish_retained(out, topic, payload);
-        }
-    }
-
     /// Deletes every entity and retained topic of a trigger (already taken out of the
     /// camera's triggers).
-    fn clear_trigger(&mut self, ci: usize, cfg: &TriggerConfig, out: &mut Vec<Act>) {
+    fn clear_trigger(&mut self, now: Now, ci: usize, cfg: &TriggerConfig, out: &mut Vec<Act>) {
         self.cams[ci].forget(cfg.clone());
         self.cams[ci].prune_scenes();
         self.publish_device_discovery(ci, out);
         let t = &self.cams[ci].topics;
-        for topic in [
+        let mut topics = Self::tuning_topics(t, &cfg.name);
+        topics.extend([
             t.trigger_state(&cfg.name),
             t.trigger_attributes(&cfg.name),
             t.trigger_snapshot(&cfg.name),
             t.trigger_enabled(&cfg.name),
-        ] {
-            self.publish_retained(out, topic, Bytes::new());
-        }
+        ]);
+        // Once Home Assistant has dropped the entities: an entity still reading a topic
+        // would log the empty payload as bad JSON.
+        self.clear_later(now, topics);
     }
 
     /// Trigger `name` of camera `ci`, evaluated on `zone` of `frame`, got `answer`.
@@ -1372,14 +1421,24 @@ impl Core {
                 confidence,
                 objects,
                 ..
-            } => (
-                *present,
-                *confidence,
-                wire::Details::Object {
-                    count: objects.len(),
-                    objects: objects.clone(),
-                },
-            ),
+            } => {
+                let cam = &self.cams[ci];
+                let whole_frame = cam.triggers.get(name).is_some_and(|t| t.cfg.zone.is_none());
+                let zones = if whole_frame {
+                    crate::zone::count_in(&cam.spec.config.zones, objects)
+                } else {
+                    BTreeMap::new()
+                };
+                (
+                    *present,
+                    *confidence,
+                    wire::Details::Object {
+                        count: objects.len(),
+                        objects: objects.clone(),
+                        zones,
+                    },
+                )
+            }
             _ => return,
         };
         let cam = &mut self.cams[ci];
@@ -1990,6 +2049,7 @@ impl Core {
     }
 
     fn on_tick(&mut self, now: Now, views: &[CameraView], out: &mut Vec<Act>) {
+        self.discovery_tick(now, out);
         if self.connected {
             for ci in 0..self.cams.len() {
                 let health = self.camera_health(now, ci, views);
@@ -2017,6 +2077,7 @@ impl Core {
             for ci in 0..self.cams.len() {
                 self.publish_stats(now, ci, views, out);
             }
+            self.publish_server(now, out);
             self.publish_heartbeat(true, out);
         }
         for ci in 0..self.cams.len() {
@@ -2085,6 +2146,7 @@ impl Core {
         }
         tracing::info!("stopping");
         self.stopping = Some(now.mono);
+        self.flush_later(out);
         out.push(Act::Notify(Notify::Stopping));
         let stopping = || ApiError::new(Code::ShuttingDown, "moonwatch is stopping");
         while let Some(job) = self.queue.pop_front() {
@@ -2141,7 +2203,7 @@ impl Core {
         out.push(Act::Exit);
     }
 
-    fn on_reload(&mut self, r: Result<Box<Config>, String>, out: &mut Vec<Act>) {
+    fn on_reload(&mut self, now: Now, r: Result<Box<Config>, String>, out: &mut Vec<Act>) {
         let refuse = |this: &mut Self, out: &mut Vec<Act>, e: String| {
             tracing::error!("reload refused, keeping the running configuration: {e}");
             let p = format!("reload refused: {e}");
@@ -2188,7 +2250,8 @@ impl Core {
                 tracing::info!(camera = %spec.id, "capture settings changed; restarting the camera");
                 out.push(Act::RestartCamera(ci, spec.config.clone()));
             }
-            if restart || spec.config.zones != cam.spec.config.zones {
+            let zones_changed = spec.config.zones != cam.spec.config.zones;
+            if restart || zones_changed {
                 for t in cam.triggers.values_mut() {
                     t.reference = None;
                 }
@@ -2200,7 +2263,7 @@ impl Core {
             for cfg in &old {
                 if !want.contains_key(&cfg.name) {
                     self.cams[ci].triggers.remove(&cfg.name);
-                    self.clear_trigger(ci, cfg, out);
+                    self.clear_trigger(now, ci, cfg, out);
                 }
             }
             for (name, cfg) in want {
@@ -2211,6 +2274,10 @@ impl Core {
                 if !same {
                     self.install_trigger(ci, cfg, out);
                 }
+            }
+            if zones_changed {
+                // Object triggers count in each zone.
+                self.publish_device_discovery(ci, out);
             }
         }
         let mqtt = self.cfg.mqtt.clone();
@@ -2254,6 +2321,11 @@ pub fn effective_triggers(
         .collect();
     for t in &rt.added {
         out.insert(t.name.clone(), t.clone());
+    }
+    for (name, tuning) in &rt.tuned {
+        if let Some(t) = out.get_mut(name) {
+            *t = tuning.apply(t.clone());
+        }
     }
     out
 }
@@ -2320,6 +2392,9 @@ fn answer_reply(r: &Response, frame: &Frame) -> wire::AnswerReply {
         annotated_topic: None,
     }
 }
+
+#[path = "core_ha.rs"]
+mod ha;
 
 #[cfg(test)]
 #[path = "core_tests.rs"]

@@ -1,5 +1,5 @@
 //! `{state_dir}/triggers.json` (`triggers-{camera}.json` for each `[[camera]]`): the
-//! triggers added, removed and switched off over MQTT.
+//! triggers added, removed, switched off and tuned over MQTT.
 //!
 //! Saved as write to a temporary file, fsync, rename, fsync the directory, so a crash or a
 //! power cut leaves the old file or the new one, never a mix. A file that does not parse is
@@ -10,7 +10,9 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::triggers::TriggerConfig;
+use std::collections::BTreeMap;
+
+use crate::triggers::{TriggerConfig, Tuning};
 
 /// Triggers added or removed over MQTT.
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
@@ -20,6 +22,9 @@ pub struct RuntimeTriggers {
     /// Triggers switched off (their Home Assistant switch), configured or added.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub disabled: Vec<String>,
+    /// Settings changed while running (Home Assistant's number entities), by trigger.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tuned: BTreeMap<String, Tuning>,
 }
 
 /// The single camera's file; `[[camera]]` sections have `triggers-{name}.json`.
@@ -124,9 +129,27 @@ mod tests {
             added: vec![],
             removed: vec!["a".into()],
             disabled: vec!["b".into()],
+            tuned: [(
+                "b".to_owned(),
+                Tuning {
+                    threshold: Some(0.8),
+                    interval: None,
+                    cooldown: Some(30),
+                },
+            )]
+            .into_iter()
+            .collect(),
         };
         save(dir.path(), DEFAULT_FILE, &rt).unwrap();
         assert_eq!(load(dir.path(), DEFAULT_FILE).triggers, rt);
+        // A file of a version without tuning still reads.
+        std::fs::write(
+            dir.path().join(DEFAULT_FILE),
+            br#"{"added":[],"removed":[],"disabled":["b"]}"#,
+        )
+        .unwrap();
+        assert!(load(dir.path(), DEFAULT_FILE).triggers.tuned.is_empty());
+        save(dir.path(), DEFAULT_FILE, &rt).unwrap();
         // Truncated, as by a crash of an older version that wrote in place.
         let full = std::fs::read(dir.path().join(DEFAULT_FILE)).unwrap();
         std::fs::write(dir.path().join(DEFAULT_FILE), &full[..full.len() / 2]).unwrap();
@@ -151,6 +174,14 @@ mod tests {
         // A new save goes to a fresh file.
         save(dir.path(), DEFAULT_FILE, &rt).unwrap();
         assert_eq!(load(dir.path(), DEFAULT_FILE).triggers, rt);
+        // A file of a version without tuning still reads.
+        std::fs::write(
+            dir.path().join(DEFAULT_FILE),
+            br#"{"added":[],"removed":[],"disabled":["b"]}"#,
+        )
+        .unwrap();
+        assert!(load(dir.path(), DEFAULT_FILE).triggers.tuned.is_empty());
+        save(dir.path(), DEFAULT_FILE, &rt).unwrap();
     }
 
     #[test]

@@ -90,6 +90,41 @@ impl Topics {
             .strip_suffix("/set")
             .filter(|n| !n.contains('/'))
     }
+    /// Retained value of one of a trigger's tunable settings (`threshold`, `interval`,
+    /// `cooldown`): Home Assistant's number entities read it.
+    pub fn trigger_tuning(&self, name: &str, key: &str) -> String {
+        format!("{}/trigger/{name}/{key}", self.base)
+    }
+    /// Subscription for tuning: a number to `{base}/trigger/{name}/{setting}/set`.
+    pub fn trigger_tuning_filter(&self) -> String {
+        format!("{}/trigger/+/+/set", self.base)
+    }
+    /// The (trigger, setting) a `.../trigger/{name}/{setting}/set` topic is about.
+    pub fn trigger_tuning_name<'t>(&self, topic: &'t str) -> Option<(&'t str, &'t str)> {
+        let rest = topic
+            .strip_prefix(&self.base)?
+            .strip_prefix("/trigger/")?
+            .strip_suffix("/set")?;
+        let (name, key) = rest.split_once('/')?;
+        (!key.contains('/')).then_some((name, key))
+    }
+    /// Plain text (not JSON): a question about the camera's picture, from Home
+    /// Assistant's text entity; the answer goes to [`Topics::answer`].
+    pub fn question_set(&self) -> String {
+        format!("{}/question/set", self.base)
+    }
+    /// Retained: the last question asked on [`Topics::question_set`].
+    pub fn question(&self) -> String {
+        format!("{}/question", self.base)
+    }
+    /// Retained JSON: the last question's answer, with its frame and timing.
+    pub fn answer(&self) -> String {
+        format!("{}/answer", self.base)
+    }
+    /// Retained JSON about the process: version, model, engine, queue.
+    pub fn server(&self) -> String {
+        format!("{}/server", self.process_base)
+    }
     /// Retained JPEG of the frame of a trigger's last begin.
     pub fn trigger_snapshot(&self, name: &str) -> String {
         format!("{}/trigger/{name}/snapshot", self.base)
@@ -410,6 +445,27 @@ mod tests {
             .unwrap_err()
             .0
             .code
+    }
+
+    #[test]
+    fn tuning_topics_name_their_trigger_and_setting() {
+        let t = topics();
+        assert_eq!(
+            t.trigger_tuning_name(&format!("{}/set", t.trigger_tuning("door", "threshold"))),
+            Some(("door", "threshold"))
+        );
+        assert_eq!(
+            t.trigger_tuning_name(&format!("{}/trigger/door/set", t.base)),
+            None
+        );
+        assert_eq!(
+            t.trigger_tuning_name(&format!("{}/trigger/a/b/c/set", t.base)),
+            None
+        );
+        assert_eq!(
+            t.trigger_set_name(&format!("{}/trigger/door/threshold/set", t.base)),
+            None
+        );
     }
 
     #[test]

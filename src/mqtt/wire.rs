@@ -2,6 +2,8 @@
 //! and `docs/schema/*.schema.json` (kept in step by a test) are generated from these, and
 //! the daemon tests validate what the daemon really publishes against them.
 
+use std::collections::BTreeMap;
+
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -185,6 +187,10 @@ pub enum Details {
     Object {
         count: usize,
         objects: Vec<crate::vision::BBox>,
+        /// For a trigger over the whole frame: how many of the objects have their centre
+        /// in each of the camera's zones, by zone name.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        zones: BTreeMap<String, usize>,
     },
     Question {
         p_yes: f32,
@@ -327,8 +333,45 @@ impl Evaluations {
     }
 }
 
+/// Retained on `{base}/answer`: the last question asked on `{base}/question/set` (Home
+/// Assistant's text entity) and its answer.
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+pub struct Asked {
+    pub question: String,
+    /// The model's answer; empty when it failed.
+    pub answer: String,
+    /// Why there is no answer.
+    pub error: Option<String>,
+    /// When the answer came (Unix seconds).
+    pub answered_at: f64,
+    /// The frame the question was asked about (0 when there was none).
+    pub frame_seq: u64,
+    pub frame_time: f64,
+    pub total_ms: f64,
+    pub image_encode_ms: f64,
+    pub prefix_reused: bool,
+}
+
+/// Retained on `{prefix}/{device_id}/server` every `daemon.stats_interval`: the process
+/// as Home Assistant's moonwatch server device shows it.
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+pub struct Server {
+    pub version: String,
+    /// The text model's file name, or `pool` for a camera node without a model.
+    pub model: String,
+    /// `ready`, `loading a new model` (a reload; the old one answers meanwhile), or `pool`
+    /// (jobs go to the pool's workers).
+    pub engine: String,
+    /// Share of the last stats interval the engine spent on jobs, in percent.
+    pub engine_busy_pct: f64,
+    /// Jobs waiting or running.
+    pub queue_depth: usize,
+    pub uptime_s: u64,
+    pub cameras: usize,
+}
+
 /// A JSON Schema (draft 2020-12) for every payload, by name: `request`, `reply`,
-/// `trigger_attributes`, `trigger_event`, `caption`, `stats`, `discovery` (Home
+/// `trigger_attributes`, `trigger_event`, `caption`, `stats`, `answer`, `server`, `discovery` (Home
 /// Assistant entity configs). Written to
 /// `docs/schema/{name}.schema.json` (a test keeps the files in step with these types).
 pub fn schemas() -> Vec<(&'static str, Value)> {
@@ -343,6 +386,8 @@ pub fn schemas() -> Vec<(&'static str, Value)> {
         ("caption", one::<Caption>()),
         ("stats", one::<Stats>()),
         ("worker_status", one::<WorkerStatus>()),
+        ("answer", one::<Asked>()),
+        ("server", one::<Server>()),
         ("discovery", one::<super::discovery::EntityConfig>()),
     ]
 }
