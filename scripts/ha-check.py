@@ -8,7 +8,12 @@ adds the MQTT integration through its config flow, runs moonwatch with two camer
 checks through Home Assistant's REST API what a user sees. Every phase prints what it
 checked; the script exits 1 when a check failed, listing each.
 
-    python ha-check.py --moonwatch BIN --model DIR --work DIR
+    python ha-check.py --moonwatch BIN --model DIR --work DIR [--previous OLD_BIN]
+
+With --previous, Home Assistant first meets an older moonwatch publishing the entity form,
+and every later phase runs on what that upgrade left: the path of an upgrading user.
+Entities already in Home Assistant's registry keep their ids, so the ids that older
+moonwatch named differently stay (listed in UPGRADE_KEEPS).
 """
 
 import argparse
@@ -256,9 +261,19 @@ def expected_ids():
     return sorted(ids)
 
 
+# Entity ids an older moonwatch (before the second Home Assistant round) gave that the
+# documented ids differ from, and which the registry keeps across the upgrade.
+UPGRADE_KEEPS = {
+    "image.moonwatch_porch_annotated": "image.moonwatch_porch_detections",
+    "image.moonwatch_drive_annotated": "image.moonwatch_drive_detections",
+    "sensor.moonwatch_porch_parcel_count": "sensor.moonwatch_porch_box_count",
+}
+
+
 class Moonwatch:
     def __init__(self, args, broker, work):
         self.args, self.broker, self.work = args, broker, work
+        self.binary = args.moonwatch
         self.proc = None
         self.state = os.path.join(work, "moonwatch-state")
         os.makedirs(self.state, exist_ok=True)
@@ -271,7 +286,7 @@ class Moonwatch:
                                   port=self.broker.port, device=DEVICE, form=form,
                                   state=self.state))
         log = open(os.path.join(self.work, "moonwatch.log"), "a")
-        self.proc = subprocess.Popen([self.args.moonwatch, "run", "--config", conf],
+        self.proc = subprocess.Popen([self.binary, "run", "--config", conf],
                                      stdout=log, stderr=subprocess.STDOUT,
                                      env={**os.environ, "RUST_LOG": "info"})
         try:
@@ -308,6 +323,7 @@ def main():
     ap.add_argument("--moonwatch", required=True)
     ap.add_argument("--model", required=True)
     ap.add_argument("--work", required=True)
+    ap.add_argument("--previous", help="an older moonwatch binary to upgrade from")
     args = ap.parse_args()
     work = os.path.abspath(args.work)
     shutil.rmtree(work, ignore_errors=True)
@@ -425,11 +441,24 @@ def run(args, broker, hass, mw, hlog):
     entry = hass.add_mqtt(broker.port)
     print(f"  MQTT integration added (broker 127.0.0.1:{broker.port})")
     want = expected_ids()
-
-    print("1. device form, first start")
     since = os.path.getsize(hlog) if os.path.exists(hlog) else 0
+    parcel = lambda e: "_parcel" in e
+    if args.previous:
+        print("0. an older moonwatch in the entity form")
+        mw.binary = args.previous
+        mw.start("entity")
+        wait_for("the older moonwatch's entities",
+                 lambda: len(ours(hass.states())) >= 30 and
+                 hass.state("binary_sensor.moonwatch_porch_door_open") is not None, timeout=120)
+        print(f"  it made {len(ours(hass.states()))} entities")
+        mw.stop()
+        mw.binary = args.moonwatch
+        want = sorted(UPGRADE_KEEPS.get(e, e) for e in want)
+        parcel = lambda e: "_parcel" in e or e == UPGRADE_KEEPS["sensor.moonwatch_porch_parcel_count"]
+
+    print("1. device form, first start" + (" after the upgrade" if args.previous else ""))
     mw.start("device")
-    same_ids(hass, want, f"exactly the {len(want)} documented entity ids")
+    same_ids(hass, want, f"exactly the {len(want)} expected entity ids, none twice")
     st = wait_for("the door trigger has a state", lambda: (lambda s: s if s and s["state"] in ("on", "off") else None)(
         hass.state("binary_sensor.moonwatch_porch_door_open")), timeout=120)
     sent = wait_for("the blueprint's automation notified with the trigger's picture",
@@ -475,7 +504,8 @@ def run(args, broker, hass, mw, hlog):
                        hass.state("sensor.moonwatch_porch_answer")), timeout=120)
     if ans:
         check(bool(ans["state"]) and ans["state"] not in ("unknown", "unavailable"), f"answer: {ans['state'][:60]!r}")
-        check("frame_seq" in ans["attributes"] and "total_ms" in ans["attributes"], "the answer carries frame and timing")
+        check(all(k in ans["attributes"] for k in ("frame_seq", "total_ms", "confidence")),
+              f"the answer carries frame, timing and confidence ({ans['attributes'].get('confidence')})")
 
     print("5. restart: tuning kept, same entities")
     mw.stop()
@@ -487,7 +517,7 @@ def run(args, broker, hass, mw, hlog):
 
     print("6. removing a trigger removes every entity of it")
     broker.publish("moonwatch/porch/request/trigger_remove", json.dumps({"name": "parcel"}))
-    want_np = [e for e in want if "_parcel" not in e]
+    want_np = [e for e in want if not parcel(e)]
     same_ids(hass, want_np, "parcel's entities gone (device form)")
 
     print("7. switching to the entity form")

@@ -6,7 +6,8 @@
 # scripts/ha-check.py has the checks. Not part of scripts/test.sh: installing Home
 # Assistant takes minutes and needs Python 3.13 (Debian trixie's python3, or pyenv's).
 #
-#   scripts/ha-check.sh            # exit 0 when every check passed
+#   scripts/ha-check.sh                   # exit 0 when every check passed
+#   scripts/ha-check.sh --previous REV    # the same, upgrading from moonwatch at git REV
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/setup.sh
@@ -36,6 +37,19 @@ if ! dpkg-query -W -f='${Status}' libturbojpeg0 2>/dev/null | grep -q "install o
   apt-get install -y -qq --no-install-recommends libturbojpeg0 >&2
 fi
 
+previous=()
+if [ "${1:-}" = "--previous" ]; then
+  rev=$(git rev-parse --short "$2")
+  old="$HOME/.cache/moonwatch/moonwatch-$rev"
+  if [ ! -x "$old" ]; then
+    tree=$(mktemp -d)
+    git worktree add -f "$tree" "$rev" >&2
+    (cd "$tree" && cargo build --release --locked)
+    cp "$CARGO_TARGET_DIR/release/moonwatch" "$old"
+    git worktree remove --force "$tree"
+  fi
+  previous=(--previous "$old")
+fi
 cargo build --release --locked
 bin="$CARGO_TARGET_DIR/release/moonwatch"
 work="${MOONWATCH_HA_WORK:-$HOME/.cache/moonwatch/ha-check}"
@@ -44,4 +58,4 @@ mkdir -p "$work"
 # snapshots and the blueprint's notification happen.
 model="$work.model"
 "$bin" model synth --size tiny --out "$model" --answer " Yes" >/dev/null
-exec "$venv/bin/python" scripts/ha-check.py --moonwatch "$bin" --model "$model" --work "$work"
+exec "$venv/bin/python" scripts/ha-check.py --moonwatch "$bin" --model "$model" --work "$work" "${previous[@]}"

@@ -719,7 +719,7 @@ fn print_human(r: &Response) {
         };
         match &a.answer {
             Answer::Caption { caption } => println!("{prefix}{caption}"),
-            Answer::Query { answer } => println!("{prefix}{answer}"),
+            Answer::Query { answer, .. } => println!("{prefix}{answer}"),
             Answer::Detect {
                 present,
                 confidence,

@@ -48,7 +48,7 @@ fn query(q: &str) -> Skill {
 
 fn text_of(a: &Answer) -> &str {
     match a {
-        Answer::Query { answer } => answer,
+        Answer::Query { answer, .. } => answer,
         Answer::Caption { caption } => caption,
         other => panic!("expected text, got {other:?}"),
     }
@@ -62,6 +62,19 @@ fn a_whole_answer_ends_on_end_of_text() {
     assert_eq!(text_of(&a.answer), "a red square");
     assert_eq!(a.timing.generated_tokens, 3, "' a', ' red', ' square'");
     assert_eq!(a.timing.stop_reason, Some(StopReason::EndOfText));
+    // The answer is what the model is sure of: its confidence says so, and a model of
+    // random weights, whose every choice is close to a coin among thousands, is not.
+    let Answer::Query { confidence, .. } = a.answer else {
+        panic!("a query answer")
+    };
+    assert!(confidence > 0.9, "{confidence}");
+    let pair = common::tiny();
+    let random = moondream::start(common::settings(&pair)).unwrap();
+    let r = ask(&random, vec![query("What is in this picture?")], 64, 48);
+    let Answer::Query { confidence, .. } = r.answers[0].answer else {
+        panic!("a query answer")
+    };
+    assert!(confidence < 0.5, "{confidence}");
 }
 
 #[test]

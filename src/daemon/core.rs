@@ -2376,6 +2376,7 @@ fn answer_reply(r: &Response, frame: &Frame) -> wire::AnswerReply {
     let answered = r.answers.first().cloned().unwrap_or(Answered {
         answer: Answer::Query {
             answer: String::new(),
+            confidence: 0.0,
         },
         timing: Default::default(),
     });

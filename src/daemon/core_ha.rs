@@ -430,6 +430,7 @@ pub(super) fn asked(
     let mut v = wire::Asked {
         question,
         answer: String::new(),
+        confidence: None,
         error: None,
         answered_at: now.unix,
         frame_seq: 0,
@@ -440,8 +441,9 @@ pub(super) fn asked(
     };
     match result {
         Ok(ReplyData::Answer(a)) => {
-            if let Answer::Query { answer } = &a.answered.answer {
+            if let Answer::Query { answer, confidence } = &a.answered.answer {
                 v.answer = answer.trim().to_owned();
+                v.confidence = Some(*confidence);
             }
             v.frame_seq = a.frame_seq;
             v.frame_time = a.frame_time;

@@ -204,6 +204,7 @@ fn query(text: &str) -> Response {
         answers: vec![Answered {
             answer: Answer::Query {
                 answer: text.into(),
+                confidence: 0.75,
             },
             timing: SkillTiming::default(),
         }],
@@ -1904,6 +1905,7 @@ fn a_question_from_home_assistant_is_answered_on_its_retained_answer_topic() {
     assert_eq!(v["answer"], "A cup.");
     assert_eq!(v["error"], Value::Null);
     assert_eq!(v["frame_seq"], 1);
+    assert_eq!(v["confidence"], 0.75);
     // Empty text is nothing to ask; a failure is the answer's error.
     let acts = c.handle(now, &cam, on("mw/cam/question/set", " ", 2));
     assert!(matches!(acts[..], [Act::Ack(_)]), "{acts:?}");

@@ -340,6 +340,8 @@ pub struct Asked {
     pub question: String,
     /// The model's answer; empty when it failed.
     pub answer: String,
+    /// How sure the model was of its words (see the `query` reply), 0..1.
+    pub confidence: Option<f32>,
     /// Why there is no answer.
     pub error: Option<String>,
     /// When the answer came (Unix seconds).

@@ -460,6 +460,14 @@ impl<F: FnMut()> Drop for Guard<F> {
 }
 
 /// Index of the largest value (the first of equals), as greedy sampling picks.
+/// The natural log of the softmax of `v` at `i`: the log probability of token `i` when `v`
+/// are a step's logits.
+pub fn log_prob(v: &[f32], i: usize) -> f32 {
+    let max = v.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f32 = v.iter().map(|x| (x - max).exp()).sum();
+    v.get(i).map_or(f32::NEG_INFINITY, |x| x - max - sum.ln())
+}
+
 pub fn argmax(v: &[f32]) -> usize {
     let mut best = 0;
     for (i, x) in v.iter().enumerate() {
@@ -468,4 +476,17 @@ pub fn argmax(v: &[f32]) -> usize {
         }
     }
     best
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn log_prob_is_the_log_softmax() {
+        let v = [1.0f32, 2.0, 3.0, -50.0];
+        let total: f32 = (0..v.len()).map(|i| super::log_prob(&v, i).exp()).sum();
+        assert!((total - 1.0).abs() < 1e-5, "{total}");
+        let z: f32 = v.iter().map(|x| x.exp()).sum();
+        assert!((super::log_prob(&v, 2) - (3.0 - z.ln())).abs() < 1e-5);
+        assert_eq!(super::log_prob(&v, 9), f32::NEG_INFINITY);
+    }
 }

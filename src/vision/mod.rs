@@ -103,6 +103,10 @@ pub enum Answer {
     },
     Query {
         answer: String,
+        /// How sure the model was of its words: the geometric mean of the probabilities of
+        /// the tokens it chose (the end of the answer included), 0..1. For a yes/no
+        /// question asked as a query this is about the probability of its yes or no.
+        confidence: f32,
     },
     Detect {
         /// Whether the object is in the picture. `prompted_boxes`: from a yes/no question

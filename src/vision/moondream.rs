@@ -16,7 +16,7 @@ use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::token::LlamaToken;
 
-use super::llama::{self, argmax, Context, ContextParams};
+use super::llama::{self, argmax, log_prob, Context, ContextParams};
 use super::parse;
 use super::prompt::{self, Prompts};
 use super::region::{self, RegionHeads};
@@ -371,6 +371,9 @@ pub fn gpt2_piece(id: u32) -> Option<Vec<u8>> {
 struct Generated {
     raw: String,
     stop: StopReason,
+    /// Geometric mean of the probabilities of the tokens chosen (the end of the text
+    /// included when the model chose it).
+    confidence: f32,
 }
 
 /// Moondream2 loaded and ready: the model's context, the vision context and the cache state.
@@ -732,6 +735,7 @@ impl<'m> Moondream<'m> {
         let mut bytes = Vec::new();
         let vocab = self.model.vocab();
         let mut first = true;
+        let (mut log_p, mut chosen) = (0.0f64, 0u32);
         let reason = loop {
             if stop.is_cancelled() || cancel.is_cancelled() {
                 return Err(EngineError::Cancelled);
@@ -739,7 +743,11 @@ impl<'m> Moondream<'m> {
             if timing.generated_tokens >= budget {
                 break StopReason::Budget;
             }
-            let token = LlamaToken(argmax(self.ctx.logits()) as i32);
+            let logits = self.ctx.logits();
+            let best = argmax(logits);
+            log_p += f64::from(log_prob(logits, best));
+            chosen += 1;
+            let token = LlamaToken(best as i32);
             if first {
                 timing.first_token_ms = ms(started);
                 first = false;
@@ -768,6 +776,11 @@ impl<'m> Moondream<'m> {
         Ok(Generated {
             raw: String::from_utf8_lossy(&bytes).into_owned(),
             stop: reason,
+            confidence: if chosen == 0 {
+                0.0
+            } else {
+                (log_p / f64::from(chosen)).exp() as f32
+            },
         })
     }
 
@@ -803,7 +816,10 @@ impl<'m> Moondream<'m> {
                 }
                 match skill {
                     Skill::Caption { .. } => Answer::Caption { caption: text },
-                    _ => Answer::Query { answer: text },
+                    _ => Answer::Query {
+                        answer: text,
+                        confidence: g.confidence,
+                    },
                 }
             }
             Skill::Detect { object } | Skill::Point { object } if self.region.is_some() => {
