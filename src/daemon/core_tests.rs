@@ -1067,6 +1067,19 @@ fn a_begin_publishes_the_frame_on_the_triggers_own_snapshot_topic() {
     assert_eq!(ev.snapshot_topic, "mw/cam/trigger/door/snapshot");
 }
 
+/// A core started with `saved` runtime triggers, and what it publishes on connecting.
+fn restarted(cfg: Config, saved: RuntimeTriggers, now: Now, cam: &CameraView) -> (Core, Vec<Act>) {
+    let mut c = Core::new(cfg, "cam", vec![saved], Vec::new(), None, now);
+    let acts = c.handle(
+        now,
+        cam,
+        Input::Mqtt(MqttEvent::Connected {
+            session_present: false,
+        }),
+    );
+    (c, acts)
+}
+
 fn switch(name: &str, payload: &str, pkid: u16) -> Input {
     Input::Mqtt(MqttEvent::Message(Incoming {
         topic: format!("mw/cam/trigger/{name}/set"),
@@ -1122,14 +1135,7 @@ fn a_switched_off_trigger_is_not_evaluated_and_stays_off_across_restarts() {
         "off: not evaluated"
     );
     // A restart with the saved state: still off, and says so.
-    let mut again = Core::new(cfg, "cam", vec![saved], Vec::new(), None, now);
-    let acts = again.handle(
-        now,
-        &cam,
-        Input::Mqtt(MqttEvent::Connected {
-            session_present: false,
-        }),
-    );
+    let (mut again, acts) = restarted(cfg, saved, now, &cam);
     assert_eq!(
         &published(&acts, "mw/cam/trigger/door/enabled")[0].payload[..],
         b"OFF"
@@ -1853,14 +1859,7 @@ fn tuning_from_home_assistant_is_checked_applied_and_kept() {
     );
     kept = saved(&acts).expect("saved");
     // A restart applies what was kept, and publishes it.
-    let mut again = Core::new(cfg, "cam", vec![kept], Vec::new(), None, now);
-    let acts = again.handle(
-        now,
-        &cam,
-        Input::Mqtt(MqttEvent::Connected {
-            session_present: false,
-        }),
-    );
+    let (mut again, acts) = restarted(cfg, kept, now, &cam);
     assert_eq!(
         &published(&acts, "mw/cam/trigger/door/threshold")[0].payload[..],
         b"0.8"

@@ -174,14 +174,6 @@ mod tests {
         // A new save goes to a fresh file.
         save(dir.path(), DEFAULT_FILE, &rt).unwrap();
         assert_eq!(load(dir.path(), DEFAULT_FILE).triggers, rt);
-        // A file of a version without tuning still reads.
-        std::fs::write(
-            dir.path().join(DEFAULT_FILE),
-            br#"{"added":[],"removed":[],"disabled":["b"]}"#,
-        )
-        .unwrap();
-        assert!(load(dir.path(), DEFAULT_FILE).triggers.tuned.is_empty());
-        save(dir.path(), DEFAULT_FILE, &rt).unwrap();
     }
 
     #[test]
