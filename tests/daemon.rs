@@ -1944,6 +1944,42 @@ async fn a_trigger_switched_off_from_home_assistant_stays_off_across_a_restart()
         .json();
     assert_eq!(list["data"]["triggers"][0]["enabled"], false, "{list}");
     assert!(validate_published(&c.seen) > 0);
+    // Restarted in the device form: what the entity form left on the broker is handed
+    // over with Home Assistant's handshake and cleared, then the device config comes.
+    drop(_d);
+    let device = cfg.replace("discovery_form = \"entity\"", "discovery_form = \"device\"");
+    c.clear();
+    let _d = Daemon::start(dir.path(), &device);
+    let old = "homeassistant/switch/moonwatch_cam1/door_enabled/config";
+    c.wait("the handshake on the old config", 60, |m| {
+        m.topic == old && &m.payload[..] == br#"{"migrate_discovery":true}"#
+    })
+    .await;
+    c.wait("the old config cleared", 30, |m| {
+        m.topic == old && m.payload.is_empty()
+    })
+    .await;
+    c.wait(
+        "the device config",
+        30,
+        topic("homeassistant/device/moonwatch_cam1/config"),
+    )
+    .await;
+    let at = |p: &dyn Fn(&Msg) -> bool| c.seen.iter().position(p).unwrap();
+    let order = [
+        at(&|m| m.topic == old && !m.payload.is_empty()),
+        at(&|m| m.topic == old && m.payload.is_empty()),
+        at(&|m| m.topic == "homeassistant/device/moonwatch_cam1/config"),
+    ];
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "{order:?}");
+    // Nothing of the entity form is left for a reload of Home Assistant to bring back.
+    let mut fresh = Client::connect(
+        broker.port,
+        "t-fresh",
+        &["homeassistant/+/moonwatch_cam1/+/config"],
+    )
+    .await;
+    assert!(fresh.try_wait(3, |m| !m.payload.is_empty()).await.is_none());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
