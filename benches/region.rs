@@ -145,7 +145,7 @@ fn main() {
     });
 
     // A text box answer such as " [0.12, 0.34, 0.56, 0.78]" is 17 tokens.
-    let box_tokens = moondream::gpt2_ids(" [0.12, 0.34, 0.56, 0.78]")
+    let box_tokens = moonwatch::vision::gpt2::ids(" [0.12, 0.34, 0.56, 0.78]")
         .unwrap()
         .len() as u32;
 

@@ -394,7 +394,7 @@ fn the_home_assistant_examples_are_yaml_that_uses_only_what_the_api_has() {
     // What the API offers, from the code itself: the topics and entity ids of device
     // `garage` with the triggers the examples name, and every payload key.
     let cfg = moonwatch::config::MqttConfig::default();
-    let t = moonwatch::mqtt::api::Topics::new(&cfg, "garage");
+    let t = moonwatch::mqtt::topics::Topics::new(&cfg, "garage");
     let mut entity_ids = std::collections::BTreeSet::new();
     let triggers: Vec<moonwatch::triggers::TriggerConfig> = ["garage_door", "porch"]
         .into_iter()

@@ -38,7 +38,7 @@ fn tokenizer_matches_moondream_prompt_format() {
     assert_eq!(model.vocab().bos().0, 50256);
     // Our GPT-2 tokenizer agrees on the template.
     assert_eq!(
-        moondream::gpt2_ids(&tail).unwrap(),
+        moonwatch::vision::gpt2::ids(&tail).unwrap(),
         ids.iter().map(|&i| i as u32).collect::<Vec<_>>()
     );
     // The 2025-04-14 caption templates are the reference's token ids.
@@ -57,7 +57,11 @@ fn tokenizer_matches_moondream_prompt_format() {
     .zip(want)
     {
         let tail = p25.tail(&Skill::Caption { length }, "");
-        assert_eq!(moondream::gpt2_ids(&tail).unwrap(), want, "{tail:?}");
+        assert_eq!(
+            moonwatch::vision::gpt2::ids(&tail).unwrap(),
+            want,
+            "{tail:?}"
+        );
     }
 }
 

@@ -182,7 +182,7 @@ fn detect_and_point_match_moondreams_own_code() {
         let e = engine(&files);
         for g in &goldens.requests {
             // The prompt the reference prefilled is the one moonwatch builds.
-            let object_ids: Vec<i32> = moondream::gpt2_ids(&format!(" {}", g.object))
+            let object_ids: Vec<i32> = moonwatch::vision::gpt2::ids(&format!(" {}", g.object))
                 .unwrap()
                 .into_iter()
                 .map(|i| i as i32)

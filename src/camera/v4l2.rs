@@ -59,7 +59,7 @@ struct Open {
     width: u32,
     height: u32,
     stride: usize,
-    fd: i32,
+    handle: std::sync::Arc<v4l::device::Handle>,
     scratch: Vec<u8>,
 }
 
@@ -153,7 +153,7 @@ impl V4l2Source {
             formats.len()
         );
         Ok(Open {
-            fd: dev.handle().fd(),
+            handle: dev.handle(),
             stream,
             _device: dev,
             format: got,
@@ -166,14 +166,9 @@ impl V4l2Source {
 }
 
 /// True when another buffer is ready to dequeue at once.
-fn ready(fd: i32) -> bool {
-    let mut p = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd, zero timeout.
-    unsafe { libc::poll(&mut p, 1, 0) > 0 && p.revents & libc::POLLIN != 0 }
+fn ready(handle: &v4l::device::Handle) -> bool {
+    // Readable, or in error (then the next dequeue reports it).
+    handle.poll(libc::POLLIN, 0).is_ok_and(|n| n > 0)
 }
 
 impl FrameSource for V4l2Source {
@@ -203,7 +198,7 @@ impl FrameSource for V4l2Source {
             let used = (meta.bytesused as usize).min(buf.len());
             o.scratch.clear();
             o.scratch.extend_from_slice(&buf[..used]);
-            if !ready(o.fd) {
+            if !ready(&o.handle) {
                 break;
             }
         }

@@ -20,7 +20,8 @@ use crate::camera::CameraStatus;
 use crate::config::{CameraConfig, CameraSpec, Config};
 use crate::frame::scene::{self, Signature};
 use crate::frame::Frame;
-use crate::mqtt::api::{self, Action, ApiError, Code, ReplyAddress, Topics};
+use crate::mqtt::api::{self, Action, ApiError, Code, ReplyAddress};
+use crate::mqtt::topics::Topics;
 use crate::mqtt::wire::{self, ReplyData};
 use crate::mqtt::{AckToken, Class, Incoming, MqttEvent, OutboxStats, Outgoing};
 use crate::triggers::{

@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::{Act, Core, Now, Pending, ReplyTo, SavedKind};
-use crate::mqtt::api::{ApiError, Code, ReplyAddress, Topics};
+use crate::mqtt::api::{ApiError, Code, ReplyAddress};
 use crate::mqtt::discovery::{self, entities, Inventory, Publication};
+use crate::mqtt::topics::Topics;
 use crate::mqtt::wire::{self, ReplyData};
 use crate::mqtt::{Incoming, Outgoing};
 use crate::triggers::Tunable;

@@ -23,7 +23,7 @@ use self::core::{Act, CameraView, Core, Input, Notify, Now, Picture, REQUEST_IMA
 use crate::camera::Camera;
 use crate::config::Config;
 use crate::frame::Frame;
-use crate::mqtt::api::Topics;
+use crate::mqtt::topics::Topics;
 use crate::mqtt::{Command, Connection, MqttEvent};
 use crate::vision::{moondream, Cancel, Engine, EngineError, Request, Response};
 use crate::zone::Zone;

@@ -26,9 +26,6 @@ pub const TEXT_FILE: &str = "moondream2-2025-04-14-text-model-f16.gguf";
 pub const MMPROJ_FILE: &str = "moondream2-2025-04-14-mmproj-f16.gguf";
 pub const REGION_FILE: &str = "moondream2-2025-04-14-region.gguf";
 
-/// The GGUF architecture name of a region file.
-pub const REGION_ARCH: &str = "moondream2-region";
-
 /// Reference head width: `apply_rotary_emb` rotates 32 dimensions, which its assertion
 /// ties to `dim / n_heads == 64`.
 const HEAD_DIM: i64 = 64;
@@ -273,10 +270,7 @@ pub fn convert(weights: &Path, out_dir: &Path, vocab: &Vocab) -> Result<Converte
         reason,
     };
     let file = std::fs::File::open(weights).map_err(|e| rerr(e.to_string()))?;
-    // SAFETY: read-only map of a file this process does not modify; a file changed by
-    // another process while it is converted gives wrong numbers, not unsoundness here
-    // beyond what every mmap reader accepts.
-    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| rerr(e.to_string()))?;
+    let map = crate::gguf::map(&file).map_err(|e| rerr(e.to_string()))?;
     let st = SafeTensors::deserialize(&map).map_err(|e| {
         rerr(format!(
             "not a safetensors file ({e}); give the release's model.safetensors"
@@ -467,7 +461,7 @@ const REGION_TENSORS: [&str; 14] = [
 
 fn region_gguf<'s, 'a>(src: &'s Source<'a>, text_dim: i64) -> Result<Plan<'s, 'a>, ConvertError> {
     let mut p = Plan::new(src, 24);
-    p.w.str("general.architecture", REGION_ARCH);
+    p.w.str("general.architecture", crate::vision::region::ARCH);
     p.w.str("general.name", "moondream2-2025-04-14-region");
     for name in REGION_TENSORS {
         // Fourier frequencies stay F32: they multiply coordinates by up to hundreds.

@@ -8,14 +8,14 @@
 //! activation makes of them is multiplied by zero. What Q8_0 costs in accuracy is measured
 //! in BENCHMARKS.md.
 
-use std::ffi::{c_void, CStr};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
 use llama_cpp_sys_2 as sys;
 
-use super::synth::{c, Init, SynthError, Writer};
+use super::synth::{Init, SynthError, Writer};
+use crate::gguf;
 
 /// Q8_0 stores blocks of 32 values along a row.
 const BLOCK: i64 = 32;
@@ -94,80 +94,30 @@ pub fn rewrite(input: &Path, output: &Path, opts: Options) -> Result<Report, Syn
         path: input.to_owned(),
         reason,
     };
-    let p = c(&input.to_string_lossy());
-    let mut meta: *mut sys::ggml_context = std::ptr::null_mut();
-    // SAFETY: metadata-only read; `meta` receives tensor headers (no data); both are
-    // freed before this block ends.
-    let src = unsafe {
-        sys::gguf_init_from_file(
-            p.as_ptr(),
-            sys::gguf_init_params {
-                no_alloc: true,
-                ctx: &mut meta,
-            },
-        )
-    };
-    if src.is_null() || meta.is_null() {
-        return Err(rerr("not a readable GGUF file".into()));
-    }
-    let u32_key = |key: &str| -> Option<u32> {
-        let k = c(key);
-        // SAFETY: a valid context; the value is read with the type the file gives it.
-        unsafe {
-            let i = sys::gguf_find_key(src, k.as_ptr());
-            (i >= 0 && sys::gguf_get_kv_type(src, i) == sys::GGUF_TYPE_UINT32)
-                .then(|| sys::gguf_get_val_u32(src, i))
-        }
-    };
-    let blocks = u32_key("clip.vision.block_count");
-    let ff = u32_key("clip.vision.feed_forward_length");
-    // SAFETY: key lookups on a valid context; the string is owned by `src`.
-    let mlp = unsafe {
-        let j = sys::gguf_find_key(src, c("clip.projector_type").as_ptr());
-        let has_features = sys::gguf_find_key(src, c("clip.vision.feature_layer").as_ptr()) >= 0;
-        j >= 0
-            && sys::gguf_get_kv_type(src, j) == sys::GGUF_TYPE_STRING
-            && CStr::from_ptr(sys::gguf_get_val_str(src, j)).to_bytes() == b"mlp"
-            && !has_features
-    };
+    let src = gguf::Reader::open(input, false).map_err(rerr)?;
+    let blocks = src.u32("clip.vision.block_count");
+    let ff = src.u32("clip.vision.feed_forward_length");
+    let mlp = src.str("clip.projector_type").as_deref() == Some("mlp")
+        && !src.has("clip.vision.feature_layer");
     let unused = match blocks {
         Some(b) if mlp && b > 1 && !opts.keep_unused_block => Some(format!("v.blk.{}.", b - 1)),
         _ => None,
     };
-
-    // SAFETY: indices below n_tensors; names are NUL-terminated strings owned by `src`;
-    // `meta` holds a header for every tensor in the file.
-    let mut plans = unsafe {
-        let n = sys::gguf_get_n_tensors(src);
-        let base = sys::gguf_get_data_offset(src) as u64;
-        let mut plans = Vec::with_capacity(n.max(0) as usize);
-        for i in 0..n {
-            let name_ptr = sys::gguf_get_tensor_name(src, i);
-            let name = CStr::from_ptr(name_ptr).to_string_lossy().into_owned();
-            if unused.as_deref().is_some_and(|u| name.starts_with(u)) {
-                continue;
-            }
-            let t = sys::ggml_get_tensor(meta, name_ptr);
-            if t.is_null() {
-                sys::gguf_free(src);
-                sys::ggml_free(meta);
-                return Err(rerr(format!("tensor {name} has no header")));
-            }
-            let dims = sys::ggml_n_dims(t) as usize;
-            let all: [i64; 4] = (*t).ne;
-            let ne = all[..dims].to_vec();
-            plans.push(Plan {
-                offset: base + sys::gguf_get_tensor_offset(src, i) as u64,
-                size: sys::gguf_get_tensor_size(src, i),
-                ty: (*t).type_,
-                out_ty: (*t).type_,
-                out_ne: ne.clone(),
-                ne,
-                name,
-            });
-        }
-        plans
-    };
+    let mut plans: Vec<Plan> = src
+        .tensors()
+        .map_err(rerr)?
+        .into_iter()
+        .filter(|t| !unused.as_deref().is_some_and(|u| t.name.starts_with(u)))
+        .map(|t| Plan {
+            offset: t.offset,
+            size: t.size,
+            ty: t.ty,
+            out_ty: t.ty,
+            out_ne: t.ne.clone(),
+            ne: t.ne,
+            name: t.name,
+        })
+        .collect();
 
     // The feed-forward width, padded when every tensor that has it can be rewritten.
     let ff = ff.unwrap_or(0);
@@ -208,13 +158,8 @@ pub fn rewrite(input: &Path, output: &Path, opts: Options) -> Result<Report, Syn
     }
 
     let mut w = Writer::new(plans.len());
-    // SAFETY: both contexts are valid; gguf_set_kv copies every key, and they are freed
-    // once, here.
-    unsafe {
-        w.copy_kv(src);
-        sys::gguf_free(src);
-        sys::ggml_free(meta);
-    }
+    w.copy_kv(&src);
+    drop(src);
     for p in &plans {
         w.tensor(&p.name, p.out_ty, &p.out_ne, Init::Zeros);
     }
@@ -243,13 +188,12 @@ pub fn rewrite(input: &Path, output: &Path, opts: Options) -> Result<Report, Syn
             // More rows of the same type: zero bytes are zero values in every ggml type
             // (a block's scale is zero).
             let rows = (p.out_ne[1] - p.ne.get(1).copied().unwrap_or(1)) as usize;
-            // SAFETY: a plain size computation for a valid type.
-            let row = unsafe { sys::ggml_row_size(p.ty, p.ne[0]) };
+            let row = gguf::row_size(p.ty, p.ne[0]);
             raw.resize(raw.len() + rows * row, 0);
             return Ok(raw);
         }
         let values = widen(&to_f32(&raw, p.ty), &p.ne, &p.out_ne);
-        Ok(encode(&values, p.out_ty, p.out_ne[0]))
+        Ok(gguf::encode(&values, p.out_ty, p.out_ne[0]))
     })?;
     Ok(report)
 }
@@ -262,11 +206,7 @@ fn to_f32(raw: &[u8], ty: sys::ggml_type) -> Vec<f32> {
             .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
             .collect();
     }
-    let count = raw.len() / 2;
-    let mut out = vec![0f32; count];
-    // SAFETY: `raw` holds `count` F16 values and `out` has room for as many f32s.
-    unsafe { sys::ggml_fp16_to_fp32_row(raw.as_ptr().cast(), out.as_mut_ptr(), count as i64) };
-    out
+    gguf::f16_to_f32(raw)
 }
 
 /// A tensor of shape `ne` (at most 2-D) copied into shape `out_ne`, zeros elsewhere.
@@ -284,39 +224,6 @@ fn widen(values: &[f32], ne: &[i64], out_ne: &[i64]) -> Vec<f32> {
         out[r * ow..r * ow + w].copy_from_slice(row);
     }
     out
-}
-
-/// f32 values encoded as `ty` (F32, F16, or a quantized type) in rows of `row` values.
-pub(super) fn encode(values: &[f32], ty: sys::ggml_type, row: i64) -> Vec<u8> {
-    match ty {
-        sys::GGML_TYPE_F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        sys::GGML_TYPE_F16 => {
-            let mut out = vec![0u16; values.len()];
-            // SAFETY: both buffers hold `values.len()` elements; ggml_fp16_t is a u16.
-            unsafe {
-                sys::ggml_fp32_to_fp16_row(values.as_ptr(), out.as_mut_ptr(), values.len() as i64)
-            };
-            out.iter().flat_map(|v| v.to_le_bytes()).collect()
-        }
-        _ => {
-            let rows = values.len() as i64 / row;
-            // SAFETY: `values` holds `rows` rows of `row` values; the output is sized by
-            // ggml_row_size for as many rows of `ty`.
-            unsafe {
-                let mut out = vec![0u8; sys::ggml_row_size(ty, row) * rows as usize];
-                sys::ggml_quantize_chunk(
-                    ty,
-                    values.as_ptr(),
-                    out.as_mut_ptr().cast::<c_void>(),
-                    0,
-                    rows,
-                    row,
-                    std::ptr::null(),
-                );
-                out
-            }
-        }
-    }
 }
 
 #[cfg(test)]
@@ -338,7 +245,7 @@ mod tests {
     #[test]
     fn f16_round_trips_through_encode() {
         let v = [0.5f32, -2.0, 1024.0];
-        let bytes = encode(&v, sys::GGML_TYPE_F16, 3);
+        let bytes = gguf::encode(&v, sys::GGML_TYPE_F16, 3);
         assert_eq!(to_f32(&bytes, sys::GGML_TYPE_F16), v);
     }
 }

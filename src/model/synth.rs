@@ -13,7 +13,7 @@
 //! Metadata is written with ggml's own GGUF writer; tensor data is then streamed after it
 //! one tensor at a time, so even the full-shape pair needs little memory.
 
-use std::ffi::CString;
+use crate::gguf;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -210,107 +210,52 @@ pub(super) struct TensorSpec {
     rows: Rows,
 }
 
-/// GGUF metadata under construction, plus the list of tensors whose data follows it.
+/// GGUF metadata under construction (ggml's writer, `crate::gguf`), plus how the data of
+/// each tensor whose header it holds is made.
 pub(super) struct Writer {
-    gguf: *mut sys::gguf_context,
-    ggml: *mut sys::ggml_context,
+    g: gguf::Writer,
     tensors: Vec<TensorSpec>,
-}
-
-pub(super) fn c(s: &str) -> CString {
-    // Keys and names are literals or formatted identifiers without NUL bytes.
-    CString::new(s).unwrap_or_default()
 }
 
 impl Writer {
     pub(super) fn new(max_tensors: usize) -> Self {
-        // SAFETY: plain constructors; a no_alloc ggml context only holds tensor headers.
-        unsafe {
-            let params = sys::ggml_init_params {
-                mem_size: (max_tensors + 8) * sys::ggml_tensor_overhead(),
-                mem_buffer: std::ptr::null_mut(),
-                no_alloc: true,
-            };
-            Self {
-                gguf: sys::gguf_init_empty(),
-                ggml: sys::ggml_init(params),
-                tensors: Vec::new(),
-            }
+        Self {
+            g: gguf::Writer::new(max_tensors),
+            tensors: Vec::new(),
         }
     }
 
     /// Copies every key of `src`.
-    ///
-    /// # Safety
-    /// `src` must be a valid gguf context.
-    pub(super) unsafe fn copy_kv(&mut self, src: *const sys::gguf_context) {
-        // SAFETY: both contexts are valid (the caller's promise for `src`).
-        unsafe { sys::gguf_set_kv(self.gguf, src) }
+    pub(super) fn copy_kv(&mut self, src: &gguf::Reader) {
+        self.g.copy_kv(src);
     }
 
     pub(super) fn str(&mut self, key: &str, v: &str) {
-        let (k, v) = (c(key), c(v));
-        // SAFETY: valid context and NUL-terminated strings; gguf copies them.
-        unsafe { sys::gguf_set_val_str(self.gguf, k.as_ptr(), v.as_ptr()) }
+        self.g.str(key, v);
     }
     pub(super) fn u32(&mut self, key: &str, v: u32) {
-        let k = c(key);
-        // SAFETY: as above.
-        unsafe { sys::gguf_set_val_u32(self.gguf, k.as_ptr(), v) }
+        self.g.u32(key, v);
     }
     pub(super) fn f32(&mut self, key: &str, v: f32) {
-        let k = c(key);
-        // SAFETY: as above.
-        unsafe { sys::gguf_set_val_f32(self.gguf, k.as_ptr(), v) }
+        self.g.f32(key, v);
     }
     pub(super) fn bool(&mut self, key: &str, v: bool) {
-        let k = c(key);
-        // SAFETY: as above.
-        unsafe { sys::gguf_set_val_bool(self.gguf, k.as_ptr(), v) }
+        self.g.bool(key, v);
     }
     pub(super) fn f32s(&mut self, key: &str, v: &[f32]) {
-        let k = c(key);
-        // SAFETY: `v` is valid for `v.len()` f32 values; gguf copies them.
-        unsafe {
-            sys::gguf_set_arr_data(
-                self.gguf,
-                k.as_ptr(),
-                sys::GGUF_TYPE_FLOAT32,
-                v.as_ptr().cast(),
-                v.len(),
-            )
-        }
+        self.g.f32s(key, v);
     }
     pub(super) fn i32s(&mut self, key: &str, v: &[i32]) {
-        let k = c(key);
-        // SAFETY: as above.
-        unsafe {
-            sys::gguf_set_arr_data(
-                self.gguf,
-                k.as_ptr(),
-                sys::GGUF_TYPE_INT32,
-                v.as_ptr().cast(),
-                v.len(),
-            )
-        }
+        self.g.i32s(key, v);
     }
     pub(super) fn strs(&mut self, key: &str, v: &[String]) {
-        let k = c(key);
-        let owned: Vec<CString> = v.iter().map(|s| c(s)).collect();
-        let mut ptrs: Vec<*const std::os::raw::c_char> = owned.iter().map(|s| s.as_ptr()).collect();
-        // SAFETY: `ptrs` points at `owned`, alive for the call; gguf copies the strings.
-        unsafe { sys::gguf_set_arr_str(self.gguf, k.as_ptr(), ptrs.as_mut_ptr(), ptrs.len()) }
+        self.g.strs(key, v);
     }
 
     pub(super) fn tensor(&mut self, name: &str, ty: sys::ggml_type, ne: &[i64], init: Init) {
-        let n = c(name);
-        // SAFETY: the ggml context has room for every tensor header (sized in `new`);
-        // gguf_add_tensor copies the header.
-        unsafe {
-            let t = sys::ggml_new_tensor(self.ggml, ty, ne.len() as i32, ne.as_ptr());
-            sys::ggml_set_name(t, n.as_ptr());
-            sys::gguf_add_tensor(self.gguf, t);
-        }
+        // The header room is sized by the callers from the tensors they list.
+        let added = self.g.tensor(name, ty, ne);
+        debug_assert!(added, "{name}: no room for its header");
         self.tensors.push(TensorSpec {
             ty,
             ne: ne.to_vec(),
@@ -366,10 +311,7 @@ impl Writer {
             path: path.to_owned(),
             reason,
         };
-        let p = c(&path.to_string_lossy());
-        // SAFETY: valid context and path; writes header, KV pairs and tensor infos, padded.
-        let ok = unsafe { sys::gguf_write_to_file(self.gguf, p.as_ptr(), true) };
-        if !ok {
+        if !self.g.write_header(path) {
             return Err(werr("ggml could not write the GGUF header".into()));
         }
         let file = File::options()
@@ -388,16 +330,6 @@ impl Writer {
         }
         out.flush().map_err(|e| werr(e.to_string()))?;
         Ok(written)
-    }
-}
-
-impl Drop for Writer {
-    fn drop(&mut self) {
-        // SAFETY: both were created in `new` and are freed once.
-        unsafe {
-            sys::gguf_free(self.gguf);
-            sys::ggml_free(self.ggml);
-        }
     }
 }
 
@@ -424,7 +356,7 @@ pub(super) fn data(spec: &TensorSpec, rng: &mut impl Rng) -> Vec<u8> {
             dst.copy_from_slice(&v[..width.min(v.len())]);
         }
     }
-    super::projector::encode(&values, spec.ty, spec.ne[0])
+    gguf::encode(&values, spec.ty, spec.ne[0])
 }
 
 /// Writes the text model (`phi2`) to `path`; returns the bytes of tensor data.
@@ -552,12 +484,12 @@ impl KnownAnswer {
             dir: PathBuf::new(),
             reason,
         };
-        let ids = crate::vision::moondream::gpt2_ids(text)
+        let ids = crate::vision::gpt2::ids(text)
             .ok_or_else(|| err("the GPT-2 tokenizer is unavailable".into()))?;
         if ids.is_empty() {
             return Err(err("a known answer needs some text".into()));
         }
-        let piece = |id: u32| crate::vision::moondream::gpt2_piece(id).unwrap_or_default();
+        let piece = |id: u32| crate::vision::gpt2::piece(id).unwrap_or_default();
         let taken: std::collections::HashSet<&str> =
             vocab.tokens.iter().map(String::as_str).collect();
         // Units of one or more GPT-2 tokens; join neighbours until every unit has an id of
@@ -753,21 +685,12 @@ pub fn write_pair_answering(
 /// every core.
 pub fn quantize(input: &Path, output: &Path, ftype: sys::llama_ftype) -> Result<(), SynthError> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get() as i32);
-    let (i, o) = (c(&input.to_string_lossy()), c(&output.to_string_lossy()));
-    // SAFETY: default params, then plain field writes; paths are NUL-terminated.
-    let code = unsafe {
-        let mut params = sys::llama_model_quantize_default_params();
-        params.ftype = ftype;
-        params.nthread = threads;
-        sys::llama_model_quantize(i.as_ptr(), o.as_ptr(), &params)
-    };
-    if code != 0 {
-        return Err(SynthError::Quantize {
+    crate::vision::llama::quantize_model(input, output, ftype, threads).map_err(|code| {
+        SynthError::Quantize {
             path: input.to_owned(),
             code,
-        });
-    }
-    Ok(())
+        }
+    })
 }
 
 /// The tiny pair for tests, written once per directory and reused after.
@@ -816,7 +739,7 @@ mod tests {
             let piece = |t: u32| -> Vec<u8> {
                 match v.types[t as usize] {
                     4 => v.tokens[t as usize].as_bytes().to_vec(),
-                    _ => crate::vision::moondream::gpt2_piece(t).unwrap(),
+                    _ => crate::vision::gpt2::piece(t).unwrap(),
                 }
             };
             let spelled: Vec<u8> = a.tokens.iter().flat_map(|&t| piece(t)).collect();

@@ -8,7 +8,6 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::api::Code;
 use super::OutboxStats;
 use crate::triggers::TriggerConfig;
 use crate::vision::{Answered, CaptionLength};
@@ -370,6 +369,34 @@ pub struct Server {
     pub queue_depth: usize,
     pub uptime_s: u64,
     pub cameras: usize,
+}
+
+/// Error codes in replies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Code {
+    /// The payload is not JSON (or not a JSON object).
+    BadJson,
+    /// A field is missing, of the wrong type, or out of range.
+    BadRequest,
+    /// No such request name.
+    UnknownRequest,
+    /// The payload exceeds `mqtt.max_payload`.
+    TooLarge,
+    /// The image in the request does not decode, or the model cannot take it.
+    BadImage,
+    /// Too many requests are waiting.
+    Busy,
+    /// The request waited longer than `daemon.request_timeout`.
+    Timeout,
+    /// No frame from the camera (and no image in the request).
+    CameraUnavailable,
+    /// No such trigger.
+    NotFound,
+    /// The model failed.
+    ModelError,
+    /// The daemon is shutting down.
+    ShuttingDown,
 }
 
 /// A JSON Schema (draft 2020-12) for every payload, by name: `request`, `reply`,

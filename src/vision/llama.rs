@@ -460,6 +460,32 @@ impl<F: FnMut()> Drop for Guard<F> {
 }
 
 /// Index of the largest value (the first of equals), as greedy sampling picks.
+/// Quantizes the model file `input` into `output` as `ftype` with llama.cpp, on `threads`
+/// threads; the error is llama.cpp's code.
+pub fn quantize_model(
+    input: &std::path::Path,
+    output: &std::path::Path,
+    ftype: sys::llama_ftype,
+    threads: i32,
+) -> Result<(), u32> {
+    let path = |p: &std::path::Path| std::ffi::CString::new(p.to_string_lossy().as_bytes());
+    let (Ok(i), Ok(o)) = (path(input), path(output)) else {
+        return Err(u32::MAX);
+    };
+    // SAFETY: default params, then plain field writes; paths are NUL-terminated.
+    let code = unsafe {
+        let mut params = sys::llama_model_quantize_default_params();
+        params.ftype = ftype;
+        params.nthread = threads;
+        sys::llama_model_quantize(i.as_ptr(), o.as_ptr(), &params)
+    };
+    if code == 0 {
+        Ok(())
+    } else {
+        Err(code)
+    }
+}
+
 /// The natural log of the softmax of `v` at `i`: the log probability of token `i` when `v`
 /// are a step's logits.
 pub fn log_prob(v: &[f32], i: usize) -> f32 {

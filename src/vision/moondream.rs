@@ -5,7 +5,6 @@
 //! every further skill on the same frame only removes the previous question tail and
 //! prefills its own, so the image is encoded and prefilled once per frame.
 
-use std::ffi::CString;
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
@@ -182,10 +181,7 @@ fn check_memory(s: &Settings, text: &GgufInfo, vision: &Projector) -> Result<(),
         bytes += 2 * std::fs::metadata(region).map_or(0, |m| m.len());
     }
     let kv = kv_type(s.model.kv_cache_type);
-    // SAFETY: plain size lookups for a valid type.
-    let kv_bytes = unsafe {
-        llama_cpp_sys_2::ggml_type_size(kv) as f64 / llama_cpp_sys_2::ggml_blck_size(kv) as f64
-    };
+    let kv_bytes = crate::gguf::bytes_per_value(kv);
     let load = super::memory::Load {
         file_bytes: bytes,
         n_ctx: s.model.context_size,
@@ -216,33 +212,9 @@ fn check_memory(s: &Settings, text: &GgufInfo, vision: &Projector) -> Result<(),
 
 /// Where the last tensor's data ends, per the GGUF header.
 fn tensor_data_end(path: &Path) -> Result<u64, EngineError> {
-    use llama_cpp_sys_2 as sys;
-    let c_path = CString::new(path.to_string_lossy().as_bytes())
-        .map_err(|e| EngineError::Load(format!("{}: {e}", path.display())))?;
-    let params = sys::gguf_init_params {
-        no_alloc: true,
-        ctx: std::ptr::null_mut(),
-    };
-    // SAFETY: metadata-only read of a file already checked to parse; freed below.
-    unsafe {
-        let ctx = sys::gguf_init_from_file(c_path.as_ptr(), params);
-        if ctx.is_null() {
-            return Err(EngineError::Load(format!(
-                "{}: corrupt GGUF header",
-                path.display()
-            )));
-        }
-        let base = sys::gguf_get_data_offset(ctx) as u64;
-        let end = (0..sys::gguf_get_n_tensors(ctx))
-            .map(|i| {
-                base + sys::gguf_get_tensor_offset(ctx, i) as u64
-                    + sys::gguf_get_tensor_size(ctx, i) as u64
-            })
-            .max()
-            .unwrap_or(base);
-        sys::gguf_free(ctx);
-        Ok(end)
-    }
+    crate::gguf::Reader::open(path, false)
+        .map(|r| r.data_end())
+        .map_err(|_| EngineError::Load(format!("{}: corrupt GGUF header", path.display())))
 }
 
 /// The text model's header, checked: not a projector, and what kind of model it is.
@@ -341,30 +313,6 @@ struct CachedPrefix {
     key: u64,
     /// Positions used by the prefix; question tails start here.
     n_past: i32,
-}
-
-/// GPT-2's byte-level BPE exactly as Moondream was trained with (`r50k_base`), built once.
-fn gpt2() -> Option<&'static tiktoken_rs::CoreBPE> {
-    static GPT2: OnceLock<Option<tiktoken_rs::CoreBPE>> = OnceLock::new();
-    GPT2.get_or_init(|| match tiktoken_rs::r50k_base() {
-        Ok(bpe) => Some(bpe),
-        Err(e) => {
-            tracing::warn!("GPT-2 tokenizer unavailable ({e}); using llama.cpp's");
-            None
-        }
-    })
-    .as_ref()
-}
-
-/// `text` as GPT-2 token ids, split by GPT-2's own rules (what Moondream's tokenizer
-/// does for user text); `None` if the tokenizer could not be built.
-pub fn gpt2_ids(text: &str) -> Option<Vec<u32>> {
-    gpt2().map(|bpe| bpe.encode_ordinary(text))
-}
-
-/// The bytes of one GPT-2 token.
-pub fn gpt2_piece(id: u32) -> Option<Vec<u8>> {
-    gpt2().and_then(|bpe| bpe.decode_bytes(&[id]).ok())
 }
 
 /// What generation produced for one prompt.
@@ -498,7 +446,7 @@ impl<'m> Moondream<'m> {
             },
             "",
         );
-        let gpt2 = gpt2().filter(|bpe| {
+        let gpt2 = super::gpt2::bpe().filter(|bpe| {
             let same = model.n_vocab() >= 50_257
                 && bpe.encode_ordinary(&probe).iter().all(|&id| {
                     bpe.decode_bytes(&[id]).ok()

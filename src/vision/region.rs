@@ -5,14 +5,13 @@
 //! Pure arithmetic over weights loaded from a region GGUF (`model convert`).
 
 use std::collections::HashMap;
-use std::ffi::CString;
 use std::path::Path;
-
-use llama_cpp_sys_2 as sys;
 
 use super::parse::{BBox, Point};
 use super::EngineError;
 
+/// The GGUF architecture name of a region file (`moonwatch model convert` writes it).
+pub const ARCH: &str = "moondream2-region";
 /// Bins of a coordinate (x = bin / 1024) and of a size (log scale, see [`size_of_bin`]).
 pub const BINS: usize = 1024;
 /// `DEFAULT_MAX_OBJECTS` in the reference.
@@ -301,75 +300,22 @@ impl Weights<'_> {
 type Tensors = Vec<(String, Vec<usize>, Vec<f32>)>;
 
 fn read_gguf(path: &Path) -> Result<Tensors, String> {
-    let c_path = CString::new(path.to_string_lossy().as_bytes()).map_err(|e| e.to_string())?;
-    let mut ctx: *mut sys::ggml_context = std::ptr::null_mut();
-    // SAFETY: reads the file into a ggml context owned here and freed below; tensor data
-    // is copied out before that.
-    unsafe {
-        let gguf = sys::gguf_init_from_file(
-            c_path.as_ptr(),
-            sys::gguf_init_params {
-                no_alloc: false,
-                ctx: &mut ctx,
-            },
-        );
-        if gguf.is_null() || ctx.is_null() {
-            return Err("not a readable GGUF file".into());
-        }
-        let arch_key = CString::new("general.architecture").unwrap_or_default();
-        let k = sys::gguf_find_key(gguf, arch_key.as_ptr());
-        let arch = (k >= 0 && sys::gguf_get_kv_type(gguf, k) == sys::GGUF_TYPE_STRING).then(|| {
-            std::ffi::CStr::from_ptr(sys::gguf_get_val_str(gguf, k))
-                .to_string_lossy()
-                .into_owned()
-        });
-        let mut out = Vec::new();
-        let mut err = None;
-        if arch.as_deref() != Some(crate::model::convert::REGION_ARCH) {
-            err = Some(format!(
-                "architecture {:?}, expected {} (made by `moonwatch model convert`)",
-                arch.unwrap_or_default(),
-                crate::model::convert::REGION_ARCH
-            ));
-        }
-        for i in 0..sys::gguf_get_n_tensors(gguf) {
-            if err.is_some() {
-                break;
-            }
-            let name = std::ffi::CStr::from_ptr(sys::gguf_get_tensor_name(gguf, i));
-            let t = sys::ggml_get_tensor(ctx, name.as_ptr());
-            if t.is_null() {
-                continue;
-            }
-            let t = &*t;
-            let n = sys::ggml_nelements(t) as usize;
-            let ne: Vec<usize> = t.ne[..sys::ggml_n_dims(t) as usize]
-                .iter()
-                .map(|&d| d as usize)
-                .collect();
-            let values = match t.type_ {
-                sys::GGML_TYPE_F32 => std::slice::from_raw_parts(t.data.cast::<f32>(), n).to_vec(),
-                sys::GGML_TYPE_F16 => std::slice::from_raw_parts(t.data.cast::<u16>(), n)
-                    .iter()
-                    .map(|&b| half::f16::from_bits(b).to_f32())
-                    .collect(),
-                ty => {
-                    err = Some(format!(
-                        "tensor {} has type {ty}, expected F32 or F16",
-                        name.to_string_lossy()
-                    ));
-                    break;
-                }
-            };
-            out.push((name.to_string_lossy().into_owned(), ne, values));
-        }
-        sys::gguf_free(gguf);
-        sys::ggml_free(ctx);
-        match err {
-            Some(e) => Err(e),
-            None => Ok(out),
-        }
+    let r = crate::gguf::Reader::open(path, true)?;
+    let arch = r.str("general.architecture");
+    if arch.as_deref() != Some(ARCH) {
+        return Err(format!(
+            "architecture {:?}, expected {ARCH} (made by `moonwatch model convert`)",
+            arch.unwrap_or_default()
+        ));
     }
+    r.tensors()?
+        .into_iter()
+        .map(|t| {
+            let values = r.values(&t.name)?;
+            let ne = t.ne.iter().map(|&d| d as usize).collect();
+            Ok((t.name, ne, values))
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@
 //! `{domain}.moonwatch_{camera}_{object}`.
 
 use super::{Availability, Component, Device, EntityConfig, Node, Origin};
-use crate::mqtt::api::Topics;
+use crate::mqtt::topics::Topics;
 use crate::triggers::{TriggerConfig, Tunable};
 
 pub(super) fn origin() -> Origin {

@@ -1,7 +1,7 @@
 use super::entities::{slug, trigger_objects};
 use super::*;
 use crate::config::MqttConfig;
-use crate::mqtt::api::Topics;
+use crate::mqtt::topics::Topics;
 use crate::triggers::TriggerConfig;
 use serde_json::{json, Value};
 
