@@ -1,0 +1,285 @@
+//! Time and lifecycle: ticks (timeouts, stats, save retries, the watchdog), stop, reload
+//! and the model swap.
+
+use super::*;
+
+impl Core {
+    // ---- time -------------------------------------------------------------------------
+
+    pub(super) fn engine_stuck(&self, now: Now) -> bool {
+        self.in_flight.as_ref().is_some_and(|f| {
+            now.mono.duration_since(f.started)
+                > Duration::from_secs(self.cfg.daemon.request_timeout) * 2
+        })
+    }
+
+    pub(super) fn on_tick(&mut self, now: Now, views: &[CameraView], out: &mut Vec<Act>) {
+        self.discovery_tick(now, out);
+        if self.connected {
+            for ci in 0..self.cams.len() {
+                let health = self.camera_health(now, ci, views);
+                self.publish_camera_availability(ci, &health, false, out);
+            }
+        }
+        // A job running far past its time is cancelled.
+        if let Some(f) = self.in_flight.as_mut() {
+            let limit = Duration::from_secs(self.cfg.daemon.request_timeout);
+            let overdue = now.mono.duration_since(f.started) > limit;
+            let stop_overdue = self
+                .stopping
+                .is_some_and(|s| now.mono.duration_since(s) > STOP_GRACE);
+            if (overdue || stop_overdue) && !f.cancelled {
+                f.cancelled = true;
+                out.push(Act::Cancel { job: f.job });
+            }
+        }
+        if self.stopping.is_none()
+            && self.last_stats.is_none_or(|t| {
+                now.mono.duration_since(t).as_secs() >= self.cfg.daemon.stats_interval
+            })
+        {
+            self.last_stats = Some(now.mono);
+            for ci in 0..self.cams.len() {
+                self.publish_stats(now, ci, views, out);
+            }
+            self.publish_server(now, out);
+            self.publish_heartbeat(true, out);
+        }
+        for ci in 0..self.cams.len() {
+            let retry = self.cams[ci].unsaved.as_ref().is_some_and(|u| {
+                now.mono.duration_since(u.tried) >= SAVE_RETRY
+                    && !self.saving.values().any(|s| s.cam == ci)
+            });
+            if retry && self.stopping.is_none() {
+                if let Some(u) = self.cams[ci].unsaved.as_mut() {
+                    u.tried = now.mono;
+                }
+                self.save(ci, None, SavedKind::Retry, out);
+            }
+        }
+        if self.bad_requests > 0
+            && self
+                .last_bad_log
+                .is_none_or(|t| now.mono.duration_since(t) >= BAD_REQUEST_LOG_EVERY)
+        {
+            tracing::info!(
+                count = self.bad_requests,
+                "requests answered with an error since the last report (details at debug level)"
+            );
+            self.bad_requests = 0;
+            self.last_bad_log = Some(now.mono);
+        }
+        // WATCHDOG=1 means the loop turns and the engine is not stuck; a camera outage is
+        // reported (availability, health), not restarted.
+        if let Some(period) = self.watchdog_period {
+            let due = self
+                .last_watchdog
+                .is_none_or(|t| now.mono.duration_since(t) >= period / 2);
+            if due && !self.engine_stuck(now) {
+                self.last_watchdog = Some(now.mono);
+                out.push(Act::Notify(Notify::Watchdog));
+            }
+        }
+    }
+
+    /// A camera's stats: its frames, state and triggers, and the engine's queue and
+    /// counters (shared by every camera).
+    pub(super) fn publish_stats(
+        &self,
+        now: Now,
+        ci: usize,
+        views: &[CameraView],
+        out: &mut Vec<Act>,
+    ) {
+        let cam = &self.cams[ci];
+        let v = wire::Stats {
+            uptime_s: now.mono.duration_since(self.started).as_secs(),
+            frames: views
+                .get(ci)
+                .and_then(|v| v.latest.as_ref())
+                .map_or(0, |f| f.seq),
+            camera: self.camera_text(now, ci, views),
+            queue_depth: self.queue.len() + usize::from(self.in_flight.is_some()),
+            triggers: cam.triggers.len(),
+            evaluations: cam.evaluations,
+            counters: self.counters.clone(),
+            outbox: self.outbox,
+            pool: self.pool.map(|p| p.stats),
+        };
+        self.publish_retained(out, cam.topics.stats(), wire::to_bytes(&v));
+    }
+
+    // ---- stop and reload ------------------------------------------------------------------
+
+    pub(super) fn on_stop(&mut self, now: Now, out: &mut Vec<Act>) {
+        if self.stopping.is_some() {
+            return;
+        }
+        tracing::info!("stopping");
+        self.stopping = Some(now.mono);
+        self.flush_later(out);
+        out.push(Act::Notify(Notify::Stopping));
+        let stopping = || ApiError::new(Code::ShuttingDown, "moonwatch is stopping");
+        while let Some(job) = self.queue.pop_front() {
+            self.reply(now, job.reply, Err(stopping()), out);
+        }
+        for ci in 0..self.cams.len() {
+            for (reply, _) in std::mem::take(&mut self.cams[ci].snapshot_waiters) {
+                self.reply(now, reply, Err(stopping()), out);
+            }
+        }
+        // A job in flight may finish (interactive answers are worth a moment); its
+        // result arrives as EngineDone, or it is cancelled after STOP_GRACE.
+        if let Some(f) = self.in_flight.as_mut() {
+            if !matches!(f.work, Work::Interactive(_)) && !f.cancelled {
+                f.cancelled = true;
+                out.push(Act::Cancel { job: f.job });
+            }
+        }
+    }
+
+    pub(super) fn maybe_exit(&mut self, now: Now, out: &mut Vec<Act>) {
+        let Some(since) = self.stopping else {
+            return;
+        };
+        if self.exited {
+            return;
+        }
+        // A job that does not return even after being cancelled is answered anyway.
+        if self.in_flight.is_some() && now.mono.duration_since(since) > STOP_GRACE * 2 {
+            if let Some(f) = self.in_flight.take() {
+                if let Work::Interactive(p) = f.work {
+                    let e = ApiError::new(Code::ShuttingDown, "moonwatch is stopping");
+                    self.reply(now, p.reply, Err(e), out);
+                }
+            }
+        }
+        // A save that does not finish (a hung disk) is answered as not persisted.
+        if !self.saving.is_empty() && now.mono.duration_since(since) > STOP_GRACE * 2 {
+            for save in self.saving.keys().copied().collect::<Vec<_>>() {
+                self.on_saved(
+                    now,
+                    save,
+                    Err("moonwatch stopped before the save finished".into()),
+                    out,
+                );
+            }
+        }
+        if self.in_flight.is_some() || !self.saving.is_empty() {
+            return;
+        }
+        self.exited = true;
+        self.publish_heartbeat(false, out);
+        self.publish_retained(out, self.topics.availability(), "offline");
+        out.push(Act::Exit);
+    }
+
+    pub(super) fn on_reload(
+        &mut self,
+        now: Now,
+        r: Result<Box<Config>, String>,
+        out: &mut Vec<Act>,
+    ) {
+        let refuse = |this: &mut Self, out: &mut Vec<Act>, e: String| {
+            tracing::error!("reload refused, keeping the running configuration: {e}");
+            let p = format!("reload refused: {e}");
+            out.push(Act::Notify(Notify::Status(p.clone())));
+            this.reload_problem = Some(p);
+        };
+        let new = match r {
+            Ok(c) => *c,
+            Err(e) => return refuse(self, out, e),
+        };
+        if let Some(e) = self.cfg.reload_losses(&new) {
+            return refuse(self, out, e);
+        }
+        let specs = new.cameras(&self.device_id);
+        let ids: Vec<&str> = specs.iter().map(|s| s.id.as_str()).collect();
+        let running: Vec<&str> = self.cams.iter().map(|c| c.spec.id.as_str()).collect();
+        if ids != running {
+            let e = format!(
+                "the cameras changed ({} -> {}); restart moonwatch to add, remove or rename cameras",
+                running.join(", "),
+                ids.join(", ")
+            );
+            return refuse(self, out, e);
+        }
+        out.push(Act::Notify(Notify::Reloading));
+        self.reload_problem = None;
+        if new.mqtt != self.cfg.mqtt {
+            tracing::warn!(
+                "[mqtt] changed; restart moonwatch to apply it (the connection is kept)"
+            );
+        }
+        if new.model != self.cfg.model {
+            tracing::info!("[model] changed; loading the new model beside the running one");
+            self.model_loading = true;
+            self.model_ready = false;
+            out.push(Act::LoadModel(Box::new(new.clone())));
+        }
+        // A round in progress may name triggers that change now.
+        self.round = None;
+        for (ci, spec) in specs.into_iter().enumerate() {
+            let cam = &mut self.cams[ci];
+            let restart = !spec.config.same_source(&cam.spec.config);
+            if restart {
+                tracing::info!(camera = %spec.id, "capture settings changed; restarting the camera");
+                out.push(Act::RestartCamera(ci, spec.config.clone()));
+            }
+            let zones_changed = spec.config.zones != cam.spec.config.zones;
+            if restart || zones_changed {
+                for t in cam.triggers.values_mut() {
+                    t.reference = None;
+                }
+                cam.scenes.clear();
+            }
+            cam.spec = spec;
+            let want = effective_triggers(&cam.spec.config.triggers, &cam.runtime);
+            let old: Vec<TriggerConfig> = cam.triggers.values().map(|t| t.cfg.clone()).collect();
+            for cfg in &old {
+                if !want.contains_key(&cfg.name) {
+                    self.cams[ci].triggers.remove(&cfg.name);
+                    self.clear_trigger(now, ci, cfg, out);
+                }
+            }
+            for (name, cfg) in want {
+                let same = self.cams[ci]
+                    .triggers
+                    .get(&name)
+                    .is_some_and(|t| t.cfg == cfg);
+                if !same {
+                    self.install_trigger(ci, cfg, out);
+                }
+            }
+            if zones_changed {
+                // Object triggers count in each zone.
+                self.publish_device_discovery(ci, out);
+            }
+        }
+        let mqtt = self.cfg.mqtt.clone();
+        self.cfg = new;
+        self.cfg.mqtt = mqtt;
+        tracing::info!("configuration reloaded");
+        if !self.model_loading {
+            out.push(Act::Notify(Notify::Ready));
+        }
+    }
+
+    pub(super) fn on_model_loaded(&mut self, r: Result<(), String>, out: &mut Vec<Act>) {
+        self.model_loading = false;
+        match r {
+            Ok(()) => {
+                tracing::info!("new model loaded; it takes over when the engine is idle");
+                self.model_ready = true;
+                out.push(Act::Notify(Notify::Ready));
+            }
+            Err(e) => {
+                tracing::error!("new model not loaded, keeping the old one: {e}");
+                let p = format!("reload refused: the new model did not load: {e}");
+                out.push(Act::Notify(Notify::Status(p.clone())));
+                out.push(Act::Notify(Notify::Ready));
+                self.reload_problem = Some(p);
+            }
+        }
+    }
+}

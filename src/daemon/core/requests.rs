@@ -1,0 +1,370 @@
+//! Requests: parsing, redeliveries, the queue's door (`busy`), pool jobs on a worker,
+//! and the requests answered at once (health, trigger list, snapshot).
+
+use super::*;
+
+impl Core {
+    /// A request to camera `ci`, or a pool job (`None`: this node is a worker).
+    pub(super) fn on_request(
+        &mut self,
+        now: Now,
+        ci: Option<usize>,
+        name: String,
+        views: &[CameraView],
+        m: Incoming,
+        out: &mut Vec<Act>,
+    ) {
+        let key = m.ack.map(|_| request_key(&m));
+        if let (true, Some(k), Some(token)) = (m.redelivered, key, m.ack) {
+            match self.recent.get_mut(&k) {
+                Some(Recent::Done) => {
+                    self.counters.duplicates += 1;
+                    tracing::debug!(request = ?name, "redelivered request already answered");
+                    out.push(Act::Ack(token));
+                    return;
+                }
+                Some(Recent::InProgress(acks)) => {
+                    self.counters.duplicates += 1;
+                    tracing::debug!(request = ?name, "redelivered request still being served");
+                    acks.push(token);
+                    return;
+                }
+                None => {}
+            }
+        }
+        if let Some(k) = key {
+            self.remember(k, Recent::InProgress(Vec::new()));
+        }
+        self.counters.requests += 1;
+        let topics = match ci {
+            Some(ci) => &self.cams[ci].topics,
+            None => &self.pool_topics,
+        };
+        tracing::debug!(base = %topics.base, request = ?name, "request received");
+        let corr = m.correlation.as_deref();
+        let expiry = m.expiry.map(|s| (s, now.mono));
+        let parsed = api::parse_request(&name, &m.payload, self.cfg.mqtt.max_payload);
+        let reply_to = |payload_reply_to: Option<&str>, transaction| ReplyTo {
+            address: api::reply_address(
+                topics,
+                &name,
+                m.response_topic.as_deref(),
+                corr,
+                payload_reply_to,
+            ),
+            name: name.clone(),
+            transaction,
+            ack: m.ack,
+            expiry,
+            key,
+            pool: ci.is_none(),
+            question: None,
+        };
+        let (req, reply) = match parsed {
+            Ok(req) => {
+                let reply = reply_to(req.reply_to.as_deref(), req.transaction.clone());
+                (req, reply)
+            }
+            Err((err, transaction, payload_reply_to)) => {
+                let reply = reply_to(payload_reply_to.as_deref(), transaction);
+                self.reply(now, reply, Err(err), out);
+                return;
+            }
+        };
+        if self.stopping.is_some() {
+            let e = ApiError::new(Code::ShuttingDown, "moonwatch is stopping");
+            self.reply(now, reply, Err(e), out);
+            return;
+        }
+        let Some(ci) = ci else {
+            return self.on_pool_job(now, req, reply, m.expiry, out);
+        };
+        let result = match req.action {
+            Action::HealthCheck => Ok(ReplyData::Health(self.health(now, ci, views))),
+            Action::ListTriggers => Ok(ReplyData::Triggers(self.trigger_list(ci))),
+            Action::AddTrigger(t) => return self.add_trigger(now, ci, t, reply, out),
+            Action::RemoveTrigger(n) => return self.remove_trigger(now, ci, &n, reply, out),
+            Action::Snapshot => {
+                let starting = matches!(self.camera_health(now, ci, views), CameraHealth::Starting);
+                let waiters = &mut self.cams[ci].snapshot_waiters;
+                if req.image.is_none() && starting {
+                    if waiters.len() < SNAPSHOT_WAITERS {
+                        // Answered with the first frame, or after the grace period.
+                        waiters.push((reply, now.mono));
+                        return;
+                    }
+                    Err(ApiError::new(
+                        Code::Busy,
+                        "too many snapshots wait for the camera",
+                    ))
+                } else {
+                    self.snapshot(now, ci, views, req.image.is_some(), out)
+                }
+            }
+            Action::Skill(skill) => match self.cams[ci].zone(req.zone.as_ref()) {
+                Err(m) => Err(ApiError::new(Code::BadRequest, m)),
+                Ok(zone) => {
+                    let job = Pending {
+                        cam: Some(ci),
+                        reply,
+                        skill,
+                        image: req.image.map(Bytes::from),
+                        zone,
+                        annotate: req.annotate,
+                        received: now.mono,
+                        deadline: now.mono,
+                    };
+                    self.enqueue(now, m.expiry, job, "requests", out);
+                    return;
+                }
+            },
+        };
+        self.reply(now, reply, result, out);
+    }
+
+    /// Queues `job` for the engine, or answers it `busy` when `daemon.max_pending` wait
+    /// (`what` names them in the message). It may wait `daemon.request_timeout`, or less
+    /// when its message expires sooner. True when queued.
+    pub(super) fn enqueue(
+        &mut self,
+        now: Now,
+        expiry: Option<u32>,
+        mut job: Pending,
+        what: &str,
+        out: &mut Vec<Act>,
+    ) -> bool {
+        if self.queue.len() >= self.cfg.daemon.max_pending {
+            let e = ApiError::new(
+                Code::Busy,
+                format!("{} {what} are already waiting", self.queue.len()),
+            );
+            self.reply(now, job.reply, Err(e), out);
+            return false;
+        }
+        let timeout = Duration::from_secs(self.cfg.daemon.request_timeout);
+        let limit = expiry.map_or(timeout, |s| timeout.min(Duration::from_secs(u64::from(s))));
+        job.deadline = now.mono + limit;
+        self.queue.push_back(job);
+        true
+    }
+
+    /// A job from the pool: a skill on the picture it carries, queued like a request (a
+    /// full queue answers `busy` at once, so the camera node sends it again elsewhere).
+    pub(super) fn on_pool_job(
+        &mut self,
+        now: Now,
+        req: api::ApiRequest,
+        reply: ReplyTo,
+        expiry: Option<u32>,
+        out: &mut Vec<Act>,
+    ) {
+        let result = match (req.action, req.image) {
+            (Action::Skill(_), None) => Err(ApiError::new(
+                Code::BadRequest,
+                "a pool job carries its picture (\"image\")",
+            )),
+            (Action::Skill(skill), Some(image)) => {
+                let zone = match req.zone.map(|z| z.resolve(&BTreeMap::new())).transpose() {
+                    Ok(z) => z,
+                    Err(m) => {
+                        return self.reply(now, reply, Err(ApiError::new(Code::BadRequest, m)), out)
+                    }
+                };
+                let job = Pending {
+                    cam: None,
+                    reply,
+                    skill,
+                    image: Some(Bytes::from(image)),
+                    zone,
+                    annotate: false,
+                    received: now.mono,
+                    deadline: now.mono,
+                };
+                if self.enqueue(now, expiry, job, "jobs", out) {
+                    self.served += 1;
+                }
+                return;
+            }
+            _ => Err(ApiError::new(
+                Code::BadRequest,
+                "the pool takes skills only (query, yes_no, caption, detect, point)",
+            )),
+        };
+        self.reply(now, reply, result, out);
+    }
+
+    /// `{prefix}/pool/direct/{device_id}`: jobs for this worker alone.
+    pub(super) fn direct_topics(&self) -> Topics {
+        Topics::camera(
+            &self.cfg.mqtt,
+            &self.device_id,
+            &format!("pool/direct/{}", self.device_id),
+        )
+    }
+
+    /// A worker's heartbeat: retained, so a camera node that starts later sees it.
+    pub(super) fn publish_heartbeat(&self, online: bool, out: &mut Vec<Act>) {
+        if !self.cfg.pool.serve {
+            return;
+        }
+        let v = wire::WorkerStatus {
+            online,
+            queue_depth: self.queue.len() + usize::from(self.in_flight.is_some()),
+            max_pending: self.cfg.daemon.max_pending,
+            served: self.served,
+            interval_s: self.cfg.daemon.stats_interval,
+        };
+        let topic = format!("{}/worker/{}", self.pool_topics.base, self.device_id);
+        self.publish_retained(out, topic, wire::to_bytes(&v));
+    }
+
+    pub(super) fn remember(&mut self, key: u64, state: Recent) {
+        if self.recent.insert(key, state).is_none() {
+            self.recent_order.push_back(key);
+            while self.recent_order.len() > RECENT {
+                if let Some(old) = self.recent_order.pop_front() {
+                    self.recent.remove(&old);
+                }
+            }
+        }
+    }
+
+    // ---- requests answered at once ----------------------------------------------------
+
+    pub(super) fn health(&self, now: Now, ci: usize, views: &[CameraView]) -> wire::Health {
+        let mut problems = self.problems.clone();
+        if !self.refused_subscriptions.is_empty() {
+            problems.push(format!(
+                "the broker refused subscriptions: {}",
+                self.refused_subscriptions.join(", ")
+            ));
+        }
+        if let CameraHealth::Unavailable(why) = self.camera_health(now, ci, views) {
+            problems.push(format!("camera unavailable: {why}"));
+        }
+        if self.engine_stuck(now) {
+            problems
+                .push("the engine has not finished its job in twice daemon.request_timeout".into());
+        }
+        if let Some(p) = &self.reload_problem {
+            problems.push(p.clone());
+        }
+        if !self.engine_reachable() {
+            problems
+                .push("no pool worker is alive (no heartbeat) and this node has no model".into());
+        }
+        if let Some(u) = &self.cams[ci].unsaved {
+            problems.push(format!(
+                "runtime triggers are not saved ({}): changes made over MQTT are lost at a \
+                 restart until a save succeeds (tried again every {} s)",
+                u.error,
+                SAVE_RETRY.as_secs()
+            ));
+        }
+        wire::Health {
+            healthy: problems.is_empty(),
+            uptime_s: now.mono.duration_since(self.started).as_secs(),
+            camera: self.camera_text(now, ci, views),
+            problems,
+        }
+    }
+
+    pub(super) fn trigger_list(&self, ci: usize) -> wire::TriggerList {
+        wire::TriggerList {
+            triggers: self.cams[ci]
+                .triggers
+                .values()
+                .map(|t| wire::TriggerEntry {
+                    trigger: t.cfg.clone(),
+                    state: t
+                        .state
+                        .state
+                        .map(|on| if on { "ON" } else { "OFF" }.to_owned()),
+                    confidence: t.state.state.map(|_| t.state.last_confidence),
+                    enabled: t.enabled,
+                    error: t.error.clone(),
+                })
+                .collect(),
+        }
+    }
+
+    /// Publishes the camera's newest frame as its retained snapshot. A request's own
+    /// image is never published: the snapshot is the camera's picture.
+    pub(super) fn snapshot(
+        &mut self,
+        now: Now,
+        ci: usize,
+        views: &[CameraView],
+        has_image: bool,
+        out: &mut Vec<Act>,
+    ) -> Result<ReplyData, ApiError> {
+        if has_image {
+            return Err(ApiError::new(
+                Code::BadRequest,
+                "request/snapshot publishes the camera's frame and takes no \"image\"",
+            ));
+        }
+        let frame = match self.camera_health(now, ci, views) {
+            CameraHealth::Fresh(f) => f,
+            CameraHealth::Starting => {
+                return Err(ApiError::new(
+                    Code::CameraUnavailable,
+                    "the camera has not delivered a frame yet",
+                ))
+            }
+            CameraHealth::Unavailable(why) => {
+                return Err(ApiError::new(
+                    Code::CameraUnavailable,
+                    format!("no camera frame ({why})"),
+                ))
+            }
+        };
+        let bytes = self.publish_snapshot(ci, &frame, out).len();
+        Ok(ReplyData::Snapshot(wire::SnapshotReply {
+            topic: self.cams[ci].topics.snapshot(),
+            width: frame.width,
+            height: frame.height,
+            frame_time: unix(frame.captured_at),
+            frame_seq: frame.seq,
+            bytes,
+        }))
+    }
+
+    /// Publishes `frame` as the camera's snapshot, encoding it once per frame; returns
+    /// the JPEG.
+    pub(super) fn publish_snapshot(
+        &mut self,
+        ci: usize,
+        frame: &Frame,
+        out: &mut Vec<Act>,
+    ) -> Bytes {
+        let cam = &mut self.cams[ci];
+        if let Some((key, jpeg)) = &cam.last_snapshot {
+            if *key == frame.key {
+                return jpeg.clone();
+            }
+        }
+        let jpeg = Bytes::from(frame.to_jpeg(85));
+        cam.last_snapshot = Some((frame.key, jpeg.clone()));
+        out.push(Act::Publish(Outgoing::retained(
+            cam.topics.snapshot(),
+            jpeg.clone(),
+        )));
+        jpeg
+    }
+}
+
+/// Identifies a request across redeliveries: topic, payload and v5 properties.
+pub(super) fn request_key(m: &Incoming) -> u64 {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    for part in [
+        m.topic.as_bytes(),
+        &m.payload,
+        m.response_topic.as_deref().unwrap_or("").as_bytes(),
+        m.correlation.as_deref().unwrap_or(&[]),
+    ] {
+        h.update(&(part.len() as u64).to_le_bytes());
+        h.update(part);
+    }
+    h.digest()
+}

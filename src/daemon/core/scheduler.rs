@@ -1,0 +1,451 @@
+//! Scheduling: which job the idle engine starts (interactive requests first, trigger
+//! rounds taking turns between cameras, captions last), and what a finished job does.
+
+use super::*;
+
+impl Core {
+    // ---- scheduling ---------------------------------------------------------------------
+
+    pub(super) fn next_id(&mut self) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+
+    /// Starts the next job when the engine is idle: interactive requests first (at most
+    /// [`INTERACTIVE_BURST`] in a row while triggers wait), then trigger rounds, then
+    /// captions; cameras take turns for rounds and captions.
+    pub(super) fn schedule(&mut self, now: Now, views: &[CameraView], out: &mut Vec<Act>) {
+        if self.in_flight.is_some() || self.stopping.is_some() || self.exited {
+            return;
+        }
+        if self.model_ready {
+            // The engine is idle: the new model takes over now.
+            self.model_ready = false;
+            out.push(Act::UseNewModel);
+            // Answers that stood on an unchanged picture came from the old model.
+            for t in self.cams.iter_mut().flat_map(|c| c.triggers.values_mut()) {
+                t.reference = None;
+            }
+        }
+        let health: Vec<CameraHealth> = (0..self.cams.len())
+            .map(|ci| self.camera_health(now, ci, views))
+            .collect();
+        for (ci, h) in health.iter().enumerate() {
+            self.answer_snapshot_waiters(now, ci, views, h, out);
+        }
+        if !self.engine_reachable() {
+            // Requests are answered (model_error) or run on their own image's path; no
+            // rounds or captions until a worker is back.
+            self.round = None;
+            self.run_interactive(now, &health, out);
+            return;
+        }
+        if self.round.as_ref().is_none_or(|r| r.names.is_empty()) {
+            self.round = self.next_round(now, &health);
+        }
+        let triggers_wait = self.round.is_some();
+        if (!triggers_wait || self.interactive_streak < INTERACTIVE_BURST)
+            && self.run_interactive(now, &health, out)
+        {
+            self.interactive_streak += 1;
+            return;
+        }
+        self.interactive_streak = 0;
+        if self.run_round(now, &health, out) || self.run_interactive(now, &health, out) {
+            return;
+        }
+        let every = self.cfg.daemon.caption_interval;
+        if every == 0 {
+            return;
+        }
+        let n = self.cams.len();
+        for k in 0..n {
+            let ci = (self.next_caption_cam + k) % n;
+            let CameraHealth::Fresh(frame) = &health[ci] else {
+                continue;
+            };
+            let cam = &mut self.cams[ci];
+            if cam
+                .last_caption
+                .is_some_and(|t| now.unix - t < every as f64)
+            {
+                continue;
+            }
+            cam.last_caption = Some(now.unix);
+            self.next_caption_cam = ci + 1;
+            let skills = vec![Skill::Caption {
+                length: self.cfg.daemon.caption_length,
+            }];
+            let frame = frame.clone();
+            self.submit(
+                now,
+                Work::Caption { cam: ci },
+                Picture::Frame(frame),
+                None,
+                skills,
+                out,
+            );
+            return;
+        }
+    }
+
+    /// Starts the next trigger of the round in progress, or of the next camera's round.
+    /// False when no trigger is due.
+    pub(super) fn run_round(
+        &mut self,
+        now: Now,
+        health: &[CameraHealth],
+        out: &mut Vec<Act>,
+    ) -> bool {
+        // Each camera's round at most once: triggers that cannot run end the search.
+        for _ in 0..=self.cams.len() {
+            if self.round.as_ref().is_none_or(|r| r.names.is_empty()) {
+                self.round = self.next_round(now, health);
+            }
+            let Some(round) = self.round.as_mut() else {
+                return false;
+            };
+            while let Some((name, cause)) = round.names.pop_front() {
+                let (ci, frame) = (round.cam, round.frame.clone());
+                let cam = &mut self.cams[ci];
+                let Some(t) = cam.triggers.get(&name) else {
+                    continue;
+                };
+                if t.error.is_some() || !t.enabled {
+                    continue;
+                }
+                let skills = vec![t.cfg.skill()];
+                let zone = match cam.zone(t.cfg.zone.as_ref()) {
+                    Ok(z) => z,
+                    Err(why) => {
+                        self.trigger_failed(ci, &name, why, out);
+                        return self.run_round(now, health, out);
+                    }
+                };
+                let (reference, _) = cam.scene(&frame, zone);
+                if let Some(t) = cam.triggers.get_mut(&name) {
+                    t.reference = reference;
+                }
+                let work = Work::Trigger {
+                    cam: ci,
+                    name,
+                    zone,
+                    cause,
+                };
+                self.submit(now, work, Picture::Frame(frame), zone, skills, out);
+                return true;
+            }
+            self.round = None;
+        }
+        false
+    }
+
+    /// Starts the oldest interactive request that can run; answers those that cannot
+    /// (expired, camera unavailable). False when none was started.
+    pub(super) fn run_interactive(
+        &mut self,
+        now: Now,
+        health: &[CameraHealth],
+        out: &mut Vec<Act>,
+    ) -> bool {
+        let mut i = 0;
+        while i < self.queue.len() {
+            let job = &self.queue[i];
+            if now.mono >= job.deadline {
+                let Some(job) = self.queue.remove(i) else {
+                    break;
+                };
+                let e = ApiError::new(
+                    Code::Timeout,
+                    format!(
+                        "waited {} s for the engine (daemon.request_timeout or the message's expiry)",
+                        now.mono.duration_since(job.received).as_secs()
+                    ),
+                );
+                self.reply(now, job.reply, Err(e), out);
+                continue;
+            }
+            let absent = CameraHealth::Unavailable("no camera".into());
+            let cam_health = job.cam.and_then(|c| health.get(c)).unwrap_or(&absent);
+            let refused = match (&job.image, cam_health) {
+                (Some(bytes), _) => Ok(Picture::Encoded(bytes.clone())),
+                (None, _) if !self.engine_reachable() => Err(ApiError::new(
+                    Code::ModelError,
+                    "no pool worker is alive and this node has no model",
+                )),
+                (None, CameraHealth::Fresh(f)) => Ok(Picture::Frame(f.clone())),
+                (None, CameraHealth::Starting)
+                    if now.mono.duration_since(job.received) < CAMERA_GRACE =>
+                {
+                    // A camera still starting gets a few seconds; other cameras' requests
+                    // go ahead meanwhile.
+                    i += 1;
+                    continue;
+                }
+                (None, CameraHealth::Starting) => Err(ApiError::new(
+                    Code::CameraUnavailable,
+                    "the camera has not delivered a frame yet; send an \"image\" instead",
+                )),
+                (None, CameraHealth::Unavailable(why)) => Err(ApiError::new(
+                    Code::CameraUnavailable,
+                    format!("no camera frame ({why}); send an \"image\" instead"),
+                )),
+            };
+            let Some(job) = self.queue.remove(i) else {
+                break;
+            };
+            match refused {
+                Ok(picture) => {
+                    let skills = vec![job.skill.clone()];
+                    let zone = job.zone;
+                    self.submit(
+                        now,
+                        Work::Interactive(Box::new(job)),
+                        picture,
+                        zone,
+                        skills,
+                        out,
+                    );
+                    return true;
+                }
+                Err(e) => self.reply(now, job.reply, Err(e), out),
+            }
+        }
+        false
+    }
+
+    /// The next camera (in turn) with triggers due on its newest frame, and those
+    /// triggers, grouped by zone so that each zone's crop is encoded once.
+    pub(super) fn next_round(&mut self, now: Now, health: &[CameraHealth]) -> Option<Round> {
+        let n = self.cams.len();
+        for k in 0..n {
+            let ci = (self.next_round_cam + k) % n;
+            let CameraHealth::Fresh(frame) = &health[ci] else {
+                continue;
+            };
+            let cam = &mut self.cams[ci];
+            let mut due = Vec::new();
+            let mut soon = Vec::new();
+            let names: Vec<String> = cam.triggers.keys().cloned().collect();
+            for name in names {
+                let Some(t) = cam.triggers.get(&name) else {
+                    continue;
+                };
+                if t.error.is_some() || !t.enabled {
+                    continue;
+                }
+                let zone = cam.zone(t.cfg.zone.as_ref()).ok().flatten();
+                let zone_key = zone.as_ref().map(Zone::key);
+                let (current, threshold) = cam.scene(frame, zone);
+                let Some(t) = cam.triggers.get_mut(&name) else {
+                    continue;
+                };
+                // No signature to compare (a new trigger, another frame size): changed.
+                let changed = match (&t.reference, &current) {
+                    (Some(r), Some(c)) => {
+                        scene::difference(r, c, threshold).is_none_or(|d| d.is_change())
+                    }
+                    _ => true,
+                };
+                match triggers::pace(&t.cfg, t.state.settled(), t.evaluated, changed, now.unix) {
+                    Pace::Due(cause) => due.push((zone_key, (name, cause))),
+                    Pace::Soon(cause) => soon.push((zone_key, (name, cause))),
+                    Pace::Skip => {
+                        // Same picture, settled answer: it stands; look again next interval.
+                        t.evaluated.interval_from = Some(now.unix);
+                        cam.evaluations.skipped += 1;
+                        self.counters.trigger_skips += 1;
+                    }
+                    Pace::Wait => {}
+                }
+            }
+            if due.is_empty() {
+                continue;
+            }
+            due.extend(soon);
+            // Stable: within a zone, triggers keep their order.
+            due.sort_by_key(|(z, _)| *z);
+            self.next_round_cam = ci + 1;
+            return Some(Round {
+                cam: ci,
+                frame: frame.clone(),
+                names: due.into_iter().map(|(_, n)| n).collect(),
+            });
+        }
+        None
+    }
+
+    pub(super) fn answer_snapshot_waiters(
+        &mut self,
+        now: Now,
+        ci: usize,
+        views: &[CameraView],
+        health: &CameraHealth,
+        out: &mut Vec<Act>,
+    ) {
+        if self.cams[ci].snapshot_waiters.is_empty() {
+            return;
+        }
+        let waiters = std::mem::take(&mut self.cams[ci].snapshot_waiters);
+        for (reply, since) in waiters {
+            let waited_out = now.mono.duration_since(since) >= CAMERA_GRACE;
+            if matches!(health, CameraHealth::Starting) && !waited_out {
+                self.cams[ci].snapshot_waiters.push((reply, since));
+            } else {
+                let result = self.snapshot(now, ci, views, false, out);
+                self.reply(now, reply, result, out);
+            }
+        }
+    }
+
+    pub(super) fn publish_caption(
+        &mut self,
+        ci: usize,
+        caption: &str,
+        frame: &Frame,
+        out: &mut Vec<Act>,
+    ) {
+        self.counters.captions += 1;
+        let v = wire::Caption {
+            caption: caption.to_owned(),
+            frame_time: unix(frame.captured_at),
+            frame_seq: frame.seq,
+        };
+        let topic = self.cams[ci].topics.caption();
+        self.publish_retained(out, topic, wire::to_bytes(&v));
+    }
+
+    pub(super) fn submit(
+        &mut self,
+        now: Now,
+        work: Work,
+        picture: Picture,
+        zone: Option<Zone>,
+        skills: Vec<Skill>,
+        out: &mut Vec<Act>,
+    ) {
+        let job = self.next_id();
+        self.in_flight = Some(InFlight {
+            job,
+            work,
+            started: now.mono,
+            cancelled: false,
+        });
+        out.push(Act::Submit {
+            job,
+            picture,
+            zone,
+            skills,
+        });
+    }
+
+    pub(super) fn on_done(
+        &mut self,
+        now: Now,
+        job: u64,
+        result: Result<Response, EngineError>,
+        frame: Option<Arc<Frame>>,
+        out: &mut Vec<Act>,
+    ) {
+        let Some(done) = self.in_flight.take_if(|f| f.job == job) else {
+            return;
+        };
+        let elapsed = now.mono.duration_since(done.started).as_secs_f64() * 1e3;
+        self.counters.engine_busy_ms += elapsed;
+        if let Ok(r) = &result {
+            self.counters.inferences += 1;
+            self.counters.image_encodes += u64::from(!r.prefix.reused);
+        }
+        match done.work {
+            Work::Interactive(p) => {
+                self.counters.last_request_ms = Some(elapsed);
+                let reply = match (result, frame) {
+                    (Ok(mut r), Some(f)) => {
+                        if let Some(z) = p.zone {
+                            for a in &mut r.answers {
+                                z.answer_to_frame(&mut a.answer);
+                            }
+                        }
+                        let first = r.answers.first().map(|a| &a.answer);
+                        // A caption of the camera's picture (the "caption now" button) is
+                        // the camera's caption; one of a request's own image (or of a
+                        // zone) is not.
+                        if let (Some(cam), None, None, Some(Answer::Caption { caption })) =
+                            (p.cam, &p.image, p.zone, first)
+                        {
+                            self.publish_caption(cam, caption, &f, out);
+                        }
+                        let annotated = match (p.cam, p.annotate, first, &p.skill) {
+                            (
+                                Some(cam),
+                                true,
+                                Some(a),
+                                Skill::Detect { object } | Skill::Point { object },
+                            ) => {
+                                let jpeg = crate::annotate::annotated_jpeg(&f, a, object, p.zone);
+                                let topic = self.cams[cam].topics.annotated();
+                                self.publish_retained(out, topic.clone(), jpeg);
+                                Some(topic)
+                            }
+                            _ => None,
+                        };
+                        let mut data = answer_reply(&r, &f);
+                        data.zone = p.zone;
+                        data.annotated_topic = annotated;
+                        Ok(ReplyData::Answer(data))
+                    }
+                    (Ok(_), None) => Err(ApiError::new(Code::ModelError, "no picture")),
+                    (Err(e), _) => Err(engine_error(e, self.stopping.is_some())),
+                };
+                self.reply(now, p.reply, reply, out);
+            }
+            Work::Trigger {
+                cam,
+                name,
+                zone,
+                cause,
+            } => {
+                self.counters.last_trigger_ms = Some(elapsed);
+                if let Some(t) = self.cams[cam].triggers.get_mut(&name) {
+                    t.evaluated.interval_from = Some(now.unix);
+                }
+                match (result, frame) {
+                    (Ok(r), Some(f)) => {
+                        if let Some(a) = r.answers.first() {
+                            let mut answer = a.answer.clone();
+                            if let Some(z) = zone {
+                                z.answer_to_frame(&mut answer);
+                            }
+                            self.counters.trigger_evaluations += 1;
+                            let c = &mut self.cams[cam];
+                            c.evaluations.count(cause);
+                            if let Some(t) = c.triggers.get_mut(&name) {
+                                t.evaluated.answered = Some(now.unix);
+                            }
+                            let at = (cam, name.as_str(), zone, cause);
+                            self.on_trigger_answer(now, at, &answer, &f, out);
+                        }
+                    }
+                    (Err(EngineError::Invalid(why)), _) => {
+                        self.trigger_failed(cam, &name, why, out)
+                    }
+                    (Err(e), _) => {
+                        tracing::warn!(trigger = ?name, "trigger evaluation failed: {e}");
+                    }
+                    (Ok(_), None) => {}
+                }
+            }
+            Work::Caption { cam } => match (result, frame) {
+                (Ok(r), Some(f)) => {
+                    if let Some(Answer::Caption { caption }) = r.answers.first().map(|a| &a.answer)
+                    {
+                        self.publish_caption(cam, caption, &f, out);
+                    }
+                }
+                (Err(e), _) => tracing::warn!("caption failed: {e}"),
+                (Ok(_), None) => {}
+            },
+        }
+    }
+}
