@@ -112,7 +112,7 @@ impl Core {
             t.evaluated.interval_from = None;
         }
         t.enabled = on;
-        if let Some(r) = self.round.as_mut().filter(|r| r.cam == ci) {
+        if let Some(r) = self.sched.round.as_mut().filter(|r| r.cam == ci) {
             r.names.retain(|(n, _)| n != name);
         }
         tracing::info!(camera = %cam.spec.id, trigger = ?name, enabled = on, "trigger switched");

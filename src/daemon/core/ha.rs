@@ -213,7 +213,7 @@ impl Core {
     }
 
     fn discovery_ready(&self) -> bool {
-        self.cfg.mqtt.discovery && matches!(self.discovery.sync, Sync::Done) && self.connected
+        self.cfg.mqtt.discovery && matches!(self.discovery.sync, Sync::Done) && self.link.connected
     }
 
     /// Camera `ci`'s device and every entity of its triggers; entities of removed
@@ -281,7 +281,7 @@ impl Core {
         let remote = self.pool.is_some_and(|p| !p.local_model);
         let engine = if remote {
             "pool"
-        } else if self.model_loading {
+        } else if self.life.model_loading {
             "loading a new model"
         } else {
             "ready"
@@ -300,7 +300,7 @@ impl Core {
             model,
             engine: engine.into(),
             engine_busy_pct: (share * 10.0).round() / 10.0,
-            queue_depth: self.queue.len() + usize::from(self.in_flight.is_some()),
+            queue_depth: self.sched.queue.len() + usize::from(self.sched.in_flight.is_some()),
             uptime_s: now.mono.duration_since(self.started).as_secs(),
             cameras: self.cams.len(),
         };
@@ -404,7 +404,7 @@ impl Core {
         if let Err(e) = crate::vision::prompt::check(&skill) {
             return self.reply(now, reply, Err(ApiError::new(Code::BadRequest, e)), out);
         }
-        if self.stopping.is_some() {
+        if self.life.stopping.is_some() {
             let e = ApiError::new(Code::ShuttingDown, "moonwatch is stopping");
             return self.reply(now, reply, Err(e), out);
         }

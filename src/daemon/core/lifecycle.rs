@@ -3,11 +3,26 @@
 
 use super::*;
 
+/// Stopping, reloading, the model swap, and when the periodic duties last ran.
+#[derive(Debug, Default)]
+pub(super) struct Life {
+    pub(super) stopping: Option<Instant>,
+    pub(super) exited: bool,
+    pub(super) reload_problem: Option<String>,
+    /// A new model loads beside the running one.
+    pub(super) model_loading: bool,
+    /// The new model is loaded and waits for the engine to be idle.
+    pub(super) model_ready: bool,
+    pub(super) last_stats: Option<Instant>,
+    pub(super) last_watchdog: Option<Instant>,
+    pub(super) watchdog_period: Option<Duration>,
+}
+
 impl Core {
     // ---- time -------------------------------------------------------------------------
 
     pub(super) fn engine_stuck(&self, now: Now) -> bool {
-        self.in_flight.as_ref().is_some_and(|f| {
+        self.sched.in_flight.as_ref().is_some_and(|f| {
             now.mono.duration_since(f.started)
                 > Duration::from_secs(self.cfg.daemon.request_timeout) * 2
         })
@@ -15,17 +30,18 @@ impl Core {
 
     pub(super) fn on_tick(&mut self, now: Now, views: &[CameraView], out: &mut Vec<Act>) {
         self.discovery_tick(now, out);
-        if self.connected {
+        if self.link.connected {
             for ci in 0..self.cams.len() {
                 let health = self.camera_health(now, ci, views);
                 self.publish_camera_availability(ci, &health, false, out);
             }
         }
         // A job running far past its time is cancelled.
-        if let Some(f) = self.in_flight.as_mut() {
+        if let Some(f) = self.sched.in_flight.as_mut() {
             let limit = Duration::from_secs(self.cfg.daemon.request_timeout);
             let overdue = now.mono.duration_since(f.started) > limit;
             let stop_overdue = self
+                .life
                 .stopping
                 .is_some_and(|s| now.mono.duration_since(s) > STOP_GRACE);
             if (overdue || stop_overdue) && !f.cancelled {
@@ -33,12 +49,12 @@ impl Core {
                 out.push(Act::Cancel { job: f.job });
             }
         }
-        if self.stopping.is_none()
-            && self.last_stats.is_none_or(|t| {
+        if self.life.stopping.is_none()
+            && self.life.last_stats.is_none_or(|t| {
                 now.mono.duration_since(t).as_secs() >= self.cfg.daemon.stats_interval
             })
         {
-            self.last_stats = Some(now.mono);
+            self.life.last_stats = Some(now.mono);
             for ci in 0..self.cams.len() {
                 self.publish_stats(now, ci, views, out);
             }
@@ -50,7 +66,7 @@ impl Core {
                 now.mono.duration_since(u.tried) >= SAVE_RETRY
                     && !self.saving.values().any(|s| s.cam == ci)
             });
-            if retry && self.stopping.is_none() {
+            if retry && self.life.stopping.is_none() {
                 if let Some(u) = self.cams[ci].unsaved.as_mut() {
                     u.tried = now.mono;
                 }
@@ -71,12 +87,13 @@ impl Core {
         }
         // WATCHDOG=1 means the loop turns and the engine is not stuck; a camera outage is
         // reported (availability, health), not restarted.
-        if let Some(period) = self.watchdog_period {
+        if let Some(period) = self.life.watchdog_period {
             let due = self
+                .life
                 .last_watchdog
                 .is_none_or(|t| now.mono.duration_since(t) >= period / 2);
             if due && !self.engine_stuck(now) {
-                self.last_watchdog = Some(now.mono);
+                self.life.last_watchdog = Some(now.mono);
                 out.push(Act::Notify(Notify::Watchdog));
             }
         }
@@ -99,11 +116,11 @@ impl Core {
                 .and_then(|v| v.latest.as_ref())
                 .map_or(0, |f| f.seq),
             camera: self.camera_text(now, ci, views),
-            queue_depth: self.queue.len() + usize::from(self.in_flight.is_some()),
+            queue_depth: self.sched.queue.len() + usize::from(self.sched.in_flight.is_some()),
             triggers: cam.triggers.len(),
             evaluations: cam.evaluations,
             counters: self.counters.clone(),
-            outbox: self.outbox,
+            outbox: self.link.outbox,
             pool: self.pool.map(|p| p.stats),
         };
         self.publish_retained(out, cam.topics.stats(), wire::to_bytes(&v));
@@ -112,15 +129,15 @@ impl Core {
     // ---- stop and reload ------------------------------------------------------------------
 
     pub(super) fn on_stop(&mut self, now: Now, out: &mut Vec<Act>) {
-        if self.stopping.is_some() {
+        if self.life.stopping.is_some() {
             return;
         }
         tracing::info!("stopping");
-        self.stopping = Some(now.mono);
+        self.life.stopping = Some(now.mono);
         self.flush_later(out);
         out.push(Act::Notify(Notify::Stopping));
         let stopping = || ApiError::new(Code::ShuttingDown, "moonwatch is stopping");
-        while let Some(job) = self.queue.pop_front() {
+        while let Some(job) = self.sched.queue.pop_front() {
             self.reply(now, job.reply, Err(stopping()), out);
         }
         for ci in 0..self.cams.len() {
@@ -130,7 +147,7 @@ impl Core {
         }
         // A job in flight may finish (interactive answers are worth a moment); its
         // result arrives as EngineDone, or it is cancelled after STOP_GRACE.
-        if let Some(f) = self.in_flight.as_mut() {
+        if let Some(f) = self.sched.in_flight.as_mut() {
             if !matches!(f.work, Work::Interactive(_)) && !f.cancelled {
                 f.cancelled = true;
                 out.push(Act::Cancel { job: f.job });
@@ -139,15 +156,15 @@ impl Core {
     }
 
     pub(super) fn maybe_exit(&mut self, now: Now, out: &mut Vec<Act>) {
-        let Some(since) = self.stopping else {
+        let Some(since) = self.life.stopping else {
             return;
         };
-        if self.exited {
+        if self.life.exited {
             return;
         }
         // A job that does not return even after being cancelled is answered anyway.
-        if self.in_flight.is_some() && now.mono.duration_since(since) > STOP_GRACE * 2 {
-            if let Some(f) = self.in_flight.take() {
+        if self.sched.in_flight.is_some() && now.mono.duration_since(since) > STOP_GRACE * 2 {
+            if let Some(f) = self.sched.in_flight.take() {
                 if let Work::Interactive(p) = f.work {
                     let e = ApiError::new(Code::ShuttingDown, "moonwatch is stopping");
                     self.reply(now, p.reply, Err(e), out);
@@ -165,10 +182,10 @@ impl Core {
                 );
             }
         }
-        if self.in_flight.is_some() || !self.saving.is_empty() {
+        if self.sched.in_flight.is_some() || !self.saving.is_empty() {
             return;
         }
-        self.exited = true;
+        self.life.exited = true;
         self.publish_heartbeat(false, out);
         self.publish_retained(out, self.topics.availability(), "offline");
         out.push(Act::Exit);
@@ -184,7 +201,7 @@ impl Core {
             tracing::error!("reload refused, keeping the running configuration: {e}");
             let p = format!("reload refused: {e}");
             out.push(Act::Notify(Notify::Status(p.clone())));
-            this.reload_problem = Some(p);
+            this.life.reload_problem = Some(p);
         };
         let new = match r {
             Ok(c) => *c,
@@ -205,7 +222,7 @@ impl Core {
             return refuse(self, out, e);
         }
         out.push(Act::Notify(Notify::Reloading));
-        self.reload_problem = None;
+        self.life.reload_problem = None;
         if new.mqtt != self.cfg.mqtt {
             tracing::warn!(
                 "[mqtt] changed; restart moonwatch to apply it (the connection is kept)"
@@ -213,12 +230,12 @@ impl Core {
         }
         if new.model != self.cfg.model {
             tracing::info!("[model] changed; loading the new model beside the running one");
-            self.model_loading = true;
-            self.model_ready = false;
+            self.life.model_loading = true;
+            self.life.model_ready = false;
             out.push(Act::LoadModel(Box::new(new.clone())));
         }
         // A round in progress may name triggers that change now.
-        self.round = None;
+        self.sched.round = None;
         for (ci, spec) in specs.into_iter().enumerate() {
             let cam = &mut self.cams[ci];
             let restart = !spec.config.same_source(&cam.spec.config);
@@ -260,17 +277,17 @@ impl Core {
         self.cfg = new;
         self.cfg.mqtt = mqtt;
         tracing::info!("configuration reloaded");
-        if !self.model_loading {
+        if !self.life.model_loading {
             out.push(Act::Notify(Notify::Ready));
         }
     }
 
     pub(super) fn on_model_loaded(&mut self, r: Result<(), String>, out: &mut Vec<Act>) {
-        self.model_loading = false;
+        self.life.model_loading = false;
         match r {
             Ok(()) => {
                 tracing::info!("new model loaded; it takes over when the engine is idle");
-                self.model_ready = true;
+                self.life.model_ready = true;
                 out.push(Act::Notify(Notify::Ready));
             }
             Err(e) => {
@@ -278,7 +295,7 @@ impl Core {
                 let p = format!("reload refused: the new model did not load: {e}");
                 out.push(Act::Notify(Notify::Status(p.clone())));
                 out.push(Act::Notify(Notify::Ready));
-                self.reload_problem = Some(p);
+                self.life.reload_problem = Some(p);
             }
         }
     }

@@ -224,6 +224,15 @@ struct Cam {
 /// Removed triggers remembered per camera for discovery.
 const GONE: usize = 64;
 
+/// The broker connection as the core knows it.
+#[derive(Debug, Default)]
+struct Link {
+    connected: bool,
+    broker_down_reported: bool,
+    refused_subscriptions: Vec<String>,
+    outbox: OutboxStats,
+}
+
 /// The daemon's state and rules.
 #[derive(Debug)]
 pub struct Core {
@@ -241,36 +250,20 @@ pub struct Core {
     /// The pool as the executor sees it (camera nodes with `pool.offload`).
     pool: Option<PoolView>,
     started: Instant,
-    queue: VecDeque<Pending>,
-    in_flight: Option<InFlight>,
+    /// What waits for the engine and what runs on it.
+    sched: scheduler::Scheduler,
+    /// The broker connection as the core knows it.
+    link: Link,
+    /// Stopping, reloading, the model swap, the periodic duties.
+    life: lifecycle::Life,
     saving: BTreeMap<u64, Saving>,
     next_id: u64,
     counters: wire::Counters,
-    outbox: OutboxStats,
-    connected: bool,
-    broker_down_reported: bool,
-    refused_subscriptions: Vec<String>,
     recent: HashMap<u64, Recent>,
     recent_order: VecDeque<u64>,
-    last_stats: Option<Instant>,
-    last_watchdog: Option<Instant>,
-    /// Triggers of one camera due together and the frame they are evaluated on.
-    round: Option<Round>,
-    /// The camera whose triggers are looked at first for the next round, and for the
-    /// next caption (round robin: one busy camera cannot starve another).
-    next_round_cam: usize,
-    next_caption_cam: usize,
-    /// Interactive jobs run in a row (see [`INTERACTIVE_BURST`]).
-    interactive_streak: u32,
-    stopping: Option<Instant>,
-    exited: bool,
     problems: Vec<String>,
-    reload_problem: Option<String>,
-    model_loading: bool,
-    model_ready: bool,
     bad_requests: u64,
     last_bad_log: Option<Instant>,
-    watchdog_period: Option<Duration>,
     /// Home Assistant discovery: what the broker holds, and whether it was read.
     discovery: ha::Discovery,
     /// Retained topics to clear at a time (see [`ha::CLEAR_AFTER`]).
@@ -312,32 +305,20 @@ impl Core {
             device_id: device_id.to_owned(),
             cams,
             started: now.mono,
-            queue: VecDeque::new(),
-            in_flight: None,
+            sched: scheduler::Scheduler::default(),
+            link: Link::default(),
+            life: lifecycle::Life {
+                watchdog_period,
+                ..lifecycle::Life::default()
+            },
             saving: BTreeMap::new(),
             next_id: 1,
             counters: wire::Counters::default(),
-            outbox: OutboxStats::default(),
-            connected: false,
-            broker_down_reported: false,
-            refused_subscriptions: Vec::new(),
             recent: HashMap::new(),
             recent_order: VecDeque::new(),
-            last_stats: None,
-            last_watchdog: None,
-            round: None,
-            next_round_cam: 0,
-            next_caption_cam: 0,
-            interactive_streak: 0,
-            stopping: None,
-            exited: false,
             problems,
-            reload_problem: None,
-            model_loading: false,
-            model_ready: false,
             bad_requests: 0,
             last_bad_log: None,
-            watchdog_period,
             discovery: ha::Discovery::new(&cfg.mqtt.discovery_prefix),
             later: Vec::new(),
             last_server: None,
@@ -374,7 +355,7 @@ impl Core {
     }
 
     pub fn set_outbox_stats(&mut self, s: OutboxStats) {
-        self.outbox = s;
+        self.link.outbox = s;
     }
 
     /// What the executor knows of the pool (camera nodes with `pool.offload`).
@@ -390,7 +371,7 @@ impl Core {
 
     /// The engine job in flight, if any.
     pub fn job(&self) -> Option<u64> {
-        self.in_flight.as_ref().map(|f| f.job)
+        self.sched.in_flight.as_ref().map(|f| f.job)
     }
 
     /// Reacts to one input; `cams` is what each camera shows.
@@ -419,9 +400,9 @@ impl Core {
         match ev {
             MqttEvent::Connected { session_present } => {
                 tracing::info!(session_present, "connected to the broker");
-                self.connected = true;
-                self.broker_down_reported = false;
-                self.refused_subscriptions.clear();
+                self.link.connected = true;
+                self.link.broker_down_reported = false;
+                self.link.refused_subscriptions.clear();
                 self.publish_retained(out, self.topics.availability(), "online");
                 self.publish_heartbeat(true, out);
                 self.publish_server(now, out);
@@ -461,13 +442,13 @@ impl Core {
                         refused.join(", ")
                     ))));
                 }
-                self.refused_subscriptions = refused;
+                self.link.refused_subscriptions = refused;
                 self.discovery_subscribed(now, out);
             }
             MqttEvent::Disconnected(reason) => {
-                if self.connected {
+                if self.link.connected {
                     tracing::warn!(%reason, "lost the broker; reconnecting with backoff");
-                } else if !self.broker_down_reported {
+                } else if !self.link.broker_down_reported {
                     tracing::warn!(
                         %reason,
                         "cannot reach the broker at {}:{}; retrying with backoff",
@@ -477,8 +458,8 @@ impl Core {
                 } else {
                     tracing::debug!(%reason, "broker still unreachable");
                 }
-                self.broker_down_reported = true;
-                self.connected = false;
+                self.link.broker_down_reported = true;
+                self.link.connected = false;
             }
             MqttEvent::Message(m) if m.topic == self.topics.ha_status() => {
                 if let Some(t) = m.ack {

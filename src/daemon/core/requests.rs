@@ -71,7 +71,7 @@ impl Core {
                 return;
             }
         };
-        if self.stopping.is_some() {
+        if self.life.stopping.is_some() {
             let e = ApiError::new(Code::ShuttingDown, "moonwatch is stopping");
             self.reply(now, reply, Err(e), out);
             return;
@@ -133,10 +133,10 @@ impl Core {
         what: &str,
         out: &mut Vec<Act>,
     ) -> bool {
-        if self.queue.len() >= self.cfg.daemon.max_pending {
+        if self.sched.queue.len() >= self.cfg.daemon.max_pending {
             let e = ApiError::new(
                 Code::Busy,
-                format!("{} {what} are already waiting", self.queue.len()),
+                format!("{} {what} are already waiting", self.sched.queue.len()),
             );
             self.reply(now, job.reply, Err(e), out);
             return false;
@@ -144,7 +144,7 @@ impl Core {
         let timeout = Duration::from_secs(self.cfg.daemon.request_timeout);
         let limit = expiry.map_or(timeout, |s| timeout.min(Duration::from_secs(u64::from(s))));
         job.deadline = now.mono + limit;
-        self.queue.push_back(job);
+        self.sched.queue.push_back(job);
         true
     }
 
@@ -209,7 +209,7 @@ impl Core {
         }
         let v = wire::WorkerStatus {
             online,
-            queue_depth: self.queue.len() + usize::from(self.in_flight.is_some()),
+            queue_depth: self.sched.queue.len() + usize::from(self.sched.in_flight.is_some()),
             max_pending: self.cfg.daemon.max_pending,
             served: self.served,
             interval_s: self.cfg.daemon.stats_interval,
@@ -233,10 +233,10 @@ impl Core {
 
     pub(super) fn health(&self, now: Now, ci: usize, views: &[CameraView]) -> wire::Health {
         let mut problems = self.problems.clone();
-        if !self.refused_subscriptions.is_empty() {
+        if !self.link.refused_subscriptions.is_empty() {
             problems.push(format!(
                 "the broker refused subscriptions: {}",
-                self.refused_subscriptions.join(", ")
+                self.link.refused_subscriptions.join(", ")
             ));
         }
         if let CameraHealth::Unavailable(why) = self.camera_health(now, ci, views) {
@@ -246,7 +246,7 @@ impl Core {
             problems
                 .push("the engine has not finished its job in twice daemon.request_timeout".into());
         }
-        if let Some(p) = &self.reload_problem {
+        if let Some(p) = &self.life.reload_problem {
             problems.push(p.clone());
         }
         if !self.engine_reachable() {

@@ -3,6 +3,22 @@
 
 use super::*;
 
+/// What waits for the engine and what runs on it: the interactive queue, the job in
+/// flight, the trigger round in progress and whose turn it is.
+#[derive(Debug, Default)]
+pub(super) struct Scheduler {
+    pub(super) queue: VecDeque<Pending>,
+    pub(super) in_flight: Option<InFlight>,
+    /// Triggers of one camera due together and the frame they are evaluated on.
+    pub(super) round: Option<Round>,
+    /// The camera whose triggers are looked at first for the next round, and for the
+    /// next caption (round robin: one busy camera cannot starve another).
+    pub(super) next_round_cam: usize,
+    pub(super) next_caption_cam: usize,
+    /// Interactive jobs run in a row (see [`INTERACTIVE_BURST`]).
+    pub(super) interactive_streak: u32,
+}
+
 impl Core {
     // ---- scheduling ---------------------------------------------------------------------
 
@@ -16,12 +32,12 @@ impl Core {
     /// [`INTERACTIVE_BURST`] in a row while triggers wait), then trigger rounds, then
     /// captions; cameras take turns for rounds and captions.
     pub(super) fn schedule(&mut self, now: Now, views: &[CameraView], out: &mut Vec<Act>) {
-        if self.in_flight.is_some() || self.stopping.is_some() || self.exited {
+        if self.sched.in_flight.is_some() || self.life.stopping.is_some() || self.life.exited {
             return;
         }
-        if self.model_ready {
+        if self.life.model_ready {
             // The engine is idle: the new model takes over now.
-            self.model_ready = false;
+            self.life.model_ready = false;
             out.push(Act::UseNewModel);
             // Answers that stood on an unchanged picture came from the old model.
             for t in self.cams.iter_mut().flat_map(|c| c.triggers.values_mut()) {
@@ -37,21 +53,21 @@ impl Core {
         if !self.engine_reachable() {
             // Requests are answered (model_error) or run on their own image's path; no
             // rounds or captions until a worker is back.
-            self.round = None;
+            self.sched.round = None;
             self.run_interactive(now, &health, out);
             return;
         }
-        if self.round.as_ref().is_none_or(|r| r.names.is_empty()) {
-            self.round = self.next_round(now, &health);
+        if self.sched.round.as_ref().is_none_or(|r| r.names.is_empty()) {
+            self.sched.round = self.next_round(now, &health);
         }
-        let triggers_wait = self.round.is_some();
-        if (!triggers_wait || self.interactive_streak < INTERACTIVE_BURST)
+        let triggers_wait = self.sched.round.is_some();
+        if (!triggers_wait || self.sched.interactive_streak < INTERACTIVE_BURST)
             && self.run_interactive(now, &health, out)
         {
-            self.interactive_streak += 1;
+            self.sched.interactive_streak += 1;
             return;
         }
-        self.interactive_streak = 0;
+        self.sched.interactive_streak = 0;
         if self.run_round(now, &health, out) || self.run_interactive(now, &health, out) {
             return;
         }
@@ -61,7 +77,7 @@ impl Core {
         }
         let n = self.cams.len();
         for k in 0..n {
-            let ci = (self.next_caption_cam + k) % n;
+            let ci = (self.sched.next_caption_cam + k) % n;
             let CameraHealth::Fresh(frame) = &health[ci] else {
                 continue;
             };
@@ -73,7 +89,7 @@ impl Core {
                 continue;
             }
             cam.last_caption = Some(now.unix);
-            self.next_caption_cam = ci + 1;
+            self.sched.next_caption_cam = ci + 1;
             let skills = vec![Skill::Caption {
                 length: self.cfg.daemon.caption_length,
             }];
@@ -100,10 +116,10 @@ impl Core {
     ) -> bool {
         // Each camera's round at most once: triggers that cannot run end the search.
         for _ in 0..=self.cams.len() {
-            if self.round.as_ref().is_none_or(|r| r.names.is_empty()) {
-                self.round = self.next_round(now, health);
+            if self.sched.round.as_ref().is_none_or(|r| r.names.is_empty()) {
+                self.sched.round = self.next_round(now, health);
             }
-            let Some(round) = self.round.as_mut() else {
+            let Some(round) = self.sched.round.as_mut() else {
                 return false;
             };
             while let Some((name, cause)) = round.names.pop_front() {
@@ -136,7 +152,7 @@ impl Core {
                 self.submit(now, work, Picture::Frame(frame), zone, skills, out);
                 return true;
             }
-            self.round = None;
+            self.sched.round = None;
         }
         false
     }
@@ -150,10 +166,10 @@ impl Core {
         out: &mut Vec<Act>,
     ) -> bool {
         let mut i = 0;
-        while i < self.queue.len() {
-            let job = &self.queue[i];
+        while i < self.sched.queue.len() {
+            let job = &self.sched.queue[i];
             if now.mono >= job.deadline {
-                let Some(job) = self.queue.remove(i) else {
+                let Some(job) = self.sched.queue.remove(i) else {
                     break;
                 };
                 let e = ApiError::new(
@@ -192,7 +208,7 @@ impl Core {
                     format!("no camera frame ({why}); send an \"image\" instead"),
                 )),
             };
-            let Some(job) = self.queue.remove(i) else {
+            let Some(job) = self.sched.queue.remove(i) else {
                 break;
             };
             match refused {
@@ -220,7 +236,7 @@ impl Core {
     pub(super) fn next_round(&mut self, now: Now, health: &[CameraHealth]) -> Option<Round> {
         let n = self.cams.len();
         for k in 0..n {
-            let ci = (self.next_round_cam + k) % n;
+            let ci = (self.sched.next_round_cam + k) % n;
             let CameraHealth::Fresh(frame) = &health[ci] else {
                 continue;
             };
@@ -266,7 +282,7 @@ impl Core {
             due.extend(soon);
             // Stable: within a zone, triggers keep their order.
             due.sort_by_key(|(z, _)| *z);
-            self.next_round_cam = ci + 1;
+            self.sched.next_round_cam = ci + 1;
             return Some(Round {
                 cam: ci,
                 frame: frame.clone(),
@@ -326,7 +342,7 @@ impl Core {
         out: &mut Vec<Act>,
     ) {
         let job = self.next_id();
-        self.in_flight = Some(InFlight {
+        self.sched.in_flight = Some(InFlight {
             job,
             work,
             started: now.mono,
@@ -348,7 +364,7 @@ impl Core {
         frame: Option<Arc<Frame>>,
         out: &mut Vec<Act>,
     ) {
-        let Some(done) = self.in_flight.take_if(|f| f.job == job) else {
+        let Some(done) = self.sched.in_flight.take_if(|f| f.job == job) else {
             return;
         };
         let elapsed = now.mono.duration_since(done.started).as_secs_f64() * 1e3;
@@ -396,7 +412,7 @@ impl Core {
                         Ok(ReplyData::Answer(data))
                     }
                     (Ok(_), None) => Err(ApiError::new(Code::ModelError, "no picture")),
-                    (Err(e), _) => Err(engine_error(e, self.stopping.is_some())),
+                    (Err(e), _) => Err(engine_error(e, self.life.stopping.is_some())),
                 };
                 self.reply(now, p.reply, reply, out);
             }
