@@ -151,3 +151,32 @@ fn unsafe_code_is_only_in_the_ffi_units() {
         .collect();
     assert_eq!(allowed, ["pub mod gguf;", "pub mod llama;"], "{allowed:?}");
 }
+
+#[test]
+fn the_core_decides_without_a_clock_a_socket_or_a_runtime() {
+    // Everything outside arrives as an input (the time too) and leaves as an act.
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/daemon/core");
+    let mut files = Vec::new();
+    sources(&dir, &mut files);
+    let mut checked = 0;
+    for f in files
+        .iter()
+        .filter(|f| !f.components().any(|c| c.as_os_str() == "tests"))
+    {
+        let text = std::fs::read_to_string(f).unwrap();
+        for banned in [
+            "tokio",
+            "Instant::now",
+            "SystemTime::now",
+            "std::net",
+            "std::fs",
+            "std::thread",
+            "rumqttc",
+            "sleep(",
+        ] {
+            assert!(!text.contains(banned), "{} uses {banned}", f.display());
+        }
+        checked += 1;
+    }
+    assert!(checked >= 8, "{checked} files");
+}

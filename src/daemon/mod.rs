@@ -172,7 +172,7 @@ impl Daemon {
             runtime,
             problems,
             sd_notify::watchdog_enabled(),
-            Now::read(),
+            read_clock(),
         );
         let mut subscriptions = core.subscriptions();
         if pool_cfg.is_some() {
@@ -251,22 +251,22 @@ impl Daemon {
         let mut exit = false;
         let mut inputs = vec![input];
         while let Some(input) = inputs.pop() {
-            let views: Vec<CameraView> = self
-                .cameras
-                .iter()
-                .map(|c| CameraView {
-                    latest: c.latest(),
-                    status: c.status(),
-                })
-                .collect();
-            self.core.set_outbox_stats(self.conn.stats());
-            if let Some(p) = &self.pool {
-                self.core.set_pool(core::PoolView {
+            let world = core::World {
+                cameras: self
+                    .cameras
+                    .iter()
+                    .map(|c| CameraView {
+                        latest: c.latest(),
+                        status: c.status(),
+                    })
+                    .collect(),
+                outbox: Some(self.conn.stats()),
+                pool: self.pool.as_ref().map(|p| core::PoolView {
                     local_model: self.engine.is_some(),
                     stats: p.stats(),
-                });
-            }
-            for act in self.core.handle(Now::read(), &views, input) {
+                }),
+            };
+            for act in self.core.handle(read_clock(), &world, input) {
                 match act {
                     Act::Publish(m) => self.conn.publish(m),
                     Act::Ack(t) => self.conn.send(Command::Ack(t)),
@@ -414,6 +414,14 @@ async fn job_done(slot: &mut Option<Job>) -> (Result<Response, EngineError>, Opt
     match slot {
         Some(j) => (&mut j.future).await,
         None => std::future::pending().await,
+    }
+}
+
+/// The time for the core: the executor reads the clocks, the core never does.
+fn read_clock() -> Now {
+    Now {
+        mono: std::time::Instant::now(),
+        unix: core::unix(std::time::SystemTime::now()),
     }
 }
 

@@ -354,15 +354,6 @@ impl Core {
         self.cams.iter().map(|c| &c.spec)
     }
 
-    pub fn set_outbox_stats(&mut self, s: OutboxStats) {
-        self.link.outbox = s;
-    }
-
-    /// What the executor knows of the pool (camera nodes with `pool.offload`).
-    pub fn set_pool(&mut self, view: PoolView) {
-        self.pool = Some(view);
-    }
-
     /// Whether jobs can run at all: on this node's model or on a live worker.
     fn engine_reachable(&self) -> bool {
         self.pool
@@ -377,6 +368,12 @@ impl Core {
     /// Reacts to one input; `cams` is what each camera shows.
     pub fn handle(&mut self, now: Now, cams: &(impl Views + ?Sized), input: Input) -> Vec<Act> {
         let views = cams.views();
+        if let Some(o) = cams.outbox() {
+            self.link.outbox = o;
+        }
+        if let Some(p) = cams.pool() {
+            self.pool = Some(p);
+        }
         let mut out = Vec::new();
         match input {
             Input::Mqtt(ev) => self.on_mqtt(now, views, ev, &mut out),

@@ -10,7 +10,7 @@ use crate::config::{CameraConfig, Config};
 use crate::daemon::store::RuntimeTriggers;
 use crate::frame::Frame;
 use crate::mqtt::wire;
-use crate::mqtt::{AckToken, MqttEvent, Outgoing};
+use crate::mqtt::{AckToken, MqttEvent, OutboxStats, Outgoing};
 use crate::vision::{EngineError, Response, Skill};
 use crate::zone::Zone;
 
@@ -23,12 +23,6 @@ pub struct Now {
 }
 
 impl Now {
-    pub fn read() -> Self {
-        Self {
-            mono: Instant::now(),
-            unix: unix(SystemTime::now()),
-        }
-    }
     /// `self` moved on by `d` (for tests).
     pub fn after(self, d: Duration) -> Self {
         Self {
@@ -64,6 +58,36 @@ impl CameraView {
 /// single-camera daemon.
 pub trait Views {
     fn views(&self) -> &[CameraView];
+    /// The outbox as the connection task counts it (`None`: as last seen).
+    fn outbox(&self) -> Option<OutboxStats> {
+        None
+    }
+    /// The pool as the pool client sees it, on a camera node that offloads (`None`: as
+    /// last seen).
+    fn pool(&self) -> Option<PoolView> {
+        None
+    }
+}
+
+/// What the executor sees with each input: the cameras, the outbox and the pool. The
+/// core takes outside state only this way.
+#[derive(Debug, Clone, Default)]
+pub struct World {
+    pub cameras: Vec<CameraView>,
+    pub outbox: Option<OutboxStats>,
+    pub pool: Option<PoolView>,
+}
+
+impl Views for World {
+    fn views(&self) -> &[CameraView] {
+        &self.cameras
+    }
+    fn outbox(&self) -> Option<OutboxStats> {
+        self.outbox
+    }
+    fn pool(&self) -> Option<PoolView> {
+        self.pool
+    }
 }
 
 impl Views for CameraView {

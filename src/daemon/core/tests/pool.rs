@@ -70,12 +70,19 @@ fn a_camera_node_without_a_live_worker_or_a_model_says_so_and_pauses_triggers() 
         config(|c| c.triggers = vec![trigger("door", "Door?", 1)]),
         now,
     );
-    c.set_pool(PoolView {
-        local_model: false,
-        stats: wire::PoolStats::default(),
-    });
     let cam = running(frame_at(now, 10));
-    let acts = c.handle(now, &cam, Input::Tick);
+    let pool = |workers| World {
+        cameras: vec![cam.clone()],
+        outbox: None,
+        pool: Some(PoolView {
+            local_model: false,
+            stats: wire::PoolStats {
+                workers,
+                ..Default::default()
+            },
+        }),
+    };
+    let acts = c.handle(now, &pool(0), Input::Tick);
     assert!(submitted(&acts).is_none(), "no trigger without an engine");
     assert_eq!(
         &published(&acts, "mw/cam/camera/availability")[0].payload[..],
@@ -85,14 +92,7 @@ fn a_camera_node_without_a_live_worker_or_a_model_says_so_and_pauses_triggers() 
     let v = serde_json::to_value(replies(&acts).remove(0).0.data).expect("json");
     assert!(v["problems"].to_string().contains("pool worker"), "{v}");
     // A worker's heartbeat arrives: back to work.
-    c.set_pool(PoolView {
-        local_model: false,
-        stats: wire::PoolStats {
-            workers: 1,
-            ..Default::default()
-        },
-    });
-    let acts = c.handle(now, &cam, Input::Tick);
+    let acts = c.handle(now, &pool(1), Input::Tick);
     assert!(submitted(&acts).is_some());
     assert_eq!(
         &published(&acts, "mw/cam/camera/availability")[0].payload[..],
