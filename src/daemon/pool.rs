@@ -21,9 +21,9 @@ use tokio::sync::oneshot;
 
 use crate::frame::Frame;
 use crate::mqtt::api::Code;
-use crate::mqtt::wire::{self, PoolStats, ReplyData, Status, WorkerStatus};
+use crate::mqtt::wire::{self, response_of, Outcome, PoolStats, Status, WorkerStatus};
 use crate::mqtt::{Class, Incoming, Outgoing, Publisher};
-use crate::vision::{Answered, EngineError, PrefixTiming, Response, Skill};
+use crate::vision::{EngineError, Response, Skill};
 
 /// The side of the picture sent with a job: the model's input (Moondream2 stretches every
 /// picture to 378x378), so nothing is sent that the worker would throw away.
@@ -258,38 +258,27 @@ impl Pool {
             if let (Status::Ok, Some(w)) = (reply.status, &reply.worker) {
                 self.inner().affinity = Some((picture, w.clone()));
             }
-            match (reply.status, reply.data, reply.error) {
-                (Status::Ok, Some(ReplyData::Answer(a)), _) => {
-                    return Ok(Response {
-                        frame_key: String::new(),
-                        prefix: PrefixTiming {
-                            reused: a.prefix_reused,
-                            image_encode_ms: a.image_encode_ms,
-                            ..Default::default()
-                        },
-                        answers: vec![Answered {
-                            answer: a.answered.answer,
-                            timing: a.answered.timing,
-                        }],
-                        queued_ms: 0.0,
-                        total_ms: started.elapsed().as_secs_f64() * 1e3,
-                    })
+            match reply.outcome() {
+                Outcome::Answer(a) => {
+                    let mut r = response_of(vec![*a]);
+                    r.total_ms = started.elapsed().as_secs_f64() * 1e3;
+                    return Ok(r);
                 }
-                (Status::Error, _, Some(e))
+                Outcome::Error(e)
                     if matches!(e.code, Code::Busy | Code::ShuttingDown | Code::Timeout) =>
                 {
                     // That worker is full or leaving: another may take it.
                     tokio::time::sleep(BUSY_PAUSE).await;
                     continue;
                 }
-                (Status::Error, _, Some(e)) => {
+                Outcome::Error(e) => {
                     return Err(PoolFailure::Engine(match e.code {
                         Code::BadImage => EngineError::Image(e.message),
                         Code::BadRequest => EngineError::Invalid(e.message),
                         _ => EngineError::Inference(e.message),
                     }))
                 }
-                _ => continue,
+                Outcome::NoAnswer => continue,
             }
         }
         Err(PoolFailure::NoAnswer)

@@ -62,6 +62,48 @@ pub struct Reply {
     pub worker: Option<String>,
 }
 
+/// What a skill's reply says, for a client of the API (the CLI with `--broker`, a camera
+/// node's pool): its answer, the error it carries, or neither.
+#[derive(Debug)]
+pub enum Outcome {
+    Answer(Box<AnswerReply>),
+    Error(ErrorBody),
+    NoAnswer,
+}
+
+impl Reply {
+    pub fn outcome(self) -> Outcome {
+        match (self.status, self.data, self.error) {
+            (Status::Ok, Some(ReplyData::Answer(a)), _) => Outcome::Answer(Box::new(a)),
+            (Status::Error, _, Some(e)) => Outcome::Error(e),
+            _ => Outcome::NoAnswer,
+        }
+    }
+}
+
+/// Skill answers from replies as one engine response, as the engine would have given it:
+/// the picture's encode and size from the first, the times summed.
+pub fn response_of(answers: Vec<AnswerReply>) -> crate::vision::Response {
+    let mut r = crate::vision::Response {
+        frame_key: String::new(),
+        prefix: Default::default(),
+        answers: Vec::with_capacity(answers.len()),
+        queued_ms: 0.0,
+        total_ms: 0.0,
+    };
+    for (i, a) in answers.into_iter().enumerate() {
+        if i == 0 {
+            r.prefix.reused = a.prefix_reused;
+            r.prefix.image_encode_ms = a.image_encode_ms;
+            r.prefix.input_width = a.width;
+            r.prefix.input_height = a.height;
+        }
+        r.total_ms += a.total_ms;
+        r.answers.push(a.answered);
+    }
+    r
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct ErrorBody {
     pub code: Code,
