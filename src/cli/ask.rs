@@ -221,8 +221,8 @@ pub(crate) fn ask_remote(
     use base64::Engine as _;
     use moonwatch::mqtt::api::Code;
     use moonwatch::mqtt::remote::{Remote, RemoteError};
+    use moonwatch::mqtt::requests::Request;
     use moonwatch::mqtt::wire::{response_of, Outcome};
-    use serde_json::json;
     let image = match &input.image {
         Some(path) => {
             let bytes = std::fs::read(path).map_err(|e| {
@@ -248,11 +248,8 @@ pub(crate) fn ask_remote(
     let requests: Vec<(String, serde_json::Value)> = skills
         .iter()
         .map(|skill| {
-            let (name, mut body) = moonwatch::mqtt::api::skill_request(skill);
-            if let Some(img) = &image {
-                body["image"] = json!(img);
-            }
-            (name.to_owned(), body)
+            let r = Request::skill(skill, image.clone());
+            (r.name().to_owned(), r.body())
         })
         .collect();
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -136,7 +136,7 @@ mod tests {
         assert_eq!(status_of(&["check-config", ok]), exit::UNAVAILABLE);
         assert_eq!(status_of(&["check-config", "--no-files", ok]), 0);
         assert_eq!(status_of(&["schema", "nonsense"]), exit::USAGE);
-        assert_eq!(status_of(&["schema", "request"]), 0);
+        assert_eq!(status_of(&["schema", "request.query"]), 0);
         assert_eq!(status_of(&["frobnicate"]), exit::USAGE);
     }
 }

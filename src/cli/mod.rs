@@ -101,8 +101,9 @@ pub(crate) enum Command {
     },
     /// List V4L2 cameras with their formats, sizes and frame rates.
     Cameras,
-    /// Print the JSON Schema of an MQTT payload (request, reply, trigger_attributes,
-    /// trigger_event, caption, stats), or write them all into a directory.
+    /// Print the JSON Schema of an MQTT payload (request.query and each other request,
+    /// reply, trigger_attributes, trigger_event, caption, stats, answer, server, ...), or
+    /// write them all into a directory.
     Schema {
         /// The payload; all of them when omitted (needs --out).
         name: Option<String>,

@@ -21,6 +21,7 @@ use tokio::sync::oneshot;
 
 use crate::frame::Frame;
 use crate::mqtt::api::Code;
+use crate::mqtt::requests::Request;
 use crate::mqtt::wire::{self, response_of, Outcome, PoolStats, Status, WorkerStatus};
 use crate::mqtt::{Class, Incoming, Outgoing, Publisher};
 use crate::vision::{EngineError, Response, Skill};
@@ -192,16 +193,15 @@ impl Pool {
         cancel: &crate::vision::Cancel,
     ) -> Result<Response, PoolFailure> {
         let started = Instant::now();
-        let (name, mut body) = crate::mqtt::api::skill_request(&skill);
         let jpeg = tokio::task::spawn_blocking(move || job_picture(&frame)).await;
         let Ok(jpeg) = jpeg else {
             return Err(PoolFailure::Engine(EngineError::Image(
                 "encoding the job's picture failed".into(),
             )));
         };
-        body["image"] = base64::engine::general_purpose::STANDARD
-            .encode(&jpeg)
-            .into();
+        let image = base64::engine::general_purpose::STANDARD.encode(&jpeg);
+        let request = Request::skill(&skill, Some(image));
+        let (name, body) = (request.name(), request.body());
         let picture = xxhash_rust::xxh3::xxh3_64(&jpeg);
         let payload = Bytes::from(body.to_string());
         let shared = format!("{}/request/{name}", self.base);

@@ -4,6 +4,7 @@
 use base64::Engine as _;
 use serde_json::{json, Value};
 
+use super::requests::{ParseError, Request};
 use super::topics::Topics;
 pub use super::wire::Code;
 use crate::triggers::TriggerConfig;
@@ -94,18 +95,6 @@ fn looks_like_image(b: &[u8]) -> bool {
     b.starts_with(&[0xff, 0xd8, 0xff]) || b.starts_with(b"\x89PNG\r\n\x1a\n")
 }
 
-/// The request that runs `skill`: its name and JSON body (the inverse of
-/// [`parse_request`] for skills; the picture, if any, is added by the caller).
-pub fn skill_request(skill: &Skill) -> (&'static str, Value) {
-    match skill {
-        Skill::Query { question } => ("query", json!({ "question": question })),
-        Skill::YesNo { question } => ("yes_no", json!({ "question": question })),
-        Skill::Caption { length } => ("caption", json!({ "length": length })),
-        Skill::Detect { object } => ("detect", json!({ "object": object })),
-        Skill::Point { object } => ("point", json!({ "object": object })),
-    }
-}
-
 /// Parses a request published on `{base}/request/{name}`.
 ///
 /// Errors carry whatever `transaction` and `reply_to` could still be read, so that even a
@@ -166,67 +155,47 @@ pub fn parse_request(
             reply_to.clone(),
         )
     };
-    let body: super::wire::RequestBody =
-        serde_json::from_value(value.clone()).map_err(|e| bad(Code::BadRequest, e.to_string()))?;
-    let need = |field: Option<String>, what: &str| {
-        field.filter(|s| !s.trim().is_empty()).ok_or_else(|| {
-            bad(
-                Code::BadRequest,
-                format!("request/{name} needs a non-empty \"{what}\""),
-            )
-        })
+    let request = Request::parse(name, value).map_err(|e| match e {
+        ParseError::UnknownRequest(m) => bad(Code::UnknownRequest, m),
+        ParseError::Bad(m) => bad(Code::BadRequest, m),
+    })?;
+    let (image, zone) = request.picture();
+    let (image, zone) = (image.map(str::to_owned), zone.cloned());
+    let annotate = match &request {
+        Request::Detect(l) | Request::Point(l) => l.annotate.unwrap_or(false),
+        _ => false,
     };
-    let action = match name {
-        "query" => Action::Skill(Skill::Query { question: need(body.question, "question")? }),
-        "yes_no" => Action::Skill(Skill::YesNo { question: need(body.question, "question")? }),
-        "caption" => Action::Skill(Skill::Caption { length: body.length.unwrap_or_default() }),
-        "detect" => Action::Skill(Skill::Detect { object: need(body.object, "object")? }),
-        "point" => Action::Skill(Skill::Point { object: need(body.object, "object")? }),
-        "snapshot" => Action::Snapshot,
-        "health_check" => Action::HealthCheck,
-        "trigger_list" => Action::ListTriggers,
-        "trigger_add" => {
-            let t = body
+    let action = match request {
+        Request::Snapshot(_) => Action::Snapshot,
+        Request::HealthCheck(_) => Action::HealthCheck,
+        Request::TriggerList(_) => Action::ListTriggers,
+        Request::TriggerAdd(t) => {
+            let problems: Vec<String> = t
                 .trigger
-                .ok_or_else(|| bad(Code::BadRequest, "request/trigger_add needs a \"trigger\" object".into()))?;
-            let problems: Vec<String> = t.problems().into_iter().map(|(k, m)| format!("trigger.{k}: {m}")).collect();
+                .problems()
+                .into_iter()
+                .map(|(k, m)| format!("trigger.{k}: {m}"))
+                .collect();
             if !problems.is_empty() {
                 return Err(bad(Code::BadRequest, problems.join("; ")));
             }
-            Action::AddTrigger(t)
+            Action::AddTrigger(t.trigger)
         }
-        "trigger_remove" => Action::RemoveTrigger(need(body.name, "name")?),
-        other => {
-            return Err(bad(
-                Code::UnknownRequest,
-                format!(
-                    "unknown request {other:?}; known: query, yes_no, caption, detect, point, snapshot, \
-                     trigger_add, trigger_remove, trigger_list, health_check"
-                ),
-            ))
-        }
+        Request::TriggerRemove(t) => Action::RemoveTrigger(t.name),
+        skill => match skill.as_skill() {
+            Some(s) => Action::Skill(s),
+            None => {
+                return Err(bad(
+                    Code::BadRequest,
+                    format!("request/{name} is not a skill"),
+                ))
+            }
+        },
     };
     if let Action::Skill(skill) = &action {
         crate::vision::prompt::check(skill).map_err(|m| bad(Code::BadRequest, m))?;
     }
-    let annotate = body.annotate.unwrap_or(false);
-    let locates = matches!(
-        action,
-        Action::Skill(Skill::Detect { .. } | Skill::Point { .. })
-    );
-    if annotate && !locates {
-        return Err(bad(
-            Code::BadRequest,
-            "\"annotate\" is for detect and point requests".into(),
-        ));
-    }
-    if body.zone.is_some() && !matches!(action, Action::Skill(_)) {
-        return Err(bad(
-            Code::BadRequest,
-            format!("request/{name} takes no \"zone\""),
-        ));
-    }
-    let image = match body.image {
+    let image = match image {
         Some(b64) => Some(
             base64::engine::general_purpose::STANDARD
                 .decode(b64.trim())
@@ -239,7 +208,7 @@ pub fn parse_request(
         image,
         transaction,
         reply_to,
-        zone: body.zone,
+        zone,
         annotate,
     })
 }
@@ -269,8 +238,9 @@ mod tests {
             },
         ];
         for skill in skills {
-            let (name, body) = skill_request(&skill);
-            let req = parse_request(name, body.to_string().as_bytes(), 1 << 20).expect("parses");
+            let r = Request::skill(&skill, None);
+            let req =
+                parse_request(r.name(), r.body().to_string().as_bytes(), 1 << 20).expect("parses");
             assert_eq!(req.action, Action::Skill(skill));
         }
     }

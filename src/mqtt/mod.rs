@@ -12,6 +12,7 @@ pub mod api;
 pub mod discovery;
 pub mod outbox;
 pub mod remote;
+pub mod requests;
 pub mod topics;
 pub mod wire;
 

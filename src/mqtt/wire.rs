@@ -10,32 +10,7 @@ use serde_json::Value;
 
 use super::OutboxStats;
 use crate::triggers::TriggerConfig;
-use crate::vision::{Answered, CaptionLength};
-
-/// The JSON body of a request on `{base}/request/{name}` (all fields optional; which are
-/// needed depends on the request).
-#[derive(Debug, Deserialize, Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RequestBody {
-    pub question: Option<String>,
-    pub object: Option<String>,
-    pub length: Option<CaptionLength>,
-    /// A JPEG or PNG image, base64.
-    pub image: Option<String>,
-    /// Echoed in the reply, any JSON value.
-    pub transaction: Option<Value>,
-    /// Reply topic (for MQTT v3.1.1 clients).
-    pub reply_to: Option<String>,
-    pub trigger: Option<TriggerConfig>,
-    pub name: Option<String>,
-    /// Look at this part of the picture only: a zone of the camera by name, or
-    /// `[x_min, y_min, x_max, y_max]` (relative). Boxes and points come back in the whole
-    /// picture's coordinates.
-    pub zone: Option<crate::zone::ZoneRef>,
-    /// detect and point: also publish the picture with the results drawn on it (JPEG,
-    /// retained) on `{base}/annotated`.
-    pub annotate: Option<bool>,
-}
+use crate::vision::Answered;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
@@ -441,7 +416,8 @@ pub enum Code {
     ShuttingDown,
 }
 
-/// A JSON Schema (draft 2020-12) for every payload, by name: `request`, `reply`,
+/// A JSON Schema (draft 2020-12) for every payload, by name: each request's body
+/// (`request.query`, ...), `reply`,
 /// `trigger_attributes`, `trigger_event`, `caption`, `stats`, `answer`, `server`, `discovery` (Home
 /// Assistant entity configs). Written to
 /// `docs/schema/{name}.schema.json` (a test keeps the files in step with these types).
@@ -449,8 +425,8 @@ pub fn schemas() -> Vec<(&'static str, Value)> {
     fn one<T: JsonSchema>() -> Value {
         serde_json::to_value(schemars::schema_for!(T)).unwrap_or_default()
     }
-    vec![
-        ("request", one::<RequestBody>()),
+    let mut all = super::requests::Request::schemas();
+    all.extend([
         ("reply", one::<Reply>()),
         ("trigger_attributes", one::<TriggerAttributes>()),
         ("trigger_event", one::<TriggerEvent>()),
@@ -460,7 +436,8 @@ pub fn schemas() -> Vec<(&'static str, Value)> {
         ("answer", one::<Asked>()),
         ("server", one::<Server>()),
         ("discovery", one::<super::discovery::EntityConfig>()),
-    ]
+    ]);
+    all
 }
 
 pub fn to_bytes(v: &impl Serialize) -> Vec<u8> {
