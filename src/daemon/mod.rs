@@ -17,6 +17,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
+
 use tokio::sync::mpsc;
 
 use self::core::{Act, CameraView, Core, Input, Notify, Now, Picture, REQUEST_IMAGE_SIDE};
@@ -46,6 +48,8 @@ pub enum Signal {
 
 /// How long the connection may take to flush replies and `offline` on shutdown.
 const FLUSH_WITHIN: Duration = Duration::from_secs(5);
+/// JPEG quality of the snapshots the daemon publishes.
+const SNAPSHOT_QUALITY: u8 = 85;
 
 /// This machine's name, reduced to what topics and entity ids accept.
 pub fn default_device_id() -> String {
@@ -99,6 +103,9 @@ pub struct Daemon {
     models: mpsc::UnboundedReceiver<Result<Engine, String>>,
     saves: SaveRequests,
     saved: SaveResults,
+    /// JPEGs the core asked for arrive here, encoded on blocking threads.
+    encoded_tx: mpsc::UnboundedSender<(u64, Bytes)>,
+    encoded: mpsc::UnboundedReceiver<(u64, Bytes)>,
 }
 
 impl std::fmt::Debug for Daemon {
@@ -182,6 +189,7 @@ impl Daemon {
         let pool =
             pool_cfg.map(|p| pool::Pool::new(&p, &mqtt.prefix, &device_id, conn.publisher()));
         let (saves, saved) = saver(state_dir);
+        let (encoded_tx, encoded) = mpsc::unbounded_channel();
         let (models_tx, models) = mpsc::unbounded_channel();
         Ok(Self {
             core,
@@ -197,6 +205,8 @@ impl Daemon {
             models,
             saves,
             saved,
+            encoded_tx,
+            encoded,
         })
     }
 
@@ -229,6 +239,7 @@ impl Daemon {
                     }
                 },
                 Some((save, result)) = self.saved.recv() => Input::Saved { save, result },
+                Some((id, jpeg)) = self.encoded.recv() => Input::Encoded { id, jpeg },
                 Some(loaded) = self.models.recv() => match loaded {
                     Ok(engine) => {
                         self.next_engine = Some(engine);
@@ -270,6 +281,18 @@ impl Daemon {
                 match act {
                     Act::Publish(m) => self.conn.publish(m),
                     Act::Ack(t) => self.conn.send(Command::Ack(t)),
+                    Act::Encode { id, frame, drawing } => {
+                        let tx = self.encoded_tx.clone();
+                        tokio::task::spawn_blocking(move || {
+                            let jpeg = match drawing {
+                                Some(d) => crate::annotate::annotated_jpeg(
+                                    &frame, &d.answer, &d.object, d.zone,
+                                ),
+                                None => frame.to_jpeg(SNAPSHOT_QUALITY),
+                            };
+                            let _ = tx.send((id, Bytes::from(jpeg)));
+                        });
+                    }
                     Act::Submit {
                         job,
                         picture,

@@ -182,7 +182,11 @@ impl Core {
                 );
             }
         }
-        if self.sched.in_flight.is_some() || !self.saving.is_empty() {
+        // Pictures being encoded carry replies and events: they come back in moments.
+        if !self.encodes.is_empty() && now.mono.duration_since(since) > STOP_GRACE * 2 {
+            self.abandon_pictures(now, out);
+        }
+        if self.sched.in_flight.is_some() || !self.saving.is_empty() || !self.encodes.is_empty() {
             return;
         }
         self.life.exited = true;

@@ -32,6 +32,7 @@ use crate::zone::Zone;
 
 mod cameras;
 mod lifecycle;
+mod pictures;
 mod protocol;
 mod replies;
 mod requests;
@@ -266,6 +267,8 @@ pub struct Core {
     last_bad_log: Option<Instant>,
     /// Home Assistant discovery: what the broker holds, and whether it was read.
     discovery: ha::Discovery,
+    /// JPEGs being encoded, and what waits for each.
+    encodes: HashMap<u64, pictures::Encoding>,
     /// Retained topics to clear at a time (see [`ha::CLEAR_AFTER`]).
     later: Vec<(Instant, String)>,
     /// When the server's state was last published, and the engine's busy time then.
@@ -320,6 +323,7 @@ impl Core {
             bad_requests: 0,
             last_bad_log: None,
             discovery: ha::Discovery::new(&cfg.mqtt.discovery_prefix),
+            encodes: HashMap::new(),
             later: Vec::new(),
             last_server: None,
             cfg,
@@ -385,6 +389,7 @@ impl Core {
             Input::Stop => self.on_stop(now, &mut out),
             Input::Reload(r) => self.on_reload(now, r, &mut out),
             Input::ModelLoaded(r) => self.on_model_loaded(r, &mut out),
+            Input::Encoded { id, jpeg } => self.on_encoded(now, id, jpeg, &mut out),
         }
         self.schedule(now, views, &mut out);
         self.maybe_exit(now, &mut out);

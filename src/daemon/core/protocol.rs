@@ -138,6 +138,20 @@ pub enum Input {
     Reload(Result<Box<Config>, String>),
     /// A model asked for by [`Act::LoadModel`] is ready (or failed).
     ModelLoaded(Result<(), String>),
+    /// The JPEG an [`Act::Encode`] asked for.
+    Encoded {
+        id: u64,
+        jpeg: Bytes,
+    },
+}
+
+/// Boxes or points to draw on a picture: a detection's answer, its label, the zone looked
+/// at (outlined).
+#[derive(Debug, Clone)]
+pub struct Drawing {
+    pub answer: crate::vision::Answer,
+    pub object: String,
+    pub zone: Option<Zone>,
 }
 
 /// A picture for the engine: a camera frame, or a client's encoded image (decoded, and
@@ -153,6 +167,13 @@ pub enum Picture {
 pub enum Act {
     Publish(Outgoing),
     Ack(AckToken),
+    /// Encode `frame` as JPEG (with `drawing` on it) off the core's loop and hand it back
+    /// as [`Input::Encoded`].
+    Encode {
+        id: u64,
+        frame: Arc<Frame>,
+        drawing: Option<Box<Drawing>>,
+    },
     /// Run `skills` on `picture`, or on its `zone` when one is given (the executor
     /// crops; `EngineDone` brings back the whole picture).
     Submit {

@@ -98,7 +98,7 @@ impl Core {
                         "too many snapshots wait for the camera",
                     ))
                 } else {
-                    self.snapshot(now, ci, views, req.image.is_some(), out)
+                    return self.snapshot(now, ci, views, req.image.is_some(), reply, out);
                 }
             }
             Action::Skill(skill) => match self.cams[ci].zone(req.zone.as_ref()) {
@@ -290,67 +290,48 @@ impl Core {
 
     /// Publishes the camera's newest frame as its retained snapshot. A request's own
     /// image is never published: the snapshot is the camera's picture.
+    /// Publishes the camera's newest frame as its retained snapshot and answers `reply`
+    /// once it is (a request's own image is refused: the snapshot is the camera's).
     pub(super) fn snapshot(
         &mut self,
         now: Now,
         ci: usize,
         views: &[CameraView],
         has_image: bool,
+        reply: ReplyTo,
         out: &mut Vec<Act>,
-    ) -> Result<ReplyData, ApiError> {
+    ) {
         if has_image {
-            return Err(ApiError::new(
+            let e = ApiError::new(
                 Code::BadRequest,
                 "request/snapshot publishes the camera's frame and takes no \"image\"",
-            ));
+            );
+            return self.reply(now, reply, Err(e), out);
         }
         let frame = match self.camera_health(now, ci, views) {
             CameraHealth::Fresh(f) => f,
             CameraHealth::Starting => {
-                return Err(ApiError::new(
+                let e = ApiError::new(
                     Code::CameraUnavailable,
                     "the camera has not delivered a frame yet",
-                ))
+                );
+                return self.reply(now, reply, Err(e), out);
             }
             CameraHealth::Unavailable(why) => {
-                return Err(ApiError::new(
-                    Code::CameraUnavailable,
-                    format!("no camera frame ({why})"),
-                ))
+                let e = ApiError::new(Code::CameraUnavailable, format!("no camera frame ({why})"));
+                return self.reply(now, reply, Err(e), out);
             }
         };
-        let bytes = self.publish_snapshot(ci, &frame, out).len();
-        Ok(ReplyData::Snapshot(wire::SnapshotReply {
+        let data = wire::SnapshotReply {
             topic: self.cams[ci].topics.snapshot(),
             width: frame.width,
             height: frame.height,
             frame_time: unix(frame.captured_at),
             frame_seq: frame.seq,
-            bytes,
-        }))
-    }
-
-    /// Publishes `frame` as the camera's snapshot, encoding it once per frame; returns
-    /// the JPEG.
-    pub(super) fn publish_snapshot(
-        &mut self,
-        ci: usize,
-        frame: &Frame,
-        out: &mut Vec<Act>,
-    ) -> Bytes {
-        let cam = &mut self.cams[ci];
-        if let Some((key, jpeg)) = &cam.last_snapshot {
-            if *key == frame.key {
-                return jpeg.clone();
-            }
-        }
-        let jpeg = Bytes::from(frame.to_jpeg(85));
-        cam.last_snapshot = Some((frame.key, jpeg.clone()));
-        out.push(Act::Publish(Outgoing::retained(
-            cam.topics.snapshot(),
-            jpeg.clone(),
-        )));
-        jpeg
+            bytes: 0,
+        };
+        let then = vec![pictures::Then::Snapshot(reply, data)];
+        self.plain_picture(now, ci, &frame, Vec::new(), then, out);
     }
 }
 

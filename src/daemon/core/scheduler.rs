@@ -309,8 +309,7 @@ impl Core {
             if matches!(health, CameraHealth::Starting) && !waited_out {
                 self.cams[ci].snapshot_waiters.push((reply, since));
             } else {
-                let result = self.snapshot(now, ci, views, false, out);
-                self.reply(now, reply, result, out);
+                self.snapshot(now, ci, views, false, reply, out);
             }
         }
     }
@@ -392,23 +391,32 @@ impl Core {
                         {
                             self.publish_caption(cam, caption, &f, out);
                         }
-                        let annotated = match (p.cam, p.annotate, first, &p.skill) {
+                        let drawing = match (p.cam, p.annotate, first, &p.skill) {
                             (
                                 Some(cam),
                                 true,
                                 Some(a),
                                 Skill::Detect { object } | Skill::Point { object },
-                            ) => {
-                                let jpeg = crate::annotate::annotated_jpeg(&f, a, object, p.zone);
-                                let topic = self.cams[cam].topics.annotated();
-                                self.publish_retained(out, topic.clone(), jpeg);
-                                Some(topic)
-                            }
+                            ) => Some((
+                                cam,
+                                Drawing {
+                                    answer: a.clone(),
+                                    object: object.clone(),
+                                    zone: p.zone,
+                                },
+                            )),
                             _ => None,
                         };
                         let mut data = answer_reply(&r, &f);
                         data.zone = p.zone;
-                        data.annotated_topic = annotated;
+                        if let Some((cam, drawing)) = drawing {
+                            // Answered once the drawn picture is published.
+                            let topic = self.cams[cam].topics.annotated();
+                            data.annotated_topic = Some(topic.clone());
+                            let then =
+                                vec![pictures::Then::Reply(p.reply, Ok(ReplyData::Answer(data)))];
+                            return self.drawn_picture(cam, &f, drawing, vec![topic], then, out);
+                        }
                         Ok(ReplyData::Answer(data))
                     }
                     (Ok(_), None) => Err(ApiError::new(Code::ModelError, "no picture")),

@@ -188,7 +188,7 @@ impl Core {
         now: Now,
         (ci, name, zone, cause): (usize, &str, Option<Zone>, Cause),
         answer: &Answer,
-        frame: &Frame,
+        frame: &Arc<Frame>,
         out: &mut Vec<Act>,
     ) {
         // Object triggers decide on the presence answer, like question triggers on theirs:
@@ -270,21 +270,6 @@ impl Core {
                         }
                         _ => (wire::EventKind::Begin, None),
                     };
-                    if kind == wire::EventKind::Begin {
-                        // The trigger's own snapshot (what an automation on this begin
-                        // wants: with the boxes drawn for an object), and the camera's.
-                        let plain = self.publish_snapshot(ci, frame, out);
-                        let jpeg = if annotates {
-                            let drawn = Bytes::from(crate::annotate::annotated_jpeg(
-                                frame, answer, &object, zone,
-                            ));
-                            self.publish_retained(out, topics.annotated(), drawn.clone());
-                            drawn
-                        } else {
-                            plain
-                        };
-                        self.publish_retained(out, topics.trigger_snapshot(name), jpeg);
-                    }
                     tracing::info!(camera = %topics.device_id, trigger = ?name, ?kind, "trigger event");
                     let ev = wire::TriggerEvent {
                         kind,
@@ -296,10 +281,28 @@ impl Core {
                         snapshot_topic: topics.trigger_snapshot(name),
                         duration_s: duration,
                     };
-                    out.push(Act::Publish(Outgoing::event(
-                        topics.trigger_event(name),
-                        wire::to_bytes(&ev),
-                    )));
+                    let event = Outgoing::event(topics.trigger_event(name), wire::to_bytes(&ev));
+                    if kind == wire::EventKind::Begin {
+                        // The trigger's own snapshot first (what an automation on this
+                        // begin wants: with the boxes drawn for an object), then the event;
+                        // and the camera's snapshot.
+                        let then = vec![pictures::Then::Publish(event)];
+                        let own = vec![topics.trigger_snapshot(name)];
+                        if annotates {
+                            let drawing = Drawing {
+                                answer: answer.clone(),
+                                object: object.clone(),
+                                zone,
+                            };
+                            let drawn = vec![topics.annotated(), own[0].clone()];
+                            self.drawn_picture(ci, frame, drawing, drawn, then, out);
+                            self.plain_picture(now, ci, frame, Vec::new(), Vec::new(), out);
+                        } else {
+                            self.plain_picture(now, ci, frame, own, then, out);
+                        }
+                    } else {
+                        out.push(Act::Publish(event));
+                    }
                 }
             }
         }

@@ -126,6 +126,7 @@ fn zones_crop_what_the_model_sees_and_boxes_come_back_in_frame_coordinates() {
     assert_eq!(zone, Some(Some(drive)), "the trigger looks at its zone");
     let (job, _) = submitted(&acts).expect("runs");
     let acts = c.handle(now, &cam, done(job, Ok(detect_answer(vec![whole()])), &f));
+    let acts = with_pictures(&mut c, now, &cam, acts);
     let attrs: Value =
         serde_json::from_slice(&published(&acts, "mw/cam/trigger/car/attributes")[0].payload)
             .expect("json");
@@ -164,6 +165,7 @@ fn zones_crop_what_the_model_sees_and_boxes_come_back_in_frame_coordinates() {
     );
     let (job, _) = submitted(&acts).expect("runs");
     let acts = c.handle(now, &cam, done(job, Ok(detect_answer(vec![whole()])), &f));
+    let acts = with_pictures(&mut c, now, &cam, acts);
     let v = serde_json::to_value(replies(&acts).remove(0).0.data).expect("json");
     assert_eq!(v["objects"][0]["y_min"], 0.5, "{v}");
     assert_eq!(v["zone"], serde_json::json!([0.0, 0.5, 0.5, 1.0]));

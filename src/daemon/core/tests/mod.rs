@@ -380,6 +380,33 @@ fn saved(acts: &[Act]) -> Option<RuntimeTriggers> {
     })
 }
 
+/// Carries out the picture encodes among `acts` as the executor would: `acts`, then what
+/// the core does with the pictures.
+fn with_pictures(c: &mut Core, now: Now, cam: &(impl Views + ?Sized), acts: Vec<Act>) -> Vec<Act> {
+    let mut acts = acts;
+    let mut i = 0;
+    while i < acts.len() {
+        if let Act::Encode { id, frame, drawing } = &acts[i] {
+            let jpeg = match drawing {
+                Some(d) => crate::annotate::annotated_jpeg(frame, &d.answer, &d.object, d.zone),
+                None => frame.to_jpeg(85),
+            };
+            let id = *id;
+            let more = c.handle(
+                now,
+                cam,
+                Input::Encoded {
+                    id,
+                    jpeg: Bytes::from(jpeg),
+                },
+            );
+            acts.extend(more);
+        }
+        i += 1;
+    }
+    acts
+}
+
 mod cameras;
 mod home_assistant;
 mod lifecycle;

@@ -210,8 +210,20 @@ fn a_snapshot_is_the_cameras_picture_never_the_requests() {
     assert_eq!(codes(&acts), ["bad_request"]);
     assert!(published(&acts, "mw/cam/snapshot").is_empty());
     let acts = c.handle(now, &cam, request("snapshot", "{}", 2));
+    assert!(
+        codes(&acts).is_empty(),
+        "answered once the JPEG is published"
+    );
+    let acts = with_pictures(&mut c, now, &cam, acts);
     assert_eq!(codes(&acts), ["ok"]);
     assert_eq!(published(&acts, "mw/cam/snapshot").len(), 1);
+    let snapshot = acts
+        .iter()
+        .position(|a| matches!(a, Act::Publish(m) if m.topic == "mw/cam/snapshot"));
+    let reply = acts
+        .iter()
+        .position(|a| matches!(a, Act::Publish(m) if m.class == Class::Reply));
+    assert!(snapshot < reply, "the picture is out before the reply");
     // The same frame again: answered, not encoded and published again.
     let acts = c.handle(now, &cam, request("snapshot", "{}", 3));
     assert_eq!(codes(&acts), ["ok"]);
@@ -258,7 +270,14 @@ fn snapshots_wait_for_a_starting_camera() {
             .is_empty());
     }
     let t = now.after(Duration::from_secs(1));
-    let acts = c.handle(t, &running(frame_at(t, 1)), Input::Tick);
+    let view = running(frame_at(t, 1));
+    let acts = c.handle(t, &view, Input::Tick);
+    let encodes = acts
+        .iter()
+        .filter(|a| matches!(a, Act::Encode { .. }))
+        .count();
+    assert_eq!(encodes, 1, "one frame, one encode");
+    let acts = with_pictures(&mut c, t, &view, acts);
     assert_eq!(codes(&acts), ["ok"; 3]);
     assert_eq!(
         published(&acts, "mw/cam/snapshot").len(),

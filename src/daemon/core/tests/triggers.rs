@@ -362,7 +362,18 @@ fn a_begin_publishes_the_frame_on_the_triggers_own_snapshot_topic() {
     );
     let f = frame_at(now, 10);
     let (job, _) = submitted(&c.handle(now, &running(f.clone()), Input::Tick)).expect("runs");
-    let acts = c.handle(now, &running(f.clone()), done(job, Ok(yes_no(true)), &f));
+    let view = running(f.clone());
+    let acts = c.handle(now, &view, done(job, Ok(yes_no(true)), &f));
+    assert!(
+        published(&acts, "mw/cam/trigger/door/event").is_empty(),
+        "not before its picture"
+    );
+    let acts = with_pictures(&mut c, now, &view, acts);
+    let at = |topic: &str| {
+        acts.iter()
+            .position(|a| matches!(a, Act::Publish(m) if m.topic == topic))
+    };
+    assert!(at("mw/cam/trigger/door/snapshot") < at("mw/cam/trigger/door/event"));
     assert_eq!(published(&acts, "mw/cam/trigger/door/snapshot").len(), 1);
     assert_eq!(published(&acts, "mw/cam/snapshot").len(), 1);
     let ev: wire::TriggerEvent =
