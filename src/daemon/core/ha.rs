@@ -29,9 +29,11 @@ const QUESTION_MAX: usize = 255;
 /// Where discovery stands in this broker session.
 #[derive(Debug)]
 pub(super) enum Sync {
-    /// Reading the retained configs; ends with the marker `nonce` coming back.
+    /// Reading the retained configs; ends with `marker` coming back. It names this
+    /// process and session (the time it connected and a counter): a marker of an earlier
+    /// process, redelivered from its persistent session, is not this one's.
     Reading {
-        nonce: u64,
+        marker: String,
         since: Option<Instant>,
     },
     Done,
@@ -85,23 +87,26 @@ impl Core {
     }
 
     /// A new session: the broker sends its retained configs again after the subscriptions.
-    pub(super) fn discovery_connected(&mut self) {
+    pub(super) fn discovery_connected(&mut self, now: Now) {
         if !self.cfg.mqtt.discovery {
             return;
         }
         self.discovery.inventory = Inventory::new(&self.cfg.mqtt.discovery_prefix);
-        let nonce = self.next_id();
-        self.discovery.sync = Sync::Reading { nonce, since: None };
+        let marker = format!("{:.6}-{}", now.unix, self.next_id());
+        self.discovery.sync = Sync::Reading {
+            marker,
+            since: None,
+        };
     }
 
     /// The subscriptions are granted: the broker has queued every retained config for us,
     /// so a marker published now comes back after the last of them.
     pub(super) fn discovery_subscribed(&mut self, now: Now, out: &mut Vec<Act>) {
         let topic = self.sync_topic();
-        if let Sync::Reading { nonce, since } = &mut self.discovery.sync {
+        if let Sync::Reading { marker, since } = &mut self.discovery.sync {
             if since.is_none() {
                 *since = Some(now.mono);
-                out.push(Act::Publish(Outgoing::event(topic, nonce.to_string())));
+                out.push(Act::Publish(Outgoing::event(topic, marker.clone())));
             }
         }
     }
@@ -112,8 +117,8 @@ impl Core {
             return false;
         }
         if m.topic == self.sync_topic() {
-            if let Sync::Reading { nonce, .. } = self.discovery.sync {
-                if m.payload.as_ref() == nonce.to_string().as_bytes() {
+            if let Sync::Reading { marker, .. } = &self.discovery.sync {
+                if m.payload.as_ref() == marker.as_bytes() {
                     let held = self.discovery.inventory.nodes.len();
                     tracing::debug!(nodes = held, "read the broker's discovery configs");
                     self.discovery.sync = Sync::Done;

@@ -409,7 +409,7 @@ impl Core {
                 self.publish_heartbeat(true, out);
                 self.publish_server(now, out);
                 // Discovery once the broker's retained configs are read.
-                self.discovery_connected();
+                self.discovery_connected(now);
                 for ci in 0..self.cams.len() {
                     let health = self.camera_health(now, ci, views);
                     self.publish_camera_availability(ci, &health, true, out);

@@ -285,3 +285,25 @@ fn an_object_trigger_over_the_frame_counts_in_each_zone() {
         serde_json::json!({"left": 1, "right": 2})
     );
 }
+
+#[test]
+fn a_marker_redelivered_from_an_earlier_process_is_not_this_ones() {
+    // A persistent session hands the new process what the old one had in flight, its
+    // marker too: taken for this one's, discovery would go out before the broker's
+    // configs were read.
+    let now = t0();
+    let (_, earlier) = connecting(config(|_| {}), now);
+    let old = marker(&earlier);
+    let later = now.after(Duration::from_secs(30));
+    let (mut c, acts) = connecting(config(|_| {}), later);
+    let m = marker(&acts);
+    assert_ne!(old.payload, m.payload);
+    let cam = running(frame_at(later, 1));
+    let acts = c.handle(later, &cam, message(&old.topic, &old.payload, None));
+    assert!(published(&acts, "homeassistant/device/moonwatch_cam/config").is_empty());
+    let acts = c.handle(later, &cam, message(&m.topic, &m.payload, None));
+    assert_eq!(
+        published(&acts, "homeassistant/device/moonwatch_cam/config").len(),
+        1
+    );
+}
