@@ -19,6 +19,73 @@ pub(super) struct Scheduler {
     pub(super) interactive_streak: u32,
 }
 
+impl Scheduler {
+    /// The oldest interactive request that can run now, with its picture; and the
+    /// requests before it that never will, with why (past their deadline, no camera
+    /// frame, no engine). A request for a camera still starting waits its grace period
+    /// while later ones go ahead. Decides only: the caller starts and answers.
+    pub(super) fn next_interactive(
+        &mut self,
+        now: Now,
+        health: &[CameraHealth],
+        reachable: bool,
+    ) -> (Option<(Pending, Picture)>, Vec<(Pending, ApiError)>) {
+        let mut refused = Vec::new();
+        let mut i = 0;
+        while i < self.queue.len() {
+            let job = &self.queue[i];
+            if now.mono >= job.deadline {
+                let Some(job) = self.queue.remove(i) else {
+                    break;
+                };
+                let e = ApiError::new(
+                    Code::Timeout,
+                    format!(
+                        "waited {} s for the engine (daemon.request_timeout or the message's expiry)",
+                        now.mono.duration_since(job.received).as_secs()
+                    ),
+                );
+                refused.push((job, e));
+                continue;
+            }
+            let absent = CameraHealth::Unavailable("no camera".into());
+            let cam_health = job.cam.and_then(|c| health.get(c)).unwrap_or(&absent);
+            let picture = match (&job.image, cam_health) {
+                (Some(bytes), _) => Ok(Picture::Encoded(bytes.clone())),
+                (None, _) if !reachable => Err(ApiError::new(
+                    Code::ModelError,
+                    "no pool worker is alive and this node has no model",
+                )),
+                (None, CameraHealth::Fresh(f)) => Ok(Picture::Frame(f.clone())),
+                (None, CameraHealth::Starting)
+                    if now.mono.duration_since(job.received) < CAMERA_GRACE =>
+                {
+                    // A camera still starting gets a few seconds; other cameras' requests
+                    // go ahead meanwhile.
+                    i += 1;
+                    continue;
+                }
+                (None, CameraHealth::Starting) => Err(ApiError::new(
+                    Code::CameraUnavailable,
+                    "the camera has not delivered a frame yet; send an \"image\" instead",
+                )),
+                (None, CameraHealth::Unavailable(why)) => Err(ApiError::new(
+                    Code::CameraUnavailable,
+                    format!("no camera frame ({why}); send an \"image\" instead"),
+                )),
+            };
+            let Some(job) = self.queue.remove(i) else {
+                break;
+            };
+            match picture {
+                Ok(p) => return (Some((job, p)), refused),
+                Err(e) => refused.push((job, e)),
+            }
+        }
+        (None, refused)
+    }
+}
+
 impl Core {
     // ---- scheduling ---------------------------------------------------------------------
 
@@ -165,70 +232,25 @@ impl Core {
         health: &[CameraHealth],
         out: &mut Vec<Act>,
     ) -> bool {
-        let mut i = 0;
-        while i < self.sched.queue.len() {
-            let job = &self.sched.queue[i];
-            if now.mono >= job.deadline {
-                let Some(job) = self.sched.queue.remove(i) else {
-                    break;
-                };
-                let e = ApiError::new(
-                    Code::Timeout,
-                    format!(
-                        "waited {} s for the engine (daemon.request_timeout or the message's expiry)",
-                        now.mono.duration_since(job.received).as_secs()
-                    ),
-                );
-                self.reply(now, job.reply, Err(e), out);
-                continue;
-            }
-            let absent = CameraHealth::Unavailable("no camera".into());
-            let cam_health = job.cam.and_then(|c| health.get(c)).unwrap_or(&absent);
-            let refused = match (&job.image, cam_health) {
-                (Some(bytes), _) => Ok(Picture::Encoded(bytes.clone())),
-                (None, _) if !self.engine_reachable() => Err(ApiError::new(
-                    Code::ModelError,
-                    "no pool worker is alive and this node has no model",
-                )),
-                (None, CameraHealth::Fresh(f)) => Ok(Picture::Frame(f.clone())),
-                (None, CameraHealth::Starting)
-                    if now.mono.duration_since(job.received) < CAMERA_GRACE =>
-                {
-                    // A camera still starting gets a few seconds; other cameras' requests
-                    // go ahead meanwhile.
-                    i += 1;
-                    continue;
-                }
-                (None, CameraHealth::Starting) => Err(ApiError::new(
-                    Code::CameraUnavailable,
-                    "the camera has not delivered a frame yet; send an \"image\" instead",
-                )),
-                (None, CameraHealth::Unavailable(why)) => Err(ApiError::new(
-                    Code::CameraUnavailable,
-                    format!("no camera frame ({why}); send an \"image\" instead"),
-                )),
-            };
-            let Some(job) = self.sched.queue.remove(i) else {
-                break;
-            };
-            match refused {
-                Ok(picture) => {
-                    let skills = vec![job.skill.clone()];
-                    let zone = job.zone;
-                    self.submit(
-                        now,
-                        Work::Interactive(Box::new(job)),
-                        picture,
-                        zone,
-                        skills,
-                        out,
-                    );
-                    return true;
-                }
-                Err(e) => self.reply(now, job.reply, Err(e), out),
-            }
+        let reachable = self.engine_reachable();
+        let (start, refused) = self.sched.next_interactive(now, health, reachable);
+        for (job, e) in refused {
+            self.reply(now, job.reply, Err(e), out);
         }
-        false
+        let Some((job, picture)) = start else {
+            return false;
+        };
+        let skills = vec![job.skill.clone()];
+        let zone = job.zone;
+        self.submit(
+            now,
+            Work::Interactive(Box::new(job)),
+            picture,
+            zone,
+            skills,
+            out,
+        );
+        true
     }
 
     /// The next camera (in turn) with triggers due on its newest frame, and those
