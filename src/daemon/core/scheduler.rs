@@ -19,6 +19,15 @@ pub(super) struct Scheduler {
     pub(super) interactive_streak: u32,
 }
 
+/// What the scheduler decided about the interactive queue.
+#[derive(Debug, Default)]
+pub(super) struct Interactive {
+    /// The request to start, with its picture.
+    pub(super) start: Option<(Pending, Picture)>,
+    /// Requests that will never run, with why.
+    pub(super) refused: Vec<(Pending, ApiError)>,
+}
+
 impl Scheduler {
     /// The oldest interactive request that can run now, with its picture; and the
     /// requests before it that never will, with why (past their deadline, no camera
@@ -29,7 +38,7 @@ impl Scheduler {
         now: Now,
         health: &[CameraHealth],
         reachable: bool,
-    ) -> (Option<(Pending, Picture)>, Vec<(Pending, ApiError)>) {
+    ) -> Interactive {
         let mut refused = Vec::new();
         let mut i = 0;
         while i < self.queue.len() {
@@ -78,11 +87,19 @@ impl Scheduler {
                 break;
             };
             match picture {
-                Ok(p) => return (Some((job, p)), refused),
+                Ok(p) => {
+                    return Interactive {
+                        start: Some((job, p)),
+                        refused,
+                    }
+                }
                 Err(e) => refused.push((job, e)),
             }
         }
-        (None, refused)
+        Interactive {
+            start: None,
+            refused,
+        }
     }
 }
 
@@ -233,7 +250,7 @@ impl Core {
         out: &mut Vec<Act>,
     ) -> bool {
         let reachable = self.engine_reachable();
-        let (start, refused) = self.sched.next_interactive(now, health, reachable);
+        let Interactive { start, refused } = self.sched.next_interactive(now, health, reachable);
         for (job, e) in refused {
             self.reply(now, job.reply, Err(e), out);
         }
