@@ -340,6 +340,42 @@ impl Client {
 
 const BASE: &str = "moonwatch/cam1";
 
+/// The usual start of a test: a scratch directory, a broker of its own (`broker_conf` in
+/// its configuration), moonwatch with the configuration `cfg` writes for that directory and
+/// broker port, and a client subscribed to `subs` (which cover `{BASE}/availability`),
+/// returned once moonwatch says it is online.
+struct Rig {
+    dir: tempfile::TempDir,
+    broker: Broker,
+    daemon: Daemon,
+    client: Client,
+}
+
+impl Rig {
+    async fn start(
+        broker_conf: &str,
+        cfg: impl FnOnce(&Path, u16) -> String,
+        client: &str,
+        subs: &[&str],
+    ) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let broker = Broker::start(dir.path(), broker_conf);
+        let daemon = Daemon::start(dir.path(), &cfg(dir.path(), broker.port));
+        let mut c = Client::connect(broker.port, client, subs).await;
+        let online = format!("{BASE}/availability");
+        c.wait("online", 60, |m| {
+            m.topic == online && &m.payload[..] == b"online"
+        })
+        .await;
+        Self {
+            dir,
+            broker,
+            daemon,
+            client: c,
+        }
+    }
+}
+
 /// The device-form discovery of camera `id`, where `object`'s component passes `test`.
 fn component_where(
     id: &str,
@@ -444,13 +480,18 @@ fn topic(t: &str) -> impl Fn(&Msg) -> bool + '_ {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_are_answered_with_v5_correlation_and_v311_transactions() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::start(dir.path(), "allow_anonymous true");
-    let _d = Daemon::start(
-        dir.path(),
-        &config(dir.path(), broker.port, "v5", "caption_interval = 1\n"),
-    );
-    let mut c = Client::connect(broker.port, "t-v5", &["client/inbox", &format!("{BASE}/#")]).await;
+    let Rig {
+        dir: _dir,
+        broker,
+        daemon: _d,
+        client: mut c,
+    } = Rig::start(
+        "allow_anonymous true",
+        |dir, port| config(dir, port, "v5", "caption_interval = 1\n"),
+        "t-v5",
+        &["client/inbox", &format!("{BASE}/#")],
+    )
+    .await;
     let online = c
         .wait("online", 60, |m| {
             m.topic == format!("{BASE}/availability") && &m.payload[..] == b"online"
@@ -558,10 +599,18 @@ async fn requests_are_answered_with_v5_correlation_and_v311_transactions() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_error_replies_and_the_daemon_keeps_serving() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::start(dir.path(), "allow_anonymous true\nmessage_size_limit 0");
-    let _d = Daemon::start(dir.path(), &config(dir.path(), broker.port, "v5", ""));
-    let mut c = Client::connect(broker.port, "t-bad", &[&format!("{BASE}/#")]).await;
+    let Rig {
+        dir: _dir,
+        broker: _broker,
+        daemon: _d,
+        client: mut c,
+    } = Rig::start(
+        "allow_anonymous true\nmessage_size_limit 0",
+        |dir, port| config(dir, port, "v5", ""),
+        "t-bad",
+        &[&format!("{BASE}/#")],
+    )
+    .await;
     c.wait("online", 60, |m| {
         m.topic == format!("{BASE}/availability") && &m.payload[..] == b"online"
     })
@@ -1277,15 +1326,20 @@ fn systemd_hears_ready_and_a_watchdog_that_a_camera_outage_does_not_stop() {
 async fn an_uncertain_answer_is_no_observation_for_a_trigger() {
     // Every answer is " a red square": neither yes nor no.
     let pair = common::answering(" a red square", true);
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::start(dir.path(), "allow_anonymous true");
     let trigger = "[[trigger]]\nname = \"door\"\nquestion = \"Is the door open?\"\n\
                    threshold = 0.5\nconsecutive = 1\ncooldown = 0\ninterval = 1\n";
-    let _d = Daemon::start(
-        dir.path(),
-        &config_for(&pair, dir.path(), broker.port, "v5", trigger),
-    );
-    let mut c = Client::connect(broker.port, "t-uncertain", &[&format!("{BASE}/#")]).await;
+    let Rig {
+        dir: _dir,
+        broker: _broker,
+        daemon: _d,
+        client: mut c,
+    } = Rig::start(
+        "allow_anonymous true",
+        |dir, port| config_for(&pair, dir, port, "v5", trigger),
+        "t-uncertain",
+        &[&format!("{BASE}/#")],
+    )
+    .await;
     let attrs_topic = format!("{BASE}/trigger/door/attributes");
     let attrs = topic(&attrs_topic);
     let first = c.wait("attributes", 60, &attrs).await.json();
@@ -1729,10 +1783,18 @@ async fn an_oversized_message_is_answered_or_dropped_never_a_reconnect_loop() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_cannot_forge_or_flood_the_log() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::start(dir.path(), "allow_anonymous true");
-    let d = Daemon::start(dir.path(), &config(dir.path(), broker.port, "v5", ""));
-    let mut c = Client::connect(broker.port, "t-log", &[&format!("{BASE}/#")]).await;
+    let Rig {
+        dir: _dir,
+        broker: _broker,
+        daemon: d,
+        client: mut c,
+    } = Rig::start(
+        "allow_anonymous true",
+        |dir, port| config(dir, port, "v5", ""),
+        "t-log",
+        &[&format!("{BASE}/#")],
+    )
+    .await;
     c.wait("online", 60, |m| {
         m.topic.ends_with("/availability") && &m.payload[..] == b"online"
     })
@@ -1772,13 +1834,18 @@ async fn bad_requests_cannot_forge_or_flood_the_log() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_asks_a_running_daemon_over_mqtt() {
     let pair = common::answering(" a red door", true);
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::start(dir.path(), "allow_anonymous true");
-    let _d = Daemon::start(
-        dir.path(),
-        &config_for(&pair, dir.path(), broker.port, "v5", ""),
-    );
-    let mut c = Client::connect(broker.port, "t-cli", &[&format!("{BASE}/availability")]).await;
+    let Rig {
+        dir,
+        broker,
+        daemon: _d,
+        client: mut c,
+    } = Rig::start(
+        "allow_anonymous true",
+        |dir, port| config_for(&pair, dir, port, "v5", ""),
+        "t-cli",
+        &[&format!("{BASE}/availability")],
+    )
+    .await;
     c.wait("online", 60, |m| &m.payload[..] == b"online").await;
     let addr = format!("127.0.0.1:{}", broker.port);
     let cli = move |args: Vec<String>| {
