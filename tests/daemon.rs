@@ -1185,15 +1185,19 @@ async fn trigger_begin_and_end_events_follow_the_models_answers() {
 async fn answers_over_mqtt_are_whole_and_object_triggers_use_presence() {
     // A model whose every answer is " Yes [0.25, 0.30, 0.75, 0.90]" then end-of-text.
     let pair = common::answering(" Yes [0.25, 0.30, 0.75, 0.90]", true);
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::start(dir.path(), "allow_anonymous true");
     let trigger = "[[trigger]]\nname = \"car\"\nobject = \"car\"\n\
                    threshold = 0.9\nconsecutive = 1\ncooldown = 0\ninterval = 1\n";
-    let cfg = config_for(&pair, dir.path(), broker.port, "v5", trigger)
-        .replace("max_tokens = 12", "max_tokens = 64");
-    let _d = Daemon::start(dir.path(), &cfg);
-    let mut c = Client::connect(
-        broker.port,
+    let Rig {
+        dir: _dir,
+        broker: _broker,
+        daemon: _d,
+        client: mut c,
+    } = Rig::start(
+        "allow_anonymous true",
+        |dir, port| {
+            config_for(&pair, dir, port, "v5", trigger)
+                .replace("max_tokens = 12", "max_tokens = 64")
+        },
         "t-answers",
         &["client/inbox", &format!("{BASE}/#")],
     )
@@ -1408,14 +1412,14 @@ async fn replies_by_correlation(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bursts_of_300_requests_of_every_kind_are_each_answered_exactly_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::start(
-        dir.path(),
+    let Rig {
+        dir: _dir,
+        broker: _broker,
+        daemon: mut d,
+        client: mut c,
+    } = Rig::start(
         "allow_anonymous true\nmax_queued_messages 10000",
-    );
-    let mut d = Daemon::start(dir.path(), &config(dir.path(), broker.port, "v5", ""));
-    let mut c = Client::connect(
-        broker.port,
+        |dir, port| config(dir, port, "v5", ""),
         "t-burst",
         &["burst/#", &format!("{BASE}/availability")],
     )
@@ -1596,17 +1600,20 @@ async fn ten_8192_pixel_pngs_keep_memory_bounded() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_with_requests_in_flight_loses_none() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::start(dir.path(), "allow_anonymous true");
-    let cfg =
-        config(dir.path(), broker.port, "v5", "").replace("max_pending = 4", "max_pending = 16");
-    let mut d = Daemon::start(dir.path(), &cfg);
-    let mut c = Client::connect(
-        broker.port,
+    let Rig {
+        dir,
+        broker: _broker,
+        daemon: mut d,
+        client: mut c,
+    } = Rig::start(
+        "allow_anonymous true",
+        |dir, port| config(dir, port, "v5", "").replace("max_pending = 4", "max_pending = 16"),
         "t-kill",
         &["kill/#", &format!("{BASE}/availability")],
     )
     .await;
+    // The configuration it started with, to start it again.
+    let cfg = std::fs::read_to_string(&d.config).unwrap();
     c.wait("online", 60, |m| &m.payload[..] == b"online").await;
     send_queries(&c, 10, "kill/r").await;
     // Kill as soon as the first answer is out: the rest are received, not yet answered.
@@ -1624,17 +1631,21 @@ async fn kill_9_with_requests_in_flight_loses_none() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_during_a_burst_answers_every_request_and_disconnects_cleanly() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::start(dir.path(), "allow_anonymous true");
-    let log = broker.conf.with_extension("log");
-    let cfg = config(dir.path(), broker.port, "v5", "");
-    let mut d = Daemon::start(dir.path(), &cfg);
-    let mut c = Client::connect(
-        broker.port,
+    let Rig {
+        dir,
+        broker,
+        daemon: mut d,
+        client: mut c,
+    } = Rig::start(
+        "allow_anonymous true",
+        |dir, port| config(dir, port, "v5", ""),
         "t-term",
         &["term/#", &format!("{BASE}/availability")],
     )
     .await;
+    // The configuration it started with, to start it again.
+    let cfg = std::fs::read_to_string(&d.config).unwrap();
+    let log = broker.conf.with_extension("log");
     c.wait("online", 60, |m| &m.payload[..] == b"online").await;
     send_queries(&c, 40, "term/r").await;
     c.wait("first reply", 60, topic("term/r")).await;
