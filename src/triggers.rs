@@ -225,9 +225,6 @@ pub struct Tuning {
 }
 
 impl Tuning {
-    pub fn is_empty(&self) -> bool {
-        *self == Self::default()
-    }
     /// `cfg` with these overrides.
     pub fn apply(&self, mut cfg: TriggerConfig) -> TriggerConfig {
         cfg.threshold = self.threshold.unwrap_or(cfg.threshold);
@@ -260,15 +257,6 @@ impl Tunable {
             Self::Threshold => (0.5, 1.0, 0.01, None),
             Self::Interval => (1.0, 86_400.0, 1.0, Some("s")),
             Self::Cooldown => (0.0, 86_400.0, 1.0, Some("s")),
-        }
-    }
-
-    pub fn get(self, cfg: &TriggerConfig) -> f64 {
-        match self {
-            // Through its decimal text: 0.8f32 reads 0.8, not 0.800000011920929.
-            Self::Threshold => cfg.threshold.to_string().parse().unwrap_or(0.0),
-            Self::Interval => cfg.interval as f64,
-            Self::Cooldown => cfg.cooldown as f64,
         }
     }
 

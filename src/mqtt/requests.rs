@@ -305,22 +305,6 @@ impl Request {
         v.unwrap_or_default()
     }
 
-    /// The envelope every request may carry: (transaction, reply_to).
-    pub fn envelope(&self) -> (Option<&Value>, Option<&str>) {
-        let (t, r) = match self {
-            Self::Query(x) => (&x.transaction, &x.reply_to),
-            Self::YesNo(x) => (&x.transaction, &x.reply_to),
-            Self::Caption(x) => (&x.transaction, &x.reply_to),
-            Self::Detect(x) | Self::Point(x) => (&x.transaction, &x.reply_to),
-            Self::TriggerAdd(x) => (&x.transaction, &x.reply_to),
-            Self::TriggerRemove(x) => (&x.transaction, &x.reply_to),
-            Self::Snapshot(x) | Self::TriggerList(x) | Self::HealthCheck(x) => {
-                (&x.transaction, &x.reply_to)
-            }
-        };
-        (t.as_ref(), r.as_deref())
-    }
-
     /// The picture a skill request names: (image, zone).
     pub fn picture(&self) -> (Option<&str>, Option<&ZoneRef>) {
         let (i, z) = match self {

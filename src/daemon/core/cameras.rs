@@ -123,7 +123,7 @@ impl Core {
         let mut state = Outgoing::retained(topic, on_off(on));
         state.acks.extend(m.ack);
         out.push(Act::Publish(state));
-        self.save(ci, None, SavedKind::Switched, out);
+        self.save(ci, None, SavedKind::Setting, out);
     }
 
     // ---- camera -----------------------------------------------------------------------

@@ -126,26 +126,27 @@ impl Core {
                 }
             }
         } else {
+            let prefix = &self.cfg.mqtt.discovery_prefix;
+            let under_prefix = m
+                .topic
+                .strip_prefix(prefix.as_str())
+                .is_some_and(|rest| rest.starts_with('/'));
+            if !under_prefix {
+                // Every request passes here: no lists built for it.
+                return false;
+            }
             let nodes = self.nodes();
             let nodes: Vec<&str> = nodes.iter().map(String::as_str).collect();
-            match self.discovery.sync {
-                Sync::Reading { .. } => {
-                    if !self
-                        .discovery
-                        .inventory
-                        .observe(&nodes, &m.topic, &m.payload)
-                    {
-                        return false;
-                    }
-                }
-                // Our own configs coming back, or another writer's: what the broker holds
-                // is what moonwatch published since.
-                Sync::Done => {
-                    let prefix = format!("{}/", self.cfg.mqtt.discovery_prefix);
-                    if !m.topic.starts_with(&prefix) {
-                        return false;
-                    }
-                }
+            let inventory = &mut self.discovery.inventory;
+            let ours = match self.discovery.sync {
+                // What the broker holds of our nodes.
+                Sync::Reading { .. } => inventory.observe(&nodes, &m.topic, &m.payload),
+                // Our own configs coming back: what the broker holds is what moonwatch
+                // published since.
+                Sync::Done => inventory.is_config(&nodes, &m.topic),
+            };
+            if !ours {
+                return false;
             }
         }
         if let Some(t) = m.ack {
@@ -235,7 +236,7 @@ impl Core {
         let removed: Vec<(&'static str, String)> = cam
             .gone
             .iter()
-            .flat_map(|g| entities::trigger_objects(g, &zones))
+            .flat_map(|g| entities::trigger_objects(&cam.topics, g, &zones))
             .collect();
         self.publish_node(&node, &removed, out);
     }
@@ -353,7 +354,7 @@ impl Core {
         let mut state = Outgoing::retained(cam.topics.trigger_tuning(name, key), value);
         state.acks.extend(m.ack);
         out.push(Act::Publish(state));
-        self.save(ci, None, SavedKind::Switched, out);
+        self.save(ci, None, SavedKind::Setting, out);
     }
 
     /// Every tunable setting of each trigger of camera `ci` (retained).
@@ -370,12 +371,17 @@ impl Core {
         }
     }
 
-    /// The retained topics of trigger `name` besides its state and attributes.
-    pub(super) fn tuning_topics(t: &Topics, name: &str) -> Vec<String> {
-        Tunable::ALL
-            .iter()
-            .map(|k| t.trigger_tuning(name, k.key()))
-            .collect()
+    /// Every retained topic of trigger `name`: state, attributes, snapshot, switch and
+    /// settings.
+    pub(super) fn trigger_topics(t: &Topics, name: &str) -> Vec<String> {
+        let mut out = vec![
+            t.trigger_state(name),
+            t.trigger_attributes(name),
+            t.trigger_snapshot(name),
+            t.trigger_enabled(name),
+        ];
+        out.extend(Tunable::ALL.iter().map(|k| t.trigger_tuning(name, k.key())));
+        out
     }
 
     /// A question typed into camera `ci`'s text entity (plain text on

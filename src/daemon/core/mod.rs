@@ -160,7 +160,7 @@ enum Recent {
 #[derive(Debug)]
 struct Saving {
     cam: usize,
-    /// `None` for a switch: nothing to answer.
+    /// `None` for a switch or a setting: nothing to answer.
     reply: Option<ReplyTo>,
     data: SavedKind,
 }
@@ -169,7 +169,8 @@ struct Saving {
 enum SavedKind {
     Added(String),
     Removed(String),
-    Switched,
+    /// A trigger switched or tuned.
+    Setting,
     /// A save tried again after one failed.
     Retry,
 }

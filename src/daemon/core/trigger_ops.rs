@@ -55,13 +55,7 @@ impl Core {
             cam.forget(old.cfg);
         }
         cam.prune_scenes();
-        let mut topics = Self::tuning_topics(&cam.topics, &name);
-        topics.extend([
-            cam.topics.trigger_state(&name),
-            cam.topics.trigger_attributes(&name),
-            cam.topics.trigger_snapshot(&name),
-            cam.topics.trigger_enabled(&name),
-        ]);
+        let topics = Self::trigger_topics(&cam.topics, &name);
         self.keep(&topics);
         self.publish_tuning(ci, &name, out);
         self.publish_device_discovery(ci, out);
@@ -150,7 +144,7 @@ impl Core {
             SavedKind::Removed(removed) => {
                 ReplyData::Removed(wire::TriggerRemoved { removed, persisted })
             }
-            SavedKind::Switched | SavedKind::Retry => return,
+            SavedKind::Setting | SavedKind::Retry => return,
         };
         if let Some(reply) = s.reply {
             self.reply(now, reply, Ok(data), out);
@@ -169,14 +163,7 @@ impl Core {
         self.cams[ci].forget(cfg.clone());
         self.cams[ci].prune_scenes();
         self.publish_device_discovery(ci, out);
-        let t = &self.cams[ci].topics;
-        let mut topics = Self::tuning_topics(t, &cfg.name);
-        topics.extend([
-            t.trigger_state(&cfg.name),
-            t.trigger_attributes(&cfg.name),
-            t.trigger_snapshot(&cfg.name),
-            t.trigger_enabled(&cfg.name),
-        ]);
+        let topics = Self::trigger_topics(&self.cams[ci].topics, &cfg.name);
         // Once Home Assistant has dropped the entities: an entity still reading a topic
         // would log the empty payload as bad JSON.
         self.clear_later(now, topics);

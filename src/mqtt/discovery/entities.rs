@@ -420,24 +420,15 @@ fn trigger_components(
     out
 }
 
-/// The (domain, object) of every entity `trigger` has with `zones`.
-pub fn trigger_objects(trigger: &TriggerConfig, zones: &[String]) -> Vec<(&'static str, String)> {
-    let name = &trigger.name;
-    let mut out = vec![
-        ("binary_sensor", name.clone()),
-        ("switch", format!("{name}_enabled")),
-        ("event", format!("{name}_event")),
-        ("image", format!("{name}_snapshot")),
-        ("sensor", format!("{name}_confidence")),
-    ];
-    out.extend(Tunable::ALL.map(|t| ("number", format!("{name}_{}", t.key()))));
-    if trigger.object.is_some() {
-        out.push(("sensor", format!("{name}_count")));
-        out.extend(
-            counted_zones(trigger, zones)
-                .iter()
-                .map(|z| ("sensor", format!("{name}_{z}_count"))),
-        );
-    }
-    out
+/// The (domain, object) of every entity `trigger` of the camera of `t` has with `zones`
+/// (what removing it removes): read off the entities themselves, so the two cannot part.
+pub fn trigger_objects(
+    t: &Topics,
+    trigger: &TriggerConfig,
+    zones: &[String],
+) -> Vec<(&'static str, String)> {
+    trigger_components(t, &camera_base(t), trigger, zones)
+        .into_iter()
+        .map(|c| (c.domain, c.object))
+        .collect()
 }

@@ -189,21 +189,15 @@ impl Inventory {
     /// Takes in one retained message under a node's filter; false when `topic` is not a
     /// discovery config of a node in `nodes`.
     pub fn observe(&mut self, nodes: &[&str], topic: &str, payload: &[u8]) -> bool {
-        let Some(rest) = topic
-            .strip_prefix(&self.prefix)
-            .and_then(|r| r.strip_prefix('/'))
-            .and_then(|r| r.strip_suffix("/config"))
-        else {
+        let Some(config) = self.config_of(nodes, topic) else {
             return false;
         };
-        let parts: Vec<&str> = rest.split('/').collect();
-        match parts[..] {
-            ["device", node] if nodes.contains(&node) => {
+        match config {
+            Config::Device(node) => {
                 let held = self.nodes.entry(node.to_owned()).or_default();
                 held.device = live_components(payload);
-                true
             }
-            [domain, node, object] if nodes.contains(&node) && domain != "device" => {
+            Config::Entity(domain, node, object) => {
                 let held = self.nodes.entry(node.to_owned()).or_default();
                 let key = (domain.to_owned(), object.to_owned());
                 if payload.is_empty() {
@@ -211,9 +205,28 @@ impl Inventory {
                 } else {
                     held.entities.insert(key);
                 }
-                true
             }
-            _ => false,
+        }
+        true
+    }
+
+    /// Whether `topic` is a discovery config (either form) of a node in `nodes`.
+    pub fn is_config(&self, nodes: &[&str], topic: &str) -> bool {
+        self.config_of(nodes, topic).is_some()
+    }
+
+    fn config_of<'t>(&self, nodes: &[&str], topic: &'t str) -> Option<Config<'t>> {
+        let rest = topic
+            .strip_prefix(&self.prefix)?
+            .strip_prefix('/')?
+            .strip_suffix("/config")?;
+        let parts: Vec<&str> = rest.split('/').collect();
+        match parts[..] {
+            ["device", node] if nodes.contains(&node) => Some(Config::Device(node)),
+            [domain, node, object] if nodes.contains(&node) && domain != "device" => {
+                Some(Config::Entity(domain, node, object))
+            }
+            _ => None,
         }
     }
 }
@@ -233,6 +246,12 @@ fn live_components(payload: &[u8]) -> BTreeMap<String, String> {
             (c.len() > 1).then(|| (object.clone(), platform.to_owned()))
         })
         .collect()
+}
+
+/// A discovery config topic: a node's device config, or one (domain, node, object).
+enum Config<'t> {
+    Device(&'t str),
+    Entity(&'t str, &'t str, &'t str),
 }
 
 /// One message to send.

@@ -121,7 +121,8 @@ fn what_reads_a_triggers_answer_is_unavailable_while_it_is_switched_off() {
         Some("s")
     );
     // Every entity a trigger has is in the list its removal uses.
-    let objects = trigger_objects(&car, &["drive".to_owned()]);
+    let t = Topics::camera(&MqttConfig::default(), "host", "garage");
+    let objects = trigger_objects(&t, &car, &["drive".to_owned()]);
     let mine: Vec<(&str, String)> = node
         .components
         .iter()
@@ -260,7 +261,8 @@ fn removed_triggers_are_removed_in_either_form() {
     let door = trig(json!({"name":"door","question":"Q?"}));
     let car = trig(json!({"name":"car","object":"car"}));
     let node = camera("cam", &[&door], &[]);
-    let removed = trigger_objects(&car, &[]);
+    let t = Topics::camera(&MqttConfig::default(), "host", "cam");
+    let removed = trigger_objects(&t, &car, &[]);
     let mut held = Held::default();
     let out = publish("ha", &node, &removed, DiscoveryForm::Device, &mut held);
     let v: Value = serde_json::from_slice(&out[0].payload).expect("json");

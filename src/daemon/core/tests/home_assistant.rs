@@ -307,3 +307,23 @@ fn a_marker_redelivered_from_an_earlier_process_is_not_this_ones() {
         1
     );
 }
+
+#[test]
+fn requests_still_reach_the_core_when_discovery_shares_the_topic_prefix() {
+    // discovery_prefix = prefix: every request is under the discovery prefix too, and
+    // only a node's discovery config is discovery's to take.
+    let now = t0();
+    let mut c = core(config(|c| c.mqtt.discovery_prefix = "mw".into()), now);
+    let cam = running(frame_at(now, 1));
+    let acts = c.handle(now, &cam, request("health_check", "{}", 1));
+    assert_eq!(codes(&acts), ["ok"]);
+    let acts = c.handle(
+        now,
+        &cam,
+        message("mw/sensor/moonwatch_cam/caption/config", b"{}", Some(2)),
+    );
+    assert!(
+        matches!(acts[..], [Act::Ack(AckToken { pkid: 2, .. })]),
+        "{acts:?}"
+    );
+}
