@@ -168,6 +168,9 @@ pub struct PoolConfig {
     pub job_timeout: u64,
     /// Times a job is sent to the pool before it fails (or runs here).
     pub attempts: u32,
+    /// Most jobs a camera node keeps out at once; it keeps as many as the healthy
+    /// workers have slots (their heartbeats say), up to this.
+    pub max_in_flight: u32,
 }
 
 impl Default for PoolConfig {
@@ -178,6 +181,7 @@ impl Default for PoolConfig {
             group: "moonwatch".into(),
             job_timeout: 30,
             attempts: 3,
+            max_in_flight: 8,
         }
     }
 }
@@ -973,6 +977,12 @@ impl Config {
             bad(
                 "pool.attempts",
                 format!("{} must be between 1 and 100", pl.attempts),
+            );
+        }
+        if pl.max_in_flight == 0 || pl.max_in_flight > 256 {
+            bad(
+                "pool.max_in_flight",
+                format!("{} must be between 1 and 256", pl.max_in_flight),
             );
         }
         let dm = &self.daemon;

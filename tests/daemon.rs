@@ -268,6 +268,13 @@ impl Client {
             .unwrap();
     }
 
+    async fn publish_retained(&self, topic: &str, payload: &str) {
+        self.client
+            .publish(topic, QoS::AtLeastOnce, true, payload.to_owned())
+            .await
+            .unwrap();
+    }
+
     async fn request_v5(
         &self,
         topic: &str,
@@ -2300,6 +2307,8 @@ async fn a_camera_without_a_model_hands_its_work_to_two_workers_and_loses_none()
                 .await
                 .json();
             assert_eq!(r["status"], "ok", "{r}");
+            let w = r["worker"].as_str().unwrap_or("");
+            assert!(w == "w1" || w == "w2", "the reply names its worker: {r}");
         }
     }
     // Each request carries a picture of its own: a new picture goes to the shared topic.
@@ -2448,15 +2457,27 @@ async fn a_camera_node_with_a_model_runs_a_job_no_worker_answers_itself() {
         &[&format!("{BASE}/#"), "moonwatch/pool/#"],
     )
     .await;
-    // No worker: the job goes to the pool, nobody answers, it runs here.
+    // No worker alive: the job runs here at once, without waiting on the pool.
     let state = c
         .wait("door state", 60, topic(&format!("{BASE}/trigger/door")))
         .await;
     assert_eq!(&state.payload[..], b"ON");
+    assert!(
+        !c.seen
+            .iter()
+            .any(|m| m.topic.starts_with("moonwatch/pool/")),
+        "nothing was offered to a pool without workers"
+    );
+    // A worker that never answers (a heartbeat, and nothing behind it): after
+    // pool.attempts x pool.job_timeout, here.
+    let beat = json!({"online": true, "queue_depth": 0, "max_pending": 4, "served": 0,
+        "interval_s": 3600, "slots": 1});
+    c.publish_retained("moonwatch/pool/worker/ghost", &beat.to_string())
+        .await;
     c.wait(
-        "the job offered to the pool first",
-        10,
-        topic("moonwatch/pool/request/yes_no"),
+        "a job sent to the worker",
+        30,
+        topic("moonwatch/pool/direct/ghost/request/yes_no"),
     )
     .await;
     let stats = c
@@ -2465,5 +2486,10 @@ async fn a_camera_node_with_a_model_runs_a_job_no_worker_answers_itself() {
         })
         .await
         .json();
-    assert_eq!(stats["pool"]["workers"], 0, "{stats}");
+    assert_eq!(stats["pool"]["workers"], 1, "{stats}");
+    assert!(
+        stats["pool"]["by_worker"]["ghost"]["suspect"].is_string(),
+        "{stats}"
+    );
+    c.publish_retained("moonwatch/pool/worker/ghost", "").await;
 }

@@ -8,18 +8,17 @@
 //! or an outage never stalls ticks, the watchdog or signals.
 
 pub mod core;
-pub mod pool;
 pub mod store;
 
-use std::future::Future;
+use std::collections::HashMap;
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 
 use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 
 use self::core::{Act, CameraView, Core, Input, Notify, Now, Picture, REQUEST_IMAGE_SIDE};
 use crate::camera::Camera;
@@ -50,6 +49,8 @@ pub enum Signal {
 const FLUSH_WITHIN: Duration = Duration::from_secs(5);
 /// JPEG quality of the snapshots the daemon publishes.
 const SNAPSHOT_QUALITY: u8 = 85;
+/// JPEG quality of a pool job's picture.
+const JOB_QUALITY: u8 = 90;
 
 /// This machine's name, reduced to what topics and entity ids accept.
 pub fn default_device_id() -> String {
@@ -74,15 +75,8 @@ pub fn default_device_id() -> String {
     }
 }
 
-type JobFuture =
-    Pin<Box<dyn Future<Output = (Result<Response, EngineError>, Option<Arc<Frame>>)> + Send>>;
-
-/// The engine job in flight.
-struct Job {
-    id: u64,
-    cancel: Cancel,
-    future: JobFuture,
-}
+/// What an engine job gives back: its id, its result, and the whole picture.
+type JobResult = (u64, Result<Response, EngineError>, Option<Arc<Frame>>);
 
 pub struct Daemon {
     core: Core,
@@ -91,13 +85,15 @@ pub struct Daemon {
     events: mpsc::UnboundedReceiver<MqttEvent>,
     /// This node's model; `None` on a camera node that only hands jobs to the pool.
     engine: Option<Arc<Engine>>,
-    /// The pool jobs go to first (`pool.offload`).
-    pool: Option<pool::Pool>,
     /// A model loaded by a reload, waiting for the core to swap it in.
     next_engine: Option<Engine>,
     /// The cameras, in configuration order (the core's camera indices).
     cameras: Vec<Camera>,
-    job: Option<Job>,
+    /// Engine jobs running (one at a time, but for pool jobs no worker answered), with
+    /// their cancel flags by job id and their job ids by task.
+    jobs: JoinSet<JobResult>,
+    cancels: HashMap<u64, Cancel>,
+    job_tasks: HashMap<tokio::task::Id, u64>,
     /// Models loaded by a reload arrive here.
     models_tx: mpsc::UnboundedSender<Result<Engine, String>>,
     models: mpsc::UnboundedReceiver<Result<Engine, String>>,
@@ -106,7 +102,13 @@ pub struct Daemon {
     /// JPEGs the core asked for arrive here, encoded on blocking threads.
     encoded_tx: mpsc::UnboundedSender<(u64, Bytes)>,
     encoded: mpsc::UnboundedReceiver<(u64, Bytes)>,
+    /// Pool jobs' pictures, prepared on blocking threads.
+    pool_pictures_tx: mpsc::UnboundedSender<(u64, PoolPicture)>,
+    pool_pictures: mpsc::UnboundedReceiver<(u64, PoolPicture)>,
 }
+
+/// A pool job's JPEG and whole picture, or why there is none.
+type PoolPicture = Result<(Bytes, Arc<Frame>), EngineError>;
 
 impl std::fmt::Debug for Daemon {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -172,7 +174,6 @@ impl Daemon {
             .collect();
         tracing::info!(device = %device_id, cameras = ?bases, "moonwatch running");
         let mqtt = cfg.mqtt.clone();
-        let pool_cfg = cfg.pool.offload.then(|| cfg.pool.clone());
         let core = Core::new(
             cfg,
             &device_id,
@@ -181,15 +182,10 @@ impl Daemon {
             sd_notify::watchdog_enabled(),
             read_clock(),
         );
-        let mut subscriptions = core.subscriptions();
-        if pool_cfg.is_some() {
-            subscriptions.extend(pool::Pool::subscriptions(&mqtt.prefix, &device_id));
-        }
-        let (conn, events) = crate::mqtt::start(&mqtt, spec, subscriptions);
-        let pool =
-            pool_cfg.map(|p| pool::Pool::new(&p, &mqtt.prefix, &device_id, conn.publisher()));
+        let (conn, events) = crate::mqtt::start(&mqtt, spec, core.subscriptions());
         let (saves, saved) = saver(state_dir);
         let (encoded_tx, encoded) = mpsc::unbounded_channel();
+        let (pool_pictures_tx, pool_pictures) = mpsc::unbounded_channel();
         let (models_tx, models) = mpsc::unbounded_channel();
         Ok(Self {
             core,
@@ -197,16 +193,19 @@ impl Daemon {
             conn,
             events,
             engine,
-            pool,
             next_engine: None,
             cameras,
-            job: None,
+            jobs: JoinSet::new(),
+            cancels: HashMap::new(),
+            job_tasks: HashMap::new(),
             models_tx,
             models,
             saves,
             saved,
             encoded_tx,
             encoded,
+            pool_pictures_tx,
+            pool_pictures,
         })
     }
 
@@ -219,14 +218,21 @@ impl Daemon {
         let mut signals_open = true;
         loop {
             let input = tokio::select! {
-                Some(ev) = self.events.recv() => match self.pool_takes(ev) {
-                    Some(ev) => Input::Mqtt(ev),
-                    None => continue,
-                },
-                (result, frame) = job_done(&mut self.job) => {
-                    let job = self.job.take().map_or(0, |j| j.id);
+                Some(ev) = self.events.recv() => Input::Mqtt(ev),
+                Some(joined) = self.jobs.join_next_with_id() => {
+                    let (job, result, frame) = match joined {
+                        Ok((_, done)) => done,
+                        Err(e) => (
+                            self.job_tasks.get(&e.id()).copied().unwrap_or(0),
+                            Err(EngineError::Inference(format!("the job's task failed: {e}"))),
+                            None,
+                        ),
+                    };
+                    self.job_tasks.retain(|_, j| *j != job);
+                    self.cancels.remove(&job);
                     Input::EngineDone { job, result, frame }
                 }
+                Some((job, result)) = self.pool_pictures.recv() => Input::PoolPicture { job, result },
                 _ = tick.tick() => Input::Tick,
                 sig = signals.recv(), if signals_open => match sig {
                     Some(Signal::Reload) => Input::Reload(
@@ -272,10 +278,6 @@ impl Daemon {
                     })
                     .collect(),
                 outbox: Some(self.conn.stats()),
-                pool: self.pool.as_ref().map(|p| core::PoolView {
-                    local_model: self.engine.is_some(),
-                    stats: p.stats(),
-                }),
             };
             for act in self.core.handle(read_clock(), &world, input) {
                 match act {
@@ -299,9 +301,20 @@ impl Daemon {
                         zone,
                         skills,
                     } => self.submit(job, picture, zone, skills),
+                    Act::PoolPicture {
+                        job,
+                        picture,
+                        zone,
+                        side,
+                    } => {
+                        let tx = self.pool_pictures_tx.clone();
+                        tokio::task::spawn_blocking(move || {
+                            let _ = tx.send((job, pool_picture(picture, zone, side)));
+                        });
+                    }
                     Act::Cancel { job } => {
-                        if let Some(j) = self.job.as_ref().filter(|j| j.id == job) {
-                            j.cancel.cancel();
+                        if let Some(c) = self.cancels.get(&job) {
+                            c.cancel();
                         }
                     }
                     Act::Save {
@@ -348,9 +361,9 @@ impl Daemon {
         exit
     }
 
-    /// Starts an engine job: a client's image is decoded (and reduced) only now, one at a
-    /// time, off the executor; with a zone, the engine gets the crop and the result comes
-    /// back with the whole picture.
+    /// Starts an engine job: a client's image is decoded (and reduced) only now, off the
+    /// executor; with a zone, the engine gets the crop and the result comes back with the
+    /// whole picture.
     fn submit(
         &mut self,
         id: u64,
@@ -360,42 +373,17 @@ impl Daemon {
     ) {
         let cancel = Cancel::new();
         let engine = self.engine.clone();
-        let pool = self.pool.clone();
         let stop = cancel.clone();
-        let future = Box::pin(async move {
-            let frame = match picture {
-                Picture::Frame(f) => f,
-                Picture::Encoded(bytes) => {
-                    let decoded = tokio::task::spawn_blocking(move || {
-                        Frame::decode_bounded(&bytes, "the request's image", REQUEST_IMAGE_SIDE)
-                    })
-                    .await;
-                    match decoded {
-                        Ok(Ok(f)) => Arc::new(f),
-                        Ok(Err(e)) => return (Err(EngineError::Image(e.to_string())), None),
-                        Err(e) => return (Err(EngineError::Image(e.to_string())), None),
-                    }
-                }
+        let task = self.jobs.spawn(async move {
+            let (frame, seen) = match tokio::task::spawn_blocking(move || prepare(picture, zone))
+                .await
+                .unwrap_or_else(|e| Err((EngineError::Image(e.to_string()), None)))
+            {
+                Ok(p) => p,
+                Err((e, frame)) => return (id, Err(e), frame),
             };
-            let seen = match zone.map(|z| z.crop(&frame)) {
-                None => frame.clone(),
-                Some(Ok(crop)) => Arc::new(crop),
-                Some(Err(e)) => return (Err(EngineError::Image(e.to_string())), Some(frame)),
-            };
-            if let (Some(pool), [skill]) = (&pool, skills.as_slice()) {
-                match pool.run(id, seen.clone(), skill.clone(), &stop).await {
-                    Ok(r) => return (Ok(r), Some(frame)),
-                    Err(pool::PoolFailure::Engine(e)) => return (Err(e), Some(frame)),
-                    Err(pool::PoolFailure::NoAnswer) if engine.is_some() => pool.count_local(),
-                    Err(pool::PoolFailure::NoAnswer) => {
-                        pool.count_failed();
-                        let e = "no pool worker answered (pool.attempts x pool.job_timeout) and this node has no model";
-                        return (Err(EngineError::Inference(e.into())), Some(frame));
-                    }
-                }
-            }
             let Some(engine) = engine else {
-                return (Err(EngineError::Stopped), Some(frame));
+                return (id, Err(EngineError::Stopped), Some(frame));
             };
             let mut req = Request::new(seen, skills);
             req.cancel = stop;
@@ -403,41 +391,47 @@ impl Daemon {
                 Ok(ticket) => ticket.await.unwrap_or(Err(EngineError::Stopped)),
                 Err(e) => Err(e),
             };
-            (result, Some(frame))
+            (id, result, Some(frame))
         });
-        self.job = Some(Job { id, cancel, future });
+        self.cancels.insert(id, cancel);
+        self.job_tasks.insert(task.id(), id);
     }
 }
 
-impl Daemon {
-    /// A broker message for the pool client (a job's result, a worker's heartbeat) is
-    /// taken and acknowledged here; anything else goes on to the core.
-    fn pool_takes(&mut self, ev: MqttEvent) -> Option<MqttEvent> {
-        let (Some(pool), MqttEvent::Message(m)) = (&self.pool, &ev) else {
-            return Some(ev);
-        };
-        let ack = m.ack;
-        let MqttEvent::Message(m) = ev else {
-            return None;
-        };
-        match pool.take(m) {
-            Some(m) => Some(MqttEvent::Message(m)),
-            None => {
-                if let Some(t) = ack {
-                    self.conn.send(Command::Ack(t));
-                }
-                None
-            }
+/// The whole picture (a client's image decoded, at most [`REQUEST_IMAGE_SIDE`]) and what
+/// the engine looks at (its zone's crop, or the whole); or why not, with the whole
+/// picture when there is one.
+#[allow(clippy::type_complexity)]
+fn prepare(
+    picture: Picture,
+    zone: Option<Zone>,
+) -> Result<(Arc<Frame>, Arc<Frame>), (EngineError, Option<Arc<Frame>>)> {
+    let frame = match picture {
+        Picture::Frame(f) => f,
+        Picture::Encoded(bytes) => {
+            Frame::decode_bounded(&bytes, "the request's image", REQUEST_IMAGE_SIDE)
+                .map(Arc::new)
+                .map_err(|e| (EngineError::Image(e.to_string()), None))?
         }
+    };
+    match zone.map(|z| z.crop(&frame)) {
+        None => Ok((frame.clone(), frame)),
+        Some(Ok(crop)) => Ok((frame, Arc::new(crop))),
+        Some(Err(e)) => Err((EngineError::Image(e.to_string()), Some(frame))),
     }
 }
 
-/// The result of the job in flight; never resolves while there is none.
-async fn job_done(slot: &mut Option<Job>) -> (Result<Response, EngineError>, Option<Arc<Frame>>) {
-    match slot {
-        Some(j) => (&mut j.future).await,
-        None => std::future::pending().await,
-    }
+/// A pool job's picture: what the engine would look at, stretched to the model's input
+/// square and JPEG-encoded (nothing is sent that the worker would throw away), with the
+/// whole picture.
+fn pool_picture(picture: Picture, zone: Option<Zone>, side: u32) -> PoolPicture {
+    let (frame, seen) = prepare(picture, zone).map_err(|(e, _)| e)?;
+    let rgb = seen.stretched(side, side);
+    let jpeg = match Frame::from_rgb(side, side, rgb) {
+        Ok(f) => f.to_jpeg(JOB_QUALITY),
+        Err(_) => seen.to_jpeg(JOB_QUALITY),
+    };
+    Ok((Bytes::from(jpeg), frame))
 }
 
 /// The time for the core: the executor reads the clocks, the core never does.

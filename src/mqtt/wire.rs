@@ -266,11 +266,18 @@ pub struct Stats {
 }
 
 /// The pool as a camera node sees it.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct PoolStats {
     /// Workers whose heartbeat is fresh.
     pub workers: usize,
-    /// Jobs sent to the pool (each attempt counts).
+    /// Jobs out now (their picture being encoded, sent, or waiting to be sent again).
+    #[serde(default)]
+    pub in_flight: usize,
+    /// Jobs this node keeps out at once now: the healthy workers' slots, capped by
+    /// `pool.max_in_flight`.
+    #[serde(default)]
+    pub window: usize,
+    /// Attempts sent (each attempt counts).
     pub sent: u64,
     /// Attempts sent again: no answer within `pool.job_timeout`, or a busy worker.
     pub retries: u64,
@@ -280,8 +287,44 @@ pub struct PoolStats {
     pub local: u64,
     /// Jobs that failed: no worker answered in `pool.attempts` and no model here.
     pub failed: u64,
-    /// Jobs sent straight to the worker that had their picture cached.
+    /// Attempts sent on a worker's direct topic.
     pub direct: u64,
+    /// Attempts sent to the shared subscription (no healthy worker known).
+    #[serde(default)]
+    pub shared: u64,
+    /// Attempts not answered within `pool.job_timeout`.
+    #[serde(default)]
+    pub timeouts: u64,
+    /// Attempts sent to the shared subscription and lost while every known worker was
+    /// idle (a member of the group that cannot receive: see docs/fleet.md).
+    #[serde(default)]
+    pub lost: u64,
+    /// Each worker known by its heartbeat, by id.
+    #[serde(default)]
+    pub by_worker: std::collections::BTreeMap<String, WorkerStats>,
+}
+
+/// One worker as a camera node sees it.
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct WorkerStats {
+    /// Its heartbeat is fresh enough to count it (three intervals).
+    pub live: bool,
+    /// Live, trusted, on time and not full: it gets jobs.
+    pub healthy: bool,
+    /// Why it is avoided, if it is (a job timed out there, its heartbeat stopped, or it
+    /// has work without finishing any); cleared when it answers or reports an empty
+    /// queue.
+    pub suspect: Option<String>,
+    /// Jobs of this node it holds now.
+    pub holds: usize,
+    /// Jobs of this node it answered.
+    pub answered: u64,
+    /// Jobs of this node that timed out there.
+    pub timeouts: u64,
+    /// Jobs waiting or running there, as its last heartbeat said.
+    pub queue_depth: usize,
+    /// Seconds since its last heartbeat.
+    pub heartbeat_age_s: f64,
 }
 
 /// A worker's heartbeat, retained on `{prefix}/pool/worker/{id}`.
@@ -296,6 +339,13 @@ pub struct WorkerStatus {
     pub served: u64,
     /// Seconds between heartbeats: three missed mean the worker is gone.
     pub interval_s: u64,
+    /// Jobs it runs at once (its engines).
+    #[serde(default = "one")]
+    pub slots: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 #[derive(Debug, Default, Clone, Serialize, Deserialize, JsonSchema)]

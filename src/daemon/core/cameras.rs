@@ -162,12 +162,13 @@ impl Core {
 
     pub(super) fn publish_camera_availability(
         &mut self,
+        now: Now,
         ci: usize,
         health: &CameraHealth,
         force: bool,
         out: &mut Vec<Act>,
     ) {
-        let reachable = self.engine_reachable();
+        let reachable = self.engine_reachable(now);
         let cam = &mut self.cams[ci];
         let online = match health {
             // Without an engine (no live pool worker, no model here) the camera's entities

@@ -284,7 +284,7 @@ impl Core {
             None => 0.0,
         };
         self.last_server = Some((now.mono, busy));
-        let remote = self.pool.is_some_and(|p| !p.local_model);
+        let remote = self.offload.is_some() && !self.cfg.has_model();
         let engine = if remote {
             "pool"
         } else if self.life.model_loading {
@@ -306,7 +306,7 @@ impl Core {
             model,
             engine: engine.into(),
             engine_busy_pct: (share * 10.0).round() / 10.0,
-            queue_depth: self.sched.queue.len() + usize::from(self.sched.in_flight.is_some()),
+            queue_depth: self.sched.depth(),
             uptime_s: now.mono.duration_since(self.started).as_secs(),
             cameras: self.cams.len(),
         };
@@ -408,7 +408,7 @@ impl Core {
             ack: m.ack,
             expiry: None,
             key: None,
-            pool: false,
+            worker: None,
             question: Some(question.clone()),
         };
         let skill = Skill::Query { question };

@@ -14,6 +14,8 @@ pub(super) struct Life {
     /// The new model is loaded and waits for the engine to be idle.
     pub(super) model_ready: bool,
     pub(super) last_stats: Option<Instant>,
+    /// When a worker's heartbeat was last published.
+    pub(super) last_heartbeat: Option<Instant>,
     pub(super) last_watchdog: Option<Instant>,
     pub(super) watchdog_period: Option<Duration>,
 }
@@ -21,11 +23,32 @@ pub(super) struct Life {
 impl Core {
     // ---- time -------------------------------------------------------------------------
 
+    /// This node's engine has had a job for twice `daemon.request_timeout`.
     pub(super) fn engine_stuck(&self, now: Now) -> bool {
-        self.sched.in_flight.as_ref().is_some_and(|f| {
-            now.mono.duration_since(f.started)
-                > Duration::from_secs(self.cfg.daemon.request_timeout) * 2
+        self.sched.in_flight.values().any(|f| {
+            f.place == Place::Local
+                && now.mono.duration_since(f.started)
+                    > Duration::from_secs(self.cfg.daemon.request_timeout) * 2
         })
+    }
+
+    /// Cancels job `job`: this node's engine is asked to stop it (its result comes back as
+    /// `EngineDone`); a pool job ends now, and an answer to it later is ignored.
+    pub(super) fn cancel(&mut self, now: Now, job: u64, out: &mut Vec<Act>) {
+        let Some(f) = self.sched.in_flight.get_mut(&job) else {
+            return;
+        };
+        if f.cancelled {
+            return;
+        }
+        f.cancelled = true;
+        match f.place {
+            Place::Local => out.push(Act::Cancel { job }),
+            Place::Pool => {
+                let frame = self.offload.as_mut().and_then(|o| o.cancel(job));
+                self.on_done(now, job, Err(EngineError::Cancelled), frame, None, out);
+            }
+        }
     }
 
     pub(super) fn on_tick(&mut self, now: Now, views: &[CameraView], out: &mut Vec<Act>) {
@@ -33,21 +56,40 @@ impl Core {
         if self.link.connected {
             for ci in 0..self.cams.len() {
                 let health = self.camera_health(now, ci, views);
-                self.publish_camera_availability(ci, &health, false, out);
+                self.publish_camera_availability(now, ci, &health, false, out);
+            }
+        }
+        // Pool jobs no worker answered in time are sent again, or run here.
+        if let Some(o) = self.offload.as_mut() {
+            for outcome in o.tick(now, out) {
+                self.on_pool(now, outcome, out);
             }
         }
         // A job running far past its time is cancelled.
-        if let Some(f) = self.sched.in_flight.as_mut() {
-            let limit = Duration::from_secs(self.cfg.daemon.request_timeout);
-            let overdue = now.mono.duration_since(f.started) > limit;
-            let stop_overdue = self
+        let limit = Duration::from_secs(self.cfg.daemon.request_timeout);
+        let stop_overdue = self
+            .life
+            .stopping
+            .is_some_and(|s| now.mono.duration_since(s) > STOP_GRACE);
+        let overdue: Vec<u64> = self
+            .sched
+            .in_flight
+            .values()
+            .filter(|f| stop_overdue || now.mono.duration_since(f.started) > limit)
+            .map(|f| f.job)
+            .collect();
+        for job in overdue {
+            self.cancel(now, job, out);
+        }
+        if self.cfg.pool.serve
+            && self.life.stopping.is_none()
+            && self
                 .life
-                .stopping
-                .is_some_and(|s| now.mono.duration_since(s) > STOP_GRACE);
-            if (overdue || stop_overdue) && !f.cancelled {
-                f.cancelled = true;
-                out.push(Act::Cancel { job: f.job });
-            }
+                .last_heartbeat
+                .is_none_or(|t| now.mono.duration_since(t) >= HEARTBEAT)
+        {
+            self.life.last_heartbeat = Some(now.mono);
+            self.publish_heartbeat(true, out);
         }
         if self.life.stopping.is_none()
             && self.life.last_stats.is_none_or(|t| {
@@ -59,7 +101,6 @@ impl Core {
                 self.publish_stats(now, ci, views, out);
             }
             self.publish_server(now, out);
-            self.publish_heartbeat(true, out);
         }
         for ci in 0..self.cams.len() {
             let retry = self.cams[ci].unsaved.as_ref().is_some_and(|u| {
@@ -116,12 +157,12 @@ impl Core {
                 .and_then(|v| v.latest.as_ref())
                 .map_or(0, |f| f.seq),
             camera: self.camera_text(now, ci, views),
-            queue_depth: self.sched.queue.len() + usize::from(self.sched.in_flight.is_some()),
+            queue_depth: self.sched.depth(),
             triggers: cam.triggers.len(),
             evaluations: cam.evaluations,
             counters: self.counters.clone(),
             outbox: self.link.outbox,
-            pool: self.pool.map(|p| p.stats),
+            pool: self.offload.as_ref().map(|o| o.stats(now)),
         };
         self.publish_retained(out, cam.topics.stats(), wire::to_bytes(&v));
     }
@@ -145,13 +186,17 @@ impl Core {
                 self.reply(now, reply, Err(stopping()), out);
             }
         }
-        // A job in flight may finish (interactive answers are worth a moment); its
-        // result arrives as EngineDone, or it is cancelled after STOP_GRACE.
-        if let Some(f) = self.sched.in_flight.as_mut() {
-            if !matches!(f.work, Work::Interactive(_)) && !f.cancelled {
-                f.cancelled = true;
-                out.push(Act::Cancel { job: f.job });
-            }
+        // Jobs in flight may finish (interactive answers are worth a moment); their
+        // results arrive, or they are cancelled after STOP_GRACE.
+        let others: Vec<u64> = self
+            .sched
+            .in_flight
+            .values()
+            .filter(|f| !matches!(f.work, Work::Interactive(_)))
+            .map(|f| f.job)
+            .collect();
+        for job in others {
+            self.cancel(now, job, out);
         }
     }
 
@@ -163,8 +208,8 @@ impl Core {
             return;
         }
         // A job that does not return even after being cancelled is answered anyway.
-        if self.sched.in_flight.is_some() && now.mono.duration_since(since) > STOP_GRACE * 2 {
-            if let Some(f) = self.sched.in_flight.take() {
+        if !self.sched.in_flight.is_empty() && now.mono.duration_since(since) > STOP_GRACE * 2 {
+            for (_, f) in std::mem::take(&mut self.sched.in_flight) {
                 if let Work::Interactive(p) = f.work {
                     let e = ApiError::new(Code::ShuttingDown, "moonwatch is stopping");
                     self.reply(now, p.reply, Err(e), out);
@@ -186,7 +231,7 @@ impl Core {
         if !self.encodes.is_empty() && now.mono.duration_since(since) > STOP_GRACE * 2 {
             self.abandon_pictures(now, out);
         }
-        if self.sched.in_flight.is_some() || !self.saving.is_empty() || !self.encodes.is_empty() {
+        if !self.sched.in_flight.is_empty() || !self.saving.is_empty() || !self.encodes.is_empty() {
             return;
         }
         self.life.exited = true;

@@ -32,6 +32,7 @@ use crate::zone::Zone;
 
 mod cameras;
 mod lifecycle;
+mod offload;
 mod pictures;
 mod protocol;
 mod replies;
@@ -39,6 +40,7 @@ mod requests;
 mod scheduler;
 mod trigger_ops;
 
+pub use offload::{HEARTBEAT, JOB_SIDE};
 pub use protocol::*;
 use replies::{answer_reply, engine_error, on_off};
 pub use trigger_ops::effective_triggers;
@@ -71,8 +73,9 @@ struct ReplyTo {
     expiry: Option<(u32, Instant)>,
     /// Key in `recent`, for requests that can be redelivered.
     key: Option<u64>,
-    /// A pool job: the reply names this worker.
-    pool: bool,
+    /// The worker the reply names: this node for a pool job it serves, the worker that
+    /// served a camera node's request through the pool.
+    worker: Option<String>,
     /// A question from a camera's text entity: the answer is retained on the address, as
     /// [`wire::Asked`].
     question: Option<String>,
@@ -120,6 +123,16 @@ struct InFlight {
     work: Work,
     started: Instant,
     cancelled: bool,
+    place: Place,
+}
+
+/// Where a job runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Place {
+    /// This node's engine.
+    Local,
+    /// A pool worker (see [`offload`]).
+    Pool,
 }
 
 #[derive(Debug)]
@@ -249,8 +262,8 @@ pub struct Core {
     pool_topics: Topics,
     /// Pool jobs answered (a worker's).
     served: u64,
-    /// The pool as the executor sees it (camera nodes with `pool.offload`).
-    pool: Option<PoolView>,
+    /// The pool client (camera nodes with `pool.offload`).
+    offload: Option<offload::Offload>,
     started: Instant,
     /// What waits for the engine and what runs on it.
     sched: scheduler::Scheduler,
@@ -305,7 +318,10 @@ impl Core {
             topics: Topics::new(&cfg.mqtt, device_id),
             pool_topics: Topics::camera(&cfg.mqtt, device_id, "pool"),
             served: 0,
-            pool: None,
+            offload: cfg
+                .pool
+                .offload
+                .then(|| offload::Offload::new(&cfg, device_id, now)),
             device_id: device_id.to_owned(),
             cams,
             started: now.mono,
@@ -350,6 +366,9 @@ impl Core {
             out.push(c.topics.trigger_tuning_filter());
             out.push(c.topics.question_set());
         }
+        if let Some(o) = &self.offload {
+            out.extend(o.subscriptions());
+        }
         out.extend(self.discovery_subscriptions());
         out
     }
@@ -360,14 +379,15 @@ impl Core {
     }
 
     /// Whether jobs can run at all: on this node's model or on a live worker.
-    fn engine_reachable(&self) -> bool {
-        self.pool
-            .is_none_or(|p| p.local_model || p.stats.workers > 0)
+    fn engine_reachable(&self, now: Now) -> bool {
+        self.offload
+            .as_ref()
+            .is_none_or(|o| self.cfg.has_model() || o.reachable(now))
     }
 
-    /// The engine job in flight, if any.
+    /// The oldest engine job in flight, if any.
     pub fn job(&self) -> Option<u64> {
-        self.sched.in_flight.as_ref().map(|f| f.job)
+        self.sched.in_flight.keys().next().copied()
     }
 
     /// Reacts to one input; `cams` is what each camera shows.
@@ -376,14 +396,20 @@ impl Core {
         if let Some(o) = cams.outbox() {
             self.link.outbox = o;
         }
-        if let Some(p) = cams.pool() {
-            self.pool = Some(p);
-        }
         let mut out = Vec::new();
         match input {
             Input::Mqtt(ev) => self.on_mqtt(now, views, ev, &mut out),
             Input::EngineDone { job, result, frame } => {
-                self.on_done(now, job, result, frame, &mut out)
+                self.on_done(now, job, result, frame, None, &mut out)
+            }
+            Input::PoolPicture { job, result } => {
+                let outcome = self
+                    .offload
+                    .as_mut()
+                    .and_then(|o| o.picture(now, job, result, &mut out));
+                if let Some(o) = outcome {
+                    self.on_pool(now, o, &mut out);
+                }
             }
             Input::Saved { save, result } => self.on_saved(now, save, result, &mut out),
             Input::Tick => self.on_tick(now, views, &mut out),
@@ -413,7 +439,7 @@ impl Core {
                 self.discovery_connected(now);
                 for ci in 0..self.cams.len() {
                     let health = self.camera_health(now, ci, views);
-                    self.publish_camera_availability(ci, &health, true, out);
+                    self.publish_camera_availability(now, ci, &health, true, out);
                     let cam = &self.cams[ci];
                     for t in cam.triggers.values() {
                         if let Some(on) = t.state.state {
@@ -471,6 +497,18 @@ impl Core {
                 if m.payload.as_ref() == b"online" {
                     tracing::info!("Home Assistant is online; republishing discovery");
                     self.publish_discovery(out);
+                }
+            }
+            MqttEvent::Message(m) if self.offload.as_ref().is_some_and(|o| o.takes(&m.topic)) => {
+                if let Some(t) = m.ack {
+                    out.push(Act::Ack(t));
+                }
+                let outcome = self
+                    .offload
+                    .as_mut()
+                    .and_then(|o| o.on_message(now, &m, out));
+                if let Some(o) = outcome {
+                    self.on_pool(now, o, out);
                 }
             }
             MqttEvent::Message(m) if self.on_discovery_message(&m, out) => {}

@@ -9,7 +9,6 @@ use crate::camera::CameraStatus;
 use crate::config::{CameraConfig, Config};
 use crate::daemon::store::RuntimeTriggers;
 use crate::frame::Frame;
-use crate::mqtt::wire;
 use crate::mqtt::{AckToken, MqttEvent, OutboxStats, Outgoing};
 use crate::vision::{EngineError, Response, Skill};
 use crate::zone::Zone;
@@ -62,20 +61,14 @@ pub trait Views {
     fn outbox(&self) -> Option<OutboxStats> {
         None
     }
-    /// The pool as the pool client sees it, on a camera node that offloads (`None`: as
-    /// last seen).
-    fn pool(&self) -> Option<PoolView> {
-        None
-    }
 }
 
-/// What the executor sees with each input: the cameras, the outbox and the pool. The
-/// core takes outside state only this way.
+/// What the executor sees with each input: the cameras and the outbox. The core takes
+/// outside state only this way.
 #[derive(Debug, Clone, Default)]
 pub struct World {
     pub cameras: Vec<CameraView>,
     pub outbox: Option<OutboxStats>,
-    pub pool: Option<PoolView>,
 }
 
 impl Views for World {
@@ -84,9 +77,6 @@ impl Views for World {
     }
     fn outbox(&self) -> Option<OutboxStats> {
         self.outbox
-    }
-    fn pool(&self) -> Option<PoolView> {
-        self.pool
     }
 }
 
@@ -143,6 +133,12 @@ pub enum Input {
         id: u64,
         jpeg: Bytes,
     },
+    /// The picture of pool job `job` as [`Act::PoolPicture`] asked for: the JPEG to send
+    /// and the whole picture (decoded, for a client's image), or why there is none.
+    PoolPicture {
+        job: u64,
+        result: Result<(Bytes, Arc<Frame>), EngineError>,
+    },
 }
 
 /// Boxes or points to draw on a picture: a detection's answer, its label, the zone looked
@@ -182,6 +178,15 @@ pub enum Act {
         zone: Option<Zone>,
         skills: Vec<Skill>,
     },
+    /// Prepare pool job `job`'s picture off the core's loop: decode a client's image,
+    /// crop the zone, stretch to `side` x `side` (the model's input) and JPEG-encode it;
+    /// hand it back as [`Input::PoolPicture`].
+    PoolPicture {
+        job: u64,
+        picture: Picture,
+        zone: Option<Zone>,
+        side: u32,
+    },
     Cancel {
         job: u64,
     },
@@ -199,14 +204,6 @@ pub enum Act {
     RestartCamera(usize, CameraConfig),
     /// Everything is answered and `offline` is queued: flush and end.
     Exit,
-}
-
-/// The pool as a camera node's executor sees it.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct PoolView {
-    /// This node has a model of its own (jobs no worker answers run here).
-    pub local_model: bool,
-    pub stats: wire::PoolStats,
 }
 
 /// systemd notifications.

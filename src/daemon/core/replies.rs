@@ -34,7 +34,7 @@ impl Core {
                 data: Some(data),
                 error: None,
                 transaction,
-                worker: to.pool.then(|| self.device_id.clone()),
+                worker: to.worker.clone(),
             },
             Err(e) => {
                 self.counters.errors += 1;
@@ -49,7 +49,7 @@ impl Core {
                         message: e.message,
                     }),
                     transaction,
-                    worker: to.pool.then(|| self.device_id.clone()),
+                    worker: to.worker.clone(),
                 }
             }
         };

@@ -57,7 +57,7 @@ impl Core {
             ack: m.ack,
             expiry,
             key,
-            pool: ci.is_none(),
+            worker: ci.is_none().then(|| self.device_id.clone()),
             question: None,
         };
         let (req, reply) = match parsed {
@@ -209,10 +209,11 @@ impl Core {
         }
         let v = wire::WorkerStatus {
             online,
-            queue_depth: self.sched.queue.len() + usize::from(self.sched.in_flight.is_some()),
+            queue_depth: self.sched.depth(),
             max_pending: self.cfg.daemon.max_pending,
             served: self.served,
-            interval_s: self.cfg.daemon.stats_interval,
+            interval_s: HEARTBEAT.as_secs(),
+            slots: 1,
         };
         let topic = format!("{}/worker/{}", self.pool_topics.base, self.device_id);
         self.publish_retained(out, topic, wire::to_bytes(&v));
@@ -249,9 +250,12 @@ impl Core {
         if let Some(p) = &self.life.reload_problem {
             problems.push(p.clone());
         }
-        if !self.engine_reachable() {
+        if !self.engine_reachable(now) {
             problems
                 .push("no pool worker is alive (no heartbeat) and this node has no model".into());
+        }
+        if let Some(o) = &self.offload {
+            problems.extend(o.problems(now));
         }
         if let Some(u) = &self.cams[ci].unsaved {
             problems.push(format!(

@@ -1,14 +1,17 @@
-//! Scheduling: which job the idle engine starts (interactive requests first, trigger
-//! rounds taking turns between cameras, captions last), and what a finished job does.
+//! Scheduling: which jobs start while there is room (interactive requests first, trigger
+//! rounds taking turns between cameras, captions last), where each runs (this node's
+//! engine, one job at a time, or the pool, as many as its healthy workers have slots), and
+//! what a finished job does.
 
 use super::*;
 
-/// What waits for the engine and what runs on it: the interactive queue, the job in
-/// flight, the trigger round in progress and whose turn it is.
+/// What waits for the engine and what runs: the interactive queue, the jobs in flight,
+/// the trigger round in progress and whose turn it is.
 #[derive(Debug, Default)]
 pub(super) struct Scheduler {
     pub(super) queue: VecDeque<Pending>,
-    pub(super) in_flight: Option<InFlight>,
+    /// By job id.
+    pub(super) in_flight: BTreeMap<u64, InFlight>,
     /// Triggers of one camera due together and the frame they are evaluated on.
     pub(super) round: Option<Round>,
     /// The camera whose triggers are looked at first for the next round, and for the
@@ -29,6 +32,23 @@ pub(super) struct Interactive {
 }
 
 impl Scheduler {
+    /// Requests waiting and jobs running.
+    pub(super) fn depth(&self) -> usize {
+        self.queue.len() + self.in_flight.len()
+    }
+
+    /// Whether this node's engine has a job.
+    pub(super) fn local_busy(&self) -> bool {
+        self.in_flight.values().any(|f| f.place == Place::Local)
+    }
+
+    /// Whether trigger `name` of camera `cam` is being evaluated.
+    pub(super) fn evaluating(&self, cam: usize, name: &str) -> bool {
+        self.in_flight.values().any(
+            |f| matches!(&f.work, Work::Trigger { cam: c, name: n, .. } if *c == cam && n == name),
+        )
+    }
+
     /// The oldest interactive request that can run now, with its picture; and the
     /// requests before it that never will, with why (past their deadline, no camera
     /// frame, no engine). A request for a camera still starting waits its grace period
@@ -112,14 +132,14 @@ impl Core {
         id
     }
 
-    /// Starts the next job when the engine is idle: interactive requests first (at most
-    /// [`INTERACTIVE_BURST`] in a row while triggers wait), then trigger rounds, then
-    /// captions; cameras take turns for rounds and captions.
+    /// Starts jobs while there is room (see [`Core::has_room`]): interactive requests first
+    /// (at most [`INTERACTIVE_BURST`] in a row while triggers wait), then trigger rounds,
+    /// then captions; cameras take turns for rounds and captions.
     pub(super) fn schedule(&mut self, now: Now, views: &[CameraView], out: &mut Vec<Act>) {
-        if self.sched.in_flight.is_some() || self.life.stopping.is_some() || self.life.exited {
+        if self.life.stopping.is_some() || self.life.exited {
             return;
         }
-        if self.life.model_ready {
+        if self.life.model_ready && !self.sched.local_busy() {
             // The engine is idle: the new model takes over now.
             self.life.model_ready = false;
             out.push(Act::UseNewModel);
@@ -134,30 +154,45 @@ impl Core {
         for (ci, h) in health.iter().enumerate() {
             self.answer_snapshot_waiters(now, ci, views, h, out);
         }
-        if !self.engine_reachable() {
-            // Requests are answered (model_error) or run on their own image's path; no
-            // rounds or captions until a worker is back.
+        if !self.engine_reachable(now) {
+            // Requests are answered (model_error); no rounds or captions until a worker is
+            // back.
             self.sched.round = None;
             self.run_interactive(now, &health, out);
             return;
         }
+        while self.has_room(now) && self.start_next(now, &health, out) {}
+    }
+
+    /// Whether another job may start: the pool has room while a worker is alive (this
+    /// node's model only takes what the pool could not answer), else this node's engine
+    /// is idle.
+    pub(super) fn has_room(&self, now: Now) -> bool {
+        match &self.offload {
+            Some(o) if o.reachable(now) => o.has_room(now),
+            _ => !self.sched.local_busy(),
+        }
+    }
+
+    /// Starts one job; false when nothing is due.
+    fn start_next(&mut self, now: Now, health: &[CameraHealth], out: &mut Vec<Act>) -> bool {
         if self.sched.round.as_ref().is_none_or(|r| r.names.is_empty()) {
-            self.sched.round = self.next_round(now, &health);
+            self.sched.round = self.next_round(now, health);
         }
         let triggers_wait = self.sched.round.is_some();
         if (!triggers_wait || self.sched.interactive_streak < INTERACTIVE_BURST)
-            && self.run_interactive(now, &health, out)
+            && self.run_interactive(now, health, out)
         {
             self.sched.interactive_streak += 1;
-            return;
+            return true;
         }
         self.sched.interactive_streak = 0;
-        if self.run_round(now, &health, out) || self.run_interactive(now, &health, out) {
-            return;
+        if self.run_round(now, health, out) || self.run_interactive(now, health, out) {
+            return true;
         }
         let every = self.cfg.daemon.caption_interval;
         if every == 0 {
-            return;
+            return false;
         }
         let n = self.cams.len();
         for k in 0..n {
@@ -186,8 +221,9 @@ impl Core {
                 skills,
                 out,
             );
-            return;
+            return true;
         }
+        false
     }
 
     /// Starts the next trigger of the round in progress, or of the next camera's round.
@@ -249,7 +285,7 @@ impl Core {
         health: &[CameraHealth],
         out: &mut Vec<Act>,
     ) -> bool {
-        let reachable = self.engine_reachable();
+        let reachable = self.engine_reachable(now);
         let Interactive { start, refused } = self.sched.next_interactive(now, health, reachable);
         for (job, e) in refused {
             self.reply(now, job.reply, Err(e), out);
@@ -279,10 +315,16 @@ impl Core {
             let CameraHealth::Fresh(frame) = &health[ci] else {
                 continue;
             };
+            // A trigger being evaluated (on another worker) is not started twice.
+            let names: Vec<String> = self.cams[ci]
+                .triggers
+                .keys()
+                .filter(|n| !self.sched.evaluating(ci, n))
+                .cloned()
+                .collect();
             let cam = &mut self.cams[ci];
             let mut due = Vec::new();
             let mut soon = Vec::new();
-            let names: Vec<String> = cam.triggers.keys().cloned().collect();
             for name in names {
                 let Some(t) = cam.triggers.get(&name) else {
                     continue;
@@ -370,6 +412,8 @@ impl Core {
         self.publish_retained(out, topic, wire::to_bytes(&v));
     }
 
+    /// Starts a job: on the pool while a worker is alive (its picture is prepared off the
+    /// loop first), else on this node's engine.
     pub(super) fn submit(
         &mut self,
         now: Now,
@@ -380,18 +424,66 @@ impl Core {
         out: &mut Vec<Act>,
     ) {
         let job = self.next_id();
-        self.sched.in_flight = Some(InFlight {
+        let pool = match (&mut self.offload, skills.as_slice()) {
+            (Some(o), [skill]) if o.reachable(now) => {
+                o.start(now, job, skill.clone(), zone);
+                true
+            }
+            _ => false,
+        };
+        self.sched.in_flight.insert(
             job,
-            work,
-            started: now.mono,
-            cancelled: false,
-        });
-        out.push(Act::Submit {
-            job,
-            picture,
-            zone,
-            skills,
-        });
+            InFlight {
+                job,
+                work,
+                started: now.mono,
+                cancelled: false,
+                place: if pool { Place::Pool } else { Place::Local },
+            },
+        );
+        if pool {
+            out.push(Act::PoolPicture {
+                job,
+                picture,
+                zone,
+                side: offload::JOB_SIDE,
+            });
+        } else {
+            out.push(Act::Submit {
+                job,
+                picture,
+                zone,
+                skills,
+            });
+        }
+    }
+
+    /// What the pool made of a job: its result, or a run on this node's model.
+    pub(super) fn on_pool(&mut self, now: Now, outcome: offload::Outcome, out: &mut Vec<Act>) {
+        match outcome {
+            offload::Outcome::Done {
+                job,
+                result,
+                frame,
+                worker,
+            } => self.on_done(now, job, result, frame, worker, out),
+            offload::Outcome::RunHere {
+                job,
+                frame,
+                zone,
+                skill,
+            } => {
+                if let Some(f) = self.sched.in_flight.get_mut(&job) {
+                    f.place = Place::Local;
+                }
+                out.push(Act::Submit {
+                    job,
+                    picture: Picture::Frame(frame),
+                    zone,
+                    skills: vec![skill],
+                });
+            }
+        }
     }
 
     pub(super) fn on_done(
@@ -400,9 +492,10 @@ impl Core {
         job: u64,
         result: Result<Response, EngineError>,
         frame: Option<Arc<Frame>>,
+        worker: Option<String>,
         out: &mut Vec<Act>,
     ) {
-        let Some(done) = self.sched.in_flight.take_if(|f| f.job == job) else {
+        let Some(done) = self.sched.in_flight.remove(&job) else {
             return;
         };
         let elapsed = now.mono.duration_since(done.started).as_secs_f64() * 1e3;
@@ -412,8 +505,12 @@ impl Core {
             self.counters.image_encodes += u64::from(!r.prefix.reused);
         }
         match done.work {
-            Work::Interactive(p) => {
+            Work::Interactive(mut p) => {
                 self.counters.last_request_ms = Some(elapsed);
+                // The requester learns which worker served it.
+                if worker.is_some() {
+                    p.reply.worker = worker;
+                }
                 let reply = match (result, frame) {
                     (Ok(mut r), Some(f)) => {
                         if let Some(z) = p.zone {

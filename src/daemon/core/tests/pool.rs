@@ -1,4 +1,5 @@
-//! The pool: a worker's side, and a camera node without a live worker.
+//! The pool: a worker's side, and a camera node's (how many jobs it keeps out, where
+//! each goes, which workers it avoids, when a job runs here).
 
 use super::*;
 
@@ -63,39 +64,383 @@ fn a_worker_queues_pool_jobs_like_requests_and_names_itself_in_replies() {
     );
 }
 
+/// A camera node that offloads: no model of its own unless `model`.
+fn node(triggers: Vec<TriggerConfig>, model: bool, f: impl FnOnce(&mut Config)) -> Config {
+    config(|c| {
+        c.pool.offload = true;
+        c.pool.job_timeout = 4;
+        c.pool.attempts = 3;
+        c.daemon.max_pending = 16;
+        if !model {
+            c.model.text = std::path::PathBuf::new();
+        }
+        c.triggers = triggers;
+        f(c);
+    })
+}
+
+/// Worker `w`'s heartbeat: `queue` jobs waiting or running there, `served` so far.
+fn beat(w: &str, queue: usize, served: u64) -> Input {
+    let v = wire::WorkerStatus {
+        online: true,
+        queue_depth: queue,
+        max_pending: 4,
+        served,
+        interval_s: 1,
+        slots: 1,
+    };
+    message(
+        &format!("mw/pool/worker/{w}"),
+        &serde_json::to_vec(&v).expect("json"),
+        None,
+    )
+}
+
+/// Pool jobs whose pictures were asked for.
+fn pictures(acts: &[Act]) -> Vec<u64> {
+    acts.iter()
+        .filter_map(|a| match a {
+            Act::PoolPicture { job, .. } => Some(*job),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The pictures of `jobs`, encoded: what the core publishes then.
+fn encoded(c: &mut Core, now: Now, cam: &CameraView, jobs: &[u64]) -> Vec<Act> {
+    let f = frame_at(now, 10);
+    jobs.iter()
+        .flat_map(|&job| {
+            let jpeg = Bytes::from(format!("jpeg of {job}"));
+            let input = Input::PoolPicture {
+                job,
+                result: Ok((jpeg, f.clone())),
+            };
+            c.handle(now, cam, input)
+        })
+        .collect()
+}
+
+/// Attempts published: (worker, or "share"; correlation).
+fn sent(acts: &[Act]) -> Vec<(String, String)> {
+    acts.iter()
+        .filter_map(|a| match a {
+            Act::Publish(m) if m.response_topic.as_deref() == Some("mw/cam/pool/reply") => {
+                let to = match m.topic.strip_prefix("mw/pool/direct/") {
+                    Some(rest) => rest.split('/').next().unwrap_or("").to_owned(),
+                    None if m.topic.starts_with("mw/pool/request/") => "share".to_owned(),
+                    None => return None,
+                };
+                let corr = String::from_utf8_lossy(m.correlation.as_deref().unwrap_or(b""));
+                Some((to, corr.into_owned()))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// Worker `w`'s reply to attempt `corr`: yes, or an error `code`.
+fn result(w: &str, corr: &str, code: Option<Code>) -> Input {
+    let f = frame_at(t0(), 10);
+    let reply = wire::Reply {
+        status: if code.is_some() {
+            wire::Status::Error
+        } else {
+            wire::Status::Ok
+        },
+        request: "yes_no".into(),
+        data: code
+            .is_none()
+            .then(|| ReplyData::Answer(replies::answer_reply(&yes_no(true), &f))),
+        error: code.map(|code| wire::ErrorBody {
+            code,
+            message: "from the worker".into(),
+        }),
+        transaction: None,
+        worker: Some(w.into()),
+    };
+    Input::Mqtt(MqttEvent::Message(Incoming {
+        topic: "mw/cam/pool/reply".into(),
+        payload: Bytes::from(serde_json::to_vec(&reply).expect("json")),
+        response_topic: None,
+        correlation: Some(Bytes::from(corr.to_owned())),
+        expiry: None,
+        redelivered: false,
+        ack: None,
+    }))
+}
+
+/// What `stats` would say of the pool now.
+fn pool_stats(c: &mut Core, now: Now, _cam: &CameraView) -> Value {
+    let stats = c.offload.as_ref().expect("offloads").stats(now);
+    serde_json::to_value(stats).expect("json")
+}
+
 #[test]
 fn a_camera_node_without_a_live_worker_or_a_model_says_so_and_pauses_triggers() {
     let now = t0();
-    let mut c = core(
-        config(|c| c.triggers = vec![trigger("door", "Door?", 1)]),
-        now,
-    );
+    let mut c = core(node(vec![trigger("door", "Door?", 1)], false, |_| ()), now);
     let cam = running(frame_at(now, 10));
-    let pool = |workers| World {
-        cameras: vec![cam.clone()],
-        outbox: None,
-        pool: Some(PoolView {
-            local_model: false,
-            stats: wire::PoolStats {
-                workers,
-                ..Default::default()
-            },
-        }),
-    };
-    let acts = c.handle(now, &pool(0), Input::Tick);
-    assert!(submitted(&acts).is_none(), "no trigger without an engine");
+    let acts = c.handle(now, &cam, Input::Tick);
+    assert!(pictures(&acts).is_empty(), "no trigger without an engine");
     assert_eq!(
         &published(&acts, "mw/cam/camera/availability")[0].payload[..],
         b"offline"
     );
-    let acts = c.handle(now, &cam, request("health_check", "{}", 1));
-    let v = serde_json::to_value(replies(&acts).remove(0).0.data).expect("json");
-    assert!(v["problems"].to_string().contains("pool worker"), "{v}");
-    // A worker's heartbeat arrives: back to work.
-    let acts = c.handle(now, &pool(1), Input::Tick);
-    assert!(submitted(&acts).is_some());
+    let problems = health_problems(&mut c, now, &cam, 1);
+    assert!(problems.contains("pool worker"), "{problems}");
+    // A worker's heartbeat arrives: back to work, on the pool.
+    let mut acts = c.handle(now, &cam, beat("w1", 0, 0));
+    acts.extend(c.handle(now, &cam, Input::Tick));
+    assert_eq!(pictures(&acts).len(), 1);
+    assert!(submitted(&acts).is_none(), "no model here");
     assert_eq!(
         &published(&acts, "mw/cam/camera/availability")[0].payload[..],
         b"online"
     );
+    // Its heartbeats stop: gone after three intervals and some slack.
+    let later = now.after(Duration::from_secs(9));
+    let acts = c.handle(later, &cam, Input::Tick);
+    assert_eq!(
+        &published(&acts, "mw/cam/camera/availability")[0].payload[..],
+        b"offline"
+    );
+}
+
+#[test]
+fn a_node_keeps_a_job_on_every_healthy_worker_and_keeps_its_own_order() {
+    let now = t0();
+    let triggers = (0..6)
+        .map(|i| trigger(&format!("t{i}"), &format!("Is {i} there?"), 60))
+        .collect();
+    let mut c = core(node(triggers, false, |_| ()), now);
+    let cam = running(frame_at(now, 10));
+    let mut acts = Vec::new();
+    for w in ["w1", "w2", "w3"] {
+        acts.extend(c.handle(now, &cam, beat(w, 0, 0)));
+    }
+    // Three workers of one slot each: three jobs out, one per worker.
+    acts.extend(c.handle(now, &cam, Input::Tick));
+    let jobs = pictures(&acts);
+    assert_eq!(jobs.len(), 3, "one job per healthy worker");
+    let out = sent(&encoded(&mut c, now, &cam, &jobs));
+    let mut to: Vec<&str> = out.iter().map(|(w, _)| w.as_str()).collect();
+    to.sort_unstable();
+    assert_eq!(to, ["w1", "w2", "w3"], "each on a worker's direct topic");
+    // A request waits for a free slot, then goes before the triggers still due.
+    let acts = c.handle(now, &cam, request("yes_no", r#"{"question":"Q?"}"#, 7));
+    assert!(pictures(&acts).is_empty(), "no room now");
+    let acts = c.handle(now, &cam, result(&out[0].0, &out[0].1, None));
+    let next = pictures(&acts);
+    assert_eq!(next.len(), 1);
+    let acts = encoded(&mut c, now, &cam, &next);
+    let (w, corr) = sent(&acts).remove(0);
+    assert_eq!(w, out[0].0, "the free worker (it has the picture, too)");
+    let acts = c.handle(now, &cam, result(&w, &corr, None));
+    let (reply, _) = replies(&acts).remove(0);
+    assert_eq!(reply.request, "yes_no", "the request went first");
+    assert_eq!(
+        reply.worker.as_deref(),
+        Some(w.as_str()),
+        "it names the worker"
+    );
+    // pool.max_in_flight caps the window.
+    let mut c = core(
+        node(
+            vec![
+                trigger("a", "A?", 60),
+                trigger("b", "B?", 60),
+                trigger("c", "C?", 60),
+            ],
+            false,
+            |c| c.pool.max_in_flight = 2,
+        ),
+        now,
+    );
+    let mut acts = Vec::new();
+    for w in ["w1", "w2", "w3"] {
+        acts.extend(c.handle(now, &cam, beat(w, 0, 0)));
+    }
+    acts.extend(c.handle(now, &cam, Input::Tick));
+    assert_eq!(pictures(&acts).len(), 2);
+    let pool = pool_stats(&mut c, now, &cam);
+    assert_eq!(
+        (pool["in_flight"].as_u64(), pool["window"].as_u64()),
+        (Some(2), Some(2)),
+        "{pool}"
+    );
+}
+
+#[test]
+fn a_trigger_is_never_evaluated_twice_at_once() {
+    let now = t0();
+    let mut c = core(node(vec![trigger("door", "Door?", 1)], false, |_| ()), now);
+    let cam = running(frame_at(now, 10));
+    let mut acts = c.handle(now, &cam, beat("w1", 0, 0));
+    acts.extend(c.handle(now, &cam, beat("w2", 0, 0)));
+    acts.extend(c.handle(now, &cam, Input::Tick));
+    let jobs = pictures(&acts);
+    assert_eq!(jobs.len(), 1);
+    encoded(&mut c, now, &cam, &jobs);
+    // Due again by its interval while the first evaluation is out, on a new frame.
+    let later = now.after(Duration::from_secs(2));
+    let cam2 = running(frame_at(later, 90));
+    let mut acts = c.handle(later, &cam2, beat("w1", 1, 0));
+    acts.extend(c.handle(later, &cam2, beat("w2", 0, 0)));
+    acts.extend(c.handle(later, &cam2, Input::Tick));
+    assert!(pictures(&acts).is_empty());
+}
+
+#[test]
+fn a_stalled_worker_costs_one_job_timeout_and_is_avoided_until_it_answers() {
+    let now = t0();
+    let triggers = (0..4)
+        .map(|i| trigger(&format!("t{i}"), &format!("Is {i} there?"), 60))
+        .collect();
+    let mut c = core(node(triggers, false, |_| ()), now);
+    let cam = running(frame_at(now, 10));
+    let mut acts = c.handle(now, &cam, beat("w1", 0, 0));
+    acts.extend(c.handle(now, &cam, beat("w2", 0, 0)));
+    acts.extend(c.handle(now, &cam, Input::Tick));
+    let jobs = pictures(&acts);
+    let out = sent(&encoded(&mut c, now, &cam, &jobs));
+    assert_eq!(out.len(), 2, "{out:?}");
+    let (stalled, fine) = (&out[0], &out[1]);
+    // The healthy worker answers each second and keeps its heartbeat; the other is silent.
+    let mut t = now;
+    let mut fine_corr = Some(fine.1.clone());
+    for s in 1..=4u64 {
+        t = now.after(Duration::from_secs(s));
+        c.handle(t, &cam, beat(&fine.0, 1, s));
+        let Some(corr) = fine_corr.take() else {
+            continue;
+        };
+        let acts = c.handle(t, &cam, result(&fine.0, &corr, None));
+        let acts = with_pool_pictures(&mut c, t, &cam, acts);
+        if let Some((w, corr)) = sent(&acts).into_iter().next() {
+            assert_eq!(w, fine.0, "jobs go to the worker that answers");
+            fine_corr = Some(corr);
+        }
+    }
+    // job_timeout (4 s) after it was sent, the stalled worker's job goes to the other at once.
+    let acts = c.handle(t, &cam, Input::Tick);
+    let retried = sent(&acts);
+    assert_eq!(retried.len(), 1, "{retried:?}");
+    assert_eq!(
+        retried[0].0, fine.0,
+        "the retry goes to a healthy worker, not the share"
+    );
+    let problems = health_problems(&mut c, t, &cam, 9);
+    assert!(
+        problems.contains(&format!("pool worker {} is avoided", stalled.0)),
+        "{problems}"
+    );
+    let pool = pool_stats(&mut c, t, &cam);
+    assert_eq!(pool["timeouts"], 1, "{pool}");
+    assert_eq!(pool["by_worker"][&stalled.0]["timeouts"], 1, "{pool}");
+    // It wakes and answers what it held: late, ignored, and it is trusted again.
+    let acts = c.handle(t, &cam, result(&stalled.0, &stalled.1, None));
+    assert!(replies(&acts).is_empty());
+    let pool = pool_stats(&mut c, t, &cam);
+    assert_eq!(pool["late"], 1, "{pool}");
+    assert!(pool["by_worker"][&stalled.0]["suspect"].is_null(), "{pool}");
+}
+
+/// Feeds the pictures `acts` ask for back: what the core publishes then, with `acts`.
+fn with_pool_pictures(c: &mut Core, now: Now, cam: &CameraView, mut acts: Vec<Act>) -> Vec<Act> {
+    let jobs = pictures(&acts);
+    acts.extend(encoded(c, now, cam, &jobs));
+    acts
+}
+
+#[test]
+fn a_busy_worker_s_job_goes_to_another_at_once() {
+    let now = t0();
+    let mut c = core(node(vec![trigger("door", "Door?", 60)], false, |_| ()), now);
+    let cam = running(frame_at(now, 10));
+    let mut acts = c.handle(now, &cam, beat("w1", 0, 0));
+    acts.extend(c.handle(now, &cam, beat("w2", 0, 0)));
+    let acts = with_pool_pictures(&mut c, now, &cam, acts);
+    let (w, corr) = sent(&acts).remove(0);
+    let acts = c.handle(now, &cam, result(&w, &corr, Some(Code::Busy)));
+    let (other, _) = sent(&acts).remove(0);
+    assert_ne!(other, w);
+}
+
+#[test]
+fn jobs_go_to_the_share_only_without_a_healthy_worker_and_a_lost_one_is_reported() {
+    let now = t0();
+    let mut c = core(node(vec![trigger("door", "Door?", 60)], false, |_| ()), now);
+    let cam = running(frame_at(now, 10));
+    // Its only worker is full: the share may find one that is not.
+    let acts = c.handle(now, &cam, beat("w1", 4, 0));
+    let acts = with_pool_pictures(&mut c, now, &cam, acts);
+    assert_eq!(sent(&acts)[0].0, "share");
+    // It reports an empty queue, yet the job is never answered: something in the group
+    // took it and cannot answer (a denied shared subscription).
+    let mut t = now;
+    for s in 1..=4 {
+        t = now.after(Duration::from_secs(s));
+        c.handle(t, &cam, beat("w1", 0, 0));
+    }
+    let acts = c.handle(t, &cam, Input::Tick);
+    assert_eq!(
+        sent(&acts)[0].0,
+        "w1",
+        "the retry goes to the worker directly"
+    );
+    let problems = health_problems(&mut c, t, &cam, 3);
+    assert!(problems.contains("shared subscription"), "{problems}");
+    assert_eq!(pool_stats(&mut c, t, &cam)["lost"], 1);
+}
+
+#[test]
+fn a_node_with_a_model_runs_here_what_no_worker_answers() {
+    let now = t0();
+    let mut c = core(
+        node(vec![trigger("door", "Door?", 60)], true, |c| {
+            c.pool.attempts = 1
+        }),
+        now,
+    );
+    let cam = running(frame_at(now, 10));
+    // No worker: at once on its own model.
+    let acts = c.handle(now, &cam, Input::Tick);
+    assert!(pictures(&acts).is_empty());
+    let (job, _) = submitted(&acts).expect("runs here");
+    let f = frame_at(now, 10);
+    c.handle(now, &cam, done(job, Ok(yes_no(true)), &f));
+    // A worker that does not answer: after pool.attempts, here.
+    c.handle(now, &cam, beat("w1", 0, 0));
+    let acts = c.handle(now, &cam, request("yes_no", r#"{"question":"Q?"}"#, 5));
+    let acts = with_pool_pictures(&mut c, now, &cam, acts);
+    assert_eq!(sent(&acts).len(), 1);
+    let t = now.after(Duration::from_secs(4));
+    c.handle(t, &cam, beat("w1", 1, 0));
+    let acts = c.handle(t, &cam, Input::Tick);
+    let (job, _) = submitted(&acts).expect("runs here after the pool");
+    let acts = c.handle(t, &cam, done(job, Ok(yes_no(false)), &f));
+    let (reply, _) = replies(&acts).remove(0);
+    assert_eq!((reply.status, reply.worker), (wire::Status::Ok, None));
+    assert_eq!(pool_stats(&mut c, t, &cam)["local"], 1);
+}
+
+#[test]
+fn a_worker_that_reports_work_without_progress_is_avoided() {
+    let now = t0();
+    let mut c = core(node(vec![], false, |_| ()), now);
+    let cam = running(frame_at(now, 10));
+    c.handle(now, &cam, beat("w1", 2, 5));
+    c.handle(now, &cam, beat("w2", 0, 0));
+    let t = now.after(Duration::from_secs(9));
+    c.handle(t, &cam, beat("w1", 2, 5));
+    c.handle(t, &cam, beat("w2", 0, 0));
+    let pool = pool_stats(&mut c, t, &cam);
+    assert!(
+        pool["by_worker"]["w1"]["suspect"]
+            .as_str()
+            .is_some_and(|s| s.contains("without finishing")),
+        "{pool}"
+    );
+    assert_eq!(pool["by_worker"]["w2"]["healthy"], true, "{pool}");
 }
