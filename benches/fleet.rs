@@ -1,18 +1,26 @@
-//! The pool: jobs per second with one and two workers, the pool path's added latency
-//! against a local engine, and the bytes of a job on the wire: `cargo bench --bench fleet`.
+//! The pool as camera nodes use it: `cargo bench --bench fleet`.
 //!
-//! Every node is `moonwatch run` with the full-shape random model (Q4_0 text, Q8_0
-//! projector) against a mosquitto of the bench's own, as a user would run them.
+//! Every node is `moonwatch run` against a mosquitto of the bench's own, as a user would
+//! run them. The load is what a camera node makes: one node without a model, with four
+//! cameras (GStreamer's moving "ball" test pattern, 320x240) of two yes/no triggers each,
+//! every trigger looked at again each second (`interval = recheck = 1`), and a burst of 10
+//! interactive `yes_no` requests halfway through. The node decides how many jobs it keeps
+//! out (one per healthy worker slot); the bench only watches the broker.
 //!
-//! - Throughput: a load generator keeps 4 jobs outstanding on `moonwatch/pool/request/yes_no`,
-//!   as camera nodes do, each with a picture the worker has not seen just before (every job
-//!   pays an image encode, as a new frame does), for MOONWATCH_BENCH_SECS (default 180);
-//!   workers run 1 thread each, so two workers use the two cores one worker leaves half idle.
-//! - Latency: `yes_no` requests to a camera node on its newest camera frame, one after
-//!   another, with its own model (2 threads) and with the same model on one worker
-//!   (2 threads): the same work on both paths (each request's frame is new to the engine),
-//!   so the difference is the pool's own cost (JPEG encode, transfer, decode, queueing).
+//! - **Fixed-cost workers** (default): each worker is the real `moonwatch run` worker with
+//!   its model replaced by the TEST DOUBLE in `src/vision/double.rs`
+//!   (`MOONWATCH_TEST_DOUBLE_MS`, default 500 ms a job), so the machine's two cores do
+//!   not bound what is measured: the pool's concurrency, with 1, 2 and 3 workers, then 2
+//!   workers of which one is stopped with SIGSTOP (still connected) a third of the way in.
+//! - **Model workers** (`MOONWATCH_BENCH_REAL=1`): the full-shape random model (Q4_0 text,
+//!   Q8_0 projector), one thread per worker, 1, 2 and 3 workers on this machine's cores.
+//! - The pool path's added latency against a local engine (`MOONWATCH_BENCH_REAL=1`), and
+//!   the pool's own work per job in process (always; `MOONWATCH_BENCH_ONLY=overhead` for
+//!   only that).
 //!
+//! Per run: jobs answered per second over MOONWATCH_BENCH_SECS (default 60; the first
+//! answers, model warm-up, are left out), the interactive requests' median and longest
+//! time to answer, and the longest time any job took from its first attempt to its answer.
 //! MOONWATCH_BENCH_MODELS as for `cargo bench --bench engine`, which makes the models.
 
 use std::path::{Path, PathBuf};
@@ -48,6 +56,11 @@ impl Setup {
 
     /// Starts a node: `model` with that many threads (0: none), `body` the rest.
     fn node(&mut self, id: &str, threads: u32, body: &str) {
+        self.node_with(id, threads, body, &[]);
+    }
+
+    /// Starts a node as [`Setup::node`] does, with `env` set.
+    fn node_with(&mut self, id: &str, threads: u32, body: &str, env: &[(&str, String)]) {
         let model = if threads > 0 {
             format!(
                 "[model]\ntext = \"{}\"\nmmproj = \"{}\"\nthreads = {threads}\n",
@@ -67,7 +80,7 @@ impl Setup {
         );
         let path = self.dir.path().join(format!("{id}.toml"));
         std::fs::write(&path, cfg).expect("config");
-        self.procs.push(common::daemon(&path));
+        self.procs.push(common::daemon_with(&path, env));
     }
 
     async fn client(&self, id: &str, subs: &[&str]) -> (AsyncClient, EventLoop) {
@@ -83,101 +96,188 @@ impl Setup {
 
 const WORKER: &str = "[camera]\nsource = \"none\"\n[pool]\nserve = true\njob_timeout = 600\n";
 
-/// A 378x378 JPEG (the size a camera node sends) of a scene that differs with `seed`:
-/// gradients, a few shapes and a little sensor noise, not random noise (which no camera
-/// sends, and which JPEG cannot compress).
-fn picture(seed: u32) -> Vec<u8> {
-    let img = image::RgbImage::from_fn(378, 378, |x, y| {
-        let noise = (x.wrapping_mul(2654435761) ^ y.wrapping_mul(40503) ^ seed) % 9;
-        let shape = ((x / 40 + y / 50 + seed) % 5) * 20;
-        let r = (x / 2 + shape + noise) as u8;
-        let g = (y / 2 + seed * 30 + noise) as u8;
-        let b = ((x + y) / 4 + shape) as u8;
-        image::Rgb([r, g, b])
-    });
-    let mut out = std::io::Cursor::new(Vec::new());
-    img.write_to(&mut out, image::ImageFormat::Jpeg)
-        .expect("jpeg");
-    out.into_inner()
+/// What the workers run.
+#[derive(Debug, Clone, Copy)]
+enum Workers {
+    /// The full-shape model, one thread each.
+    Model,
+    /// The test double: a fixed cost per job.
+    Double(Duration),
 }
 
-/// Jobs answered per second with `workers` workers of one thread each.
-async fn throughput(models: &Path, workers: u32, secs: u64) -> (f64, usize) {
+/// One run of the camera node's load.
+struct NodeRun {
+    jobs_per_s: f64,
+    /// The burst of interactive requests: median and longest seconds to the answer.
+    burst: (f64, f64),
+    /// The longest seconds a job took from its first attempt to its answer.
+    longest_job: f64,
+    retries: u64,
+}
+
+/// The camera node's configuration: four cameras, two triggers each, due every second.
+fn camera_node(job_timeout: u64) -> String {
+    let mut body = format!("[pool]\noffload = true\njob_timeout = {job_timeout}\nattempts = 3\n");
+    for i in 0..4 {
+        body += &format!(
+            "[[camera]]\nname = \"cam{i}\"\nsource = \"test\"\npattern = \"ball\"\n\
+             width = 320\nheight = 240\nfps = 2\ncapture_rate = 1.0\n"
+        );
+        for (name, q) in [
+            ("door", "Is the door open?"),
+            ("person", "Is there a person?"),
+        ] {
+            body += &format!(
+                "[[camera.trigger]]\nname = \"{name}\"\nquestion = \"{q}\"\n\
+                 interval = 1\nrecheck = 1\nconsecutive = 1\nthreshold = 0.5\n"
+            );
+        }
+    }
+    body
+}
+
+/// The job an attempt's correlation id belongs to (`{run}-{job}-{attempt}`).
+fn job_of(correlation: &[u8]) -> String {
+    let c = String::from_utf8_lossy(correlation);
+    c.rsplit_once('-')
+        .map_or(c.to_string(), |(job, _)| job.to_owned())
+}
+
+/// Runs the camera node against `n` workers for `secs` measured seconds; with `stall`,
+/// worker w0 is stopped (SIGSTOP) a third of the way in.
+async fn node_load(
+    models: &Path,
+    workers: Workers,
+    n: u32,
+    secs: u64,
+    stall: bool,
+    job_timeout: u64,
+) -> NodeRun {
     let mut s = Setup::new(models);
-    for w in 0..workers {
-        s.node(&format!("w{w}"), 1, WORKER);
+    let mut worker_pids = Vec::new();
+    for w in 0..n {
+        let (threads, env) = match workers {
+            Workers::Model => (1, vec![]),
+            Workers::Double(cost) => (
+                1,
+                vec![(moonwatch::vision::double::ENV, cost.as_millis().to_string())],
+            ),
+        };
+        s.node_with(&format!("w{w}"), threads, WORKER, &env);
+        worker_pids.push(s.procs.last().map_or(0, |k| k.0.id()));
     }
     let (c, mut el) = s
-        .client("load", &["bench/replies", "moonwatch/pool/worker/+"])
+        .client(
+            "watch",
+            &[
+                "moonwatch/pool/#",
+                "moonwatch/node/pool/reply",
+                "bench/burst",
+            ],
+        )
         .await;
-    let pictures: Vec<String> = (0..8)
-        .map(|i| base64::engine::general_purpose::STANDARD.encode(picture(i)))
-        .collect();
-    let body = |n: usize| {
-        serde_json::json!({"question": "Is there a door?", "image": pictures[n % pictures.len()]})
-            .to_string()
-    };
-    let bytes = body(0).len();
-    // Wait until every worker announced itself.
+    // The workers announce themselves before the node starts, as in a running fleet.
     let mut seen = std::collections::HashSet::new();
-    while seen.len() < workers as usize {
+    while seen.len() < n as usize {
         if let Ok(Event::Incoming(Packet::Publish(p))) = el.poll().await {
-            seen.insert(p.topic.clone());
+            if p.topic.starts_with(b"moonwatch/pool/worker/") {
+                seen.insert(p.topic.clone());
+            }
         }
     }
-    let send = |n: usize| {
-        let c = c.clone();
-        let payload = body(n);
-        async move {
-            let props = PublishProperties {
-                response_topic: Some("bench/replies".into()),
-                correlation_data: Some(Bytes::from(n.to_string())),
-                ..Default::default()
-            };
-            c.publish_with_properties(
-                "moonwatch/pool/request/yes_no",
-                QoS::AtLeastOnce,
-                false,
-                payload,
-                props,
-            )
-            .await
-            .expect("publish");
-        }
-    };
-    let mut next = 0;
-    for _ in 0..4 {
-        send(next).await;
-        next += 1;
-    }
+    s.node("node", 0, &camera_node(job_timeout));
+    let mut first_sent: std::collections::HashMap<String, Instant> = Default::default();
     let mut started: Option<Instant> = None;
-    let mut done = 0usize;
+    let (mut done, mut retries, mut longest_job) = (0usize, 0u64, 0f64);
+    let mut burst_sent: Vec<Instant> = Vec::new();
+    let mut burst_times: Vec<f64> = Vec::new();
+    let mut stalled = false;
     loop {
-        if started.is_some_and(|t| t.elapsed() >= Duration::from_secs(secs)) {
+        let elapsed = started.map_or(0.0, |t| t.elapsed().as_secs_f64());
+        if started.is_some() && elapsed >= secs as f64 && burst_times.len() == burst_sent.len() {
             break;
         }
-        let Ok(Ok(ev)) = tokio::time::timeout(Duration::from_secs(1), el.poll()).await else {
+        if stall && !stalled && elapsed >= secs as f64 / 3.0 {
+            stalled = true;
+            let _ = std::process::Command::new("kill")
+                .args(["-STOP", &worker_pids[0].to_string()])
+                .status();
+        }
+        if started.is_some() && burst_sent.is_empty() && elapsed >= secs as f64 / 2.0 {
+            for i in 0..10 {
+                let props = PublishProperties {
+                    response_topic: Some("bench/burst".into()),
+                    correlation_data: Some(Bytes::from(i.to_string())),
+                    ..Default::default()
+                };
+                c.publish_with_properties(
+                    format!("moonwatch/cam{}/request/yes_no", i % 4),
+                    QoS::AtLeastOnce,
+                    false,
+                    serde_json::json!({"question": format!("Is there a cat {i}?")}).to_string(),
+                    props,
+                )
+                .await
+                .expect("publish");
+                burst_sent.push(Instant::now());
+            }
+        }
+        let Ok(Ok(ev)) = tokio::time::timeout(Duration::from_millis(500), el.poll()).await else {
             continue;
         };
         let Event::Incoming(Packet::Publish(p)) = ev else {
             continue;
         };
-        if p.topic != "bench/replies" {
-            continue;
+        let corr = p
+            .properties
+            .as_ref()
+            .and_then(|pr| pr.correlation_data.clone())
+            .unwrap_or_default();
+        if p.topic.starts_with(b"moonwatch/pool/direct/")
+            || p.topic.starts_with(b"moonwatch/pool/request/")
+        {
+            let job = job_of(&corr);
+            if first_sent.contains_key(&job) {
+                retries += 1;
+            } else {
+                first_sent.insert(job, Instant::now());
+            }
+        } else if p.topic == "moonwatch/node/pool/reply" {
+            let ok = serde_json::from_slice::<serde_json::Value>(&p.payload)
+                .is_ok_and(|v| v["status"] == "ok");
+            // The first answers include each worker's warm-up: measured from then on.
+            if started.is_none() {
+                started = Some(Instant::now());
+                continue;
+            }
+            if let (true, Some(t)) = (ok, first_sent.remove(&job_of(&corr))) {
+                longest_job = longest_job.max(t.elapsed().as_secs_f64());
+                if elapsed < secs as f64 {
+                    done += 1;
+                }
+            }
+        } else if p.topic == "bench/burst" {
+            let i: usize = String::from_utf8_lossy(&corr).parse().unwrap_or(0);
+            if let Some(t) = burst_sent.get(i) {
+                burst_times.push(t.elapsed().as_secs_f64());
+            }
         }
-        let ok = serde_json::from_slice::<serde_json::Value>(&p.payload)
-            .is_ok_and(|v| v["status"] == "ok");
-        // The first answers include each worker's model warm-up: measured from then on.
-        if started.is_none() {
-            started = Some(Instant::now());
-        } else if ok {
-            done += 1;
-        }
-        send(next).await;
-        next += 1;
     }
-    let rate = done as f64 / started.map_or(1.0, |t| t.elapsed().as_secs_f64());
-    (rate, bytes)
+    if stalled {
+        let _ = std::process::Command::new("kill")
+            .args(["-CONT", &worker_pids[0].to_string()])
+            .status();
+    }
+    burst_times.sort_by(f64::total_cmp);
+    NodeRun {
+        jobs_per_s: done as f64 / secs as f64,
+        burst: (
+            burst_times[burst_times.len() / 2],
+            burst_times.last().copied().unwrap_or(0.0),
+        ),
+        longest_job,
+        retries,
+    }
 }
 
 /// Median seconds of `n` sequential yes_no requests to camera node `cam`, and the mean
@@ -188,7 +288,7 @@ async fn latency(s: &Setup, n: usize) -> (f64, usize) {
             "lat",
             &[
                 "bench/lat",
-                "moonwatch/pool/request/+",
+                "moonwatch/pool/#",
                 "moonwatch/cam/camera/availability",
             ],
         )
@@ -221,7 +321,9 @@ async fn latency(s: &Setup, n: usize) -> (f64, usize) {
         .expect("publish");
         loop {
             if let Ok(Event::Incoming(Packet::Publish(p))) = el.poll().await {
-                if p.topic.starts_with(b"moonwatch/pool/request/") {
+                if p.topic.starts_with(b"moonwatch/pool/request/")
+                    || p.topic.starts_with(b"moonwatch/pool/direct/")
+                {
                     jobs.push(p.payload.len());
                 }
                 if p.topic == "bench/lat" {
@@ -285,18 +387,57 @@ fn main() {
     if std::env::var("MOONWATCH_BENCH_ONLY").is_ok_and(|v| v == "overhead") {
         return;
     }
-    let secs = env_or("MOONWATCH_BENCH_SECS", 180);
-    let models = common::models();
+    let secs = env_or("MOONWATCH_BENCH_SECS", 60);
+    let real = std::env::var("MOONWATCH_BENCH_REAL").is_ok_and(|v| v == "1");
+    let cost = Duration::from_millis(env_or("MOONWATCH_TEST_DOUBLE_MS", 500));
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    rt.block_on(async {
+    let table = |title: String| {
+        println!("\n{title}");
+        println!("| workers | jobs/s | vs one worker | burst median s | burst longest s | longest job s | attempts sent again |");
+        println!("|---|---|---|---|---|---|---|");
+    };
+    let row = |label: &str, r: &NodeRun, one: f64| {
         println!(
-            "pool throughput: yes_no jobs, 4 outstanding, a new picture each, {secs} s measured"
+            "| {label} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {} |",
+            r.jobs_per_s,
+            r.jobs_per_s / one,
+            r.burst.0,
+            r.burst.1,
+            r.longest_job,
+            r.retries
         );
-        println!("| workers (1 thread each) | jobs/s | bytes per job (JSON, base64 JPEG) |");
-        println!("|---|---|---|");
-        for workers in [1, 2] {
-            let (rate, bytes) = throughput(&models, workers, secs).await;
-            println!("| {workers} | {rate:.3} | {bytes} |");
+    };
+    rt.block_on(async {
+        let job_timeout = 4;
+        let none = PathBuf::from("/nonexistent");
+        table(format!(
+            "camera node, 4 cameras x 2 triggers + a burst of 10 requests; workers: TEST DOUBLE of {} ms a job; job_timeout {job_timeout} s; {secs} s measured",
+            cost.as_millis()
+        ));
+        let mut one = 0.0;
+        for n in 1..=3 {
+            let r = node_load(&none, Workers::Double(cost), n, secs, false, job_timeout).await;
+            if n == 1 {
+                one = r.jobs_per_s;
+            }
+            row(&n.to_string(), &r, one);
+        }
+        let r = node_load(&none, Workers::Double(cost), 2, secs, true, job_timeout).await;
+        row("2, one stopped (SIGSTOP) after a third", &r, one);
+        if !real {
+            return;
+        }
+        let models = common::models();
+        table(format!(
+            "camera node as above; workers: the full-shape model, 1 thread each; job_timeout 600 s; {secs} s measured"
+        ));
+        let mut one = 0.0;
+        for n in 1..=3 {
+            let r = node_load(&models, Workers::Model, n, secs, false, 600).await;
+            if n == 1 {
+                one = r.jobs_per_s;
+            }
+            row(&n.to_string(), &r, one);
         }
         let mut local = Setup::new(&models);
         local.node("cam", 2, CAMERA);

@@ -47,9 +47,15 @@ pub fn models() -> PathBuf {
 
 /// `moonwatch run --config config`, quiet, until dropped.
 pub fn daemon(config: &std::path::Path) -> Kill {
+    daemon_with(config, &[])
+}
+
+/// `moonwatch run --config config` with `env` set, quiet, until dropped.
+pub fn daemon_with(config: &std::path::Path, env: &[(&str, String)]) -> Kill {
     let child = Command::new(env!("CARGO_BIN_EXE_moonwatch"))
         .args(["run", "--config"])
         .arg(config)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::null())

@@ -127,7 +127,17 @@ impl Daemon {
             cfg.mqtt.device_id.clone()
         };
         let topics = Topics::new(&cfg.mqtt, &device_id);
-        let engine = if cfg.has_model() {
+        let double = crate::vision::double::from_env()?;
+        let engine = if let (true, Some(cost)) = (cfg.has_model(), double) {
+            tracing::warn!(
+                "{} is set: a TEST DOUBLE answers every job after {cost:?} (no model is loaded)",
+                crate::vision::double::ENV
+            );
+            let depth = cfg.model.queue_depth as usize;
+            Some(Arc::new(crate::vision::double::Sleeper::start(
+                cost, depth,
+            )?))
+        } else if cfg.has_model() {
             let settings = moondream::Settings::from_config(&cfg);
             let engine = tokio::task::spawn_blocking(move || moondream::start(settings))
                 .await
