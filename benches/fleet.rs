@@ -237,10 +237,11 @@ async fn node_load(
             || p.topic.starts_with(b"moonwatch/pool/request/")
         {
             let job = job_of(&corr);
-            if first_sent.contains_key(&job) {
-                retries += 1;
-            } else {
-                first_sent.insert(job, Instant::now());
+            match first_sent.entry(job) {
+                std::collections::hash_map::Entry::Occupied(_) => retries += 1,
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(Instant::now());
+                }
             }
         } else if p.topic == "moonwatch/node/pool/reply" {
             let ok = serde_json::from_slice::<serde_json::Value>(&p.payload)
