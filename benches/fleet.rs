@@ -389,26 +389,14 @@ fn main() {
         return;
     }
     let secs = env_or("MOONWATCH_BENCH_SECS", 60);
-    let real = std::env::var("MOONWATCH_BENCH_REAL").is_ok_and(|v| v == "1");
+    let only = std::env::var("MOONWATCH_BENCH_ONLY").unwrap_or_default();
+    let real = std::env::var("MOONWATCH_BENCH_REAL").is_ok_and(|v| v == "1") || only == "real";
     let cost = Duration::from_millis(env_or("MOONWATCH_TEST_DOUBLE_MS", 500));
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let table = |title: String| {
-        println!("\n{title}");
-        println!("| workers | jobs/s | vs one worker | burst median s | burst longest s | longest job s | attempts sent again |");
-        println!("|---|---|---|---|---|---|---|");
-    };
-    let row = |label: &str, r: &NodeRun, one: f64| {
-        println!(
-            "| {label} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {} |",
-            r.jobs_per_s,
-            r.jobs_per_s / one,
-            r.burst.0,
-            r.burst.1,
-            r.longest_job,
-            r.retries
-        );
-    };
     rt.block_on(async {
+        if only == "real" {
+            return real_model(secs).await;
+        }
         let job_timeout = 4;
         let none = PathBuf::from("/nonexistent");
         table(format!(
@@ -425,39 +413,62 @@ fn main() {
         }
         let r = node_load(&none, Workers::Double(cost), 2, secs, true, job_timeout).await;
         row("2, one stopped (SIGSTOP) after a third", &r, one);
-        if !real {
-            return;
+        if real {
+            real_model(secs).await;
         }
-        let models = common::models();
-        table(format!(
-            "camera node as above; workers: the full-shape model, 1 thread each; job_timeout 600 s; {secs} s measured"
-        ));
-        let mut one = 0.0;
-        for n in 1..=3 {
-            let r = node_load(&models, Workers::Model, n, secs, false, 600).await;
-            if n == 1 {
-                one = r.jobs_per_s;
-            }
-            row(&n.to_string(), &r, one);
-        }
-        let mut local = Setup::new(&models);
-        local.node("cam", 2, CAMERA);
-        let (l, _) = latency(&local, 5).await;
-        drop(local);
-        let mut pooled = Setup::new(&models);
-        pooled.node("w0", 2, WORKER);
-        pooled.node(
-            "cam",
-            0,
-            &format!("{CAMERA}[pool]\noffload = true\njob_timeout = 600\n"),
-        );
-        let (p, bytes) = latency(&pooled, 5).await;
-        println!("\nrequest latency on the camera's newest frame (median of 5, 2 threads):");
-        println!("| path | seconds |");
-        println!("|---|---|");
-        println!("| camera node's own model | {l:.3} |");
-        println!("| through the pool (one worker) | {p:.3} |");
-        println!("| added by the pool | {:.3} |", p - l);
-        println!("\nbytes of a job from the camera node (640x480 test pattern, JSON with base64 JPEG): {bytes}");
     });
+}
+
+/// The camera node's load against workers running the full-shape model, and the pool
+/// path's added latency.
+async fn real_model(secs: u64) {
+    let models = common::models();
+    table(format!(
+        "camera node as above; workers: the full-shape model, 1 thread each; job_timeout 600 s; {secs} s measured"
+    ));
+    let mut one = 0.0;
+    for n in 1..=3 {
+        let r = node_load(&models, Workers::Model, n, secs, false, 600).await;
+        if n == 1 {
+            one = r.jobs_per_s;
+        }
+        row(&n.to_string(), &r, one);
+    }
+    let mut local = Setup::new(&models);
+    local.node("cam", 2, CAMERA);
+    let (l, _) = latency(&local, 5).await;
+    drop(local);
+    let mut pooled = Setup::new(&models);
+    pooled.node("w0", 2, WORKER);
+    pooled.node(
+        "cam",
+        0,
+        &format!("{CAMERA}[pool]\noffload = true\njob_timeout = 600\n"),
+    );
+    let (p, bytes) = latency(&pooled, 5).await;
+    println!("\nrequest latency on the camera's newest frame (median of 5, 2 threads):");
+    println!("| path | seconds |");
+    println!("|---|---|");
+    println!("| camera node's own model | {l:.3} |");
+    println!("| through the pool (one worker) | {p:.3} |");
+    println!("| added by the pool | {:.3} |", p - l);
+    println!("\nbytes of a job from the camera node (640x480 test pattern, JSON with base64 JPEG): {bytes}");
+}
+
+fn table(title: String) {
+    println!("\n{title}");
+    println!("| workers | jobs/s | vs one worker | burst median s | burst longest s | longest job s | attempts sent again |");
+    println!("|---|---|---|---|---|---|---|");
+}
+
+fn row(label: &str, r: &NodeRun, one: f64) {
+    println!(
+        "| {label} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {} |",
+        r.jobs_per_s,
+        r.jobs_per_s / one,
+        r.burst.0,
+        r.burst.1,
+        r.longest_job,
+        r.retries
+    );
 }
