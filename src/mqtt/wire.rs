@@ -31,8 +31,9 @@ pub struct Reply {
     pub error: Option<ErrorBody>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transaction: Option<Value>,
-    /// The worker that answered a pool job (its device id): the camera node sends the
-    /// next job on the same picture straight to it, where the picture is cached.
+    /// The pool worker that answered (its device id): in a worker's reply to a pool job
+    /// (the camera node sends the next job on the same picture to it, where the picture is
+    /// cached), and in a camera node's reply to a request it served through the pool.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worker: Option<String>,
 }
