@@ -13,24 +13,24 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use serde_json::Value;
 
 use super::store::RuntimeTriggers;
 use crate::camera::CameraStatus;
 use crate::config::{CameraSpec, Config};
 use crate::frame::scene::{self, Signature};
 use crate::frame::Frame;
-use crate::mqtt::api::{self, Action, ApiError, Code, ReplyAddress};
+use crate::mqtt::api::{self, Action, ApiError, Code};
 use crate::mqtt::topics::Topics;
 use crate::mqtt::wire::{self, ReplyData};
 use crate::mqtt::{AckToken, Class, Incoming, MqttEvent, OutboxStats, Outgoing};
 use crate::triggers::{
     self, Cause, Change, Evaluated, Observation, Pace, TriggerConfig, TriggerState,
 };
-use crate::vision::{Answer, Answered, EngineError, Response, Skill};
+use crate::vision::{Answer, EngineError, Response, Skill};
 use crate::zone::Zone;
 
 mod cameras;
+mod jobs;
 mod lifecycle;
 mod offload;
 mod pictures;
@@ -42,7 +42,7 @@ mod trigger_ops;
 
 pub use offload::{HEARTBEAT, JOB_SIDE};
 pub use protocol::*;
-use replies::{answer_reply, engine_error, on_off};
+use replies::{answer_reply, engine_error, on_off, ReplyTo};
 pub use trigger_ops::effective_triggers;
 
 /// How long a request waits for a camera that has not delivered its first frame yet.
@@ -61,25 +61,6 @@ pub const REQUEST_IMAGE_SIDE: u32 = 1024;
 /// Interactive jobs run in a row while triggers wait; then one trigger job runs, so a
 /// flood of requests slows triggers down but never stops them.
 const INTERACTIVE_BURST: u32 = 4;
-
-/// Where and how a request is answered.
-#[derive(Debug, Clone)]
-struct ReplyTo {
-    name: String,
-    address: ReplyAddress,
-    transaction: Option<Value>,
-    ack: Option<AckToken>,
-    /// Message expiry of the request (v5), with when it was received.
-    expiry: Option<(u32, Instant)>,
-    /// Key in `recent`, for requests that can be redelivered.
-    key: Option<u64>,
-    /// The worker the reply names: this node for a pool job it serves, the worker that
-    /// served a camera node's request through the pool.
-    worker: Option<String>,
-    /// A question from a camera's text entity: the answer is retained on the address, as
-    /// [`wire::Asked`].
-    question: Option<String>,
-}
 
 #[derive(Debug)]
 struct Pending {
@@ -421,6 +402,15 @@ impl Core {
         self.schedule(now, views, &mut out);
         self.maybe_exit(now, &mut out);
         out
+    }
+
+    pub(super) fn publish_retained(
+        &self,
+        out: &mut Vec<Act>,
+        topic: String,
+        payload: impl Into<Bytes>,
+    ) {
+        out.push(Act::Publish(Outgoing::retained(topic, payload)));
     }
 
     // ---- broker -------------------------------------------------------------------

@@ -1,95 +1,82 @@
-//! Replies: the reply envelope with its acknowledgements and expiry, and the
-//! conversions from engine results and errors.
+//! Replies: where a request is answered, the reply envelope with its acknowledgements and
+//! expiry, and the conversions from engine results and errors. Functions of their inputs
+//! only: nothing here knows the rest of the core.
 
-use super::*;
+use std::time::Instant;
 
-impl Core {
-    /// Answers a request: the reply carries the acknowledgement of the request (and of any
-    /// redelivery of it), released when the broker has the reply.
-    pub(super) fn reply(
-        &mut self,
-        now: Now,
-        to: ReplyTo,
-        result: Result<ReplyData, ApiError>,
-        out: &mut Vec<Act>,
-    ) {
-        if let Some(question) = to.question {
-            // From a camera's text entity: the answer (or why there is none) is the
-            // retained state of its answer sensor.
-            if let Err(e) = &result {
-                self.counters.errors += 1;
-                tracing::info!(question = ?question, code = ?e.code, "question not answered: {}", e.message);
-            }
-            let v = ha::asked(now, question, &result);
-            let mut m = Outgoing::retained(to.address.topic, wire::to_bytes(&v));
-            m.acks.extend(to.ack);
-            out.push(Act::Publish(m));
-            return;
+use bytes::Bytes;
+use serde_json::Value;
+
+use super::protocol::{unix, Now};
+use crate::frame::Frame;
+use crate::mqtt::api::{ApiError, Code, ReplyAddress};
+use crate::mqtt::wire::{self, ReplyData};
+use crate::mqtt::{AckToken, Class, Outgoing};
+use crate::vision::{Answer, Answered, EngineError, Response};
+
+/// Where and how a request is answered.
+#[derive(Debug, Clone)]
+pub(super) struct ReplyTo {
+    pub(super) name: String,
+    pub(super) address: ReplyAddress,
+    pub(super) transaction: Option<Value>,
+    pub(super) ack: Option<AckToken>,
+    /// Message expiry of the request (v5), with when it was received.
+    pub(super) expiry: Option<(u32, Instant)>,
+    /// Key in `recent`, for requests that can be redelivered.
+    pub(super) key: Option<u64>,
+    /// The worker the reply names: this node for a pool job it serves, the worker that
+    /// served a camera node's request through the pool.
+    pub(super) worker: Option<String>,
+    /// A question from a camera's text entity: the answer is retained on the address, as
+    /// [`wire::Asked`].
+    pub(super) question: Option<String>,
+}
+
+/// The reply to a request `to`, acknowledging `acks` once the broker has it; its expiry is
+/// what is left of the request's, or `default_expiry` seconds.
+pub(super) fn envelope(
+    now: Now,
+    to: ReplyTo,
+    result: Result<ReplyData, ApiError>,
+    acks: Vec<AckToken>,
+    default_expiry: u64,
+) -> Outgoing {
+    let (status, data, error) = match result {
+        Ok(data) => (wire::Status::Ok, Some(data), None),
+        Err(e) => (
+            wire::Status::Error,
+            None,
+            Some(wire::ErrorBody {
+                code: e.code,
+                message: e.message,
+            }),
+        ),
+    };
+    let body = wire::Reply {
+        status,
+        request: to.name.clone(),
+        data,
+        error,
+        transaction: to.transaction,
+        worker: to.worker,
+    };
+    let expiry = match to.expiry {
+        Some((secs, at)) => {
+            let left = u64::from(secs).saturating_sub(now.mono.duration_since(at).as_secs());
+            left.max(1) as u32
         }
-        let transaction = to.transaction.clone();
-        let body = match result {
-            Ok(data) => wire::Reply {
-                status: wire::Status::Ok,
-                request: to.name.clone(),
-                data: Some(data),
-                error: None,
-                transaction,
-                worker: to.worker.clone(),
-            },
-            Err(e) => {
-                self.counters.errors += 1;
-                self.bad_requests += 1;
-                tracing::debug!(request = ?to.name, code = ?e.code, message = ?e.message, "request failed");
-                wire::Reply {
-                    status: wire::Status::Error,
-                    request: to.name.clone(),
-                    data: None,
-                    error: Some(wire::ErrorBody {
-                        code: e.code,
-                        message: e.message,
-                    }),
-                    transaction,
-                    worker: to.worker.clone(),
-                }
-            }
-        };
-        let mut acks: Vec<AckToken> = to.ack.into_iter().collect();
-        if let Some(k) = to.key {
-            if let Some(Recent::InProgress(more)) = self.recent.get_mut(&k) {
-                acks.append(more);
-            }
-            self.recent.insert(k, Recent::Done);
-        }
-        let expiry = match to.expiry {
-            Some((secs, at)) => {
-                let left = u64::from(secs).saturating_sub(now.mono.duration_since(at).as_secs());
-                left.max(1) as u32
-            }
-            None => self
-                .cfg
-                .daemon
-                .request_timeout
-                .clamp(1, u64::from(u32::MAX)) as u32,
-        };
-        tracing::debug!(request = ?to.name, topic = ?to.address.topic, "reply");
-        out.push(Act::Publish(Outgoing {
-            topic: to.address.topic,
-            payload: wire::to_bytes(&body).into(),
-            class: Class::Reply,
-            correlation: to.address.correlation.map(Bytes::from),
-            expiry: Some(expiry),
-            response_topic: None,
-            acks,
-        }));
-    }
-
-    pub(super) fn publish_retained(
-        &self,
-        out: &mut Vec<Act>,
-        topic: String,
-        payload: impl Into<Bytes>,
-    ) {
-        out.push(Act::Publish(Outgoing::retained(topic, payload)));
+        None => default_expiry.clamp(1, u64::from(u32::MAX)) as u32,
+    };
+    tracing::debug!(request = ?to.name, topic = ?to.address.topic, "reply");
+    Outgoing {
+        topic: to.address.topic,
+        payload: wire::to_bytes(&body).into(),
+        class: Class::Reply,
+        correlation: to.address.correlation.map(Bytes::from),
+        expiry: Some(expiry),
+        response_topic: None,
+        acks,
     }
 }
 

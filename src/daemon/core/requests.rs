@@ -353,3 +353,43 @@ pub(super) fn request_key(m: &Incoming) -> u64 {
     }
     h.digest()
 }
+
+impl Core {
+    /// Answers a request: the reply carries the acknowledgement of the request (and of any
+    /// redelivery of it), released when the broker has the reply.
+    pub(super) fn reply(
+        &mut self,
+        now: Now,
+        to: ReplyTo,
+        result: Result<ReplyData, ApiError>,
+        out: &mut Vec<Act>,
+    ) {
+        if let Some(question) = to.question {
+            // From a camera's text entity: the answer (or why there is none) is the
+            // retained state of its answer sensor.
+            if let Err(e) = &result {
+                self.counters.errors += 1;
+                tracing::info!(question = ?question, code = ?e.code, "question not answered: {}", e.message);
+            }
+            let v = ha::asked(now, question, &result);
+            let mut m = Outgoing::retained(to.address.topic, wire::to_bytes(&v));
+            m.acks.extend(to.ack);
+            out.push(Act::Publish(m));
+            return;
+        }
+        if let Err(e) = &result {
+            self.counters.errors += 1;
+            self.bad_requests += 1;
+            tracing::debug!(request = ?to.name, code = ?e.code, message = ?e.message, "request failed");
+        }
+        let mut acks: Vec<AckToken> = to.ack.into_iter().collect();
+        if let Some(k) = to.key {
+            if let Some(Recent::InProgress(more)) = self.recent.get_mut(&k) {
+                acks.append(more);
+            }
+            self.recent.insert(k, Recent::Done);
+        }
+        let m = replies::envelope(now, to, result, acks, self.cfg.daemon.request_timeout);
+        out.push(Act::Publish(m));
+    }
+}

@@ -80,11 +80,11 @@ impl Scheduler {
             let absent = CameraHealth::Unavailable("no camera".into());
             let cam_health = job.cam.and_then(|c| health.get(c)).unwrap_or(&absent);
             let picture = match (&job.image, cam_health) {
-                (Some(bytes), _) => Ok(Picture::Encoded(bytes.clone())),
-                (None, _) if !reachable => Err(ApiError::new(
+                (_, _) if !reachable => Err(ApiError::new(
                     Code::ModelError,
                     "no pool worker is alive and this node has no model",
                 )),
+                (Some(bytes), _) => Ok(Picture::Encoded(bytes.clone())),
                 (None, CameraHealth::Fresh(f)) => Ok(Picture::Frame(f.clone())),
                 (None, CameraHealth::Starting)
                     if now.mono.duration_since(job.received) < CAMERA_GRACE =>
@@ -123,206 +123,148 @@ impl Scheduler {
     }
 }
 
-impl Core {
-    // ---- scheduling ---------------------------------------------------------------------
+/// A job the scheduler chose to start.
+#[derive(Debug)]
+pub(super) enum Start {
+    Interactive(Box<Pending>, Picture),
+    /// Trigger `name` of camera `cam` on `frame`, on its zone (or why its zone cannot be
+    /// found: the trigger fails instead).
+    Trigger {
+        cam: usize,
+        name: String,
+        cause: Cause,
+        frame: Arc<Frame>,
+        zone: Result<Option<Zone>, String>,
+    },
+    Caption {
+        cam: usize,
+        frame: Arc<Frame>,
+    },
+}
 
-    pub(super) fn next_id(&mut self) -> u64 {
-        let id = self.next_id;
-        self.next_id += 1;
-        id
-    }
+/// What the scheduler decided: the job to start, and the requests that will never run.
+#[derive(Debug, Default)]
+pub(super) struct Pick {
+    pub(super) start: Option<Start>,
+    pub(super) refused: Vec<(Pending, ApiError)>,
+}
 
-    /// Starts jobs while there is room (see [`Core::has_room`]): interactive requests first
-    /// (at most [`INTERACTIVE_BURST`] in a row while triggers wait), then trigger rounds,
-    /// then captions; cameras take turns for rounds and captions.
-    pub(super) fn schedule(&mut self, now: Now, views: &[CameraView], out: &mut Vec<Act>) {
-        if self.life.stopping.is_some() || self.life.exited {
-            return;
-        }
-        if self.life.model_ready && !self.sched.local_busy() {
-            // The engine is idle: the new model takes over now.
-            self.life.model_ready = false;
-            out.push(Act::UseNewModel);
-            // Answers that stood on an unchanged picture came from the old model.
-            for t in self.cams.iter_mut().flat_map(|c| c.triggers.values_mut()) {
-                t.reference = None;
-            }
-        }
-        let health: Vec<CameraHealth> = (0..self.cams.len())
-            .map(|ci| self.camera_health(now, ci, views))
-            .collect();
-        for (ci, h) in health.iter().enumerate() {
-            self.answer_snapshot_waiters(now, ci, views, h, out);
-        }
-        if !self.engine_reachable(now) {
-            // Requests are answered (model_error); no rounds or captions until a worker is
-            // back.
-            self.sched.round = None;
-            self.run_interactive(now, &health, out);
-            return;
-        }
-        while self.has_room(now) && self.start_next(now, &health, out) {}
-    }
+/// What the scheduler needs to know besides its own state.
+pub(super) struct Context<'a> {
+    pub(super) now: Now,
+    pub(super) health: &'a [CameraHealth],
+    /// Jobs can run: on this node's model, or a live worker.
+    pub(super) reachable: bool,
+    /// `daemon.caption_interval` (0: no captions).
+    pub(super) caption_every: u64,
+}
 
-    /// Whether another job may start: the pool has room while a worker is alive (this
-    /// node's model only takes what the pool could not answer), else this node's engine
-    /// is idle.
-    pub(super) fn has_room(&self, now: Now) -> bool {
-        match &self.offload {
-            Some(o) if o.reachable(now) => o.has_room(now),
-            _ => !self.sched.local_busy(),
-        }
-    }
-
-    /// Starts one job; false when nothing is due.
-    fn start_next(&mut self, now: Now, health: &[CameraHealth], out: &mut Vec<Act>) -> bool {
-        if self.sched.round.as_ref().is_none_or(|r| r.names.is_empty()) {
-            self.sched.round = self.next_round(now, health);
-        }
-        let triggers_wait = self.sched.round.is_some();
-        if (!triggers_wait || self.sched.interactive_streak < INTERACTIVE_BURST)
-            && self.run_interactive(now, health, out)
-        {
-            self.sched.interactive_streak += 1;
-            return true;
-        }
-        self.sched.interactive_streak = 0;
-        if self.run_round(now, health, out) || self.run_interactive(now, health, out) {
-            return true;
-        }
-        let every = self.cfg.daemon.caption_interval;
-        if every == 0 {
-            return false;
-        }
-        let n = self.cams.len();
-        for k in 0..n {
-            let ci = (self.sched.next_caption_cam + k) % n;
-            let CameraHealth::Fresh(frame) = &health[ci] else {
-                continue;
-            };
-            let cam = &mut self.cams[ci];
-            if cam
-                .last_caption
-                .is_some_and(|t| now.unix - t < every as f64)
-            {
-                continue;
-            }
-            cam.last_caption = Some(now.unix);
-            self.sched.next_caption_cam = ci + 1;
-            let skills = vec![Skill::Caption {
-                length: self.cfg.daemon.caption_length,
-            }];
-            let frame = frame.clone();
-            self.submit(
-                now,
-                Work::Caption { cam: ci },
-                Picture::Frame(frame),
-                None,
-                skills,
-                out,
-            );
-            return true;
-        }
-        false
-    }
-
-    /// Starts the next trigger of the round in progress, or of the next camera's round.
-    /// False when no trigger is due.
-    pub(super) fn run_round(
+impl Scheduler {
+    /// The next job to start: interactive requests first (at most [`INTERACTIVE_BURST`] in
+    /// a row while triggers wait), then trigger rounds with cameras taking turns, then
+    /// captions; and the requests that will never run. Decides only: the caller starts
+    /// and answers. Triggers skipped on an unchanged picture are counted in `counters`.
+    pub(super) fn pick(
         &mut self,
-        now: Now,
-        health: &[CameraHealth],
-        out: &mut Vec<Act>,
-    ) -> bool {
-        // Each camera's round at most once: triggers that cannot run end the search.
-        for _ in 0..=self.cams.len() {
-            if self.sched.round.as_ref().is_none_or(|r| r.names.is_empty()) {
-                self.sched.round = self.next_round(now, health);
-            }
-            let Some(round) = self.sched.round.as_mut() else {
-                return false;
+        ctx: &Context,
+        cams: &mut [Cam],
+        counters: &mut wire::Counters,
+    ) -> Pick {
+        if !ctx.reachable {
+            // Requests are answered (model_error); no rounds or captions until a worker
+            // is back.
+            self.round = None;
+            let i = self.next_interactive(ctx.now, ctx.health, false);
+            return Pick {
+                start: None,
+                refused: i.refused,
             };
+        }
+        if self.round.as_ref().is_none_or(|r| r.names.is_empty()) {
+            self.round = self.next_round(ctx, cams, counters);
+        }
+        let mut refused = Vec::new();
+        let triggers_wait = self.round.is_some();
+        if !triggers_wait || self.interactive_streak < INTERACTIVE_BURST {
+            let i = self.next_interactive(ctx.now, ctx.health, true);
+            refused.extend(i.refused);
+            if let Some((job, picture)) = i.start {
+                self.interactive_streak += 1;
+                return Pick {
+                    start: Some(Start::Interactive(Box::new(job), picture)),
+                    refused,
+                };
+            }
+        }
+        self.interactive_streak = 0;
+        let mut start = self.next_trigger(ctx, cams, counters);
+        if start.is_none() {
+            let i = self.next_interactive(ctx.now, ctx.health, true);
+            refused.extend(i.refused);
+            start = i.start.map(|(job, p)| Start::Interactive(Box::new(job), p));
+        }
+        if start.is_none() {
+            start = self.next_caption(ctx, cams);
+        }
+        Pick { start, refused }
+    }
+
+    /// The next trigger of the round in progress, or of the next camera's round.
+    fn next_trigger(
+        &mut self,
+        ctx: &Context,
+        cams: &mut [Cam],
+        counters: &mut wire::Counters,
+    ) -> Option<Start> {
+        // Each camera's round at most once: triggers that cannot run end the search.
+        for _ in 0..=cams.len() {
+            if self.round.as_ref().is_none_or(|r| r.names.is_empty()) {
+                self.round = self.next_round(ctx, cams, counters);
+            }
+            let round = self.round.as_mut()?;
             while let Some((name, cause)) = round.names.pop_front() {
-                let (ci, frame) = (round.cam, round.frame.clone());
-                let cam = &mut self.cams[ci];
+                let cam = &cams[round.cam];
                 let Some(t) = cam.triggers.get(&name) else {
                     continue;
                 };
                 if t.error.is_some() || !t.enabled {
                     continue;
                 }
-                let skills = vec![t.cfg.skill()];
-                let zone = match cam.zone(t.cfg.zone.as_ref()) {
-                    Ok(z) => z,
-                    Err(why) => {
-                        self.trigger_failed(ci, &name, why, out);
-                        return self.run_round(now, health, out);
-                    }
-                };
-                let (reference, _) = cam.scene(&frame, zone);
-                if let Some(t) = cam.triggers.get_mut(&name) {
-                    t.reference = reference;
-                }
-                let work = Work::Trigger {
-                    cam: ci,
+                return Some(Start::Trigger {
+                    cam: round.cam,
+                    zone: cam.zone(t.cfg.zone.as_ref()),
                     name,
-                    zone,
                     cause,
-                };
-                self.submit(now, work, Picture::Frame(frame), zone, skills, out);
-                return true;
+                    frame: round.frame.clone(),
+                });
             }
-            self.sched.round = None;
+            self.round = None;
         }
-        false
-    }
-
-    /// Starts the oldest interactive request that can run; answers those that cannot
-    /// (expired, camera unavailable). False when none was started.
-    pub(super) fn run_interactive(
-        &mut self,
-        now: Now,
-        health: &[CameraHealth],
-        out: &mut Vec<Act>,
-    ) -> bool {
-        let reachable = self.engine_reachable(now);
-        let Interactive { start, refused } = self.sched.next_interactive(now, health, reachable);
-        for (job, e) in refused {
-            self.reply(now, job.reply, Err(e), out);
-        }
-        let Some((job, picture)) = start else {
-            return false;
-        };
-        let skills = vec![job.skill.clone()];
-        let zone = job.zone;
-        self.submit(
-            now,
-            Work::Interactive(Box::new(job)),
-            picture,
-            zone,
-            skills,
-            out,
-        );
-        true
+        None
     }
 
     /// The next camera (in turn) with triggers due on its newest frame, and those
-    /// triggers, grouped by zone so that each zone's crop is encoded once.
-    pub(super) fn next_round(&mut self, now: Now, health: &[CameraHealth]) -> Option<Round> {
-        let n = self.cams.len();
+    /// triggers, grouped by zone so that each zone's crop is encoded once. A trigger being
+    /// evaluated (on another worker) is not started twice.
+    fn next_round(
+        &mut self,
+        ctx: &Context,
+        cams: &mut [Cam],
+        counters: &mut wire::Counters,
+    ) -> Option<Round> {
+        let n = cams.len();
         for k in 0..n {
-            let ci = (self.sched.next_round_cam + k) % n;
-            let CameraHealth::Fresh(frame) = &health[ci] else {
+            let ci = (self.next_round_cam + k) % n;
+            let CameraHealth::Fresh(frame) = &ctx.health[ci] else {
                 continue;
             };
-            // A trigger being evaluated (on another worker) is not started twice.
-            let names: Vec<String> = self.cams[ci]
+            let names: Vec<String> = cams[ci]
                 .triggers
                 .keys()
-                .filter(|n| !self.sched.evaluating(ci, n))
+                .filter(|n| !self.evaluating(ci, n))
                 .cloned()
                 .collect();
-            let cam = &mut self.cams[ci];
+            let cam = &mut cams[ci];
             let mut due = Vec::new();
             let mut soon = Vec::new();
             for name in names {
@@ -345,14 +287,15 @@ impl Core {
                     }
                     _ => true,
                 };
-                match triggers::pace(&t.cfg, t.state.settled(), t.evaluated, changed, now.unix) {
+                let now = ctx.now.unix;
+                match triggers::pace(&t.cfg, t.state.settled(), t.evaluated, changed, now) {
                     Pace::Due(cause) => due.push((zone_key, (name, cause))),
                     Pace::Soon(cause) => soon.push((zone_key, (name, cause))),
                     Pace::Skip => {
                         // Same picture, settled answer: it stands; look again next interval.
-                        t.evaluated.interval_from = Some(now.unix);
+                        t.evaluated.interval_from = Some(now);
                         cam.evaluations.skipped += 1;
-                        self.counters.trigger_skips += 1;
+                        counters.trigger_skips += 1;
                     }
                     Pace::Wait => {}
                 }
@@ -363,7 +306,7 @@ impl Core {
             due.extend(soon);
             // Stable: within a zone, triggers keep their order.
             due.sort_by_key(|(z, _)| *z);
-            self.sched.next_round_cam = ci + 1;
+            self.next_round_cam = ci + 1;
             return Some(Round {
                 cam: ci,
                 frame: frame.clone(),
@@ -371,6 +314,143 @@ impl Core {
             });
         }
         None
+    }
+
+    /// The next camera (in turn) due a caption.
+    fn next_caption(&mut self, ctx: &Context, cams: &mut [Cam]) -> Option<Start> {
+        if ctx.caption_every == 0 {
+            return None;
+        }
+        let n = cams.len();
+        for k in 0..n {
+            let ci = (self.next_caption_cam + k) % n;
+            let CameraHealth::Fresh(frame) = &ctx.health[ci] else {
+                continue;
+            };
+            let cam = &mut cams[ci];
+            if cam
+                .last_caption
+                .is_some_and(|t| ctx.now.unix - t < ctx.caption_every as f64)
+            {
+                continue;
+            }
+            cam.last_caption = Some(ctx.now.unix);
+            self.next_caption_cam = ci + 1;
+            return Some(Start::Caption {
+                cam: ci,
+                frame: frame.clone(),
+            });
+        }
+        None
+    }
+}
+
+impl Core {
+    // ---- scheduling ---------------------------------------------------------------------
+
+    pub(super) fn next_id(&mut self) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+
+    /// Starts jobs while there is room (see [`Core::has_room`]), in the order
+    /// [`Scheduler::pick`] gives; answers the requests that will never run.
+    pub(super) fn schedule(&mut self, now: Now, views: &[CameraView], out: &mut Vec<Act>) {
+        if self.life.stopping.is_some() || self.life.exited {
+            return;
+        }
+        if self.life.model_ready && !self.sched.local_busy() {
+            // The engine is idle: the new model takes over now.
+            self.life.model_ready = false;
+            out.push(Act::UseNewModel);
+            // Answers that stood on an unchanged picture came from the old model.
+            for t in self.cams.iter_mut().flat_map(|c| c.triggers.values_mut()) {
+                t.reference = None;
+            }
+        }
+        let health: Vec<CameraHealth> = (0..self.cams.len())
+            .map(|ci| self.camera_health(now, ci, views))
+            .collect();
+        for (ci, h) in health.iter().enumerate() {
+            self.answer_snapshot_waiters(now, ci, views, h, out);
+        }
+        let ctx = Context {
+            now,
+            health: &health,
+            reachable: self.engine_reachable(now),
+            caption_every: self.cfg.daemon.caption_interval,
+        };
+        loop {
+            let room = self.has_room(now);
+            let Pick { start, refused } = if room || !ctx.reachable {
+                self.sched.pick(&ctx, &mut self.cams, &mut self.counters)
+            } else {
+                Pick::default()
+            };
+            for (job, e) in refused {
+                self.reply(now, job.reply, Err(e), out);
+            }
+            let Some(start) = start.filter(|_| room) else {
+                return;
+            };
+            self.start(now, start, out);
+        }
+    }
+
+    /// Whether another job may start: the pool has room while a worker is alive (this
+    /// node's model only takes what the pool could not answer), else this node's engine
+    /// is idle.
+    pub(super) fn has_room(&self, now: Now) -> bool {
+        match &self.offload {
+            Some(o) if o.reachable(now) => o.has_room(now),
+            _ => !self.sched.local_busy(),
+        }
+    }
+
+    /// Starts what the scheduler picked.
+    fn start(&mut self, now: Now, start: Start, out: &mut Vec<Act>) {
+        match start {
+            Start::Interactive(job, picture) => {
+                let skills = vec![job.skill.clone()];
+                let zone = job.zone;
+                let work = Work::Interactive(job);
+                self.submit(now, work, picture, zone, skills, out);
+            }
+            Start::Trigger {
+                cam: ci,
+                name,
+                cause,
+                frame,
+                zone,
+            } => {
+                let zone = match zone {
+                    Ok(z) => z,
+                    Err(why) => return self.trigger_failed(ci, &name, why, out),
+                };
+                let cam = &mut self.cams[ci];
+                let (reference, _) = cam.scene(&frame, zone);
+                let Some(t) = cam.triggers.get_mut(&name) else {
+                    return;
+                };
+                t.reference = reference;
+                let skills = vec![t.cfg.skill()];
+                let work = Work::Trigger {
+                    cam: ci,
+                    name,
+                    zone,
+                    cause,
+                };
+                self.submit(now, work, Picture::Frame(frame), zone, skills, out);
+            }
+            Start::Caption { cam, frame } => {
+                let skills = vec![Skill::Caption {
+                    length: self.cfg.daemon.caption_length,
+                }];
+                let work = Work::Caption { cam };
+                self.submit(now, work, Picture::Frame(frame), None, skills, out);
+            }
+        }
     }
 
     pub(super) fn answer_snapshot_waiters(
@@ -392,220 +472,6 @@ impl Core {
             } else {
                 self.snapshot(now, ci, views, false, reply, out);
             }
-        }
-    }
-
-    pub(super) fn publish_caption(
-        &mut self,
-        ci: usize,
-        caption: &str,
-        frame: &Frame,
-        out: &mut Vec<Act>,
-    ) {
-        self.counters.captions += 1;
-        let v = wire::Caption {
-            caption: caption.to_owned(),
-            frame_time: unix(frame.captured_at),
-            frame_seq: frame.seq,
-        };
-        let topic = self.cams[ci].topics.caption();
-        self.publish_retained(out, topic, wire::to_bytes(&v));
-    }
-
-    /// Starts a job: on the pool while a worker is alive (its picture is prepared off the
-    /// loop first), else on this node's engine.
-    pub(super) fn submit(
-        &mut self,
-        now: Now,
-        work: Work,
-        picture: Picture,
-        zone: Option<Zone>,
-        skills: Vec<Skill>,
-        out: &mut Vec<Act>,
-    ) {
-        let job = self.next_id();
-        let pool = match (&mut self.offload, skills.as_slice()) {
-            (Some(o), [skill]) if o.reachable(now) => {
-                o.start(now, job, skill.clone(), zone);
-                true
-            }
-            _ => false,
-        };
-        self.sched.in_flight.insert(
-            job,
-            InFlight {
-                job,
-                work,
-                started: now.mono,
-                cancelled: false,
-                place: if pool { Place::Pool } else { Place::Local },
-            },
-        );
-        if pool {
-            out.push(Act::PoolPicture {
-                job,
-                picture,
-                zone,
-                side: offload::JOB_SIDE,
-            });
-        } else {
-            out.push(Act::Submit {
-                job,
-                picture,
-                zone,
-                skills,
-            });
-        }
-    }
-
-    /// What the pool made of a job: its result, or a run on this node's model.
-    pub(super) fn on_pool(&mut self, now: Now, outcome: offload::Outcome, out: &mut Vec<Act>) {
-        match outcome {
-            offload::Outcome::Done {
-                job,
-                result,
-                frame,
-                worker,
-            } => self.on_done(now, job, result, frame, worker, out),
-            offload::Outcome::RunHere {
-                job,
-                frame,
-                zone,
-                skill,
-            } => {
-                if let Some(f) = self.sched.in_flight.get_mut(&job) {
-                    f.place = Place::Local;
-                }
-                out.push(Act::Submit {
-                    job,
-                    picture: Picture::Frame(frame),
-                    zone,
-                    skills: vec![skill],
-                });
-            }
-        }
-    }
-
-    pub(super) fn on_done(
-        &mut self,
-        now: Now,
-        job: u64,
-        result: Result<Response, EngineError>,
-        frame: Option<Arc<Frame>>,
-        worker: Option<String>,
-        out: &mut Vec<Act>,
-    ) {
-        let Some(done) = self.sched.in_flight.remove(&job) else {
-            return;
-        };
-        let elapsed = now.mono.duration_since(done.started).as_secs_f64() * 1e3;
-        self.counters.engine_busy_ms += elapsed;
-        if let Ok(r) = &result {
-            self.counters.inferences += 1;
-            self.counters.image_encodes += u64::from(!r.prefix.reused);
-        }
-        match done.work {
-            Work::Interactive(mut p) => {
-                self.counters.last_request_ms = Some(elapsed);
-                // The requester learns which worker served it.
-                if worker.is_some() {
-                    p.reply.worker = worker;
-                }
-                let reply = match (result, frame) {
-                    (Ok(mut r), Some(f)) => {
-                        if let Some(z) = p.zone {
-                            for a in &mut r.answers {
-                                z.answer_to_frame(&mut a.answer);
-                            }
-                        }
-                        let first = r.answers.first().map(|a| &a.answer);
-                        // A caption of the camera's picture (the "caption now" button) is
-                        // the camera's caption; one of a request's own image (or of a
-                        // zone) is not.
-                        if let (Some(cam), None, None, Some(Answer::Caption { caption })) =
-                            (p.cam, &p.image, p.zone, first)
-                        {
-                            self.publish_caption(cam, caption, &f, out);
-                        }
-                        let drawing = match (p.cam, p.annotate, first, &p.skill) {
-                            (
-                                Some(cam),
-                                true,
-                                Some(a),
-                                Skill::Detect { object } | Skill::Point { object },
-                            ) => Some((
-                                cam,
-                                Drawing {
-                                    answer: a.clone(),
-                                    object: object.clone(),
-                                    zone: p.zone,
-                                },
-                            )),
-                            _ => None,
-                        };
-                        let mut data = answer_reply(&r, &f);
-                        data.zone = p.zone;
-                        if let Some((cam, drawing)) = drawing {
-                            // Answered once the drawn picture is published.
-                            let topic = self.cams[cam].topics.annotated();
-                            data.annotated_topic = Some(topic.clone());
-                            let then =
-                                vec![pictures::Then::Reply(p.reply, Ok(ReplyData::Answer(data)))];
-                            return self.drawn_picture(cam, &f, drawing, vec![topic], then, out);
-                        }
-                        Ok(ReplyData::Answer(data))
-                    }
-                    (Ok(_), None) => Err(ApiError::new(Code::ModelError, "no picture")),
-                    (Err(e), _) => Err(engine_error(e, self.life.stopping.is_some())),
-                };
-                self.reply(now, p.reply, reply, out);
-            }
-            Work::Trigger {
-                cam,
-                name,
-                zone,
-                cause,
-            } => {
-                self.counters.last_trigger_ms = Some(elapsed);
-                if let Some(t) = self.cams[cam].triggers.get_mut(&name) {
-                    t.evaluated.interval_from = Some(now.unix);
-                }
-                match (result, frame) {
-                    (Ok(r), Some(f)) => {
-                        if let Some(a) = r.answers.first() {
-                            let mut answer = a.answer.clone();
-                            if let Some(z) = zone {
-                                z.answer_to_frame(&mut answer);
-                            }
-                            self.counters.trigger_evaluations += 1;
-                            let c = &mut self.cams[cam];
-                            c.evaluations.count(cause);
-                            if let Some(t) = c.triggers.get_mut(&name) {
-                                t.evaluated.answered = Some(now.unix);
-                            }
-                            let at = (cam, name.as_str(), zone, cause);
-                            self.on_trigger_answer(now, at, &answer, &f, out);
-                        }
-                    }
-                    (Err(EngineError::Invalid(why)), _) => {
-                        self.trigger_failed(cam, &name, why, out)
-                    }
-                    (Err(e), _) => {
-                        tracing::warn!(trigger = ?name, "trigger evaluation failed: {e}");
-                    }
-                    (Ok(_), None) => {}
-                }
-            }
-            Work::Caption { cam } => match (result, frame) {
-                (Ok(r), Some(f)) => {
-                    if let Some(Answer::Caption { caption }) = r.answers.first().map(|a| &a.answer)
-                    {
-                        self.publish_caption(cam, caption, &f, out);
-                    }
-                }
-                (Err(e), _) => tracing::warn!("caption failed: {e}"),
-                (Ok(_), None) => {}
-            },
         }
     }
 }

@@ -3,7 +3,10 @@
 use super::*;
 use std::time::UNIX_EPOCH;
 
+use serde_json::Value;
+
 use crate::mqtt::wire::Reply;
+use crate::vision::Answered;
 use crate::vision::{PrefixTiming, SkillTiming};
 
 fn t0() -> Now {
