@@ -183,3 +183,30 @@ fn the_core_decides_without_a_clock_a_socket_a_runtime_or_an_encoder() {
     }
     assert!(checked >= 8, "{checked} files");
 }
+
+#[test]
+fn the_cores_bottom_layer_knows_nothing_above_it() {
+    // What goes in and out (protocol.rs) and the replies (replies.rs) are functions and
+    // types of their inputs: neither reaches into the rest of the core or its state.
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/daemon/core");
+    for file in ["protocol.rs", "replies.rs"] {
+        let text = std::fs::read_to_string(dir.join(file)).unwrap();
+        for banned in [
+            "use super::*",
+            "impl Core",
+            "super::scheduler",
+            "super::offload",
+        ] {
+            assert!(!text.contains(banned), "{file} has {banned}");
+        }
+        for line in text
+            .lines()
+            .filter(|l| l.trim_start().starts_with("use super::"))
+        {
+            assert!(
+                line.contains("super::protocol"),
+                "{file} imports from the core above it: {line}"
+            );
+        }
+    }
+}
