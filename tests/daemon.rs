@@ -707,17 +707,17 @@ async fn bad_input_gets_error_replies_and_the_daemon_keeps_serving() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn triggers_publish_state_and_discovery_and_change_at_runtime() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::start(dir.path(), "allow_anonymous true");
     let trigger = "[[trigger]]\nname = \"door\"\nquestion = \"Is the door open?\"\nthreshold = 0.5\nconsecutive = 1\ninterval = 1\ndevice_class = \"door\"\n";
     // A model that answers yes: the random one answers neither, which is no observation.
     let yes = common::tiny_yes();
-    let d = Daemon::start(
-        dir.path(),
-        &config_for(&yes, dir.path(), broker.port, "v5", trigger),
-    );
-    let mut c = Client::connect(
-        broker.port,
+    let Rig {
+        dir,
+        broker,
+        daemon: d,
+        client: mut c,
+    } = Rig::start(
+        "allow_anonymous true",
+        |dir, port| config_for(&yes, dir, port, "v5", trigger),
         "t-trig",
         &[&format!("{BASE}/#"), "homeassistant/#"],
     )
@@ -1129,23 +1129,22 @@ async fn trigger_begin_and_end_events_follow_the_models_answers() {
     // A model that always says yes, then (after SIGHUP) one that always says no.
     let yes = common::tiny_yes();
     let no = common::answering(" No", true);
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::start(dir.path(), "allow_anonymous true");
     let trigger = "[[trigger]]\nname = \"door\"\nquestion = \"Is the door open?\"\n\
                    threshold = 0.55\nconsecutive = 1\ncooldown = 0\ninterval = 1\n";
+    let Rig {
+        dir,
+        broker,
+        daemon: d,
+        client: mut c,
+    } = Rig::start(
+        "allow_anonymous true",
+        |dir, port| config_for(&yes, dir, port, "v5", trigger),
+        "t-events",
+        &[&format!("{BASE}/#")],
+    )
+    .await;
     let with_no = config_for(&no, dir.path(), broker.port, "v5", trigger);
-    let with_yes = with_no
-        .replace(
-            &no.text.display().to_string(),
-            &yes.text.display().to_string(),
-        )
-        .replace(
-            &no.mmproj.display().to_string(),
-            &yes.mmproj.display().to_string(),
-        );
-    assert_ne!(with_yes, with_no);
-    let d = Daemon::start(dir.path(), &with_yes);
-    let mut c = Client::connect(broker.port, "t-events", &[&format!("{BASE}/#")]).await;
+    assert_ne!(std::fs::read_to_string(&d.config).unwrap(), with_no);
 
     let begin = c
         .wait("begin event", 60, |m| {
@@ -1550,21 +1549,24 @@ fn huge_png() -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_8192_pixel_pngs_keep_memory_bounded() {
     let png = huge_png();
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::start(dir.path(), "allow_anonymous true");
     let b64 = base64::engine::general_purpose::STANDARD.encode(&png);
-    let cfg = config(dir.path(), broker.port, "v5", "").replace(
-        "max_payload = 65536",
-        &format!("max_payload = {}", b64.len() + 4096),
-    );
-    let d = Daemon::start(dir.path(), &cfg);
-    let mut c = Client::connect(
-        broker.port,
+    let Rig {
+        dir: _dir,
+        broker: _broker,
+        daemon: d,
+        client: mut c,
+    } = Rig::start(
+        "allow_anonymous true",
+        |dir, port| {
+            config(dir, port, "v5", "").replace(
+                "max_payload = 65536",
+                &format!("max_payload = {}", b64.len() + 4096),
+            )
+        },
         "t-png",
         &["png/#", &format!("{BASE}/availability")],
     )
     .await;
-    c.wait("online", 60, |m| &m.payload[..] == b"online").await;
     // One small request first, so that everything lazily allocated is in the baseline.
     c.request_v5(
         &format!("{BASE}/request/query"),
@@ -1968,21 +1970,27 @@ async fn the_cli_asks_a_running_daemon_over_mqtt() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trigger_switched_off_from_home_assistant_stays_off_across_a_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::start(dir.path(), "allow_anonymous true");
     let trigger = "[[trigger]]\nname = \"door\"\nquestion = \"Is the door open?\"\ninterval = 1\n";
     // The per-entity discovery form, for Home Assistant before 2024.11.
-    let cfg = config_for(&common::tiny_yes(), dir.path(), broker.port, "v5", trigger).replace(
-        "device_id = \"cam1\"",
-        "device_id = \"cam1\"\ndiscovery_form = \"entity\"",
-    );
-    let mut d = Daemon::start(dir.path(), &cfg);
-    let mut c = Client::connect(
-        broker.port,
+    let entity_form = |dir: &Path, port| {
+        config_for(&common::tiny_yes(), dir, port, "v5", trigger).replace(
+            "device_id = \"cam1\"",
+            "device_id = \"cam1\"\ndiscovery_form = \"entity\"",
+        )
+    };
+    let Rig {
+        dir,
+        broker,
+        daemon: mut d,
+        client: mut c,
+    } = Rig::start(
+        "allow_anonymous true",
+        entity_form,
         "t-switch",
         &[&format!("{BASE}/#"), "homeassistant/#"],
     )
     .await;
+    let cfg = entity_form(dir.path(), broker.port);
     c.wait(
         "switch entity",
         60,
@@ -2445,14 +2453,18 @@ async fn a_camera_without_a_model_hands_its_work_to_two_workers_and_loses_none()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_camera_node_with_a_model_runs_a_job_no_worker_answers_itself() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::start(dir.path(), "allow_anonymous true");
     let trigger = "[[trigger]]\nname = \"door\"\nquestion = \"Is the door open?\"\nthreshold = 0.5\nconsecutive = 1\ninterval = 1\n";
-    let cfg = config_for(&common::tiny_yes(), dir.path(), broker.port, "v5", trigger)
-        + "[pool]\noffload = true\njob_timeout = 1\nattempts = 1\n";
-    let _d = Daemon::start(dir.path(), &cfg);
-    let mut c = Client::connect(
-        broker.port,
+    let Rig {
+        dir: _dir,
+        broker: _broker,
+        daemon: _d,
+        client: mut c,
+    } = Rig::start(
+        "allow_anonymous true",
+        |dir, port| {
+            config_for(&common::tiny_yes(), dir, port, "v5", trigger)
+                + "[pool]\noffload = true\njob_timeout = 1\nattempts = 1\n"
+        },
         "t-local",
         &[&format!("{BASE}/#"), "moonwatch/pool/#"],
     )
