@@ -444,3 +444,42 @@ fn a_worker_that_reports_work_without_progress_is_avoided() {
     );
     assert_eq!(pool["by_worker"]["w2"]["healthy"], true, "{pool}");
 }
+
+#[test]
+fn heartbeats_are_bounded_input() {
+    let now = t0();
+    let mut c = core(node(vec![], false, |_| ()), now);
+    let cam = running(frame_at(now, 10));
+    // Absurd figures do not overflow a clock or open a huge window.
+    let v = serde_json::json!({"online": true, "queue_depth": 0, "max_pending": usize::MAX,
+        "served": u64::MAX, "interval_s": u64::MAX, "slots": usize::MAX});
+    c.handle(
+        now,
+        &cam,
+        message("mw/pool/worker/big", v.to_string().as_bytes(), None),
+    );
+    let pool = pool_stats(&mut c, now, &cam);
+    assert_eq!(pool["window"], 8, "pool.max_in_flight caps it: {pool}");
+    let later = now.after(Duration::from_secs(86_400 * 365));
+    c.handle(later, &cam, Input::Tick);
+    let pool = pool_stats(&mut c, later, &cam);
+    assert!(
+        pool["by_worker"]["big"].is_null(),
+        "forgotten after an hour: {pool}"
+    );
+    // Heartbeats from more ids than the node remembers are ignored.
+    for i in 0..300 {
+        c.handle(now, &cam, beat(&format!("w{i}"), 0, 0));
+    }
+    let pool = pool_stats(&mut c, now, &cam);
+    let known = pool["by_worker"].as_object().map_or(0, |m| m.len());
+    assert!(known <= 256, "{known}");
+    // Garbage on the heartbeat topic forgets that worker, nothing more.
+    c.handle(
+        now,
+        &cam,
+        message("mw/pool/worker/w1", b"\xff not json", None),
+    );
+    let pool = pool_stats(&mut c, now, &cam);
+    assert!(pool["by_worker"]["w1"].is_null(), "{pool}");
+}

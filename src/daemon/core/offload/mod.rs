@@ -24,8 +24,11 @@
 use base64::Engine as _;
 
 use super::*;
+
+mod workers;
 use crate::mqtt::requests::Request;
 use crate::mqtt::wire::{response_of, Outcome as ReplyOutcome, PoolStats, Status, WorkerStatus};
+use workers::{Worker, FORGET_AFTER, LATE_SLACK};
 
 /// How often a worker publishes its heartbeat.
 pub const HEARTBEAT: Duration = Duration::from_secs(1);
@@ -36,52 +39,6 @@ const SHARE_DISTRUST: Duration = Duration::from_secs(600);
 /// The side of the picture sent with a job: the model's input (Moondream2 stretches every
 /// picture to 378x378), so nothing is sent that the worker would throw away.
 pub const JOB_SIDE: u32 = 378;
-
-/// A worker as its heartbeats and this node's jobs show it.
-#[derive(Debug)]
-struct Worker {
-    /// When its last heartbeat came.
-    seen: Instant,
-    status: WorkerStatus,
-    /// Why it is avoided.
-    suspect: Option<String>,
-    /// Jobs of this node it holds (sent to it, not yet answered).
-    holds: usize,
-    /// When this node last sent it a job (ties go to the one sent to least recently).
-    last_sent: Option<Instant>,
-    answered: u64,
-    timeouts: u64,
-    /// When it last finished a job (an answer came, or its `served` grew).
-    progress: Instant,
-}
-
-impl Worker {
-    fn interval(&self) -> Duration {
-        Duration::from_secs(self.status.interval_s.max(1))
-    }
-
-    /// Its heartbeat is fresh enough to count it at all (three missed: gone).
-    fn live(&self, now: Now) -> bool {
-        self.status.online && now.mono.duration_since(self.seen) <= self.interval() * 3 + GONE_SLACK
-    }
-
-    /// Live, trusted, and its heartbeat is on time (a stalled process stops them first).
-    fn healthy(&self, now: Now) -> bool {
-        self.live(now)
-            && self.suspect.is_none()
-            && now.mono.duration_since(self.seen) <= self.interval() * 2 + LATE_SLACK
-            && self.status.queue_depth < self.status.max_pending.max(1)
-    }
-
-    fn room(&self) -> usize {
-        self.status.slots.max(1).saturating_sub(self.holds)
-    }
-}
-
-/// Grace on top of three heartbeat intervals before a worker counts as gone.
-const GONE_SLACK: Duration = Duration::from_secs(5);
-/// Grace on top of two heartbeat intervals before a worker's heartbeat counts as late.
-const LATE_SLACK: Duration = Duration::from_secs(1);
 
 #[derive(Debug)]
 struct Attempt {
@@ -197,10 +154,6 @@ impl Offload {
         topic == self.reply_topic || self.heartbeat_of(topic).is_some()
     }
 
-    fn live_count(&self, now: Now) -> usize {
-        self.workers.values().filter(|w| w.live(now)).count()
-    }
-
     /// Whether a job can be sent at all: some worker's heartbeat is fresh.
     pub(super) fn reachable(&self, now: Now) -> bool {
         self.live_count(now) > 0
@@ -214,7 +167,7 @@ impl Offload {
             .workers
             .values()
             .filter(|w| w.healthy(now))
-            .map(|w| w.status.slots.max(1))
+            .map(Worker::slots)
             .sum();
         let slots = if slots == 0 && self.reachable(now) {
             1
@@ -477,43 +430,6 @@ impl Offload {
         }
     }
 
-    fn on_heartbeat(&mut self, now: Now, id: String, payload: &[u8]) {
-        // An empty retained message clears a worker.
-        let Ok(status) = serde_json::from_slice::<WorkerStatus>(payload) else {
-            self.workers.remove(&id);
-            return;
-        };
-        let timeout = self.timeout;
-        let w = self.workers.entry(id.clone()).or_insert_with(|| Worker {
-            seen: now.mono,
-            status: status.clone(),
-            suspect: None,
-            holds: 0,
-            last_sent: None,
-            answered: 0,
-            timeouts: 0,
-            progress: now.mono,
-        });
-        let finished = status.served > w.status.served || status.queue_depth == 0;
-        if finished {
-            w.progress = now.mono;
-        }
-        if w.suspect.is_some() && status.online && status.queue_depth == 0 {
-            // Nothing waits there: whatever held it is over.
-            tracing::info!(worker = %id, "pool worker reports an empty queue; trusted again");
-            w.suspect = None;
-        }
-        if w.suspect.is_none() && now.mono.duration_since(w.progress) > timeout * 2 {
-            w.suspect = Some(format!(
-                "it has had work without finishing a job for {} s",
-                now.mono.duration_since(w.progress).as_secs()
-            ));
-            tracing::warn!(worker = %id, "pool worker avoided: busy without progress");
-        }
-        w.seen = now.mono;
-        w.status = status;
-    }
-
     /// Timeouts, and jobs waiting out a busy pause.
     pub(super) fn tick(&mut self, now: Now, out: &mut Vec<Act>) -> Vec<Outcome> {
         let mut outcomes = Vec::new();
@@ -548,6 +464,9 @@ impl Offload {
             tracing::warn!(job, "no pool worker answered in {:?}", self.timeout);
             outcomes.extend(self.send(now, job, out));
         }
+        // A worker gone for long, holding nothing, is forgotten.
+        self.workers
+            .retain(|_, w| w.holds > 0 || now.mono.duration_since(w.seen) < FORGET_AFTER);
         // A worker whose heartbeat stopped while it holds jobs is avoided at once.
         for (id, w) in &mut self.workers {
             let late = now.mono.duration_since(w.seen) > w.interval() * 2 + LATE_SLACK;
@@ -559,47 +478,6 @@ impl Offload {
         outcomes
     }
 
-    fn suspect(&mut self, id: &str, why: String) {
-        if let Some(w) = self.workers.get_mut(id) {
-            w.timeouts += 1;
-            if w.suspect.is_none() {
-                tracing::warn!(worker = %id, "pool worker avoided: {why}");
-            }
-            w.suspect = Some(why);
-        }
-    }
-
-    /// A job sent to the share was not answered: a stalled member took it (the workers
-    /// whose heartbeat stopped since), or, while every known worker said it was idle, a
-    /// member that cannot receive it (a denied shared subscription) swallowed it.
-    fn share_timed_out(&mut self, now: Now, sent: Instant) {
-        let live: Vec<&Worker> = self.workers.values().filter(|w| w.live(now)).collect();
-        let all_idle = !live.is_empty()
-            && live
-                .iter()
-                .all(|w| w.seen > sent && w.status.queue_depth == 0);
-        if all_idle {
-            self.stats.lost += 1;
-            self.share_lost = Some(now.mono);
-            tracing::warn!(
-                group = %self.group,
-                "a job sent to the shared subscription was lost while every known worker was \
-                 idle: a client in the group cannot receive jobs (a denied $share \
-                 subscription?); jobs go on workers' direct topics"
-            );
-            return;
-        }
-        let silent: Vec<String> = self
-            .workers
-            .iter()
-            .filter(|(_, w)| w.live(now) && w.seen <= sent)
-            .map(|(id, _)| id.clone())
-            .collect();
-        for id in silent {
-            self.suspect(&id, "no heartbeat since a job it may hold was sent".into());
-        }
-    }
-
     /// Drops job `job` (cancelled): a result for it is late.
     pub(super) fn cancel(&mut self, job: u64) -> Option<Arc<Frame>> {
         let j = self.jobs.get(&job)?;
@@ -607,57 +485,5 @@ impl Offload {
             self.end_attempt(&id);
         }
         self.jobs.remove(&job).and_then(|j| j.frame)
-    }
-
-    /// The pool's figures, with each worker's.
-    pub(super) fn stats(&self, now: Now) -> PoolStats {
-        let mut s = self.stats.clone();
-        s.workers = self.live_count(now);
-        s.in_flight = self.jobs.len();
-        s.window = self.window(now);
-        s.by_worker = self
-            .workers
-            .iter()
-            .map(|(id, w)| {
-                let v = wire::WorkerStats {
-                    live: w.live(now),
-                    healthy: w.healthy(now),
-                    suspect: w.suspect.clone(),
-                    holds: w.holds,
-                    answered: w.answered,
-                    timeouts: w.timeouts,
-                    queue_depth: w.status.queue_depth,
-                    heartbeat_age_s: now.mono.duration_since(w.seen).as_secs_f64(),
-                };
-                (id.clone(), v)
-            })
-            .collect();
-        s
-    }
-
-    /// What health_check reports of the pool.
-    pub(super) fn problems(&self, now: Now) -> Vec<String> {
-        let mut p: Vec<String> = self
-            .workers
-            .iter()
-            .filter(|(_, w)| w.live(now))
-            .filter_map(|(id, w)| {
-                w.suspect
-                    .as_ref()
-                    .map(|why| format!("pool worker {id} is avoided: {why}"))
-            })
-            .collect();
-        if self
-            .share_lost
-            .is_some_and(|t| now.mono.duration_since(t) < SHARE_DISTRUST)
-        {
-            p.push(format!(
-                "{} job(s) sent to the shared subscription $share/{}/{}/request/+ were lost \
-                 while every known worker was idle: a client in that group cannot receive \
-                 them (a shared subscription its ACL denies; see docs/fleet.md)",
-                self.stats.lost, self.group, self.base
-            ));
-        }
-        p
     }
 }
