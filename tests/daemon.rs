@@ -2296,6 +2296,17 @@ async fn a_camera_without_a_model_hands_its_work_to_two_workers_and_loses_none()
         &["moonwatch/#"],
     )
     .await;
+    // A member of the workers' share group that never answers (a misconfigured client):
+    // every other job sent to the share would vanish into it. The node sends its jobs on
+    // the workers' direct topics, so none does.
+    let _hole = Client::connect_as(
+        broker.port,
+        "t-hole",
+        "watcher",
+        "watcher-pw",
+        &["$share/moonwatch/moonwatch/pool/request/+"],
+    )
+    .await;
     // The trigger is evaluated by a worker: the camera node has no model.
     let state = c
         .wait("door state", 60, topic("moonwatch/cam/trigger/door"))
@@ -2393,6 +2404,11 @@ async fn a_camera_without_a_model_hands_its_work_to_two_workers_and_loses_none()
         .await
         .json();
     assert!(stats["pool"]["direct"].as_u64() >= Some(2), "{stats}");
+    assert_eq!(
+        stats["pool"]["shared"], 0,
+        "nothing went to the share: {stats}"
+    );
+    assert_eq!(stats["pool"]["timeouts"], 0, "{stats}");
     // A worker that stalls mid-run (SIGSTOP: its connection stays up, the broker keeps
     // handing it jobs): every request is still answered once, by the other, after a retry.
     w1.signal(libc::SIGSTOP);

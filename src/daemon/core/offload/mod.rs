@@ -402,9 +402,13 @@ impl Offload {
             {
                 // That worker is full or leaving: another may take it now; with none, a
                 // moment later.
-                let j = self.jobs.get(&job)?;
-                let other = self.choose(now, j.picture, worker.as_deref()).is_some();
-                if other {
+                let j = self.jobs.get_mut(&job)?;
+                // The next attempt avoids it (one sent to the share learns who it was).
+                if worker.is_some() {
+                    j.last_worker = worker.clone();
+                }
+                let picture = j.picture;
+                if self.choose(now, picture, worker.as_deref()).is_some() {
                     return self.send(now, job, out);
                 }
                 if let Some(j) = self.jobs.get_mut(&job) {
