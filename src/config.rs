@@ -495,6 +495,9 @@ impl Default for ModelConfig {
 pub enum KvCacheKind {
     F16,
     /// Full precision (twice F16's memory): for checking against a float32 reference.
+    /// Attention is F32 only with flash attention off (what `auto` gives): llama.cpp's
+    /// flash attention computes from F16 copies of K and V, so with `flash_attention =
+    /// "on"` the answers are those of an F16 cache.
     F32,
     #[serde(rename = "q8_0")]
     Q8_0,

@@ -409,6 +409,15 @@ impl<'m> Moondream<'m> {
             Vec::new()
         };
         let flash_attention = s.model.flash_attention_on();
+        if flash_attention == Some(true) && s.model.kv_cache_type == crate::config::KvCacheKind::F32
+        {
+            tracing::warn!(
+                "model.kv_cache_type = \"f32\" with model.flash_attention = \"on\": llama.cpp's \
+                 flash attention computes from F16 copies of K and V, so attention is F16 all \
+                 the same (twice the memory for nothing); set flash_attention = \"auto\" or \
+                 \"off\" for F32 attention"
+            );
+        }
         let params = ContextParams {
             n_ctx,
             n_batch,
