@@ -405,7 +405,7 @@ fn the_home_assistant_examples_are_yaml_that_uses_only_what_the_api_has() {
     let refs: Vec<&moonwatch::triggers::TriggerConfig> = triggers.iter().collect();
     let nodes = [
         moonwatch::mqtt::discovery::camera_node(&t, &refs, &[]),
-        moonwatch::mqtt::discovery::server_node(&t),
+        moonwatch::mqtt::discovery::server_node(&t, true),
     ];
     for node in &nodes {
         for c in &node.components {

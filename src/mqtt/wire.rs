@@ -437,6 +437,27 @@ pub struct Server {
     pub queue_depth: usize,
     pub uptime_s: u64,
     pub cameras: usize,
+    /// A camera node that offloads (`pool.offload`): its workers at a glance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<ServerPool>,
+}
+
+/// A camera node's pool at a glance (the full figures are in `{base}/stats`).
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ServerPool {
+    /// Workers taking jobs now (live, trusted, on time, not full).
+    pub healthy: usize,
+    /// Workers whose heartbeat is fresh.
+    pub live: usize,
+    /// Workers avoided, each with why (`"w1: a job sent to it was not answered in 30 s"`).
+    pub suspect: Vec<String>,
+    /// Jobs out now, and how many the node keeps out at most now.
+    pub in_flight: usize,
+    pub window: usize,
+    /// Attempts not answered in time, and attempts lost on the shared subscription, since
+    /// the start.
+    pub timeouts: u64,
+    pub lost: u64,
 }
 
 /// Error codes in replies.

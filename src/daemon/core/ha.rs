@@ -211,7 +211,7 @@ impl Core {
         if !self.discovery_ready() {
             return;
         }
-        let server = discovery::server_node(&self.topics);
+        let server = discovery::server_node(&self.topics, self.offload.is_some());
         self.publish_node(&server, &[], out);
         for ci in 0..self.cams.len() {
             self.publish_device_discovery(ci, out);
@@ -309,7 +309,9 @@ impl Core {
             queue_depth: self.sched.depth(),
             uptime_s: now.mono.duration_since(self.started).as_secs(),
             cameras: self.cams.len(),
+            pool: self.offload.as_ref().map(|o| o.summary(now)),
         };
+        self.pool_seen = v.pool.clone();
         self.publish_retained(out, self.topics.server(), wire::to_bytes(&v));
     }
 

@@ -65,6 +65,18 @@ impl Core {
                 self.on_pool(now, outcome, out);
             }
         }
+        // A worker gone sick, back or lost: Home Assistant hears it now, not at the next
+        // stats interval (jobs out and the counters alone wait for it).
+        if let Some(o) = &self.offload {
+            let s = o.summary(now);
+            let seen = self.pool_seen.as_ref();
+            let changed = seen.is_none_or(|p| {
+                (p.healthy, p.live, &p.suspect, p.lost) != (s.healthy, s.live, &s.suspect, s.lost)
+            });
+            if changed && self.link.connected && self.life.stopping.is_none() {
+                self.publish_server(now, out);
+            }
+        }
         // A job running far past its time is cancelled.
         let limit = Duration::from_secs(self.cfg.daemon.request_timeout);
         let stop_overdue = self

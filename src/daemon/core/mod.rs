@@ -268,6 +268,8 @@ pub struct Core {
     later: Vec<(Instant, String)>,
     /// When the server's state was last published, and the engine's busy time then.
     last_server: Option<(Instant, f64)>,
+    /// The pool as the server's state last said (a change is published at once).
+    pool_seen: Option<wire::ServerPool>,
 }
 
 impl Core {
@@ -324,6 +326,7 @@ impl Core {
             encodes: HashMap::new(),
             later: Vec::new(),
             last_server: None,
+            pool_seen: None,
             cfg,
         }
     }

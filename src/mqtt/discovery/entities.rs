@@ -97,8 +97,9 @@ pub fn camera_id(id: &str) -> String {
     format!("moonwatch_{id}")
 }
 
-/// moonwatch itself: `t` are the process's topics (`Topics::new`).
-pub fn server_node(t: &Topics) -> Node {
+/// moonwatch itself: `t` are the process's topics (`Topics::new`); `pool`: a camera node
+/// that offloads, with a sensor of its workers.
+pub fn server_node(t: &Topics, pool: bool) -> Node {
     let id = server_id(&t.device_id);
     let base = Base {
         entity_prefix: slug(&id),
@@ -147,6 +148,22 @@ pub fn server_node(t: &Topics) -> Node {
         components.push(Component {
             domain: "sensor",
             object: object.into(),
+            config: sensor,
+        });
+    }
+    if pool {
+        // Healthy workers, with every figure of the pool (suspects and why) as attributes.
+        let sensor = EntityConfig {
+            state_topic: Some(t.server()),
+            value_template: Some("{{ value_json.pool.healthy }}".into()),
+            state_class: Some("measurement".into()),
+            json_attributes_topic: Some(t.server()),
+            json_attributes_template: Some("{{ value_json.pool | tojson }}".into()),
+            ..base.entity("sensor", "pool_workers", "pool workers")
+        };
+        components.push(Component {
+            domain: "sensor",
+            object: "pool_workers".into(),
             config: sensor,
         });
     }

@@ -37,7 +37,7 @@ fn names_give_the_documented_entity_ids_on_every_home_assistant() {
         ("front-door", vec![]),
     ] {
         let node = camera(id, &[&door, &parcel, &odd], &zones);
-        let server = server_node(&Topics::new(&MqttConfig::default(), "my-host"));
+        let server = server_node(&Topics::new(&MqttConfig::default(), "my-host"), true);
         for n in [&node, &server] {
             for c in &n.components {
                 let derived = format!(
@@ -140,7 +140,11 @@ fn cameras_hang_off_the_server_device() {
         node.device.via_device.as_deref(),
         Some("moonwatch_host_server")
     );
-    let server = server_node(&Topics::new(&MqttConfig::default(), "host"));
+    let server = server_node(&Topics::new(&MqttConfig::default(), "host"), false);
+    assert!(
+        !server.components.iter().any(|c| c.object == "pool_workers"),
+        "a node with its own model has no pool sensor"
+    );
     assert_eq!(server.id, "moonwatch_host_server");
     assert_eq!(server.device.identifiers, ["moonwatch_host_server"]);
     let status = &server.components[0].config;

@@ -178,6 +178,24 @@ impl Offload {
         s
     }
 
+    /// The pool at a glance, for the server's state (Home Assistant's pool sensor).
+    pub(in crate::daemon::core) fn summary(&self, now: Now) -> wire::ServerPool {
+        wire::ServerPool {
+            healthy: self.workers.values().filter(|w| w.healthy(now)).count(),
+            live: self.live_count(now),
+            suspect: self
+                .workers
+                .iter()
+                .filter(|(_, w)| w.live(now))
+                .filter_map(|(id, w)| w.suspect.as_ref().map(|why| format!("{id}: {why}")))
+                .collect(),
+            in_flight: self.jobs.len(),
+            window: self.window(now),
+            timeouts: self.stats.timeouts,
+            lost: self.stats.lost,
+        }
+    }
+
     /// What health_check reports of the pool.
     pub(in crate::daemon::core) fn problems(&self, now: Now) -> Vec<String> {
         let mut p: Vec<String> = self

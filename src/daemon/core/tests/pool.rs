@@ -483,3 +483,34 @@ fn heartbeats_are_bounded_input() {
     let pool = pool_stats(&mut c, now, &cam);
     assert!(pool["by_worker"]["w1"].is_null(), "{pool}");
 }
+
+#[test]
+fn home_assistant_hears_at_once_when_a_worker_turns_sick() {
+    let now = t0();
+    let mut c = core(node(vec![trigger("door", "Door?", 60)], false, |_| ()), now);
+    let cam = running(frame_at(now, 10));
+    let server = |acts: &[Act]| -> Option<Value> {
+        published(acts, "mw/cam/server")
+            .last()
+            .map(|m| serde_json::from_slice(&m.payload).expect("json"))
+    };
+    let mut acts = c.handle(now, &cam, beat("w1", 0, 0));
+    acts.extend(c.handle(now, &cam, beat("w2", 0, 0)));
+    acts.extend(c.handle(now, &cam, Input::Tick));
+    let s = server(&acts).expect("published when the workers come");
+    assert_eq!(
+        (s["pool"]["healthy"].as_u64(), s["pool"]["live"].as_u64()),
+        (Some(2), Some(2))
+    );
+    // Nothing changed: nothing published before the stats interval.
+    assert!(server(&c.handle(now, &cam, Input::Tick)).is_none());
+    let acts = with_pool_pictures(&mut c, now, &cam, acts);
+    let (sick, _) = sent(&acts).remove(0);
+    let fine = if sick == "w1" { "w2" } else { "w1" };
+    let t = now.after(Duration::from_secs(4));
+    c.handle(t, &cam, beat(fine, 0, 0));
+    let s = server(&c.handle(t, &cam, Input::Tick)).expect("published at once");
+    assert_eq!(s["pool"]["healthy"], 1, "{s}");
+    let why = s["pool"]["suspect"][0].as_str().unwrap_or("");
+    assert!(why.starts_with(&format!("{sick}: ")), "{s}");
+}
