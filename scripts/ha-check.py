@@ -235,6 +235,27 @@ zone = [0.0, 0.0, 1.0, 0.5]
 
 DEVICE = "checkhost"
 
+# A camera node without a model that hands its jobs to the pool (step 11).
+NODE_CONFIG = """
+[model]
+text = ""
+mmproj = ""
+[camera]
+source = "test"
+width = 160
+height = 120
+fps = 5
+capture_rate = 1.0
+[mqtt]
+port = {port}
+device_id = "fleetnode"
+[daemon]
+state_dir = "{state}"
+[pool]
+offload = true
+job_timeout = 5
+"""
+
 
 def expected_ids():
     """The entity ids docs/home-assistant.md promises for this configuration."""
@@ -567,7 +588,37 @@ def run(args, broker, hass, mw, hlog):
     time.sleep(3)
     same_ids(hass, want_np, "the same entities after another reload")
 
-    print("11. Home Assistant's log")
+    print("11. a camera node of a fleet: its pool sensor")
+    mw.stop()
+    beat = {"online": True, "queue_depth": 0, "max_pending": 4, "served": 0,
+            "interval_s": 3600, "slots": 1}
+    broker.publish("moonwatch/pool/worker/w9", json.dumps(beat), retain=True)
+    node_conf = os.path.join(mw.work, "node.toml")
+    node_state = os.path.join(mw.work, "node-state")
+    with open(node_conf, "w") as f:
+        f.write(NODE_CONFIG.format(port=broker.port, state=node_state))
+    node_log = open(os.path.join(mw.work, "node.log"), "a")
+    node = subprocess.Popen([args.moonwatch, "run", "--config", node_conf], stdout=node_log,
+                            stderr=subprocess.STDOUT, env={**os.environ, "RUST_LOG": "info"})
+    sensor = "sensor.moonwatch_fleetnode_server_pool_workers"
+    try:
+        st = wait_for("the pool sensor counts the worker", lambda: (lambda s: s if s and s["state"] == "1" else None)(
+            hass.state(sensor)), timeout=120)
+        if st:
+            a = st["attributes"]
+            check(a.get("live") == 1 and a.get("suspect") == [], f"its attributes: live {a.get('live')}, suspect {a.get('suspect')}")
+        # The worker reports a full queue: no longer healthy, and Home Assistant hears it
+        # at once (not at the next stats interval, a minute away).
+        broker.publish("moonwatch/pool/worker/w9", json.dumps({**beat, "queue_depth": 4}), retain=True)
+        if wait_for("a full worker is not counted, within seconds", lambda: (lambda s: s and s["state"] == "0")(
+                hass.state(sensor)), timeout=10):
+            check(True, "a full worker is not counted, within seconds")
+    finally:
+        node.send_signal(signal.SIGTERM)
+        node.wait(timeout=60)
+        broker.publish("moonwatch/pool/worker/w9", "", retain=True)
+
+    print("12. Home Assistant's log")
     problems = log_problems(hlog, since)
     for p in problems:
         print("    " + p)
