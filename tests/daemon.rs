@@ -1741,23 +1741,20 @@ async fn a_long_broker_outage_keeps_ticks_signals_and_the_watchdog_going() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversized_message_is_answered_or_dropped_never_a_reconnect_loop() {
-    let dir = tempfile::tempdir().unwrap();
     for protocol in ["v3.1.1", "v5"] {
-        let sub = dir.path().join(protocol);
-        std::fs::create_dir_all(&sub).unwrap();
-        // A broker each: one client id must not carry a session from one protocol to
-        // the other.
-        let broker = Broker::start(&sub, "allow_anonymous true");
-        let d = Daemon::start(&sub, &config(&sub, broker.port, protocol, ""));
-        let mut c = Client::connect(
-            broker.port,
+        // A rig (and broker) each: one client id must not carry a session from one
+        // protocol to the other.
+        let Rig {
+            dir: _dir,
+            broker: _broker,
+            daemon: d,
+            client: mut c,
+        } = Rig::start(
+            "allow_anonymous true",
+            |dir, port| config(dir, port, protocol, ""),
             &format!("t-big-{protocol}"),
             &["big/#", &format!("{BASE}/#")],
         )
-        .await;
-        c.wait("online", 60, |m| {
-            m.topic.ends_with("/availability") && &m.payload[..] == b"online"
-        })
         .await;
         // Over max_payload (64 KiB) but readable: answered too_large (v5 carries the
         // response topic; v3.1.1 replies on the default topic).
@@ -2077,8 +2074,6 @@ async fn a_trigger_switched_off_from_home_assistant_stays_off_across_a_restart()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn several_cameras_share_one_engine_each_with_its_own_topics_and_device() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::start(dir.path(), "allow_anonymous true");
     let single =
         "[camera]\nsource = \"test\"\nwidth = 160\nheight = 120\nfps = 10\ncapture_rate = 4.0\n";
     let cameras = r#"
@@ -2115,20 +2110,21 @@ threshold = 0.5
 consecutive = 1
 interval = 1
 "#;
-    let cfg = config_for(&common::tiny_yes(), dir.path(), broker.port, "v5", "")
-        .replace(single, "")
-        + cameras;
-    let mut d = Daemon::start(dir.path(), &cfg);
-    let mut c = Client::connect(
-        broker.port,
+    // One process (its availability under mqtt.device_id, which the Rig waits for), two
+    // devices.
+    let Rig {
+        dir,
+        broker: _broker,
+        daemon: mut d,
+        client: mut c,
+    } = Rig::start(
+        "allow_anonymous true",
+        |dir, port| {
+            config_for(&common::tiny_yes(), dir, port, "v5", "").replace(single, "") + cameras
+        },
         "t-cams",
         &["moonwatch/#", "homeassistant/#", "t-cams/#"],
     )
-    .await;
-    // One process (its availability under mqtt.device_id), two devices.
-    c.wait("process online", 60, |m| {
-        m.topic == "moonwatch/cam1/availability" && &m.payload[..] == b"online"
-    })
     .await;
     let drive = c
         .wait("drive's device", 60, component("drive", "gate_open"))
