@@ -2280,7 +2280,7 @@ async fn a_camera_without_a_model_hands_its_work_to_two_workers_and_loses_none()
         "cam",
         32,
         "[model]\ntext = \"\"\nmmproj = \"\"\n[camera]\nsource = \"test\"\npattern = \"white\"\nwidth = 160\nheight = 120\nfps = 10\ncapture_rate = 4.0\n\
-         [pool]\noffload = true\njob_timeout = 2\nattempts = 5\n\
+         [pool]\noffload = true\njob_timeout = 4\nattempts = 5\n\
          [[trigger]]\nname = \"door\"\nquestion = \"Is the door open?\"\nthreshold = 0.5\nconsecutive = 1\ninterval = 1\n",
     );
     let cam = Daemon::start(&dc, &cc);
