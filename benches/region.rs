@@ -67,7 +67,10 @@ fn files() -> Files {
             &dir,
             &convert::RefShape::full(),
             convert::REFERENCE_SEED,
-            convert::Fixture::Random { eos_bias: 0.0 },
+            convert::Fixture::Random {
+                eos_bias: 0.0,
+                attention: 1.0,
+            },
         )
         .unwrap();
     }

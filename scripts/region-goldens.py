@@ -23,8 +23,14 @@ Regenerate (the numbers in tests/region.rs name the seed and end-of-text bias):
     git clone https://github.com/vikhyat/moondream && git -C moondream checkout f660ccb
     moonwatch model synth --reference --eos-bias 6 --out /tmp/ref
     venv/bin/python scripts/region-goldens.py --moondream moondream --weights /tmp/ref \
-        --image tests/data/region-scene.png --object " cat=9246" --object " dog=3290" \
+        --image tests/data/region-scene.png --object " cat=3797" --object " dog=3290" \
         --out tests/data/region-goldens.json
+The second, sharper checkpoint (tests/data/region-goldens-strong.json):
+    moonwatch model synth --reference --eos-bias 0 --seed 7 --attention 64 \
+        --text-width 192 --text-layers 3 --out /tmp/strong
+    venv/bin/python scripts/region-goldens.py --moondream moondream --weights /tmp/strong \
+        --image tests/data/region-scene.png --object " cat=3797" --object " dog=3290" \
+        --out tests/data/region-goldens-strong.json
 """
 
 import argparse

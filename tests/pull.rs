@@ -319,7 +319,10 @@ fn the_release_weights_are_downloaded_verified_and_converted() {
         src.path(),
         &moonwatch::model::convert::RefShape::tiny(),
         1,
-        moonwatch::model::convert::Fixture::Random { eos_bias: 0.0 },
+        moonwatch::model::convert::Fixture::Random {
+            eos_bias: 0.0,
+            attention: 1.0,
+        },
     )
     .unwrap();
     let body = std::fs::read(&weights).unwrap();

@@ -40,6 +40,11 @@ struct Files {
 /// Writes (once per build directory) a reference-layout checkpoint and converts it with
 /// `model convert`, as a user converts the release.
 fn converted(name: &str, fixture: Fixture) -> Files {
+    converted_with(name, RefShape::tiny(), convert::REFERENCE_SEED, fixture)
+}
+
+/// [`converted`] for a checkpoint of another shape and seed.
+fn converted_with(name: &str, shape: RefShape, seed: u64, fixture: Fixture) -> Files {
     static LOCK: Mutex<()> = Mutex::new(());
     let _one_writer = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let dir = common::scratch(&format!("region-{name}"));
@@ -52,9 +57,7 @@ fn converted(name: &str, fixture: Fixture) -> Files {
     if files.region.is_file() {
         return files;
     }
-    let weights =
-        convert::write_reference(&dir, &RefShape::tiny(), convert::REFERENCE_SEED, fixture)
-            .unwrap();
+    let weights = convert::write_reference(&dir, &shape, seed, fixture).unwrap();
     let vocab = synth::Vocab::load(&synth::default_vocab_dir()).unwrap();
     let done = convert::convert(&weights, &out, &vocab).unwrap();
     assert_eq!(done.region, files.region);
@@ -171,95 +174,148 @@ fn load_goldens(path: &str) -> Goldens {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
+/// Compares every request of `goldens` with what `e` finds on the scene, decision for
+/// decision up to the reference's first near tie (which must leave at least `min_sure`
+/// objects certain); `Err` names the first difference.
+fn compare(goldens: &Goldens, path: &str, e: &Engine, min_sure: usize) -> Result<(), String> {
+    let frame = scene();
+    // The reference's own projector on [g, g] equals the folded one we convert to.
+    assert!(goldens.fold_max_abs_diff < 1e-5, "{path}");
+    for g in &goldens.requests {
+        // The prompt the reference prefilled is the one moonwatch builds.
+        let object_ids: Vec<i32> = moonwatch::vision::gpt2::ids(&format!(" {}", g.object))
+            .unwrap()
+            .into_iter()
+            .map(|i| i as i32)
+            .collect();
+        let prefix = if g.skill == "detect" {
+            region::DETECT_PREFIX
+        } else {
+            region::POINT_PREFIX
+        };
+        let want_prompt = [&prefix[..], &object_ids, &region::SUFFIX].concat();
+        assert_eq!(g.prompt, want_prompt, "{path}: {} {}", g.skill, g.object);
+
+        let skill = if g.skill == "detect" {
+            detect(&g.object)
+        } else {
+            point(&g.object)
+        };
+        let (boxes, points, stop) = located(e, &frame, skill);
+        let ours: Vec<Vec<f64>> = if g.skill == "detect" {
+            boxes
+                .iter()
+                .map(|b| vec![b.x_min, b.y_min, b.x_max, b.y_max])
+                .map(|v| v.into_iter().map(f64::from).collect())
+                .collect()
+        } else {
+            points
+                .iter()
+                .map(|p| vec![f64::from(p.x), f64::from(p.y)])
+                .collect()
+        };
+        let theirs = g.objects();
+        let what = format!("{path}: {} {}", g.skill, g.object);
+        // Steps: the first end-of-text decision, then per object coord, token, coord,
+        // token (and size, token for boxes).
+        let per = if g.skill == "detect" { 6 } else { 4 };
+        let sure = match g.first_near_tie() {
+            None => {
+                let want_stop = if theirs.len() == region::MAX_OBJECTS {
+                    StopReason::Budget
+                } else {
+                    StopReason::EndOfText
+                };
+                if ours.len() != theirs.len() || stop != want_stop {
+                    return Err(format!(
+                        "{what}: {} objects ({stop:?}), the reference {} ({want_stop:?})",
+                        ours.len(),
+                        theirs.len()
+                    ));
+                }
+                theirs.len()
+            }
+            Some(i) => (i.saturating_sub(1) / per).min(theirs.len()),
+        };
+        assert!(
+            sure >= theirs.len().min(min_sure),
+            "{what}: only {sure} objects before a near tie; make goldens from decisive weights"
+        );
+        if ours.len() < sure {
+            return Err(format!(
+                "{what}: {} objects, the reference's first {sure} are certain: {ours:?}",
+                ours.len()
+            ));
+        }
+        for k in 0..sure {
+            if ours[k]
+                .iter()
+                .zip(&theirs[k])
+                .any(|(a, b)| (a - b).abs() >= 1e-6)
+            {
+                return Err(format!(
+                    "{what} object {k}: ours {:?}, reference {:?}",
+                    ours[k], theirs[k]
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 #[test]
 fn detect_and_point_match_moondreams_own_code() {
-    let frame = scene();
     for (eos_bias, path) in GOLDENS {
         let goldens = load_goldens(path);
-        // The reference's own projector on [g, g] equals the folded one we convert to.
-        assert!(goldens.fold_max_abs_diff < 1e-5, "{path}");
-        let files = converted(&format!("eos{eos_bias}"), Fixture::Random { eos_bias });
+        let files = converted(
+            &format!("eos{eos_bias}"),
+            Fixture::Random {
+                eos_bias,
+                attention: 1.0,
+            },
+        );
         let e = engine(&files);
-        for g in &goldens.requests {
-            // The prompt the reference prefilled is the one moonwatch builds.
-            let object_ids: Vec<i32> = moonwatch::vision::gpt2::ids(&format!(" {}", g.object))
-                .unwrap()
-                .into_iter()
-                .map(|i| i as i32)
-                .collect();
-            let prefix = if g.skill == "detect" {
-                region::DETECT_PREFIX
-            } else {
-                region::POINT_PREFIX
-            };
-            let want_prompt = [&prefix[..], &object_ids, &region::SUFFIX].concat();
-            assert_eq!(g.prompt, want_prompt, "{path}: {} {}", g.skill, g.object);
-
-            let skill = if g.skill == "detect" {
-                detect(&g.object)
-            } else {
-                point(&g.object)
-            };
-            let (boxes, points, stop) = located(&e, &frame, skill);
-            let ours: Vec<Vec<f64>> = if g.skill == "detect" {
-                boxes
-                    .iter()
-                    .map(|b| vec![b.x_min, b.y_min, b.x_max, b.y_max])
-                    .map(|v| v.into_iter().map(f64::from).collect())
-                    .collect()
-            } else {
-                points
-                    .iter()
-                    .map(|p| vec![f64::from(p.x), f64::from(p.y)])
-                    .collect()
-            };
-            let theirs = g.objects();
-            // Steps: the first end-of-text decision, then per object coord, token, coord,
-            // token (and size, token for boxes).
-            let per = if g.skill == "detect" { 6 } else { 4 };
-            let sure = match g.first_near_tie() {
-                None => {
-                    assert_eq!(ours.len(), theirs.len(), "{path}: {} count", g.skill);
-                    assert_eq!(
-                        stop,
-                        if theirs.len() == region::MAX_OBJECTS {
-                            StopReason::Budget
-                        } else {
-                            StopReason::EndOfText
-                        }
-                    );
-                    theirs.len()
-                }
-                Some(i) => (i.saturating_sub(1) / per).min(theirs.len()),
-            };
-            assert!(
-                sure >= theirs.len().min(5),
-                "{path}: {} {}: only {sure} objects before a near tie; make goldens from decisive weights",
-                g.skill,
-                g.object
-            );
-            assert!(
-                ours.len() >= sure,
-                "{path}: {} {}: {} objects, the reference's first {sure} are certain: {ours:?}",
-                g.skill,
-                g.object,
-                ours.len()
-            );
-            for k in 0..sure {
-                for (a, b) in ours[k].iter().zip(&theirs[k]) {
-                    assert!(
-                        (a - b).abs() < 1e-6,
-                        "{path}: {} {} object {k}: ours {:?}, reference {:?}",
-                        g.skill,
-                        g.object,
-                        ours[k],
-                        theirs[k]
-                    );
-                }
-            }
+        if let Err(e) = compare(&goldens, path, &e, 5) {
+            panic!("{e}");
         }
         e.shutdown();
     }
+}
+
+/// Goldens of a second checkpoint: another seed and shape (text 192 wide, 3 layers) and
+/// attention logits 64 times as sharp, made as the module's header says from
+/// `moonwatch model synth --reference --eos-bias 0 --seed 7 --attention 64 --text-width 192
+/// --text-layers 3` (objects " cat" and " dog").
+const STRONG: &str = "tests/data/region-goldens-strong.json";
+
+/// How much sharper than drawn the strong checkpoint's attention logits are.
+const SHARPER: f32 = 64.0;
+
+fn strong() -> Files {
+    let shape = RefShape {
+        text_dim: 192,
+        text_ff: 384,
+        text_layers: 3,
+        ..RefShape::tiny()
+    };
+    let fixture = Fixture::Random {
+        eos_bias: 0.0,
+        attention: SHARPER,
+    };
+    converted_with(&format!("strong-{SHARPER}"), shape, 7, fixture)
+}
+
+#[test]
+fn a_second_sharper_checkpoint_matches_moondreams_own_code_as_shipped() {
+    // Data the goldens above were not made from: another seed and shape, attention 64
+    // times as sharp. As shipped (flash attention `auto`: off with region heads).
+    let goldens = load_goldens(STRONG);
+    let e = engine(&strong());
+    // Its random box sizes reach a near tie at the fifth box: four are certain.
+    if let Err(e) = compare(&goldens, STRONG, &e, 4) {
+        panic!("{e}");
+    }
+    e.shutdown();
 }
 
 #[test]
@@ -267,7 +323,13 @@ fn the_image_embeddings_match_the_references() {
     // The converted vision GGUF (patch kernel, split qkv, folded projector) run by mtmd
     // gives the reference's image embeddings for the goldens' picture.
     let goldens = load_goldens(GOLDENS[0].1);
-    let files = converted("eos0", Fixture::Random { eos_bias: 0.0 });
+    let files = converted(
+        "eos0",
+        Fixture::Random {
+            eos_bias: 0.0,
+            attention: 1.0,
+        },
+    );
     let backend = moondream::backend().unwrap();
     let params = llama_cpp_2::model::params::LlamaModelParams::default();
     let model =
@@ -386,7 +448,13 @@ fn the_frame_prefix_is_reused_and_other_skills_still_answer() {
 fn region_heads_from_another_checkpoint_are_refused_at_load() {
     // The known-answer checkpoint's final norm is not the random one's: the check that
     // the captured hidden state normalizes to llama.cpp's own output catches the pair.
-    let random = converted("eos0", Fixture::Random { eos_bias: 0.0 });
+    let random = converted(
+        "eos0",
+        Fixture::Random {
+            eos_bias: 0.0,
+            attention: 1.0,
+        },
+    );
     let other = converted("known-one", Fixture::Known(Ends::AfterOne));
     let mut s = settings(&random);
     s.model.region = Some(other.region);

@@ -73,6 +73,19 @@ pub(crate) enum ModelCommand {
             allow_hyphen_values = true
         )]
         eos_bias: f32,
+        /// With --reference: the random draw's seed (another checkpoint).
+        #[arg(long, requires = "reference")]
+        seed: Option<u64>,
+        /// With --reference: multiply the text model's attention logits by this (sharper
+        /// attention, where rounding K and V to F16 shows).
+        #[arg(long, default_value_t = 1.0, requires = "reference")]
+        attention: f32,
+        /// With --reference: the text model's width (a multiple of 64) and layers, instead
+        /// of the size's.
+        #[arg(long, requires = "reference")]
+        text_width: Option<usize>,
+        #[arg(long, requires = "reference")]
+        text_layers: Option<usize>,
     },
     /// Convert Moondream2 2025-04-14's model.safetensors into a text GGUF, a vision GGUF
     /// and the region heads (for real detect and point); prints the three paths.
@@ -196,14 +209,44 @@ pub(crate) fn model(command: ModelCommand) -> Result<(), Failure> {
             out,
             reference: true,
             eos_bias,
+            seed,
+            attention,
+            text_width,
+            text_layers,
             ..
         } => {
-            let shape = match size {
+            let mut shape = match size {
                 SynthSize::Tiny => convert::RefShape::tiny(),
                 SynthSize::Full => convert::RefShape::full(),
             };
-            let fixture = convert::Fixture::Random { eos_bias };
-            let path = convert::write_reference(&out, &shape, convert::REFERENCE_SEED, fixture)
+            if let Some(w) = text_width {
+                if w == 0 || w % 64 != 0 || w > 8192 {
+                    return Err(Failure::new(
+                        exit::USAGE,
+                        format!("--text-width {w}: a multiple of 64 up to 8192"),
+                    ));
+                }
+                shape.text_dim = w;
+                shape.text_ff = 2 * w;
+            }
+            if let Some(l) = text_layers {
+                if l == 0 || l > 64 {
+                    return Err(Failure::new(
+                        exit::USAGE,
+                        format!("--text-layers {l}: 1 to 64"),
+                    ));
+                }
+                shape.text_layers = l;
+            }
+            if !(attention.is_finite() && attention > 0.0) {
+                return Err(Failure::new(exit::USAGE, "--attention must be above 0"));
+            }
+            let fixture = convert::Fixture::Random {
+                eos_bias,
+                attention,
+            };
+            let seed = seed.unwrap_or(convert::REFERENCE_SEED);
+            let path = convert::write_reference(&out, &shape, seed, fixture)
                 .map_err(|e| Failure::new(exit::IOERR, e))?;
             println!("{}", path.display());
             Ok(())

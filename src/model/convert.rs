@@ -631,8 +631,11 @@ pub const REFERENCE_SEED: u64 = 0x7265_6769;
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Fixture {
     /// Random weights; `eos_bias` is added to the end-of-text output bias (to end the
-    /// object loop early), for comparison with the reference's own outputs.
-    Random { eos_bias: f32 },
+    /// object loop early), for comparison with the reference's own outputs; the text
+    /// model's attention logits are multiplied by `attention` (its query and key weights by
+    /// the square root; 1: as drawn), for sharper attention that rounding K and V to F16
+    /// (flash attention) can move.
+    Random { eos_bias: f32, attention: f32 },
     /// Chosen answers, without the reference: the text blocks add nothing (so each hidden
     /// state is its input embedding), the coordinate encoder's output is a marker in
     /// dimension 0 and the size encoder's in dimension 1, the coordinate decoder gives
@@ -774,8 +777,20 @@ pub fn write_reference(
             (0..n).map(|_| rng.random_range(-s..s)).collect()
         };
         match fixture {
-            Fixture::Random { eos_bias } if name == "model.text.lm_head.bias" => {
+            Fixture::Random { eos_bias, .. } if name == "model.text.lm_head.bias" => {
                 v[synth::ENDOFTEXT as usize] += eos_bias;
+            }
+            Fixture::Random { attention, .. }
+                if attention != 1.0
+                    && name.starts_with("model.text.blocks.")
+                    && name.ends_with(".attn.qkv.weight") =>
+            {
+                // Rows 0..2d are the query and key weights.
+                let scale = attention.max(0.0).sqrt();
+                let cols = dims[1];
+                for x in &mut v[..2 * shape.text_dim * cols] {
+                    *x *= scale;
+                }
             }
             Fixture::Random { .. } => {}
             Fixture::Known(ends) => known(&name, &dims, &mut v, ends),
