@@ -75,8 +75,8 @@ pub fn default_device_id() -> String {
     }
 }
 
-/// What an engine job gives back: its id, its result, and the whole picture.
-type JobResult = (u64, Result<Response, EngineError>, Option<Arc<Frame>>);
+/// What an engine job gives back: its result, and the whole picture.
+type JobResult = (Result<Response, EngineError>, Option<Arc<Frame>>);
 
 pub struct Daemon {
     core: Core,
@@ -230,15 +230,14 @@ impl Daemon {
             let input = tokio::select! {
                 Some(ev) = self.events.recv() => Input::Mqtt(ev),
                 Some(joined) = self.jobs.join_next_with_id() => {
-                    let (job, result, frame) = match joined {
-                        Ok((_, done)) => done,
+                    let (task, (result, frame)) = match joined {
+                        Ok(done) => done,
                         Err(e) => (
-                            self.job_tasks.get(&e.id()).copied().unwrap_or(0),
-                            Err(EngineError::Inference(format!("the job's task failed: {e}"))),
-                            None,
+                            e.id(),
+                            (Err(EngineError::Inference(format!("the job's task failed: {e}"))), None),
                         ),
                     };
-                    self.job_tasks.retain(|_, j| *j != job);
+                    let job = self.job_tasks.remove(&task).unwrap_or(0);
                     self.cancels.remove(&job);
                     Input::EngineDone { job, result, frame }
                 }
@@ -390,10 +389,10 @@ impl Daemon {
                 .unwrap_or_else(|e| Err((EngineError::Image(e.to_string()), None)))
             {
                 Ok(p) => p,
-                Err((e, frame)) => return (id, Err(e), frame),
+                Err((e, frame)) => return (Err(e), frame),
             };
             let Some(engine) = engine else {
-                return (id, Err(EngineError::Stopped), Some(frame));
+                return (Err(EngineError::Stopped), Some(frame));
             };
             let mut req = Request::new(seen, skills);
             req.cancel = stop;
@@ -401,7 +400,7 @@ impl Daemon {
                 Ok(ticket) => ticket.await.unwrap_or(Err(EngineError::Stopped)),
                 Err(e) => Err(e),
             };
-            (id, result, Some(frame))
+            (result, Some(frame))
         });
         self.cancels.insert(id, cancel);
         self.job_tasks.insert(task.id(), id);

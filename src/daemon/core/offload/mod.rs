@@ -28,7 +28,7 @@ use super::*;
 mod workers;
 use crate::mqtt::requests::Request;
 use crate::mqtt::wire::{response_of, Outcome as ReplyOutcome, PoolStats, Status, WorkerStatus};
-use workers::{Worker, FORGET_AFTER, LATE_SLACK};
+use workers::{Worker, FORGET_AFTER};
 
 /// How often a worker publishes its heartbeat.
 pub const HEARTBEAT: Duration = Duration::from_secs(1);
@@ -54,8 +54,9 @@ struct Job {
     zone: Option<Zone>,
     /// The whole picture (the job's result carries it; a local run needs it).
     frame: Option<Arc<Frame>>,
-    /// The request, once its picture is encoded.
+    /// The request, once its picture is encoded, and its name (the topic's last level).
     payload: Option<Bytes>,
+    name: &'static str,
     /// A hash of the picture sent (follow-ups on it go to the worker that has it cached).
     picture: u64,
     attempts: u32,
@@ -191,6 +192,7 @@ impl Offload {
                 zone,
                 frame: None,
                 payload: None,
+                name: "",
                 picture: 0,
                 attempts: 0,
                 current: None,
@@ -224,8 +226,9 @@ impl Offload {
             }
         };
         let image = base64::engine::general_purpose::STANDARD.encode(&jpeg);
-        let body = Request::skill(&j.skill, Some(image)).body();
-        j.payload = Some(Bytes::from(body.to_string()));
+        let request = Request::skill(&j.skill, Some(image));
+        j.name = request.name();
+        j.payload = Some(Bytes::from(request.body().to_string()));
         j.picture = xxhash_rust::xxh3::xxh3_64(&jpeg);
         j.frame = Some(frame);
         self.send(now, job, out)
@@ -267,7 +270,7 @@ impl Offload {
         if j.attempts > 1 {
             self.stats.retries += 1;
         }
-        let name = Request::skill(&j.skill, None).name();
+        let name = j.name;
         let topic = match &to {
             Some(w) => {
                 self.stats.direct += 1;
@@ -473,8 +476,7 @@ impl Offload {
             .retain(|_, w| w.holds > 0 || now.mono.duration_since(w.seen) < FORGET_AFTER);
         // A worker whose heartbeat stopped while it holds jobs is avoided at once.
         for (id, w) in &mut self.workers {
-            let late = now.mono.duration_since(w.seen) > w.interval() * 2 + LATE_SLACK;
-            if late && w.holds > 0 && w.suspect.is_none() && w.status.online {
+            if !w.on_time(now) && w.holds > 0 && w.suspect.is_none() && w.status.online {
                 tracing::warn!(worker = %id, "pool worker avoided: its heartbeat stopped");
                 w.suspect = Some("its heartbeat stopped while it held jobs".into());
             }

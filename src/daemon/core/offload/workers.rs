@@ -32,11 +32,17 @@ impl Worker {
         self.status.online && now.mono.duration_since(self.seen) <= self.interval() * 3 + GONE_SLACK
     }
 
-    /// Live, trusted, and its heartbeat is on time (a stalled process stops them first).
+    /// Its last heartbeat is no older than two intervals and a little (a stalled process
+    /// stops them first).
+    pub(super) fn on_time(&self, now: Now) -> bool {
+        now.mono.duration_since(self.seen) <= self.interval() * 2 + LATE_SLACK
+    }
+
+    /// Live, trusted, on time and not full.
     pub(super) fn healthy(&self, now: Now) -> bool {
         self.live(now)
             && self.suspect.is_none()
-            && now.mono.duration_since(self.seen) <= self.interval() * 2 + LATE_SLACK
+            && self.on_time(now)
             && self.status.queue_depth < self.status.max_pending.max(1)
     }
 
@@ -63,7 +69,7 @@ pub(super) const FORGET_AFTER: Duration = Duration::from_secs(3600);
 /// Grace on top of three heartbeat intervals before a worker counts as gone.
 pub(super) const GONE_SLACK: Duration = Duration::from_secs(5);
 /// Grace on top of two heartbeat intervals before a worker's heartbeat counts as late.
-pub(super) const LATE_SLACK: Duration = Duration::from_secs(1);
+const LATE_SLACK: Duration = Duration::from_secs(1);
 
 impl Offload {
     pub(super) fn live_count(&self, now: Now) -> usize {

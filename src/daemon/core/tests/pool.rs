@@ -170,8 +170,19 @@ fn result(w: &str, corr: &str, code: Option<Code>) -> Input {
     }))
 }
 
+/// Heartbeats of idle `workers`, then a tick: what the core did (jobs start as soon as a
+/// worker is known).
+fn with_workers(c: &mut Core, now: Now, cam: &CameraView, workers: &[&str]) -> Vec<Act> {
+    let mut acts: Vec<Act> = workers
+        .iter()
+        .flat_map(|w| c.handle(now, cam, beat(w, 0, 0)))
+        .collect();
+    acts.extend(c.handle(now, cam, Input::Tick));
+    acts
+}
+
 /// What `stats` would say of the pool now.
-fn pool_stats(c: &mut Core, now: Now, _cam: &CameraView) -> Value {
+fn pool_stats(c: &Core, now: Now) -> Value {
     let stats = c.offload.as_ref().expect("offloads").stats(now);
     serde_json::to_value(stats).expect("json")
 }
@@ -215,12 +226,8 @@ fn a_node_keeps_a_job_on_every_healthy_worker_and_keeps_its_own_order() {
         .collect();
     let mut c = core(node(triggers, false, |_| ()), now);
     let cam = running(frame_at(now, 10));
-    let mut acts = Vec::new();
-    for w in ["w1", "w2", "w3"] {
-        acts.extend(c.handle(now, &cam, beat(w, 0, 0)));
-    }
     // Three workers of one slot each: three jobs out, one per worker.
-    acts.extend(c.handle(now, &cam, Input::Tick));
+    let acts = with_workers(&mut c, now, &cam, &["w1", "w2", "w3"]);
     let jobs = pictures(&acts);
     assert_eq!(jobs.len(), 3, "one job per healthy worker");
     let out = sent(&encoded(&mut c, now, &cam, &jobs));
@@ -257,13 +264,9 @@ fn a_node_keeps_a_job_on_every_healthy_worker_and_keeps_its_own_order() {
         ),
         now,
     );
-    let mut acts = Vec::new();
-    for w in ["w1", "w2", "w3"] {
-        acts.extend(c.handle(now, &cam, beat(w, 0, 0)));
-    }
-    acts.extend(c.handle(now, &cam, Input::Tick));
+    let acts = with_workers(&mut c, now, &cam, &["w1", "w2", "w3"]);
     assert_eq!(pictures(&acts).len(), 2);
-    let pool = pool_stats(&mut c, now, &cam);
+    let pool = pool_stats(&c, now);
     assert_eq!(
         (pool["in_flight"].as_u64(), pool["window"].as_u64()),
         (Some(2), Some(2)),
@@ -276,9 +279,7 @@ fn a_trigger_is_never_evaluated_twice_at_once() {
     let now = t0();
     let mut c = core(node(vec![trigger("door", "Door?", 1)], false, |_| ()), now);
     let cam = running(frame_at(now, 10));
-    let mut acts = c.handle(now, &cam, beat("w1", 0, 0));
-    acts.extend(c.handle(now, &cam, beat("w2", 0, 0)));
-    acts.extend(c.handle(now, &cam, Input::Tick));
+    let acts = with_workers(&mut c, now, &cam, &["w1", "w2"]);
     let jobs = pictures(&acts);
     assert_eq!(jobs.len(), 1);
     encoded(&mut c, now, &cam, &jobs);
@@ -299,9 +300,7 @@ fn a_stalled_worker_costs_one_job_timeout_and_is_avoided_until_it_answers() {
         .collect();
     let mut c = core(node(triggers, false, |_| ()), now);
     let cam = running(frame_at(now, 10));
-    let mut acts = c.handle(now, &cam, beat("w1", 0, 0));
-    acts.extend(c.handle(now, &cam, beat("w2", 0, 0)));
-    acts.extend(c.handle(now, &cam, Input::Tick));
+    let acts = with_workers(&mut c, now, &cam, &["w1", "w2"]);
     let jobs = pictures(&acts);
     let out = sent(&encoded(&mut c, now, &cam, &jobs));
     assert_eq!(out.len(), 2, "{out:?}");
@@ -335,13 +334,13 @@ fn a_stalled_worker_costs_one_job_timeout_and_is_avoided_until_it_answers() {
         problems.contains(&format!("pool worker {} is avoided", stalled.0)),
         "{problems}"
     );
-    let pool = pool_stats(&mut c, t, &cam);
+    let pool = pool_stats(&c, t);
     assert_eq!(pool["timeouts"], 1, "{pool}");
     assert_eq!(pool["by_worker"][&stalled.0]["timeouts"], 1, "{pool}");
     // It wakes and answers what it held: late, ignored, and it is trusted again.
     let acts = c.handle(t, &cam, result(&stalled.0, &stalled.1, None));
     assert!(replies(&acts).is_empty());
-    let pool = pool_stats(&mut c, t, &cam);
+    let pool = pool_stats(&c, t);
     assert_eq!(pool["late"], 1, "{pool}");
     assert!(pool["by_worker"][&stalled.0]["suspect"].is_null(), "{pool}");
 }
@@ -391,7 +390,7 @@ fn jobs_go_to_the_share_only_without_a_healthy_worker_and_a_lost_one_is_reported
     );
     let problems = health_problems(&mut c, t, &cam, 3);
     assert!(problems.contains("shared subscription"), "{problems}");
-    assert_eq!(pool_stats(&mut c, t, &cam)["lost"], 1);
+    assert_eq!(pool_stats(&c, t)["lost"], 1);
 }
 
 #[test]
@@ -422,7 +421,7 @@ fn a_node_with_a_model_runs_here_what_no_worker_answers() {
     let acts = c.handle(t, &cam, done(job, Ok(yes_no(false)), &f));
     let (reply, _) = replies(&acts).remove(0);
     assert_eq!((reply.status, reply.worker), (wire::Status::Ok, None));
-    assert_eq!(pool_stats(&mut c, t, &cam)["local"], 1);
+    assert_eq!(pool_stats(&c, t)["local"], 1);
 }
 
 #[test]
@@ -435,7 +434,7 @@ fn a_worker_that_reports_work_without_progress_is_avoided() {
     let t = now.after(Duration::from_secs(9));
     c.handle(t, &cam, beat("w1", 2, 5));
     c.handle(t, &cam, beat("w2", 0, 0));
-    let pool = pool_stats(&mut c, t, &cam);
+    let pool = pool_stats(&c, t);
     assert!(
         pool["by_worker"]["w1"]["suspect"]
             .as_str()
@@ -458,11 +457,11 @@ fn heartbeats_are_bounded_input() {
         &cam,
         message("mw/pool/worker/big", v.to_string().as_bytes(), None),
     );
-    let pool = pool_stats(&mut c, now, &cam);
+    let pool = pool_stats(&c, now);
     assert_eq!(pool["window"], 8, "pool.max_in_flight caps it: {pool}");
     let later = now.after(Duration::from_secs(86_400 * 365));
     c.handle(later, &cam, Input::Tick);
-    let pool = pool_stats(&mut c, later, &cam);
+    let pool = pool_stats(&c, later);
     assert!(
         pool["by_worker"]["big"].is_null(),
         "forgotten after an hour: {pool}"
@@ -471,7 +470,7 @@ fn heartbeats_are_bounded_input() {
     for i in 0..300 {
         c.handle(now, &cam, beat(&format!("w{i}"), 0, 0));
     }
-    let pool = pool_stats(&mut c, now, &cam);
+    let pool = pool_stats(&c, now);
     let known = pool["by_worker"].as_object().map_or(0, |m| m.len());
     assert!(known <= 256, "{known}");
     // Garbage on the heartbeat topic forgets that worker, nothing more.
@@ -480,7 +479,7 @@ fn heartbeats_are_bounded_input() {
         &cam,
         message("mw/pool/worker/w1", b"\xff not json", None),
     );
-    let pool = pool_stats(&mut c, now, &cam);
+    let pool = pool_stats(&c, now);
     assert!(pool["by_worker"]["w1"].is_null(), "{pool}");
 }
 
@@ -494,9 +493,7 @@ fn home_assistant_hears_at_once_when_a_worker_turns_sick() {
             .last()
             .map(|m| serde_json::from_slice(&m.payload).expect("json"))
     };
-    let mut acts = c.handle(now, &cam, beat("w1", 0, 0));
-    acts.extend(c.handle(now, &cam, beat("w2", 0, 0)));
-    acts.extend(c.handle(now, &cam, Input::Tick));
+    let acts = with_workers(&mut c, now, &cam, &["w1", "w2"]);
     let s = server(&acts).expect("published when the workers come");
     assert_eq!(
         (s["pool"]["healthy"].as_u64(), s["pool"]["live"].as_u64()),
