@@ -6,6 +6,7 @@
 //! production, anything else in tests. Each request carries one frame and the skills to
 //! run on it; the worker answers them all from one encoded image prefix.
 
+pub mod crops;
 pub mod double;
 pub mod gpt2;
 #[allow(unsafe_code)]
