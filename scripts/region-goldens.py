@@ -43,7 +43,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--moondream", required=True, help="checkout of vikhyat/moondream at f660ccb")
     ap.add_argument("--weights", required=True, help="directory with model.safetensors and config.json")
-    ap.add_argument("--image", required=True, help="378x378 picture")
+    ap.add_argument("--image", required=True,
+                    help="a picture: 378x378 (one crop) or larger (the reference's overlap crops)")
     ap.add_argument("--object", action="append", required=True,
                     help='" name=id,id,..": an object and the GPT-2 ids of " name"')
     ap.add_argument("--out", required=True)
@@ -105,21 +106,22 @@ def main():
     model.eval()
 
     image = Image.open(args.image).convert("RGB")
-    assert image.size == (378, 378), "goldens are made from 378x378 pictures (one crop)"
 
     # The folded projector: with one crop the reference's projector input is [g, g].
+    # Larger pictures are cut into the reference's overlap crops; the tiling is recorded.
     with torch.inference_mode():
         crops, tiling = md.prepare_crops(image, config.vision, device="cpu")
-        assert tuple(tiling) == (1, 1), tiling
         img_emb = model._run_vision_encoder(image)
-        g = model._vis_enc(crops)[0]
-        fc1 = model.vision.proj_mlp.fc1
-        n = config.vision.enc_dim
-        folded = types.SimpleNamespace(
-            fc1=lambda x: torch.nn.functional.linear(x, fc1.weight[:, :n] + fc1.weight[:, n:], fc1.bias),
-            fc2=model.vision.proj_mlp.fc2,
-        )
-        fold_diff = (mlp(g, folded) - img_emb).abs().max().item()
+        fold_diff = None
+        if tuple(tiling) == (1, 1):
+            g = model._vis_enc(crops)[0]
+            fc1 = model.vision.proj_mlp.fc1
+            n = config.vision.enc_dim
+            folded = types.SimpleNamespace(
+                fc1=lambda x: torch.nn.functional.linear(x, fc1.weight[:, :n] + fc1.weight[:, n:], fc1.bias),
+                fc2=model.vision.proj_mlp.fc2,
+            )
+            fold_diff = (mlp(g, folded) - img_emb).abs().max().item()
 
     # Record the decisions: wrap the functions `_generate_points` calls.
     log = []
@@ -185,6 +187,8 @@ def main():
         "reference": "vikhyat/moondream f660ccb (moondream/torch), float32 on CPU",
         "weights": "moonwatch model synth --reference (see tests/region.rs)",
         "image": args.image,
+        "size": list(image.size),
+        "tiling": list(tiling),
         "fold_max_abs_diff": fold_diff,
         "image_embedding_rows": {str(r): img_emb[r].tolist() for r in (0, 364, 728)},
         "requests": requests,
@@ -195,7 +199,10 @@ def main():
     for r in requests:
         n = len(r["result"].get("objects", r["result"].get("points", [])))
         print(f'{r["skill"]} {r["object"]!r}: {n} objects, {len(r["steps"])} steps')
-    print(f"folded projector max |diff| {fold_diff:.3g}")
+    if fold_diff is None:
+        print(f"tiling {tuple(tiling)}: {1 + tiling[0] * tiling[1]} crops")
+    else:
+        print(f"folded projector max |diff| {fold_diff:.3g}")
 
 
 if __name__ == "__main__":

@@ -449,6 +449,17 @@ pub struct ModelConfig {
     /// F16, which moves the region heads' decisions away from the reference's), on with a
     /// Q8_0 KV cache (llama.cpp needs it there), else llama.cpp's choice.
     pub flash_attention: FlashAttention,
+    /// How a picture becomes the 729 image tokens: `one` stretches it to one 378x378
+    /// crop; `reference` does what Moondream 2025's own code does with a picture larger
+    /// than a crop: up to `max_crops` overlapping 378x378 crops at (nearly) full
+    /// resolution plus the whole picture, the crops' features stitched and pooled and fed
+    /// to the projector beside the whole picture's (one encode per crop; needs a
+    /// projector converted by `moonwatch model convert`, revision 2025-04-14).
+    pub crops: CropMode,
+    /// The most local crops `crops = "reference"` cuts a picture into (the reference's
+    /// `max_crops`, 12), 1..16. A 1280x720 or 640x480 picture takes 8 (2x4), 1920x1080
+    /// too; fewer here give coarser grids.
+    pub max_crops: u32,
     /// Which Moondream2 revision the files hold; picks its prompts
     /// (`moondream2-2024` or `moondream2-2025-04-14`).
     pub revision: crate::vision::Revision,
@@ -479,6 +490,8 @@ impl Default for ModelConfig {
             queue_depth: 16,
             kv_cache_type: KvCacheKind::F16,
             flash_attention: FlashAttention::Auto,
+            crops: CropMode::One,
+            max_crops: crate::vision::crops::DEFAULT_MAX_CROPS,
             revision: crate::vision::Revision::default(),
             yes_no_suffix: crate::vision::prompt::prompts(crate::vision::Revision::Moondream2024)
                 .yes_no_suffix
@@ -501,6 +514,17 @@ pub enum KvCacheKind {
     F32,
     #[serde(rename = "q8_0")]
     Q8_0,
+}
+
+/// How a picture becomes image tokens (`model.crops`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CropMode {
+    /// The picture stretched to one 378x378 crop.
+    #[default]
+    One,
+    /// Moondream 2025's overlapping crops, as its reference code makes them.
+    Reference,
 }
 
 /// When llama.cpp uses flash attention (`model.flash_attention`).
@@ -1005,6 +1029,24 @@ impl Config {
             bad(
                 "daemon.max_triggers",
                 format!("{} must be between 1 and 1024", dm.max_triggers),
+            );
+        }
+        if !(1..=crate::vision::crops::MAX_CROPS).contains(&m.max_crops) {
+            bad(
+                "model.max_crops",
+                format!(
+                    "{} must be between 1 and {}",
+                    m.max_crops,
+                    crate::vision::crops::MAX_CROPS
+                ),
+            );
+        }
+        if m.crops == CropMode::Reference
+            && m.revision != crate::vision::Revision::Moondream20250414
+        {
+            bad(
+                "model.crops",
+                "\"reference\" is Moondream2 2025-04-14's cropping: it needs revision = \"moondream2-2025-04-14\" and a projector converted by `moonwatch model convert` (the 2024 files see one crop)".into(),
             );
         }
         if m.flash_attention == FlashAttention::Off && m.kv_cache_type == KvCacheKind::Q8_0 {

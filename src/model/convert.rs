@@ -23,6 +23,10 @@ use super::synth::{self, Shape, Vocab, Writer};
 
 /// File names of a conversion's output.
 pub const TEXT_FILE: &str = "moondream2-2025-04-14-text-model-f16.gguf";
+/// The projector's first layer, the half that takes the whole picture's features.
+pub const CROP_PROJ_GLOBAL: &str = "mm.crops.global.weight";
+/// ... and the half that takes the crops' pooled features.
+pub const CROP_PROJ_LOCAL: &str = "mm.crops.local.weight";
 pub const MMPROJ_FILE: &str = "moondream2-2025-04-14-mmproj-f16.gguf";
 pub const REGION_FILE: &str = "moondream2-2025-04-14-region.gguf";
 
@@ -79,6 +83,8 @@ enum Recipe {
     Rows(String, usize, usize),
     /// `W[:, :n] + W[:, n:]` of an (out, 2n) matrix.
     FoldHalves(String),
+    /// `W[:, :n]` (false) or `W[:, n:]` (true) of an (out, 2n) matrix.
+    Half(String, bool),
     Zeros,
 }
 
@@ -176,6 +182,18 @@ impl Source<'_> {
                 for r in 0..rows {
                     let row = &v[r * cols..(r + 1) * cols];
                     out.extend((0..half).map(|i| row[i] + row[half + i]));
+                }
+                Ok(out)
+            }
+            Recipe::Half(name, second) => {
+                let v = self.values(name)?;
+                let s = self.shape(name)?;
+                let (rows, cols) = (s[0], s[1]);
+                let half = cols / 2;
+                let start = if *second { half } else { 0 };
+                let mut out = Vec::with_capacity(rows * half);
+                for r in 0..rows {
+                    out.extend_from_slice(&v[r * cols + start..r * cols + start + half]);
                 }
                 Ok(out)
             }
@@ -438,6 +456,17 @@ fn vision_gguf<'s, 'a>(src: &'s Source<'a>, s: &Shape) -> Result<Plan<'s, 'a>, C
     );
     p.copy("mm.0.bias", "model.vision.proj_mlp.fc1.bias")?;
     p.pair("mm.2", "model.vision.proj_mlp.fc2")?;
+    // The two halves as trained, for pictures of several crops (`model.crops =
+    // "reference"`), where the global and the pooled local features differ; llama.cpp's
+    // clip loads only the tensors its graph names and leaves these alone.
+    for (name, second) in [(CROP_PROJ_GLOBAL, false), (CROP_PROJ_LOCAL, true)] {
+        p.add(
+            name,
+            &[n, s.proj_hidden],
+            Recipe::Half("model.vision.proj_mlp.fc1.weight".into(), second),
+            f32,
+        );
+    }
     Ok(p)
 }
 

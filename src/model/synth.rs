@@ -28,7 +28,7 @@ const N_GPT2: usize = 50_257;
 pub const ENDOFTEXT: u32 = 50_256;
 /// Bumped whenever the files this module writes change, so that caches of generated
 /// models (the tests keep theirs in the build directory) are made anew.
-pub const FORMAT: u32 = 2;
+pub const FORMAT: u32 = 3;
 /// GGUF's default data alignment.
 const ALIGN: u64 = 32;
 

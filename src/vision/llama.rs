@@ -338,11 +338,63 @@ impl Drop for Batch {
     }
 }
 
-/// mtmd's vision encoder: a picture in, image embeddings out.
+/// mtmd's vision encoder: a picture in, image embeddings out; or, for pictures of several
+/// crops, the encoder's features before the projector ([`Vision::features`]).
 #[derive(Debug)]
 pub struct Vision {
     ptr: NonNull<sys::mtmd_context>,
     n_embd: usize,
+    features: Box<Features>,
+}
+
+/// What the vision graph's eval callback reads: the projector's input.
+#[derive(Debug, Default)]
+struct Features {
+    on: bool,
+    rows: Vec<f32>,
+    width: usize,
+    found: bool,
+}
+
+/// The llava graph's projector input is `get_rows(post_ln output, patches)`: the node a
+/// [`Features`] capture reads. Once read, the graph stops, so the projector never runs.
+unsafe extern "C" fn features_callback(
+    t: *mut sys::ggml_tensor,
+    ask: bool,
+    user: *mut c_void,
+) -> bool {
+    // SAFETY: `user` is the `Features` boxed in `Vision`, alive as long as the mtmd
+    // context; the engine thread is the only one encoding on it.
+    let cap = unsafe { &mut *user.cast::<Features>() };
+    // SAFETY: ggml passes a valid tensor; its sources are valid or null, and names are
+    // NUL-terminated.
+    let wanted = cap.on
+        && unsafe {
+            let t = &*t;
+            let patches = t.src[1];
+            t.op == sys::GGML_OP_GET_ROWS
+                && !patches.is_null()
+                && CStr::from_ptr((*patches).name.as_ptr()).to_bytes() == b"patches"
+        };
+    if !wanted {
+        return !ask;
+    }
+    if ask {
+        return true;
+    }
+    // SAFETY: the node is computed when `ask` is false; its F32 contiguous data is copied.
+    unsafe {
+        let t = &*t;
+        if t.type_ == sys::GGML_TYPE_F32 && sys::ggml_is_contiguous(t) {
+            let n = sys::ggml_nelements(t) as usize;
+            cap.rows.resize(n, 0.0);
+            sys::ggml_backend_tensor_get(t, cap.rows.as_mut_ptr().cast(), 0, n * 4);
+            cap.width = t.ne[0] as usize;
+            cap.found = true;
+        }
+    }
+    // Stop here: what follows is the (folded) projector, which these features skip.
+    false
 }
 
 // SAFETY: the context is used from one thread at a time (`&mut self` for encoding).
@@ -355,18 +407,26 @@ impl Vision {
         use_gpu: bool,
         threads: i32,
         flash_attention: Option<bool>,
+        with_features: bool,
     ) -> Result<Self, EngineError> {
         let raw = raw_model(model)?;
         let c_path = CString::new(path.to_string_lossy().as_bytes())
             .map_err(|e| EngineError::Load(format!("{}: {e}", path.display())))?;
+        let mut features = Box::<Features>::default();
         // SAFETY: default params with plain field writes; the marker is a static C string
-        // inside llama.cpp; the path is NUL-terminated and copied.
+        // inside llama.cpp; the path is NUL-terminated and copied; the callback's user
+        // data is the boxed `Features`, which lives (at a fixed address) as long as the
+        // context.
         let ptr = unsafe {
             let mut p = sys::mtmd_context_params_default();
             p.use_gpu = use_gpu;
             p.print_timings = false;
             p.n_threads = threads;
             p.flash_attn_type = flash_attn_type(flash_attention);
+            if with_features {
+                p.cb_eval = Some(features_callback);
+                p.cb_eval_user_data = (&mut *features as *mut Features).cast();
+            }
             sys::mtmd_init_from_file(c_path.as_ptr(), raw, p)
         };
         let ptr = NonNull::new(ptr).ok_or_else(|| {
@@ -378,6 +438,7 @@ impl Vision {
         let v = Self {
             ptr,
             n_embd: model.n_embd() as usize,
+            features,
         };
         // SAFETY: a live context.
         if !unsafe { sys::mtmd_support_vision(v.ptr.as_ptr()) } {
@@ -389,9 +450,32 @@ impl Vision {
         Ok(v)
     }
 
+    /// The vision encoder's features for an RGB picture of `side` x `side` pixels, before
+    /// the projector: one row of the encoder's width per patch, and that width. Needs a
+    /// context made `with_features`.
+    pub fn features(&mut self, rgb: &[u8], side: u32) -> Result<(Vec<f32>, usize), EngineError> {
+        self.features.on = true;
+        self.features.found = false;
+        let done = self.run(rgb, side, false);
+        self.features.on = false;
+        done?;
+        if !self.features.found {
+            return Err(EngineError::Inference(
+                "the vision graph has no projector input to read (llama.cpp's llava graph changed?)"
+                    .into(),
+            ));
+        }
+        Ok((std::mem::take(&mut self.features.rows), self.features.width))
+    }
+
     /// Encodes an RGB picture of `side` x `side` pixels; returns its image embeddings,
     /// one row of the text model's width per image token.
     pub fn encode(&mut self, rgb: &[u8], side: u32) -> Result<Vec<f32>, EngineError> {
+        self.run(rgb, side, true)
+    }
+
+    /// Runs the encoder on a picture; with `output`, copies the image embeddings out.
+    fn run(&mut self, rgb: &[u8], side: u32, output: bool) -> Result<Vec<f32>, EngineError> {
         if rgb.len() != (side * side * 3) as usize {
             return Err(EngineError::Image(format!(
                 "{} bytes are not a {side}x{side} RGB picture",
@@ -432,6 +516,9 @@ impl Vision {
                 return Err(EngineError::Inference(format!(
                     "image encoding failed ({rc})"
                 )));
+            }
+            if !output {
+                return Ok(Vec::new());
             }
             let n = sys::mtmd_input_chunk_get_n_tokens(image) * self.n_embd;
             let out = sys::mtmd_get_output_embd(self.ptr.as_ptr());
@@ -514,5 +601,194 @@ mod tests {
         let z: f32 = v.iter().map(|x| x.exp()).sum();
         assert!((super::log_prob(&v, 2) - (3.0 - z.ln())).abs() < 1e-5);
         assert_eq!(super::log_prob(&v, 9), f32::NEG_INFINITY);
+    }
+}
+
+/// Moondream 2025's projector as trained, for pictures of several crops: `fc2(gelu(
+/// W_global g + W_local l + b1)) + b2` over the whole picture's features `g` and the
+/// crops' pooled features `l`, as a ggml graph of its own (mtmd's projector holds only the
+/// folded first layer, exact when `l = g`). Weights are read from the converted mmproj
+/// (`mm.crops.global.weight`, `mm.crops.local.weight`, `mm.0.bias`, `mm.2.*`) in their
+/// stored types (F16, F32 or Q8_0).
+#[derive(Debug)]
+pub struct CropProjector {
+    backend: sys::ggml_backend_t,
+    weights: *mut sys::ggml_context,
+    buffer: sys::ggml_backend_buffer_t,
+    /// global, local, b1, w2, b2.
+    w: [*mut sys::ggml_tensor; 5],
+    n_in: i64,
+    n_out: i64,
+}
+
+// SAFETY: used from the engine thread only (`&self` for running, owned by `Moondream`).
+unsafe impl Send for CropProjector {}
+
+impl CropProjector {
+    /// Loads the projector's tensors named in `names` (global half, local half, first
+    /// bias, second weight, second bias) from `path`, whose headers are `tensors`.
+    pub fn load(
+        path: &std::path::Path,
+        tensors: &[crate::gguf::TensorInfo],
+        names: [&str; 5],
+        use_gpu: bool,
+        threads: i32,
+    ) -> Result<Self, String> {
+        use std::io::{Read, Seek, SeekFrom};
+        let infos: Vec<&crate::gguf::TensorInfo> = names
+            .iter()
+            .map(|n| {
+                tensors.iter().find(|t| t.name == *n).ok_or_else(|| {
+                    format!("{} has no tensor {n}: convert the release again with this moonwatch (`moonwatch model convert` or `model pull`)", path.display())
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        let (n_in, n_hidden) = (infos[0].ne[0], infos[0].ne.get(1).copied().unwrap_or(0));
+        let n_out = infos[3].ne.get(1).copied().unwrap_or(0);
+        let shapes_ok = infos[1].ne == infos[0].ne
+            && infos[2].ne == [n_hidden]
+            && infos[3].ne == [n_hidden, n_out]
+            && infos[4].ne == [n_out];
+        if !shapes_ok || n_in <= 0 || n_out <= 0 {
+            return Err(format!(
+                "{}: the crop projector's tensors do not fit together",
+                path.display()
+            ));
+        }
+        let mut file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        // SAFETY: a context for five tensor headers (no data: it goes to a backend buffer);
+        // every pointer is checked, and freed in Drop (or below on failure through `me`).
+        unsafe {
+            let backend = if use_gpu {
+                let b = sys::ggml_backend_init_by_type(
+                    sys::GGML_BACKEND_DEVICE_TYPE_GPU,
+                    std::ptr::null(),
+                );
+                if b.is_null() {
+                    sys::ggml_backend_cpu_init()
+                } else {
+                    b
+                }
+            } else {
+                sys::ggml_backend_cpu_init()
+            };
+            if backend.is_null() {
+                return Err("no ggml backend for the crop projector".into());
+            }
+            if sys::ggml_backend_is_cpu(backend) {
+                sys::ggml_backend_cpu_set_n_threads(backend, threads.max(1));
+            }
+            let weights = sys::ggml_init(sys::ggml_init_params {
+                mem_size: 8 * sys::ggml_tensor_overhead(),
+                mem_buffer: std::ptr::null_mut(),
+                no_alloc: true,
+            });
+            let mut me = Self {
+                backend,
+                weights,
+                buffer: std::ptr::null_mut(),
+                w: [std::ptr::null_mut(); 5],
+                n_in,
+                n_out,
+            };
+            if weights.is_null() {
+                return Err("out of memory for the crop projector".into());
+            }
+            for (slot, info) in me.w.iter_mut().zip(&infos) {
+                *slot =
+                    sys::ggml_new_tensor(weights, info.ty, info.ne.len() as i32, info.ne.as_ptr());
+                if slot.is_null() || sys::ggml_nbytes(*slot) != info.size {
+                    return Err(format!(
+                        "{}: tensor {} has an unexpected size",
+                        path.display(),
+                        info.name
+                    ));
+                }
+            }
+            me.buffer = sys::ggml_backend_alloc_ctx_tensors(weights, backend);
+            if me.buffer.is_null() {
+                return Err("out of memory for the crop projector's weights".into());
+            }
+            for (t, info) in me.w.iter().zip(&infos) {
+                let mut data = vec![0u8; info.size];
+                file.seek(SeekFrom::Start(info.offset))
+                    .and_then(|_| file.read_exact(&mut data))
+                    .map_err(|e| format!("{}: tensor {}: {e}", path.display(), info.name))?;
+                sys::ggml_backend_tensor_set(*t, data.as_ptr().cast(), 0, data.len());
+            }
+            Ok(me)
+        }
+    }
+
+    /// The image embeddings for `rows` patches: `global` and `local` are `rows` rows of
+    /// the encoder's width each; the result is `rows` rows of the text model's width.
+    pub fn run(&self, global: &[f32], local: &[f32], rows: usize) -> Result<Vec<f32>, String> {
+        let n_in = self.n_in as usize;
+        if global.len() != rows * n_in || local.len() != rows * n_in {
+            return Err(format!(
+                "the crop projector takes {rows} rows of {n_in}, got {} and {} values",
+                global.len(),
+                local.len()
+            ));
+        }
+        // SAFETY: a graph context (headers only) and an allocator made and freed here;
+        // the weights live as long as `self`; inputs are copied in, the output out.
+        unsafe {
+            let ctx = sys::ggml_init(sys::ggml_init_params {
+                mem_size: 16 * sys::ggml_tensor_overhead() + sys::ggml_graph_overhead(),
+                mem_buffer: std::ptr::null_mut(),
+                no_alloc: true,
+            });
+            if ctx.is_null() {
+                return Err("out of memory for the crop projector's graph".into());
+            }
+            let alloc =
+                sys::ggml_gallocr_new(sys::ggml_backend_get_default_buffer_type(self.backend));
+            let _free = Guard(|| {
+                sys::ggml_gallocr_free(alloc);
+                sys::ggml_free(ctx);
+            });
+            let [wg, wl, b1, w2, b2] = self.w;
+            let g = sys::ggml_new_tensor_2d(ctx, sys::GGML_TYPE_F32, self.n_in, rows as i64);
+            let l = sys::ggml_new_tensor_2d(ctx, sys::GGML_TYPE_F32, self.n_in, rows as i64);
+            sys::ggml_set_input(g);
+            sys::ggml_set_input(l);
+            let h = sys::ggml_add(
+                ctx,
+                sys::ggml_mul_mat(ctx, wg, g),
+                sys::ggml_mul_mat(ctx, wl, l),
+            );
+            let h = sys::ggml_gelu(ctx, sys::ggml_add(ctx, h, b1));
+            let out = sys::ggml_add(ctx, sys::ggml_mul_mat(ctx, w2, h), b2);
+            sys::ggml_set_output(out);
+            let graph = sys::ggml_new_graph(ctx);
+            sys::ggml_build_forward_expand(graph, out);
+            if alloc.is_null() || !sys::ggml_gallocr_alloc_graph(alloc, graph) {
+                return Err("out of memory for the crop projector's activations".into());
+            }
+            sys::ggml_backend_tensor_set(g, global.as_ptr().cast(), 0, global.len() * 4);
+            sys::ggml_backend_tensor_set(l, local.as_ptr().cast(), 0, local.len() * 4);
+            if sys::ggml_backend_graph_compute(self.backend, graph) != sys::GGML_STATUS_SUCCESS {
+                return Err("the crop projector failed".into());
+            }
+            let mut emb = vec![0f32; rows * self.n_out as usize];
+            sys::ggml_backend_tensor_get(out, emb.as_mut_ptr().cast(), 0, emb.len() * 4);
+            Ok(emb)
+        }
+    }
+}
+
+impl Drop for CropProjector {
+    fn drop(&mut self) {
+        // SAFETY: each made in `load` (or null), freed once.
+        unsafe {
+            if !self.buffer.is_null() {
+                sys::ggml_backend_buffer_free(self.buffer);
+            }
+            if !self.weights.is_null() {
+                sys::ggml_free(self.weights);
+            }
+            sys::ggml_backend_free(self.backend);
+        }
     }
 }

@@ -174,7 +174,11 @@ pub struct PrefixTiming {
     /// Moondream's reference preprocessing does (0 when reused).
     pub input_width: u32,
     pub input_height: u32,
-    /// Time to stretch the frame to that size.
+    /// Crops the encoder saw (`model.crops`): 1, or with reference crops the whole
+    /// picture plus the local crops (0 when reused).
+    #[serde(default)]
+    pub crops: u32,
+    /// Time to stretch the frame to that size (or cut it into crops).
     pub resize_ms: f64,
     pub image_encode_ms: f64,
     pub image_prefill_ms: f64,

@@ -348,6 +348,8 @@ pub struct Moondream<'m> {
     yes_ids: Vec<usize>,
     no_ids: Vec<usize>,
     cached: Option<CachedPrefix>,
+    /// `model.crops = "reference"`: the projector as trained and the most local crops.
+    crops: Option<(llama::CropProjector, u32)>,
 }
 
 impl std::fmt::Debug for Moondream<'_> {
@@ -438,13 +440,45 @@ impl<'m> Moondream<'m> {
         }
         ctx.set_capture(false);
         ctx.clear();
+        let reference_crops = s.model.crops == crate::config::CropMode::Reference;
         let vision = llama::Vision::new(
             &s.model.mmproj,
             model,
             s.model.vision_on_gpu,
             threads,
             flash_attention,
+            reference_crops,
         )?;
+        let crops = if reference_crops {
+            if image_size != super::crops::CROP {
+                return Err(EngineError::Load(format!(
+                    "model.crops = \"reference\" needs a {0}x{0} encoder; {1} takes {image_size}x{image_size}",
+                    super::crops::CROP,
+                    s.model.mmproj.display()
+                )));
+            }
+            let tensors = crate::gguf::Reader::open(&s.model.mmproj, false)
+                .and_then(|r| r.tensors())
+                .map_err(|e| EngineError::Load(format!("{}: {e}", s.model.mmproj.display())))?;
+            let names = [
+                crate::model::convert::CROP_PROJ_GLOBAL,
+                crate::model::convert::CROP_PROJ_LOCAL,
+                "mm.0.bias",
+                "mm.2.weight",
+                "mm.2.bias",
+            ];
+            let projector = llama::CropProjector::load(
+                &s.model.mmproj,
+                &tensors,
+                names,
+                s.model.vision_on_gpu,
+                threads,
+            )
+            .map_err(|e| EngineError::Load(format!("model.crops = \"reference\": {e}")))?;
+            Some((projector, s.model.max_crops))
+        } else {
+            None
+        };
         let vocab = model.vocab();
         let prompts = prompt::prompts(s.model.revision);
         // GPT-2's rules where the model's vocabulary is GPT-2's: every token of the
@@ -522,6 +556,7 @@ impl<'m> Moondream<'m> {
             yes_ids,
             no_ids,
             cached: None,
+            crops,
         })
     }
 
@@ -563,12 +598,7 @@ impl<'m> Moondream<'m> {
         // of exactly that size unchanged (no letterbox), so boxes in 0..1 of what the
         // model saw are 0..1 of the frame.
         let side = self.image_size;
-        let t = Instant::now();
-        let pixels = frame.stretched(side, side);
-        let resize_ms = ms(t);
-        let t = Instant::now();
-        let image = self.vision.encode(&pixels, side)?;
-        let image_encode_ms = ms(t);
+        let (image, resize_ms, image_encode_ms, n_crops) = self.image_embeddings(frame)?;
         let n_image = (image.len() / self.model.n_embd() as usize) as i32;
         if n_image + 1 + 17 > self.n_ctx {
             return Err(EngineError::Image(format!(
@@ -614,12 +644,41 @@ impl<'m> Moondream<'m> {
                 reused: false,
                 input_width: side,
                 input_height: side,
+                crops: n_crops,
                 resize_ms,
                 image_encode_ms,
                 image_prefill_ms: ms(t),
                 tokens: n_past as u32,
             },
         ))
+    }
+
+    /// The image embeddings of `frame`, with the time to resize it and to encode it, and
+    /// the crops encoded. One crop: the frame stretched to the encoder's square (or, with
+    /// reference crops, resized as the reference does), through mtmd's folded projector.
+    /// Several: each crop's features before the projector, the local ones stitched and
+    /// pooled, then the projector as trained.
+    fn image_embeddings(
+        &mut self,
+        frame: &Frame,
+    ) -> Result<(Vec<f32>, f64, f64, u32), EngineError> {
+        let side = self.image_size;
+        let t = Instant::now();
+        let Some((projector, max_crops)) = &self.crops else {
+            // Stretched to the encoder's square as the reference does; mtmd takes a
+            // picture of exactly that size unchanged (no letterbox), so boxes in 0..1 of
+            // what the model saw are 0..1 of the frame.
+            let pixels = frame.stretched(side, side);
+            let resize_ms = ms(t);
+            let t = Instant::now();
+            let image = self.vision.encode(&pixels, side)?;
+            return Ok((image, resize_ms, ms(t), 1));
+        };
+        let cut = super::crops::overlap_crops(frame, *max_crops);
+        let resize_ms = ms(t);
+        let t = Instant::now();
+        let image = encode_crops(&mut self.vision, projector, &cut)?;
+        Ok((image, resize_ms, ms(t), cut.pictures.len() as u32))
     }
 
     /// Replaces the previous question's tail after the image prefix with `tokens`, and
@@ -1041,4 +1100,37 @@ impl Vision for Moondream<'_> {
             total_ms: ms(started),
         })
     }
+}
+
+/// The image embeddings Moondream 2025's reference makes of a picture cut into `cut`
+/// (`model.crops = "reference"`): one crop through mtmd's folded projector when the
+/// picture needs no more; otherwise each crop's features before the projector, the local
+/// ones stitched and pooled, then `projector` (the first layer's two halves as trained).
+pub fn encode_crops(
+    vision: &mut llama::Vision,
+    projector: &llama::CropProjector,
+    cut: &super::crops::Crops,
+) -> Result<Vec<f32>, EngineError> {
+    use super::crops::{stitch_and_pool, CROP, GRID};
+    if cut.is_single() {
+        return vision.encode(&cut.pictures[0], CROP);
+    }
+    let mut features = Vec::with_capacity(cut.pictures.len());
+    let mut width = 0;
+    for picture in &cut.pictures {
+        let (f, w) = vision.features(picture, CROP)?;
+        if w == 0 || f.len() != GRID * GRID * w {
+            return Err(EngineError::Inference(format!(
+                "the encoder gave {} features of width {w} for a crop",
+                f.len()
+            )));
+        }
+        width = w;
+        features.push(f);
+    }
+    let global = features.remove(0);
+    let pooled = stitch_and_pool(&features, cut.tiling, width);
+    projector
+        .run(&global, &pooled, GRID * GRID)
+        .map_err(EngineError::Inference)
 }
