@@ -13,13 +13,15 @@
 //! Prints a Markdown table for BENCHMARKS.md.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::PathBuf;
+mod common;
+
+use common::Ref2025;
+
 use std::sync::Arc;
 use std::time::Instant;
 
 use moonwatch::config::FlashAttention;
 use moonwatch::frame::Frame;
-use moonwatch::model::{convert, synth, Quant};
 use moonwatch::vision::moondream::{self, Settings};
 use moonwatch::vision::region::RegionHeads;
 use moonwatch::vision::{Answer, Engine, Request, Response, Skill};
@@ -31,59 +33,7 @@ fn env_or(key: &str, default: u32) -> u32 {
         .unwrap_or(default)
 }
 
-struct Files {
-    text: PathBuf,
-    mmproj: PathBuf,
-    region: PathBuf,
-}
-
-fn files() -> Files {
-    let base = std::env::var_os("MOONWATCH_BENCH_MODELS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").expect("HOME"))
-                .join(".cache/moonwatch/bench-models")
-        });
-    let dir = base.join("ref2025");
-    let f = Files {
-        text: dir.join(
-            Quant::Q4_0
-                .text_file_name()
-                .replace("moondream2-", "moondream2-2025-04-14-"),
-        ),
-        mmproj: dir.join(convert::MMPROJ_FILE),
-        region: dir.join(convert::REGION_FILE),
-    };
-    if f.text.is_file() && f.mmproj.is_file() && f.region.is_file() {
-        return f;
-    }
-    eprintln!(
-        "making the full-shape 2025-04-14 checkpoint in {}",
-        dir.display()
-    );
-    let weights = dir.join("model.safetensors");
-    if !weights.is_file() {
-        convert::write_reference(
-            &dir,
-            &convert::RefShape::full(),
-            convert::REFERENCE_SEED,
-            convert::Fixture::Random {
-                eos_bias: 0.0,
-                attention: 1.0,
-            },
-        )
-        .unwrap();
-    }
-    let vocab = synth::Vocab::builtin().unwrap();
-    let done = convert::convert(&weights, &dir, &vocab).unwrap();
-    moondream::backend().unwrap();
-    synth::quantize(&done.text, &f.text, Quant::Q4_0.ftype()).unwrap();
-    std::fs::remove_file(&done.text).unwrap();
-    std::fs::remove_file(&weights).unwrap();
-    f
-}
-
-fn settings(f: &Files, region: bool, threads: u32) -> Settings {
+fn settings(f: &Ref2025, region: bool, threads: u32) -> Settings {
     let mut s = Settings::for_files(&f.text, &f.mmproj, threads);
     s.model.vision_on_gpu = false;
     s.model.revision = moonwatch::vision::Revision::Moondream20250414;
@@ -122,7 +72,7 @@ fn run(e: &Engine, f: &Arc<Frame>, skills: Vec<Skill>) -> Response {
 fn main() {
     let threads = env_or("MOONWATCH_BENCH_THREADS", 2);
     let reps = env_or("MOONWATCH_BENCH_REPS", 3) as u8;
-    let f = files();
+    let f = common::ref2025();
 
     // The heads alone (Rust, one thread), full dimensions.
     let heads = RegionHeads::load(&f.region).unwrap();

@@ -441,8 +441,10 @@ pub struct ModelConfig {
     pub max_tokens: u32,
     /// Requests waiting for the engine before new ones are refused as busy.
     pub queue_depth: u32,
-    /// Type of the KV cache: `f16` (llama.cpp's default) or `q8_0` (half the memory,
-    /// 24 layers x 2048 wide x 2 x context_size positions).
+    /// Type of the KV cache: `auto` (`f32` with region heads, whose reference keeps K and
+    /// V in float32: twice F16's memory, 24 layers x 2048 wide x 2 x context_size
+    /// positions x 4 bytes; `f16` otherwise), `f16` (llama.cpp's default), `f32`, or `q8_0`
+    /// (half F16's memory).
     pub kv_cache_type: KvCacheKind,
     /// Flash attention in the text model and the vision encoder: `on`, `off`, or `auto`:
     /// off with region heads or an F32 KV cache (flash attention computes with K and V in
@@ -488,7 +490,7 @@ impl Default for ModelConfig {
             memory_check: true,
             max_tokens: 128,
             queue_depth: 16,
-            kv_cache_type: KvCacheKind::F16,
+            kv_cache_type: KvCacheKind::Auto,
             flash_attention: FlashAttention::Auto,
             crops: CropMode::One,
             max_crops: crate::vision::crops::DEFAULT_MAX_CROPS,
@@ -506,6 +508,8 @@ impl Default for ModelConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum KvCacheKind {
+    /// F32 with region heads, F16 otherwise ([`ModelConfig::kv_cache`]).
+    Auto,
     F16,
     /// Full precision (twice F16's memory): for checking against a float32 reference.
     /// Attention is F32 only with flash attention off (what `auto` gives): llama.cpp's
@@ -538,15 +542,25 @@ pub enum FlashAttention {
 }
 
 impl ModelConfig {
+    /// The KV cache's type for these settings (`auto` resolved: F32 with region heads,
+    /// so that attention computes as Moondream's float32 reference does; F16 otherwise).
+    pub fn kv_cache(&self) -> KvCacheKind {
+        match self.kv_cache_type {
+            KvCacheKind::Auto if self.region.is_some() => KvCacheKind::F32,
+            KvCacheKind::Auto => KvCacheKind::F16,
+            kind => kind,
+        }
+    }
+
     /// Whether flash attention is on (`Some`), or llama.cpp decides (`None`), for these
     /// settings; see [`ModelConfig::flash_attention`].
     pub fn flash_attention_on(&self) -> Option<bool> {
         match self.flash_attention {
             FlashAttention::On => Some(true),
             FlashAttention::Off => Some(false),
-            FlashAttention::Auto if self.kv_cache_type == KvCacheKind::Q8_0 => Some(true),
+            FlashAttention::Auto if self.kv_cache() == KvCacheKind::Q8_0 => Some(true),
             FlashAttention::Auto if self.region.is_some() => Some(false),
-            FlashAttention::Auto if self.kv_cache_type == KvCacheKind::F32 => Some(false),
+            FlashAttention::Auto if self.kv_cache() == KvCacheKind::F32 => Some(false),
             FlashAttention::Auto => None,
         }
     }
@@ -1304,6 +1318,27 @@ mod tests {
     }
 
     #[test]
+    fn reference_crops_are_checked() {
+        let problems = |toml: &str| {
+            Config::parse(&format!("[model]\n{toml}"))
+                .unwrap()
+                .problems()
+                .into_iter()
+                .map(|p| p.key)
+                .collect::<Vec<_>>()
+        };
+        let ok = "revision = \"moondream2-2025-04-14\"\ncrops = \"reference\"\nmax_crops = 4";
+        assert!(!problems(ok).iter().any(|k| k.contains("crops")));
+        // The 2024 files have no crops of their own; 0 or 17 crops are out of range.
+        assert!(problems("crops = \"reference\"").contains(&"model.crops".to_string()));
+        for n in [0, 17] {
+            let p = problems(&format!("max_crops = {n}"));
+            assert!(p.contains(&"model.max_crops".to_string()), "{n}: {p:?}");
+        }
+        assert!(Config::parse("[model]\ncrops = \"tiles\"\n").is_err());
+    }
+
+    #[test]
     fn flash_attention_follows_what_the_settings_need() {
         let m = |toml: &str| Config::parse(&format!("[model]\n{toml}")).map(|c| c.model);
         // Region heads and an F32 cache: off, as the reference computes; a Q8_0 cache
@@ -1321,6 +1356,15 @@ mod tests {
             Some(true)
         );
         assert_eq!(m("").unwrap().flash_attention_on(), None);
+        // The cache: F32 with region heads (as the reference keeps K and V), else F16,
+        // unless set.
+        assert_eq!(
+            m("region = \"r.gguf\"").unwrap().kv_cache(),
+            KvCacheKind::F32
+        );
+        assert_eq!(m("").unwrap().kv_cache(), KvCacheKind::F16);
+        let set = m("region = \"r.gguf\"\nkv_cache_type = \"f16\"").unwrap();
+        assert_eq!(set.kv_cache(), KvCacheKind::F16);
         let on = m("region = \"r.gguf\"\nflash_attention = \"on\"").unwrap();
         assert_eq!(on.flash_attention_on(), Some(true));
         let c = Config::parse("[model]\nkv_cache_type = \"q8_0\"\nflash_attention = \"off\"\n")

@@ -322,6 +322,7 @@ fn the_release_weights_are_downloaded_verified_and_converted() {
         moonwatch::model::convert::Fixture::Random {
             eos_bias: 0.0,
             attention: 1.0,
+            values: 1.0,
         },
     )
     .unwrap();

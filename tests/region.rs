@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use moonwatch::config::CropMode;
+use moonwatch::config::{CropMode, FlashAttention, KvCacheKind};
 use moonwatch::frame::Frame;
 use moonwatch::model::convert::{self, Ends, Fixture, RefShape};
 use moonwatch::model::synth;
@@ -292,6 +292,7 @@ fn detect_and_point_match_moondreams_own_code() {
             Fixture::Random {
                 eos_bias,
                 attention: 1.0,
+                values: 1.0,
             },
         );
         let e = engine(&files);
@@ -321,6 +322,7 @@ fn strong() -> Files {
     let fixture = Fixture::Random {
         eos_bias: 0.0,
         attention: SHARPER,
+        values: 1.0,
     };
     converted_with(&format!("strong-{SHARPER}"), shape, 7, fixture)
 }
@@ -348,6 +350,7 @@ fn the_image_embeddings_match_the_references() {
         Fixture::Random {
             eos_bias: 0.0,
             attention: 1.0,
+            values: 1.0,
         },
     );
     let backend = moondream::backend().unwrap();
@@ -401,6 +404,7 @@ fn eos0() -> Files {
         Fixture::Random {
             eos_bias: 0.0,
             attention: 1.0,
+            values: 1.0,
         },
     )
 }
@@ -586,6 +590,7 @@ fn region_heads_from_another_checkpoint_are_refused_at_load() {
         Fixture::Random {
             eos_bias: 0.0,
             attention: 1.0,
+            values: 1.0,
         },
     );
     let other = converted("known-one", Fixture::Known(Ends::AfterOne));
@@ -617,4 +622,49 @@ fn a_full_context_keeps_the_objects_found_so_far() {
     // boxes of 3 positions.
     assert_eq!(boxes, vec![known_box(); (800 - 730 - 6) / 3]);
     e.shutdown();
+}
+
+/// The text model's value weights times this (2^-24), its attention output weights divided
+/// by it: the `eos0` checkpoint's function exactly in float32 (a power of two), with the
+/// values of V (about 3e-8) below F16's smallest subnormal number (6e-8), which float32
+/// holds with its full precision.
+const SMALL_VALUES: f32 = 1.0 / 16777216.0;
+
+#[test]
+fn attention_computes_in_float32_as_shipped_and_f16_k_and_v_move_decisions() {
+    // Goldens made from this checkpoint (`model synth --reference --eos-bias 0 --values
+    // 0.000000059604644775390625`): the eos0 goldens' decisions up to their near ties, the
+    // function being the same.
+    let path = "tests/data/region-goldens-small-values.json";
+    let goldens = load_goldens(path);
+    let files = converted(
+        &format!("eos0-values-{SMALL_VALUES}"),
+        Fixture::Random {
+            eos_bias: 0.0,
+            attention: 1.0,
+            values: SMALL_VALUES,
+        },
+    );
+    // As shipped: region heads give an F32 KV cache and flash attention off.
+    let shipped = engine(&files);
+    if let Err(e) = compare(&goldens, path, &shipped, 5) {
+        panic!("as shipped: {e}");
+    }
+    shipped.shutdown();
+    // K and V in F16, from the cache or from flash attention's copies: decisions move.
+    for (kv, flash) in [
+        (KvCacheKind::F16, FlashAttention::Auto),
+        (KvCacheKind::F32, FlashAttention::On),
+    ] {
+        let mut s = settings(&files);
+        s.model.kv_cache_type = kv;
+        s.model.flash_attention = flash;
+        let e = moondream::start(s).unwrap();
+        let moved = compare(&goldens, path, &e, 5);
+        e.shutdown();
+        assert!(
+            moved.is_err(),
+            "{kv:?} cache, flash {flash:?}: matched the reference"
+        );
+    }
 }

@@ -86,3 +86,65 @@ pub fn broker(dir: &std::path::Path) -> (Kill, u16) {
     std::thread::sleep(Duration::from_millis(300));
     (Kill(child), port)
 }
+
+/// The full-shape 2025-04-14 files (`ref2025/` under the bench models directory).
+pub struct Ref2025 {
+    pub text: PathBuf,
+    pub mmproj: PathBuf,
+    pub region: PathBuf,
+}
+
+/// Makes (when missing, or converted before the projector's halves were written) a
+/// full-shape random-weight 2025-04-14 checkpoint in the release's layout, converts it,
+/// quantizes the text model to Q4_0 and removes the checkpoint.
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+pub fn ref2025() -> Ref2025 {
+    use moonwatch::model::{convert, synth, Quant};
+    let base = std::env::var_os("MOONWATCH_BENCH_MODELS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").expect("HOME"))
+                .join(".cache/moonwatch/bench-models")
+        });
+    let dir = base.join("ref2025");
+    let f = Ref2025 {
+        text: dir.join(
+            Quant::Q4_0
+                .text_file_name()
+                .replace("moondream2-", "moondream2-2025-04-14-"),
+        ),
+        mmproj: dir.join(convert::MMPROJ_FILE),
+        region: dir.join(convert::REGION_FILE),
+    };
+    let has_halves = moonwatch::gguf::Reader::open(&f.mmproj, false)
+        .and_then(|r| r.tensors())
+        .is_ok_and(|t| t.iter().any(|t| t.name == convert::CROP_PROJ_LOCAL));
+    if f.text.is_file() && has_halves && f.region.is_file() {
+        return f;
+    }
+    eprintln!(
+        "making the full-shape 2025-04-14 checkpoint in {}",
+        dir.display()
+    );
+    let weights = dir.join("model.safetensors");
+    if !weights.is_file() {
+        convert::write_reference(
+            &dir,
+            &convert::RefShape::full(),
+            convert::REFERENCE_SEED,
+            convert::Fixture::Random {
+                eos_bias: 0.0,
+                attention: 1.0,
+                values: 1.0,
+            },
+        )
+        .unwrap();
+    }
+    let vocab = synth::Vocab::builtin().unwrap();
+    let done = convert::convert(&weights, &dir, &vocab).unwrap();
+    moonwatch::vision::moondream::backend().unwrap();
+    synth::quantize(&done.text, &f.text, Quant::Q4_0.ftype()).unwrap();
+    std::fs::remove_file(&done.text).unwrap();
+    std::fs::remove_file(&weights).unwrap();
+    f
+}

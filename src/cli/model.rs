@@ -80,6 +80,11 @@ pub(crate) enum ModelCommand {
         /// attention, where rounding K and V to F16 shows).
         #[arg(long, default_value_t = 1.0, requires = "reference")]
         attention: f32,
+        /// With --reference: multiply the text model's value weights by this power of two
+        /// and divide its attention output by it (the same function in float32; 2^-24 =
+        /// 0.000000059604644775390625 puts the values of V below what F16 can hold).
+        #[arg(long, default_value_t = 1.0, requires = "reference")]
+        values: f32,
         /// With --reference: the text model's width (a multiple of 64) and layers, instead
         /// of the size's.
         #[arg(long, requires = "reference")]
@@ -211,6 +216,7 @@ pub(crate) fn model(command: ModelCommand) -> Result<(), Failure> {
             eos_bias,
             seed,
             attention,
+            values,
             text_width,
             text_layers,
             ..
@@ -241,9 +247,16 @@ pub(crate) fn model(command: ModelCommand) -> Result<(), Failure> {
             if !(attention.is_finite() && attention > 0.0) {
                 return Err(Failure::new(exit::USAGE, "--attention must be above 0"));
             }
+            if !(values.is_finite() && values > 0.0 && values.log2().fract() == 0.0) {
+                return Err(Failure::new(
+                    exit::USAGE,
+                    "--values must be a power of two (it must not change the function)",
+                ));
+            }
             let fixture = convert::Fixture::Random {
                 eos_bias,
                 attention,
+                values,
             };
             let seed = seed.unwrap_or(convert::REFERENCE_SEED);
             let path = convert::write_reference(&out, &shape, seed, fixture)

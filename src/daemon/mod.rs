@@ -431,15 +431,13 @@ fn prepare(
 }
 
 /// A pool job's picture: what the engine would look at, stretched to the model's input
-/// square and JPEG-encoded (nothing is sent that the worker would throw away), with the
-/// whole picture.
-fn pool_picture(picture: Picture, zone: Option<Zone>, side: u32) -> PoolPicture {
+/// square (nothing is sent that the worker would throw away) or whole (`side` `None`, for
+/// workers that cut it into the reference's crops), JPEG-encoded, with the whole picture.
+fn pool_picture(picture: Picture, zone: Option<Zone>, side: Option<u32>) -> PoolPicture {
     let (frame, seen) = prepare(picture, zone).map_err(|(e, _)| e)?;
-    let rgb = seen.stretched(side, side);
-    let jpeg = match Frame::from_rgb(side, side, rgb) {
-        Ok(f) => f.to_jpeg(JOB_QUALITY),
-        Err(_) => seen.to_jpeg(JOB_QUALITY),
-    };
+    let stretched =
+        side.and_then(|side| Frame::from_rgb(side, side, seen.stretched(side, side)).ok());
+    let jpeg = stretched.as_ref().unwrap_or(&seen).to_jpeg(JOB_QUALITY);
     Ok((Bytes::from(jpeg), frame))
 }
 

@@ -664,7 +664,16 @@ pub enum Fixture {
     /// model's attention logits are multiplied by `attention` (its query and key weights by
     /// the square root; 1: as drawn), for sharper attention that rounding K and V to F16
     /// (flash attention) can move.
-    Random { eos_bias: f32, attention: f32 },
+    ///
+    /// `values` multiplies the text model's value weights and biases and divides its
+    /// attention output weights, a power of two leaving the function unchanged in float32:
+    /// with 2^-24 the values of V fall below F16's smallest subnormal number, where an F16
+    /// KV cache or flash attention loses them.
+    Random {
+        eos_bias: f32,
+        attention: f32,
+        values: f32,
+    },
     /// Chosen answers, without the reference: the text blocks add nothing (so each hidden
     /// state is its input embedding), the coordinate encoder's output is a marker in
     /// dimension 0 and the size encoder's in dimension 1, the coordinate decoder gives
@@ -809,16 +818,28 @@ pub fn write_reference(
             Fixture::Random { eos_bias, .. } if name == "model.text.lm_head.bias" => {
                 v[synth::ENDOFTEXT as usize] += eos_bias;
             }
-            Fixture::Random { attention, .. }
-                if attention != 1.0
-                    && name.starts_with("model.text.blocks.")
-                    && name.ends_with(".attn.qkv.weight") =>
-            {
-                // Rows 0..2d are the query and key weights.
-                let scale = attention.max(0.0).sqrt();
-                let cols = dims[1];
-                for x in &mut v[..2 * shape.text_dim * cols] {
-                    *x *= scale;
+            Fixture::Random {
+                attention, values, ..
+            } if name.starts_with("model.text.blocks.") => {
+                let (rows, cols) = (dims[0], if dims.len() == 2 { dims[1] } else { 1 });
+                let d = shape.text_dim * cols;
+                if name.ends_with(".attn.qkv.weight") && attention != 1.0 {
+                    // Rows 0..2d are the query and key weights.
+                    let scale = attention.max(0.0).sqrt();
+                    for x in &mut v[..2 * d] {
+                        *x *= scale;
+                    }
+                }
+                if name.contains(".attn.qkv.") && values != 1.0 && rows == 3 * shape.text_dim {
+                    // Rows (or entries) 2d..3d are the value part.
+                    for x in &mut v[2 * d..3 * d] {
+                        *x *= values;
+                    }
+                }
+                if name.ends_with(".attn.proj.weight") && values != 1.0 {
+                    for x in &mut v {
+                        *x /= values;
+                    }
                 }
             }
             Fixture::Random { .. } => {}

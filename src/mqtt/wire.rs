@@ -343,6 +343,11 @@ pub struct WorkerStatus {
     /// Jobs it runs at once (its engines).
     #[serde(default = "one")]
     pub slots: usize,
+    /// It wants whole pictures, not pictures stretched to the model's 378x378 input: its
+    /// model cuts them into the reference's overlapping crops (`model.crops =
+    /// "reference"`).
+    #[serde(default)]
+    pub full_pictures: bool,
 }
 
 fn one() -> usize {

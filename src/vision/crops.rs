@@ -301,7 +301,7 @@ mod tests {
         // A 1x1 grid pools to itself.
         let one: Vec<f32> = (0..GRID * GRID * 2).map(|v| v as f32).collect();
         assert_eq!(
-            stitch_and_pool(&[one.clone()], Tiling { rows: 1, cols: 1 }, 2),
+            stitch_and_pool(std::slice::from_ref(&one), Tiling { rows: 1, cols: 1 }, 2),
             one
         );
     }

@@ -180,7 +180,7 @@ fn check_memory(s: &Settings, text: &GgufInfo, vision: &Projector) -> Result<(),
         // Stored F16, held in F32.
         bytes += 2 * std::fs::metadata(region).map_or(0, |m| m.len());
     }
-    let kv = kv_type(s.model.kv_cache_type);
+    let kv = kv_type(s.model.kv_cache());
     let kv_bytes = crate::gguf::bytes_per_value(kv);
     let load = super::memory::Load {
         file_bytes: bytes,
@@ -276,7 +276,9 @@ fn projector_info(s: &Settings) -> Result<Projector, EngineError> {
 /// llama.cpp's element type for a KV cache kind.
 fn kv_type(kind: crate::config::KvCacheKind) -> llama_cpp_sys_2::ggml_type {
     match kind {
-        crate::config::KvCacheKind::F16 => llama_cpp_sys_2::GGML_TYPE_F16,
+        crate::config::KvCacheKind::F16 | crate::config::KvCacheKind::Auto => {
+            llama_cpp_sys_2::GGML_TYPE_F16
+        }
         crate::config::KvCacheKind::F32 => llama_cpp_sys_2::GGML_TYPE_F32,
         crate::config::KvCacheKind::Q8_0 => llama_cpp_sys_2::GGML_TYPE_Q8_0,
     }
@@ -380,7 +382,7 @@ impl<'m> Moondream<'m> {
                 "context larger than the model was trained for"
             );
         }
-        let kv_type = kv_type(s.model.kv_cache_type);
+        let kv_type = kv_type(s.model.kv_cache());
         let region = match &s.model.region {
             Some(path) => {
                 // Missing, truncated or foreign files get the same plain messages as the
@@ -411,8 +413,7 @@ impl<'m> Moondream<'m> {
             Vec::new()
         };
         let flash_attention = s.model.flash_attention_on();
-        if flash_attention == Some(true) && s.model.kv_cache_type == crate::config::KvCacheKind::F32
-        {
+        if flash_attention == Some(true) && s.model.kv_cache() == crate::config::KvCacheKind::F32 {
             tracing::warn!(
                 "model.kv_cache_type = \"f32\" with model.flash_attention = \"on\": llama.cpp's \
                  flash attention computes from F16 copies of K and V, so attention is F16 all \

@@ -36,9 +36,9 @@ impl Core {
         let pool = match (&mut self.offload, skills.as_slice()) {
             (Some(o), [skill]) if o.reachable(now) => {
                 o.start(now, job, skill.clone(), zone);
-                true
+                Some(o.picture_side(now))
             }
-            _ => false,
+            _ => None,
         };
         self.sched.in_flight.insert(
             job,
@@ -47,15 +47,19 @@ impl Core {
                 work,
                 started: now.mono,
                 cancelled: false,
-                place: if pool { Place::Pool } else { Place::Local },
+                place: if pool.is_some() {
+                    Place::Pool
+                } else {
+                    Place::Local
+                },
             },
         );
-        if pool {
+        if let Some(side) = pool {
             out.push(Act::PoolPicture {
                 job,
                 picture,
                 zone,
-                side: offload::JOB_SIDE,
+                side,
             });
         } else {
             out.push(Act::Submit {

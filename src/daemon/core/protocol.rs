@@ -179,13 +179,14 @@ pub enum Act {
         skills: Vec<Skill>,
     },
     /// Prepare pool job `job`'s picture off the core's loop: decode a client's image,
-    /// crop the zone, stretch to `side` x `side` (the model's input) and JPEG-encode it;
+    /// crop the zone, stretch to `side` x `side` (the model's input; `None`: keep it
+    /// whole, for workers that cut it into the reference's crops) and JPEG-encode it;
     /// hand it back as [`Input::PoolPicture`].
     PoolPicture {
         job: u64,
         picture: Picture,
         zone: Option<Zone>,
-        side: u32,
+        side: Option<u32>,
     },
     Cancel {
         job: u64,

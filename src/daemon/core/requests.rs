@@ -214,6 +214,7 @@ impl Core {
             served: self.served,
             interval_s: HEARTBEAT.as_secs(),
             slots: 1,
+            full_pictures: self.cfg.model.crops == crate::config::CropMode::Reference,
         };
         let topic = format!("{}/worker/{}", self.pool_topics.base, self.device_id);
         self.publish_retained(out, topic, wire::to_bytes(&v));

@@ -178,6 +178,17 @@ impl Offload {
         slots.min(self.max_in_flight)
     }
 
+    /// The side a job's picture is stretched to before it is sent: the model's input
+    /// (378), or `None` (the whole picture) while a live worker says its model cuts whole
+    /// pictures into the reference's crops. A worker of either kind takes either picture.
+    pub(super) fn picture_side(&self, now: Now) -> Option<u32> {
+        let full = self
+            .workers
+            .values()
+            .any(|w| w.live(now) && w.status.full_pictures);
+        (!full).then_some(JOB_SIDE)
+    }
+
     /// Whether another job may go out now.
     pub(super) fn has_room(&self, now: Now) -> bool {
         self.jobs.len() < self.window(now)

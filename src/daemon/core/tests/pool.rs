@@ -81,6 +81,11 @@ fn node(triggers: Vec<TriggerConfig>, model: bool, f: impl FnOnce(&mut Config)) 
 
 /// Worker `w`'s heartbeat: `queue` jobs waiting or running there, `served` so far.
 fn beat(w: &str, queue: usize, served: u64) -> Input {
+    beat_with(w, queue, served, false)
+}
+
+/// [`beat`] of a worker that may want whole pictures.
+fn beat_with(w: &str, queue: usize, served: u64, full_pictures: bool) -> Input {
     let v = wire::WorkerStatus {
         online: true,
         queue_depth: queue,
@@ -88,6 +93,7 @@ fn beat(w: &str, queue: usize, served: u64) -> Input {
         served,
         interval_s: 1,
         slots: 1,
+        full_pictures,
     };
     message(
         &format!("mw/pool/worker/{w}"),
@@ -272,6 +278,34 @@ fn a_node_keeps_a_job_on_every_healthy_worker_and_keeps_its_own_order() {
         (Some(2), Some(2)),
         "{pool}"
     );
+}
+
+/// The sides pool pictures were asked at.
+fn sides(acts: &[Act]) -> Vec<Option<u32>> {
+    acts.iter()
+        .filter_map(|a| match a {
+            Act::PoolPicture { side, .. } => Some(*side),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn whole_pictures_go_out_while_a_worker_cuts_the_references_crops() {
+    let now = t0();
+    let triggers = (0..2)
+        .map(|i| trigger(&format!("t{i}"), &format!("Is {i} there?"), 60))
+        .collect();
+    let mut c = core(node(triggers, false, |_| ()), now);
+    let cam = running(frame_at(now, 10));
+    // A one-crop worker: the model's 378x378 input, nothing more.
+    let acts = with_workers(&mut c, now, &cam, &["w1"]);
+    assert_eq!(sides(&acts), [Some(378)]);
+    // A worker whose model cuts pictures into crops: whole pictures from now on (either
+    // kind of worker takes either).
+    let mut acts = c.handle(now, &cam, beat_with("w2", 0, 0, true));
+    acts.extend(c.handle(now, &cam, Input::Tick));
+    assert_eq!(sides(&acts), [None]);
 }
 
 #[test]
