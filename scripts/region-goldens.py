@@ -47,6 +47,10 @@ def main():
                     help="a picture: 378x378 (one crop) or larger (the reference's overlap crops)")
     ap.add_argument("--object", action="append", required=True,
                     help='" name=id,id,..": an object and the GPT-2 ids of " name"')
+    ap.add_argument("--query", action="append", default=[],
+                    help='"question=id,id,..": a question and the GPT-2 ids of " question", '
+                         'answered greedily (temperature 0) up to --max-tokens')
+    ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
 
@@ -54,6 +58,10 @@ def main():
     for spec in args.object:
         text, _, nums = spec.rpartition("=")
         ids[text] = [int(n) for n in nums.split(",")]
+    questions = {}
+    for spec in args.query:
+        text, _, nums = spec.rpartition("=")
+        questions[" " + text] = [int(n) for n in nums.split(",")]
 
     # The tokenizer step, replaced: encode(" " + object) gives the ids from the command line.
     class Encoded:
@@ -66,7 +74,12 @@ def main():
             return Tokenizer()
 
         def encode(self, text):
-            return Encoded(ids[text])
+            return Encoded(ids.get(text) or questions[text])
+
+        def decode(self, tokens):
+            # The answer's text is not needed (its token ids are recorded); no spaces or
+            # newlines, so the reference's streaming holds everything to the end.
+            return "".join(f"<{t}>" for t in tokens)
 
     sys.modules["tokenizers"] = types.SimpleNamespace(Tokenizer=Tokenizer)
     sys.path.insert(0, args.moondream)
@@ -183,6 +196,20 @@ def main():
                     "result": result,
                 })
 
+        for question in questions:
+            log.clear()
+            model.query(encoded, question.strip(),
+                        settings={"temperature": 0, "max_tokens": args.max_tokens})
+            steps = [first_hidden["first"]] + log
+            requests.append({
+                "skill": "query",
+                "object": question.strip(),
+                "prompt": first_hidden["prompt"],
+                "hidden": first_hidden["hidden"],
+                "steps": steps,
+                "result": {"tokens": [s["token"] for s in steps]},
+            })
+
     out = {
         "reference": "vikhyat/moondream f660ccb (moondream/torch), float32 on CPU",
         "weights": "moonwatch model synth --reference (see tests/region.rs)",
@@ -197,7 +224,7 @@ def main():
         json.dump(out, f, indent=1)
         f.write("\n")
     for r in requests:
-        n = len(r["result"].get("objects", r["result"].get("points", [])))
+        n = len(r["result"].get("objects", r["result"].get("points", r["result"].get("tokens", []))))
         print(f'{r["skill"]} {r["object"]!r}: {n} objects, {len(r["steps"])} steps')
     if fold_diff is None:
         print(f"tiling {tuple(tiling)}: {1 + tiling[0] * tiling[1]} crops")

@@ -202,6 +202,10 @@ fn compare_on(
         assert!(fold < 1e-5, "{path}");
     }
     for g in &goldens.requests {
+        if g.skill == "query" {
+            compare_query(g, path, e, frame)?;
+            continue;
+        }
         // The prompt the reference prefilled is the one moonwatch builds.
         let object_ids: Vec<i32> = moonwatch::vision::gpt2::ids(&format!(" {}", g.object))
             .unwrap()
@@ -281,6 +285,49 @@ fn compare_on(
         }
     }
     Ok(())
+}
+
+/// The tokens the engine answers this node's queries with (`Settings` `max_tokens`).
+const QUERY_TOKENS: usize = 32;
+
+/// A greedy answer against the reference's, token for token up to its first near tie.
+fn compare_query(
+    g: &GoldenRequest,
+    path: &str,
+    e: &Engine,
+    frame: &Arc<Frame>,
+) -> Result<(), String> {
+    let what = format!("{path}: query {:?}", g.object);
+    // The reference's prompt (`\n\nQuestion:` + " question" + `\n\nAnswer:` ids) is what
+    // moonwatch's template tokenizes to.
+    let tail = format!("\n\nQuestion: {}\n\nAnswer:", g.object);
+    let ours_prompt: Vec<i32> = moonwatch::vision::gpt2::ids(&tail)
+        .unwrap()
+        .into_iter()
+        .map(|i| i as i32)
+        .collect();
+    assert_eq!(g.prompt, ours_prompt, "{what}");
+    let tokens: Vec<u32> = serde_json::from_value(g.result["tokens"].clone()).unwrap();
+    let sure = g.first_near_tie().unwrap_or(tokens.len()).min(QUERY_TOKENS);
+    assert!(sure >= 8, "{what}: only {sure} tokens before a near tie");
+    let want = moonwatch::vision::gpt2::bpe()
+        .unwrap()
+        .decode(&tokens[..sure])
+        .unwrap();
+    let skill = Skill::Query {
+        question: g.object.clone(),
+    };
+    let r = e.run(Request::new(frame.clone(), vec![skill])).unwrap();
+    let Answer::Query { answer, .. } = &r.answers[0].answer else {
+        panic!("{what}: {:?}", r.answers[0]);
+    };
+    if answer.trim_start().starts_with(want.trim()) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{what}: ours {answer:?}, the reference's first {sure} tokens {want:?}"
+        ))
+    }
 }
 
 #[test]
@@ -470,9 +517,10 @@ fn reference_crops_give_the_references_image_embeddings() {
 }
 
 #[test]
-fn reference_crops_detect_and_point_as_moondreams_own_code_at_full_resolution() {
+fn reference_crops_detect_point_and_answer_as_moondreams_own_code_at_full_resolution() {
     let mut s = settings(&eos0());
     s.model.crops = CropMode::Reference;
+    s.model.max_tokens = QUERY_TOKENS as u32;
     let e = moondream::start(s).unwrap();
     for (image, path) in CROP_GOLDENS {
         let goldens = load_goldens(path);

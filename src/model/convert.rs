@@ -23,10 +23,7 @@ use super::synth::{self, Shape, Vocab, Writer};
 
 /// File names of a conversion's output.
 pub const TEXT_FILE: &str = "moondream2-2025-04-14-text-model-f16.gguf";
-/// The projector's first layer, the half that takes the whole picture's features.
-pub const CROP_PROJ_GLOBAL: &str = "mm.crops.global.weight";
-/// ... and the half that takes the crops' pooled features.
-pub const CROP_PROJ_LOCAL: &str = "mm.crops.local.weight";
+pub use crate::vision::crops::{PROJ_GLOBAL as CROP_PROJ_GLOBAL, PROJ_LOCAL as CROP_PROJ_LOCAL};
 pub const MMPROJ_FILE: &str = "moondream2-2025-04-14-mmproj-f16.gguf";
 pub const REGION_FILE: &str = "moondream2-2025-04-14-region.gguf";
 

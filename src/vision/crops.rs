@@ -26,6 +26,11 @@ pub const PATCH: u32 = 14;
 pub const MARGIN: u32 = 4;
 /// Patches along a crop's side (27).
 pub const GRID: usize = (CROP / PATCH) as usize;
+/// The projector's first layer, the half that takes the whole picture's features, as
+/// `model convert` writes it into the vision GGUF.
+pub const PROJ_GLOBAL: &str = "mm.crops.global.weight";
+/// ... and the half that takes the crops' pooled features.
+pub const PROJ_LOCAL: &str = "mm.crops.local.weight";
 /// The reference's `max_crops`.
 pub const DEFAULT_MAX_CROPS: u32 = 12;
 /// The most local crops `model.max_crops` allows.

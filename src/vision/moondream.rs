@@ -154,6 +154,27 @@ fn inspect(path: &Path, role: &str) -> Result<GgufInfo, EngineError> {
     })
 }
 
+/// What reference crops hold beside the files: the projector's halves and second layer
+/// loaded again (`CropProjector`), every crop's features, and the projector's activations.
+fn crop_bytes(mmproj: &Path, max_crops: u32) -> u64 {
+    use super::crops::{PROJ_GLOBAL as CROP_PROJ_GLOBAL, PROJ_LOCAL as CROP_PROJ_LOCAL};
+    let Ok(tensors) = crate::gguf::Reader::open(mmproj, false).and_then(|r| r.tensors()) else {
+        return 0;
+    };
+    let find = |name: &str| tensors.iter().find(|t| t.name == name);
+    let weights: u64 = [CROP_PROJ_GLOBAL, CROP_PROJ_LOCAL, "mm.2.weight"]
+        .iter()
+        .filter_map(|n| find(n))
+        .map(|t| t.size as u64)
+        .sum();
+    let (n_in, n_hidden) = find(CROP_PROJ_GLOBAL)
+        .map(|t| (t.ne[0] as u64, t.ne.get(1).copied().unwrap_or(0) as u64))
+        .unwrap_or((0, 0));
+    let rows = (super::crops::GRID * super::crops::GRID) as u64;
+    let features = u64::from(max_crops + 1) * rows * n_in * 4;
+    weights + features + 3 * rows * n_hidden * 4
+}
+
 /// What [`inspect`] reads from a GGUF header.
 struct GgufInfo {
     arch: String,
@@ -176,6 +197,9 @@ fn check_memory(s: &Settings, text: &GgufInfo, vision: &Projector) -> Result<(),
         return Ok(());
     }
     let mut bytes = text.bytes + vision.bytes;
+    if s.model.crops == crate::config::CropMode::Reference {
+        bytes += crop_bytes(&s.model.mmproj, s.model.max_crops);
+    }
     if let Some(region) = &s.model.region {
         // Stored F16, held in F32.
         bytes += 2 * std::fs::metadata(region).map_or(0, |m| m.len());
@@ -462,8 +486,8 @@ impl<'m> Moondream<'m> {
                 .and_then(|r| r.tensors())
                 .map_err(|e| EngineError::Load(format!("{}: {e}", s.model.mmproj.display())))?;
             let names = [
-                crate::model::convert::CROP_PROJ_GLOBAL,
-                crate::model::convert::CROP_PROJ_LOCAL,
+                super::crops::PROJ_GLOBAL,
+                super::crops::PROJ_LOCAL,
                 "mm.0.bias",
                 "mm.2.weight",
                 "mm.2.bias",
