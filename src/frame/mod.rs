@@ -142,29 +142,29 @@ impl Frame {
     }
 
     /// The pixels resized to `width` x `height` as libvips' `resize` does with its default
-    /// kernel (what Moondream 2025's reference crops with): an axis that shrinks is reduced
-    /// with Lanczos3 scaled for the shrink, height first, each pass rounded to 8 bits (as
-    /// vips' `reducev` and `reduceh`, in floating point here); then, if either axis grows,
-    /// vips' `affine` with its fixed-point bicubic interpolator, exactly ([`vips_upsize`]).
-    /// A frame already that size is returned as it is.
+    /// kernel (what Moondream 2025's reference crops with), exactly: an axis that shrinks
+    /// goes through vips' `reducev` then `reduceh` ([`vips_reduce_rows`]), an axis that
+    /// grows through vips' `affine` with its bicubic interpolator ([`vips_upsize`]). A frame
+    /// already that size is returned as it is.
     pub fn resized_like_vips(&self, width: u32, height: u32) -> Arc<[u8]> {
-        use image::imageops::FilterType::Lanczos3;
-        let mut f = self.clone();
-        if height < f.height {
-            f = f.resized_frame(f.width, height, Lanczos3);
+        if (self.width, self.height) == (width, height) {
+            return self.rgb.clone();
         }
-        if width < f.width {
-            f = f.resized_frame(width, f.height, Lanczos3);
+        let (mut w, mut h) = (self.width as usize, self.height as usize);
+        let mut rgb: Vec<u8> = self.rgb.to_vec();
+        if (height as usize) < h {
+            rgb = vips_reduce_rows(&rgb, w, h, height as usize);
+            h = height as usize;
         }
-        if (width, height) != (f.width, f.height) {
-            return vips_upsize(&f.rgb, f.width, f.height, width, height).into();
+        if (width as usize) < w {
+            let t = vips_reduce_rows(&transpose(&rgb, w, h), h, w, width as usize);
+            rgb = transpose(&t, h, width as usize);
+            w = width as usize;
         }
-        f.rgb
-    }
-
-    fn resized_frame(&self, width: u32, height: u32, filter: image::imageops::FilterType) -> Frame {
-        let rgb = self.resized(width, height, filter);
-        Frame::from_rgb(width, height, rgb).unwrap_or_else(|_| self.clone())
+        if (width as usize, height as usize) != (w, h) {
+            rgb = vips_upsize(&rgb, w as u32, h as u32, width, height);
+        }
+        rgb.into()
     }
 
     fn resized(&self, width: u32, height: u32, filter: image::imageops::FilterType) -> Arc<[u8]> {
@@ -321,6 +321,101 @@ fn check_size(what: &str, width: u32, height: u32) -> Result<(), FrameError> {
     Ok(())
 }
 
+/// An RGB picture `w` wide and `h` tall, transposed (`h` wide and `w` tall).
+fn transpose(src: &[u8], w: usize, h: usize) -> Vec<u8> {
+    let mut out = vec![0u8; src.len()];
+    for y in 0..h {
+        for x in 0..w {
+            let (from, to) = ((y * w + x) * 3, (x * h + y) * 3);
+            out[to..to + 3].copy_from_slice(&src[from..from + 3]);
+        }
+    }
+    out
+}
+
+/// libvips' `reducev` of an RGB picture `w` wide from `n_in` rows to `n_out` (kernel
+/// Lanczos3, `gap` 2 as `resize` passes it), 8-bit path: first `shrinkv` by the whole part
+/// of the shrink over the gap (box average, fixed point), then the residual shrink with
+/// Lanczos3 masks for 65 sub-pixel positions in 12-bit fixed point, edges repeated.
+/// Checked equal to pyvips 3.2 / libvips 8.18 on every pixel (1280x720, 1920x1080 and
+/// 4000x3000 pictures to 1176x644, 1176x910 and 378x378).
+fn vips_reduce_rows(src: &[u8], w: usize, n_in: usize, n_out: usize) -> Vec<u8> {
+    let row = w * 3;
+    let mut shrink = 1.0 / (n_out as f64 / n_in as f64);
+    let height = (n_in as f64 / shrink + 0.5).floor() as usize;
+    let mut extra = height as f64 * shrink - n_in as f64;
+    let int_shrink = ((n_in as f64 / height as f64 / 2.0).floor() as usize).max(1);
+    let mut rows: std::borrow::Cow<'_, [u8]> = src.into();
+    let mut n_in = n_in;
+    if int_shrink > 1 {
+        // `shrinkv` with `ceil`: blocks of `int_shrink` rows, the last row repeated.
+        let n = n_in.div_ceil(int_shrink);
+        let multiplier = (1u64 << 32) / (256 * int_shrink as u64);
+        let mut out = vec![0u8; n * row];
+        for (y, block) in out.chunks_mut(row).enumerate() {
+            for (i, q) in block.iter_mut().enumerate() {
+                let sum: u64 = (0..int_shrink)
+                    .map(|k| u64::from(src[(y * int_shrink + k).min(n_in - 1) * row + i]))
+                    .sum();
+                *q = (((sum + int_shrink as u64 / 2) * multiplier) >> 24) as u8;
+            }
+        }
+        rows = out.into();
+        n_in = n;
+        extra /= int_shrink as f64;
+        shrink /= int_shrink as f64;
+    }
+    if shrink == 1.0 {
+        return rows.into_owned();
+    }
+    let points = (2.0 * (3.0 * shrink).round_ties_even() + 1.0) as usize;
+    let offset = (1.0 + extra) / 2.0 - 1.0;
+    let lanczos3 = |x: f64| {
+        let sinc = |v: f64| {
+            if v == 0.0 {
+                1.0
+            } else {
+                (v * std::f64::consts::PI).sin() / (v * std::f64::consts::PI)
+            }
+        };
+        if (-3.0..=3.0).contains(&x) {
+            sinc(x) * sinc(x / 3.0)
+        } else {
+            0.0
+        }
+    };
+    let masks: Vec<Vec<i64>> = (0..=64)
+        .map(|t| {
+            let half = f64::from(t as f32 / 64.0) + points as f64 / 2.0 - 1.0;
+            let c: Vec<f64> = (0..points)
+                .map(|i| lanczos3((i as f64 - half) * (1.0 / shrink)))
+                .collect();
+            let sum: f64 = c.iter().sum();
+            c.iter().map(|v| (v / sum * 4096.0) as i64).collect()
+        })
+        .collect();
+    let pad = points.div_ceil(2) as i64 - 1;
+    let mut out = vec![0u8; height * row];
+    for (y, line) in out.chunks_mut(row).enumerate() {
+        // In the input with `pad` repeated rows above it, as vips embeds it.
+        let at = (y as f64 + 0.5) * shrink - 0.5 - offset;
+        let first = at as i64 - pad;
+        let mask = &masks[((((at * 128.0) as i64 & 127) + 1) >> 1) as usize];
+        let taps: Vec<usize> = (0..points as i64)
+            .map(|i| (first + i).clamp(0, n_in as i64 - 1) as usize * row)
+            .collect();
+        for (i, q) in line.iter_mut().enumerate() {
+            let sum: i64 = mask
+                .iter()
+                .zip(&taps)
+                .map(|(c, t)| c * i64::from(rows[t + i]))
+                .sum();
+            *q = ((sum + 2048) >> 12).clamp(0, 255) as u8;
+        }
+    }
+    out
+}
+
 /// libvips' `resize` growing an RGB picture: `affine` with `idx = 0.5 * (1 - 1/scale)`
 /// and its `bicubic` interpolator for 8-bit pixels. Output pixel `X` samples the input at
 /// `X / scale - 0.5` (pixel centres at whole numbers; either axis, so an axis at scale 1
@@ -380,6 +475,35 @@ fn vips_upsize(src: &[u8], sw: u32, sh: u32, dw: u32, dh: u32) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn load(name: &str) -> Frame {
+        let path = format!("{}/tests/data/vips/{name}", env!("CARGO_MANIFEST_DIR"));
+        let img = image::open(&path).unwrap().to_rgb8();
+        Frame::from_rgb(img.width(), img.height(), img.into_raw()).unwrap()
+    }
+
+    #[test]
+    fn resizing_like_vips_gives_vips_pixels() {
+        // pyvips 3.2 / libvips 8.18 `resize(w / 200, vscale = h / 150)` of a noisy
+        // 200x150 picture, made once and kept: shrinking both ways (by 1.6; by 5 and 5,
+        // where vips box-shrinks by 2 first) and growing one way while shrinking the other.
+        let input = load("input-200x150.png");
+        for (w, h) in [(126, 94), (40, 30), (300, 100)] {
+            let want = load(&format!("resize-{w}x{h}.png"));
+            let got = input.resized_like_vips(w, h);
+            let differ = got
+                .iter()
+                .zip(want.rgb.iter())
+                .filter(|(a, b)| a != b)
+                .count();
+            assert_eq!(
+                differ,
+                0,
+                "{w}x{h}: {differ} of {} values differ",
+                got.len()
+            );
+        }
+    }
 
     fn png(w: u32, h: u32) -> Vec<u8> {
         let img = image::RgbImage::from_fn(w, h, |x, y| image::Rgb([x as u8, y as u8, 7]));

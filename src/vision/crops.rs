@@ -5,8 +5,8 @@
 //! 1. [`Tiling::select`] picks a grid of overlapping 378x378 crops for the picture (at most
 //!    `max_crops`), each sharing a margin of 4 patches with its neighbours;
 //! 2. [`overlap_crops`] resizes the picture to fit that grid exactly and cuts the crops,
-//!    and resizes the whole picture to 378x378 (the global crop), both with Lanczos3 as
-//!    libvips' `resize` does by default;
+//!    and resizes the whole picture to 378x378 (the global crop), both as libvips'
+//!    `resize` does (`Frame::resized_like_vips`, pixel for pixel);
 //! 3. each crop's 27x27 grid of encoder features is stitched without the margins its
 //!    neighbours also cover, and the stitched grid is average-pooled back to 27x27
 //!    ([`stitch_and_pool`]);
