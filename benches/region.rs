@@ -8,7 +8,8 @@
 //!   `ref2025/` there is made when missing (a BF16 checkpoint in the release's layout,
 //!   converted, the text model quantized to Q4_0, the checkpoint then removed).
 //! - `MOONWATCH_BENCH_THREADS` (default 2), `MOONWATCH_BENCH_REPS` (default 3),
-//!   `MOONWATCH_BENCH_FLASH` (`on`, `off`, default `auto`: `model.flash_attention`).
+//!   `MOONWATCH_BENCH_FLASH` (`on`, `off`, default `auto`: `model.flash_attention`),
+//!   `MOONWATCH_BENCH_KV` (`f16`, `f32`, default `auto`: `model.kv_cache_type`).
 //!
 //! Prints a Markdown table for BENCHMARKS.md.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -20,7 +21,7 @@ use common::Ref2025;
 use std::sync::Arc;
 use std::time::Instant;
 
-use moonwatch::config::FlashAttention;
+use moonwatch::config::{FlashAttention, KvCacheKind};
 use moonwatch::frame::Frame;
 use moonwatch::vision::moondream::{self, Settings};
 use moonwatch::vision::region::RegionHeads;
@@ -45,6 +46,12 @@ fn settings(f: &Ref2025, region: bool, threads: u32) -> Settings {
         Ok("on") => FlashAttention::On,
         Ok("off") => FlashAttention::Off,
         _ => FlashAttention::Auto,
+    };
+    // MOONWATCH_BENCH_KV=f16|f32|auto (default auto: F32 with region heads).
+    s.model.kv_cache_type = match std::env::var("MOONWATCH_BENCH_KV").as_deref() {
+        Ok("f16") => KvCacheKind::F16,
+        Ok("f32") => KvCacheKind::F32,
+        _ => KvCacheKind::Auto,
     };
     s
 }
