@@ -6,6 +6,7 @@ use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use moonwatch::model::convert;
 use sha2::{Digest, Sha256};
 
 const REV: &str = "0123456789abcdef0123456789abcdef01234567";
@@ -374,6 +375,61 @@ fn the_release_weights_are_downloaded_verified_and_converted() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(stdout.matches("already present").count(), 3, "{stdout}");
     assert_eq!(hub.gets.load(Ordering::SeqCst), fetched);
+
+    // The upgrade: a projector an older moonwatch converted (no halves for reference
+    // crops), its hash recorded, is converted again from a new download.
+    let mmproj = dir.path().join("models/mmproj.gguf");
+    assert!(convert::has_crop_halves(&mmproj));
+    strip_crop_halves(&mmproj);
+    assert!(!convert::has_crop_halves(&mmproj));
+    let out = pull(&hub, &cfg);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("predates reference crops"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        hub.gets.load(Ordering::SeqCst),
+        fetched + 1,
+        "the release again"
+    );
+    assert!(convert::has_crop_halves(&mmproj));
+}
+
+/// Rewrites a converted projector as moonwatch wrote it before `model.crops`: without the
+/// first layer's halves, its hash recorded beside it.
+fn strip_crop_halves(path: &Path) {
+    use std::io::Write;
+    let r = moonwatch::gguf::Reader::open(path, false).unwrap();
+    let keep: Vec<_> = r
+        .tensors()
+        .unwrap()
+        .into_iter()
+        .filter(|t| t.name != convert::CROP_PROJ_GLOBAL && t.name != convert::CROP_PROJ_LOCAL)
+        .collect();
+    let bytes = std::fs::read(path).unwrap();
+    let mut w = moonwatch::gguf::Writer::new(keep.len());
+    w.copy_kv(&r);
+    for t in &keep {
+        assert!(w.tensor(&t.name, t.ty, &t.ne));
+    }
+    let tmp = path.with_extension("old");
+    assert!(w.write_header(&tmp));
+    let mut f = std::fs::OpenOptions::new().append(true).open(&tmp).unwrap();
+    for t in &keep {
+        f.write_all(&bytes[t.offset as usize..][..t.size]).unwrap();
+        f.write_all(&vec![0; (32 - t.size % 32) % 32]).unwrap();
+    }
+    drop(f);
+    std::fs::rename(&tmp, path).unwrap();
+    let mut sidecar = path.as_os_str().to_owned();
+    sidecar.push(".sha256");
+    std::fs::write(sidecar, sha(&std::fs::read(path).unwrap())).unwrap();
 }
 
 /// A small PNG picture.

@@ -72,6 +72,18 @@ fn head_counts(dir: &Path, text_dim: i64) -> (u32, u32) {
     )
 }
 
+/// Whether a converted vision GGUF holds the projector's first layer as two halves
+/// (written since `model.crops = "reference"`), not only folded.
+pub fn has_crop_halves(mmproj: &Path) -> bool {
+    crate::gguf::Reader::open(mmproj, false)
+        .and_then(|r| r.tensors())
+        .is_ok_and(|t| {
+            [CROP_PROJ_GLOBAL, CROP_PROJ_LOCAL]
+                .iter()
+                .all(|n| t.iter().any(|t| t.name == *n))
+        })
+}
+
 /// How one output tensor's values come from the source.
 #[derive(Debug, Clone)]
 enum Recipe {

@@ -135,7 +135,18 @@ fn pull_release(model: &ModelConfig, progress: bool) -> Result<Vec<Pulled>, Pull
         .into_iter()
         .flatten()
         .collect();
-    if present.len() == targets.len() {
+    // A projector converted before moonwatch kept the first layer's two halves (for
+    // `model.crops = "reference"`) is converted again: the halves cannot be recovered from
+    // the folded layer, so the release is downloaded once more.
+    let stale = present.iter().any(|p| p.path == model.mmproj)
+        && !super::convert::has_crop_halves(&model.mmproj);
+    if stale {
+        eprintln!(
+            "{} predates reference crops (no projector halves): converting the release again",
+            model.mmproj.display()
+        );
+    }
+    if present.len() == targets.len() && !stale {
         return Ok(present);
     }
     let dir = model.text.parent().unwrap_or(Path::new("."));
