@@ -400,16 +400,20 @@ fn the_image_embeddings_match_the_references() {
             values: 1.0,
         },
     );
-    let backend = moondream::backend().unwrap();
-    let params = llama_cpp_2::model::params::LlamaModelParams::default();
-    let model =
-        llama_cpp_2::model::LlamaModel::load_from_file(backend, &files.text, &params).unwrap();
+    let model = text_model(&files);
     let mut vision =
         moonwatch::vision::llama::Vision::new(&files.mmproj, &model, false, 2, Some(false), false)
             .unwrap();
     let frame = scene();
     let embd = vision.encode(&frame.rgb, 378).unwrap();
     assert_rows(&goldens, &embd, model.n_embd() as usize, 1e-3);
+}
+
+/// The text model of `files`, loaded alone (for the vision context's checks).
+fn text_model(files: &Files) -> llama_cpp_2::model::LlamaModel {
+    let backend = moondream::backend().unwrap();
+    let params = llama_cpp_2::model::params::LlamaModelParams::default();
+    llama_cpp_2::model::LlamaModel::load_from_file(backend, &files.text, &params).unwrap()
 }
 
 /// The goldens' recorded rows of the image embeddings, against `embd`.
@@ -462,10 +466,7 @@ fn reference_crops_give_the_references_image_embeddings() {
     // projected by the unfolded projector, against the reference's embeddings (a 640x480
     // picture grows to 1176x644 before it is cut, a 1280x720 one shrinks to it).
     let files = eos0();
-    let backend = moondream::backend().unwrap();
-    let params = llama_cpp_2::model::params::LlamaModelParams::default();
-    let model =
-        llama_cpp_2::model::LlamaModel::load_from_file(backend, &files.text, &params).unwrap();
+    let model = text_model(&files);
     let mut vision =
         moonwatch::vision::llama::Vision::new(&files.mmproj, &model, false, 2, Some(false), true)
             .unwrap();
