@@ -105,7 +105,12 @@ ls -l "$bin"
 tests=$(cargo test --release --locked --target aarch64-unknown-linux-gnu --test engine --test region --no-run \
   --message-format=json | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p')
 check_needed "$bin" $tests
-cargo test --release --locked --target aarch64-unknown-linux-gnu --test engine --test region
+# The reference crops' box-for-box test (two tiled pictures, every object loop) is left to
+# the native stage: under emulation the two crops tests took 15 minutes together, the
+# image-embeddings one 5 of them (2026-12-07); that one still checks the crops' Arm
+# arithmetic here against the reference.
+cargo test --release --locked --target aarch64-unknown-linux-gnu --test engine --test region \
+  -- --skip reference_crops_detect_point_and_answer
 # A known-answer model made by the arm64 binary itself: the CLI must print its answer.
 tiny=$(mktemp -d)
 trap 'rm -rf "$tiny"' EXIT
