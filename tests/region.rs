@@ -470,24 +470,7 @@ fn reference_crops_give_the_references_image_embeddings() {
     let mut vision =
         moonwatch::vision::llama::Vision::new(&files.mmproj, &model, false, 2, Some(false), true)
             .unwrap();
-    let tensors = moonwatch::gguf::Reader::open(&files.mmproj, false)
-        .unwrap()
-        .tensors()
-        .unwrap();
-    let projector = moonwatch::vision::llama::CropProjector::load(
-        &files.mmproj,
-        &tensors,
-        [
-            convert::CROP_PROJ_GLOBAL,
-            convert::CROP_PROJ_LOCAL,
-            "mm.0.bias",
-            "mm.2.weight",
-            "mm.2.bias",
-        ],
-        false,
-        2,
-    )
-    .unwrap();
+    let projector = moonwatch::vision::llama::CropProjector::load(&files.mmproj, false, 2).unwrap();
     for (image, path) in CROP_GOLDENS {
         let goldens = load_goldens(path);
         let cut = crops::overlap_crops(&picture(image), crops::DEFAULT_MAX_CROPS);

@@ -138,7 +138,26 @@ impl Frame {
     /// Moondream's reference preprocessing resizes every picture to the encoder's input
     /// size. A frame already that size is returned as it is, without a copy.
     pub fn stretched(&self, width: u32, height: u32) -> Arc<[u8]> {
-        self.resized(width, height, image::imageops::FilterType::CatmullRom)
+        if (self.width, self.height) == (width, height) {
+            return self.rgb.clone();
+        }
+        let src = image::ImageBuffer::<image::Rgb<u8>, &[u8]>::from_raw(
+            self.width,
+            self.height,
+            &self.rgb[..],
+        );
+        match src {
+            Some(src) => image::imageops::resize(
+                &src,
+                width,
+                height,
+                image::imageops::FilterType::CatmullRom,
+            )
+            .into_raw()
+            .into(),
+            // Unreachable: from_rgb checked the buffer length.
+            None => vec![0u8; width as usize * height as usize * 3].into(),
+        }
     }
 
     /// The pixels resized to `width` x `height` as libvips' `resize` does with its default
@@ -151,38 +170,20 @@ impl Frame {
             return self.rgb.clone();
         }
         let (mut w, mut h) = (self.width as usize, self.height as usize);
-        let mut rgb: Vec<u8> = self.rgb.to_vec();
+        let mut rgb: std::borrow::Cow<'_, [u8]> = self.rgb[..].into();
         if (height as usize) < h {
-            rgb = vips_reduce_rows(&rgb, w, h, height as usize);
+            rgb = vips_reduce_rows(&rgb, w, h, height as usize).into();
             h = height as usize;
         }
         if (width as usize) < w {
             let t = vips_reduce_rows(&transpose(&rgb, w, h), h, w, width as usize);
-            rgb = transpose(&t, h, width as usize);
+            rgb = transpose(&t, h, width as usize).into();
             w = width as usize;
         }
         if (width as usize, height as usize) != (w, h) {
-            rgb = vips_upsize(&rgb, w as u32, h as u32, width, height);
+            rgb = vips_upsize(&rgb, w as u32, h as u32, width, height).into();
         }
-        rgb.into()
-    }
-
-    fn resized(&self, width: u32, height: u32, filter: image::imageops::FilterType) -> Arc<[u8]> {
-        if (self.width, self.height) == (width, height) {
-            return self.rgb.clone();
-        }
-        let src = image::ImageBuffer::<image::Rgb<u8>, &[u8]>::from_raw(
-            self.width,
-            self.height,
-            &self.rgb[..],
-        );
-        match src {
-            Some(src) => image::imageops::resize(&src, width, height, filter)
-                .into_raw()
-                .into(),
-            // Unreachable: from_rgb checked the buffer length.
-            None => vec![0u8; width as usize * height as usize * 3].into(),
-        }
+        rgb.into_owned().into()
     }
 
     /// Encodes the frame as JPEG (for snapshots and replies).

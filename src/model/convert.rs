@@ -178,33 +178,38 @@ impl Source<'_> {
             .count()
     }
 
+    /// A matrix's values, row-major, with its row length.
+    fn matrix(&self, name: &str) -> Result<(Vec<f32>, usize), ConvertError> {
+        let cols = self.shape(name)?.get(1).copied().unwrap_or(1).max(1);
+        Ok((self.values(name)?, cols))
+    }
+
     fn make(&self, r: &Recipe, n: usize) -> Result<Vec<f32>, ConvertError> {
         match r {
             Recipe::Copy(name) => self.values(name),
             Recipe::Rows(name, start, len) => self.rows(name, Some((*start, *len))),
             Recipe::FoldHalves(name) => {
-                let v = self.values(name)?;
-                let s = self.shape(name)?;
-                let (rows, cols) = (s[0], s[1]);
-                let half = cols / 2;
-                let mut out = Vec::with_capacity(rows * half);
-                for r in 0..rows {
-                    let row = &v[r * cols..(r + 1) * cols];
-                    out.extend((0..half).map(|i| row[i] + row[half + i]));
-                }
-                Ok(out)
+                let (v, cols) = self.matrix(name)?;
+                Ok(v.chunks_exact(cols)
+                    .flat_map(|row| {
+                        let (a, b) = row.split_at(cols / 2);
+                        a.iter().zip(b).map(|(x, y)| x + y)
+                    })
+                    .collect())
             }
             Recipe::Half(name, second) => {
-                let v = self.values(name)?;
-                let s = self.shape(name)?;
-                let (rows, cols) = (s[0], s[1]);
-                let half = cols / 2;
-                let start = if *second { half } else { 0 };
-                let mut out = Vec::with_capacity(rows * half);
-                for r in 0..rows {
-                    out.extend_from_slice(&v[r * cols + start..r * cols + start + half]);
-                }
-                Ok(out)
+                let (v, cols) = self.matrix(name)?;
+                Ok(v.chunks_exact(cols)
+                    .flat_map(|row| {
+                        let (a, b) = row.split_at(cols / 2);
+                        if *second {
+                            b
+                        } else {
+                            a
+                        }
+                    })
+                    .copied()
+                    .collect())
             }
             Recipe::Zeros => Ok(vec![0.0; n]),
         }

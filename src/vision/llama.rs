@@ -347,13 +347,13 @@ pub struct Vision {
     features: Box<Features>,
 }
 
-/// What the vision graph's eval callback reads: the projector's input.
+/// What the vision graph's eval callback reads: the projector's input (`rows` stays empty
+/// until the node is read).
 #[derive(Debug, Default)]
 struct Features {
     on: bool,
     rows: Vec<f32>,
     width: usize,
-    found: bool,
 }
 
 /// The llava graph's projector input is `get_rows(post_ln output, patches)`: the node a
@@ -390,7 +390,6 @@ unsafe extern "C" fn features_callback(
             cap.rows.resize(n, 0.0);
             sys::ggml_backend_tensor_get(t, cap.rows.as_mut_ptr().cast(), 0, n * 4);
             cap.width = t.ne[0] as usize;
-            cap.found = true;
         }
     }
     // Stop here: what follows is the (folded) projector, which these features skip.
@@ -455,11 +454,11 @@ impl Vision {
     /// context made `with_features`.
     pub fn features(&mut self, rgb: &[u8], side: u32) -> Result<(Vec<f32>, usize), EngineError> {
         self.features.on = true;
-        self.features.found = false;
+        self.features.rows.clear();
         let done = self.run(rgb, side, false);
         self.features.on = false;
         done?;
-        if !self.features.found {
+        if self.features.rows.is_empty() {
             return Err(EngineError::Inference(
                 "the vision graph has no projector input to read (llama.cpp's llava graph changed?)"
                     .into(),
@@ -591,19 +590,6 @@ pub fn argmax(v: &[f32]) -> usize {
     best
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn log_prob_is_the_log_softmax() {
-        let v = [1.0f32, 2.0, 3.0, -50.0];
-        let total: f32 = (0..v.len()).map(|i| super::log_prob(&v, i).exp()).sum();
-        assert!((total - 1.0).abs() < 1e-5, "{total}");
-        let z: f32 = v.iter().map(|x| x.exp()).sum();
-        assert!((super::log_prob(&v, 2) - (3.0 - z.ln())).abs() < 1e-5);
-        assert_eq!(super::log_prob(&v, 9), f32::NEG_INFINITY);
-    }
-}
-
 /// Moondream 2025's projector as trained, for pictures of several crops: `fc2(gelu(
 /// W_global g + W_local l + b1)) + b2` over the whole picture's features `g` and the
 /// crops' pooled features `l`, as a ggml graph of its own (mtmd's projector holds only the
@@ -625,16 +611,20 @@ pub struct CropProjector {
 unsafe impl Send for CropProjector {}
 
 impl CropProjector {
-    /// Loads the projector's tensors named in `names` (global half, local half, first
-    /// bias, second weight, second bias) from `path`, whose headers are `tensors`.
-    pub fn load(
-        path: &std::path::Path,
-        tensors: &[crate::gguf::TensorInfo],
-        names: [&str; 5],
-        use_gpu: bool,
-        threads: i32,
-    ) -> Result<Self, String> {
+    /// Loads the projector's tensors (global half, local half, first bias, second weight,
+    /// second bias) from the converted vision GGUF at `path`.
+    pub fn load(path: &std::path::Path, use_gpu: bool, threads: i32) -> Result<Self, String> {
         use std::io::{Read, Seek, SeekFrom};
+        let names = [
+            super::crops::PROJ_GLOBAL,
+            super::crops::PROJ_LOCAL,
+            "mm.0.bias",
+            "mm.2.weight",
+            "mm.2.bias",
+        ];
+        let tensors = crate::gguf::Reader::open(path, false)
+            .and_then(|r| r.tensors())
+            .map_err(|e| format!("{}: {e}", path.display()))?;
         let infos: Vec<&crate::gguf::TensorInfo> = names
             .iter()
             .map(|n| {
@@ -790,5 +780,18 @@ impl Drop for CropProjector {
             }
             sys::ggml_backend_free(self.backend);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn log_prob_is_the_log_softmax() {
+        let v = [1.0f32, 2.0, 3.0, -50.0];
+        let total: f32 = (0..v.len()).map(|i| super::log_prob(&v, i).exp()).sum();
+        assert!((total - 1.0).abs() < 1e-5, "{total}");
+        let z: f32 = v.iter().map(|x| x.exp()).sum();
+        assert!((super::log_prob(&v, 2) - (3.0 - z.ln())).abs() < 1e-5);
+        assert_eq!(super::log_prob(&v, 9), f32::NEG_INFINITY);
     }
 }

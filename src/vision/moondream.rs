@@ -482,24 +482,9 @@ impl<'m> Moondream<'m> {
                     s.model.mmproj.display()
                 )));
             }
-            let tensors = crate::gguf::Reader::open(&s.model.mmproj, false)
-                .and_then(|r| r.tensors())
-                .map_err(|e| EngineError::Load(format!("{}: {e}", s.model.mmproj.display())))?;
-            let names = [
-                super::crops::PROJ_GLOBAL,
-                super::crops::PROJ_LOCAL,
-                "mm.0.bias",
-                "mm.2.weight",
-                "mm.2.bias",
-            ];
-            let projector = llama::CropProjector::load(
-                &s.model.mmproj,
-                &tensors,
-                names,
-                s.model.vision_on_gpu,
-                threads,
-            )
-            .map_err(|e| EngineError::Load(format!("model.crops = \"reference\": {e}")))?;
+            let projector =
+                llama::CropProjector::load(&s.model.mmproj, s.model.vision_on_gpu, threads)
+                    .map_err(|e| EngineError::Load(format!("model.crops = \"reference\": {e}")))?;
             Some((projector, s.model.max_crops))
         } else {
             None
@@ -619,9 +604,6 @@ impl<'m> Moondream<'m> {
         }
         self.cached = None;
         self.ctx.clear();
-        // Stretched to the encoder's square as the reference does; mtmd takes a picture
-        // of exactly that size unchanged (no letterbox), so boxes in 0..1 of what the
-        // model saw are 0..1 of the frame.
         let side = self.image_size;
         let (image, resize_ms, image_encode_ms, n_crops) = self.image_embeddings(frame)?;
         let n_image = (image.len() / self.model.n_embd() as usize) as i32;
